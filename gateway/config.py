@@ -1,0 +1,394 @@
+"""Load and validate the gateway's YAML configuration.
+
+The file format is a product contract (see docs/configuration.md): every key has a default,
+unknown keys are errors naming the key and the file, ``${ENV:NAME}`` is substituted from the
+environment, and durations are strings such as ``500ms``, ``5s``, ``1m`` or ``24h``.
+
+Validation happens once at start; the rest of the gateway reads plain attributes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+__all__ = [
+    "ConfigError", "Config", "ServerConfig", "StoreConfig", "RoutingConfig", "MonitorConfig",
+    "GroupConfig", "BackendConfig", "AuthConfig", "UserConfig", "LoggingConfig", "QueryConfig",
+    "load_config", "parse_duration", "config_from_dict", "DEFAULT_GROUP_FALLBACK",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ENV = re.compile(r"\$\{ENV:([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DEFAULT_GROUP_FALLBACK = "default"
+
+
+def parse_duration(value: Any, where: str = "duration") -> float:
+    """Return seconds for '500ms', '5s', '1m', '24h', '2d' (a bare number means seconds)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration such as 5s, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"{where}: a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ConfigError(f"{where}: expected a duration such as 500ms, 5s, 1m or 24h, got {value!r}")
+
+
+@dataclass
+class TlsConfig:
+    certFile: str | None = None
+    keyFile: str | None = None
+    port: int | None = None  # HTTPS port; when set, server.port stays plain HTTP alongside
+
+
+@dataclass
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    publicUrl: str | None = None
+    maxBodySize: int = 64 * 1024 * 1024          # bytes accepted in a client request body (413 beyond)
+    backendConnectTimeout: float = 5.0            # seconds to open a connection to a backend
+    backendRequestTimeout: float = 60.0           # seconds for a backend to answer (headers)
+    idleConnectionTimeout: float = 300.0          # client connections idle longer are closed
+    headerTimeout: float = 30.0                   # slow clients (slowloris) get this long for headers
+    shutdownGracePeriod: float = 30.0             # SIGTERM: how long in-flight requests may finish
+    xForwardedFor: bool = True                    # add X-Forwarded-For / -Proto / -Host and Via
+    trustForwardedHeaders: bool = False           # honour X-Forwarded-Proto/Host from a load balancer
+    stateDir: str | None = None                   # where worker processes share files (metrics); default: temp
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass
+class StoreConfig:
+    url: str = "sqlite:///trino-gateway.db"
+    historyRetention: float = 86400.0
+    historyEnabled: bool = True
+    historyFlushInterval: float = 0.5
+    historyBatchSize: int = 500
+    historyMaxPending: int = 100_000   # rows kept in memory while the store is down; beyond: dropped and counted
+    poolSize: int = 4
+    syncInterval: float = 1.0          # how often each process reloads backends from the store
+
+
+@dataclass
+class RoutingConfig:
+    defaultGroup: str = "adhoc"
+    policy: str = "least-queued"
+    allowGroupHeader: bool = True
+    rules: list[str] = field(default_factory=lambda: ["rules/"])
+    maxSqlBytes: int = 1024 * 1024     # body bytes read for SQL analysis
+    stickyTtl: float = 86400.0          # how long query/transaction/spool ids stay pinned
+    cookieSecret: str | None = None     # signs the OAuth2 callback routing cookie; default: random per start
+
+
+@dataclass
+class MonitorConfig:
+    type: str = "info-api"
+    interval: float = 5.0
+    timeout: float = 3.0
+    username: str | None = None
+    password: str | None = None
+    healthyThreshold: int = 1          # consecutive good results to become HEALTHY
+    unhealthyThreshold: int = 1        # consecutive bad results to become UNHEALTHY
+    minActiveNodes: int = 1            # metrics monitor: fewer active nodes -> UNHEALTHY
+    maxQueued: int | None = None       # metrics monitor: more queued -> UNHEALTHY
+    maxRunning: int | None = None      # metrics monitor: more running -> UNHEALTHY
+
+
+@dataclass
+class GroupConfig:
+    fallback: str = DEFAULT_GROUP_FALLBACK
+    maxRunningQueries: int | None = None
+    maxQueriesPerUser: int | None = None
+    maxQueued: int = 1000
+    maxQueueWait: float = 1800.0
+
+
+@dataclass
+class BackendConfig:
+    name: str
+    proxyTo: str
+    externalUrl: str | None = None
+    routingGroup: str | None = None
+    active: bool = True
+
+
+@dataclass
+class UserConfig:
+    password: str
+    roles: list[str] = field(default_factory=lambda: ["user"])
+
+
+@dataclass
+class AuthConfig:
+    users: dict[str, UserConfig] = field(default_factory=dict)
+    sessionSecret: str | None = None
+    sessionTtl: float = 43200.0
+    showAllQueries: bool = False       # role `user` sees other users' SQL text
+
+
+@dataclass
+class LoggingConfig:
+    level: str = "INFO"
+    format: str = "text"               # text | json
+
+
+@dataclass
+class QueryConfig:
+    clientTimeout: float = 300.0
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
+    backends: list[BackendConfig] = field(default_factory=list)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    source: str = "<defaults>"         # the file this came from, for messages
+
+    def group(self, name: str) -> GroupConfig:
+        return self.groups.get(name) or GroupConfig()
+
+
+# Keys whose values are durations (seconds internally).
+_DURATION_KEYS = {
+    "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout", "headerTimeout",
+    "shutdownGracePeriod", "historyRetention", "historyFlushInterval", "syncInterval", "stickyTtl",
+    "interval", "timeout", "maxQueueWait", "sessionTtl", "clientTimeout",
+}
+_POLICIES = ("least-queued", "round-robin", "random", "user-hash")
+_MONITORS = ("info-api", "ui-api", "metrics", "noop")
+
+
+def _substitute_env(value: Any, src: str, path: str) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{src}: {path}: environment variable {name} is not set")
+            return os.environ[name]
+        return _ENV.sub(repl, value)
+    if isinstance(value, list):
+        return [_substitute_env(v, src, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, src, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    return value
+
+
+def _coerce(tp: Any, value: Any, src: str, path: str, key: str) -> Any:
+    """Convert one leaf value to the annotated type, with an error naming the key."""
+    tname = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+    optional = "None" in tname
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{src}: {path}: a value is required")
+    if key in _DURATION_KEYS:
+        return parse_duration(value, f"{src}: {path}")
+    base = tname.replace(" | None", "").strip()
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{src}: {path}: expected true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{src}: {path}: expected an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{src}: {path}: expected a number, got {value!r}")
+        return float(value)
+    if base == "str":
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{src}: {path}: expected a string, got {type(value).__name__}")
+        return str(value)
+    if base.startswith("list[str]"):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{src}: {path}: expected a list of strings")
+        return list(value)
+    raise AssertionError(f"unhandled config type {tname} at {path}")
+
+
+def _section(cls: Any, data: Any, src: str, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: {path}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        kp = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{src}: unknown key '{kp}' (known keys here: {known})")
+        ftype = fields[key].type
+        if dataclasses.is_dataclass(_NESTED.get(ftype if isinstance(ftype, str) else "", object)):
+            kwargs[key] = _section(_NESTED[ftype], value, src, kp)
+        else:
+            kwargs[key] = _coerce(ftype, value, src, kp, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+                   and f.name not in kwargs]
+        raise ConfigError(f"{src}: {path}: missing required key(s) {', '.join(missing)}") from exc
+
+
+_NESTED: dict[str, Any] = {"TlsConfig": TlsConfig}
+
+
+def validate_url(url: str, where: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: expected an http:// or https:// URL, got {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: invalid port in {url!r}") from None
+    if parts.query or parts.fragment or (parts.path not in ("", "/")):
+        raise ConfigError(f"{where}: a backend URL is scheme://host:port only, got {url!r}")
+    return url.rstrip("/")
+
+
+def validate_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{where}: a name is 1-128 letters, digits, '.', '_' or '-', got {name!r}")
+    return name
+
+
+def config_from_dict(data: Any, src: str = "<dict>") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: the top level must be a mapping")
+    data = _substitute_env(data, src, "")
+    known = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{src}: unknown key '{key}' (known keys: {', '.join(sorted(known))})")
+    cfg = Config(source=src)
+    cfg.server = _section(ServerConfig, data.get("server"), src, "server")
+    cfg.store = _section(StoreConfig, data.get("store"), src, "store")
+    cfg.routing = _section(RoutingConfig, data.get("routing"), src, "routing")
+    cfg.monitor = _section(MonitorConfig, data.get("monitor"), src, "monitor")
+    cfg.logging = _section(LoggingConfig, data.get("logging"), src, "logging")
+    cfg.query = _section(QueryConfig, data.get("query"), src, "query")
+
+    groups = data.get("groups") or {}
+    if not isinstance(groups, dict):
+        raise ConfigError(f"{src}: groups: expected a mapping of group name to settings")
+    for gname, gdata in groups.items():
+        validate_name(gname, f"{src}: groups.{gname}")
+        cfg.groups[gname] = _section(GroupConfig, gdata, src, f"groups.{gname}")
+        if cfg.groups[gname].fallback not in ("default", "none"):
+            raise ConfigError(f"{src}: groups.{gname}.fallback: expected 'default' or 'none'")
+
+    backends = data.get("backends") or []
+    if not isinstance(backends, list):
+        raise ConfigError(f"{src}: backends: expected a list")
+    seen: set[str] = set()
+    for i, bdata in enumerate(backends):
+        b = _section(BackendConfig, bdata, src, f"backends[{i}]")
+        validate_name(b.name, f"{src}: backends[{i}].name")
+        if b.name in seen:
+            raise ConfigError(f"{src}: backends[{i}].name: duplicate backend name {b.name!r}")
+        seen.add(b.name)
+        b.proxyTo = validate_url(b.proxyTo, f"{src}: backends[{i}].proxyTo")
+        if b.externalUrl:
+            b.externalUrl = b.externalUrl.rstrip("/")
+        b.routingGroup = b.routingGroup or cfg.routing.defaultGroup
+        validate_name(b.routingGroup, f"{src}: backends[{i}].routingGroup")
+        cfg.backends.append(b)
+
+    auth = data.get("auth") or {}
+    if not isinstance(auth, dict):
+        raise ConfigError(f"{src}: auth: expected a mapping")
+    users = auth.get("users") or {}
+    auth_rest = {k: v for k, v in auth.items() if k != "users"}
+    cfg.auth = _section(AuthConfig, auth_rest, src, "auth")
+    if not isinstance(users, dict):
+        raise ConfigError(f"{src}: auth.users: expected a mapping of user name to settings")
+    for uname, udata in users.items():
+        u = _section(UserConfig, udata, src, f"auth.users.{uname}")
+        for role in u.roles:
+            if role not in ("admin", "user", "api"):
+                raise ConfigError(f"{src}: auth.users.{uname}.roles: unknown role {role!r} (admin, user, api)")
+        cfg.auth.users[str(uname)] = u
+
+    _check_values(cfg, src)
+    return cfg
+
+
+def _check_values(cfg: Config, src: str) -> None:
+    s = cfg.server
+    if not (0 <= s.port <= 65535):
+        raise ConfigError(f"{src}: server.port: {s.port} is not a TCP port")
+    if s.workers < 1:
+        raise ConfigError(f"{src}: server.workers: must be at least 1")
+    if s.publicUrl:
+        parts = urlsplit(s.publicUrl)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{src}: server.publicUrl: expected an http(s) URL, got {s.publicUrl!r}")
+        s.publicUrl = s.publicUrl.rstrip("/")
+    if bool(s.tls.certFile) != bool(s.tls.keyFile):
+        raise ConfigError(f"{src}: server.tls: certFile and keyFile go together")
+    if s.maxBodySize < 1:
+        raise ConfigError(f"{src}: server.maxBodySize: must be positive")
+    if cfg.routing.policy not in _POLICIES:
+        raise ConfigError(f"{src}: routing.policy: {cfg.routing.policy!r} is not one of {', '.join(_POLICIES)}")
+    validate_name(cfg.routing.defaultGroup, f"{src}: routing.defaultGroup")
+    if cfg.monitor.type not in _MONITORS:
+        raise ConfigError(f"{src}: monitor.type: {cfg.monitor.type!r} is not one of {', '.join(_MONITORS)}")
+    if cfg.monitor.interval <= 0 or cfg.monitor.timeout <= 0:
+        raise ConfigError(f"{src}: monitor.interval and monitor.timeout must be positive")
+    if cfg.monitor.healthyThreshold < 1 or cfg.monitor.unhealthyThreshold < 1:
+        raise ConfigError(f"{src}: monitor thresholds must be at least 1")
+    if not (cfg.store.url.startswith("sqlite://") or cfg.store.url.startswith(("postgresql://", "postgres://"))):
+        raise ConfigError(f"{src}: store.url: expected sqlite:///path or postgresql://..., got {cfg.store.url!r}")
+    if cfg.logging.format not in ("text", "json"):
+        raise ConfigError(f"{src}: logging.format: expected text or json")
+    if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{src}: logging.level: expected DEBUG, INFO, WARNING or ERROR")
+
+
+def load_config(path: str | None) -> Config:
+    """Read a config file; ``None`` gives the built-in defaults."""
+    if path is None:
+        return config_from_dict({}, "<defaults>")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    return config_from_dict(data, path)
