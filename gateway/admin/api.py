@@ -1,0 +1,355 @@
+"""The REST API: trino-gateway-compatible backend management plus the gateway's own endpoints.
+
+Paths and JSON follow trino-gateway so existing scripts keep working (see shared contracts).
+State changes go to the store first, then to this process's registry; other processes and
+replicas pick them up from the store within ``store.syncInterval``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from tornado.httputil import HTTPHeaders
+from tornado.web import RequestHandler
+
+from gateway.auth import Authenticator, is_loopback, parse_basic
+from gateway.backends import Backend
+from gateway.config import ConfigError, validate_name, validate_url
+from gateway.routing.context import build_context
+from gateway.routing.decision import decide
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("gateway.api")
+_BACKEND_FIELDS = {"name", "proxyTo", "externalUrl", "routingGroup", "active"}
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ApiHandler(RequestHandler):
+    """Base: JSON in and out, errors as ``{"error": message}`` with the right status."""
+
+    def initialize(self, gateway: "Gateway") -> None:
+        self.gw = gateway
+        self.auth = Authenticator(gateway.config.auth)
+        self.roles: list[str] = []
+
+    def check_xsrf_cookie(self) -> None:
+        return None  # API calls carry no cookie session; the admin pages check CSRF themselves
+
+    def compute_etag(self) -> None:  # type: ignore[override]
+        return None
+
+    def send_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = str(exc) if isinstance(exc, ApiError) else self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message}))
+
+    def authorize(self, write: bool) -> None:
+        """Writes need role admin/api (or, with no users configured, a loopback caller)."""
+        if not self.auth.enabled:
+            if write and not is_loopback(self.request.remote_ip):
+                raise ApiError(403, "No admin users are configured: state changes are accepted "
+                                    "only from the gateway's own host (loopback)")
+            return
+        creds = parse_basic(self.request.headers.get("Authorization"))
+        roles = self.auth.check(*creds) if creds else None
+        if roles is None:
+            self.set_header("WWW-Authenticate", 'Basic realm="trino-gateway"')
+            raise ApiError(401, "Authentication required")
+        if write and not self.auth.allows(roles, "api"):
+            raise ApiError(403, "This call needs the admin or api role")
+        self.roles = roles
+
+    async def run(self, write: bool, fn: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            self.authorize(write)
+            await fn()
+        except ApiError as exc:
+            self.set_status(exc.code)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": str(exc)}))
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError as exc:
+            raise ApiError(400, f"Body is not valid JSON: {exc}") from None
+
+
+def parse_backend(data: Any, default_group: str) -> Backend:
+    """A backend from trino-gateway's JSON shape, with a clear 400 for every bad field."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "Body must be a JSON object with name, proxyTo, externalUrl, routingGroup, active")
+    unknown = sorted(set(data) - _BACKEND_FIELDS)
+    if unknown:
+        raise ApiError(400, f"Unknown field(s) {', '.join(unknown)}; a backend has "
+                            f"{', '.join(sorted(_BACKEND_FIELDS))}")
+    try:
+        name = validate_name(data.get("name"), "name")
+        if not isinstance(data.get("proxyTo"), str):
+            raise ConfigError("proxyTo: required, an http(s) URL")
+        proxy_to = validate_url(data["proxyTo"], "proxyTo")
+        external = data.get("externalUrl")
+        if external is not None:
+            if not isinstance(external, str) or not external.startswith(("http://", "https://")):
+                raise ConfigError(f"externalUrl: expected an http(s) URL, got {external!r}")
+            external = external.rstrip("/")
+        group = data.get("routingGroup") or default_group
+        validate_name(group, "routingGroup")
+        active = data.get("active", True)
+        if not isinstance(active, bool):
+            raise ConfigError(f"active: expected true or false, got {active!r}")
+    except ConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    return Backend(name, proxy_to, external, group, active)
+
+
+class BackendListHandler(ApiHandler):
+    async def get(self, which: str) -> None:
+        async def go() -> None:
+            backends = sorted(self.gw.registry.all(), key=lambda b: b.name)
+            if which == "active":
+                backends = [b for b in backends if b.active]
+            self.send_json([b.to_json() for b in backends])
+        await self.run(False, go)
+
+
+class BackendModifyHandler(ApiHandler):
+    async def post(self, action: str) -> None:
+        async def go() -> None:
+            gw = self.gw
+            store = gw.store
+            assert store is not None
+            if action == "delete":
+                name = _name_from_body(self.request.body)
+                if not await store.call("delete_backend", name):
+                    raise ApiError(404, f"Backend {name!r} does not exist")
+                gw.registry.remove(name)
+                log.info("backend %s deleted", name)
+                return self.send_json({"deleted": name})
+            backend = parse_backend(self.json_body(), gw.config.routing.defaultGroup)
+            if action == "add":
+                if gw.registry.get(backend.name) is not None:
+                    raise ApiError(409, f"Backend {backend.name!r} already exists; use /gateway/backend/modify/update")
+                try:
+                    await store.call("add_backend", backend)
+                except Exception as exc:
+                    if type(exc).__name__ == "DuplicateBackend":
+                        raise ApiError(409, f"Backend {backend.name!r} already exists") from None
+                    raise
+            else:
+                await store.call("upsert_backend", backend)
+            gw.registry.put(backend)
+            log.info("backend %s %s: %s group=%s active=%s", backend.name,
+                     "added" if action == "add" else "updated", backend.proxyTo,
+                     backend.routingGroup, backend.active)
+            self.send_json(backend.to_json())
+        await self.run(True, go)
+
+
+def _name_from_body(body: bytes) -> str:
+    text = (body or b"").decode("utf-8", "replace").strip()
+    if text.startswith(("{", '"')):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ApiError(400, "Body must be the backend's name (text or JSON)") from None
+        text = data.get("name") if isinstance(data, dict) else data
+    if not isinstance(text, str) or not text:
+        raise ApiError(400, "Body must be the backend's name")
+    return text
+
+
+class BackendActivateHandler(ApiHandler):
+    async def post(self, action: str, name: str) -> None:
+        async def go() -> None:
+            gw = self.gw
+            backend = gw.registry.get(name)
+            if backend is None:
+                raise ApiError(404, f"Backend {name!r} does not exist")
+            active = action == "activate"
+            assert gw.store is not None
+            if not await gw.store.call("set_backend_active", name, active):
+                raise ApiError(404, f"Backend {name!r} does not exist")
+            gw.registry.put(Backend(backend.name, backend.proxyTo, backend.externalUrl,
+                                    backend.routingGroup, active))
+            log.info("backend %s %s", name, "activated" if active else "deactivated (draining)")
+            self.send_json(gw.registry.get(name).to_json())  # type: ignore[union-attr]
+        await self.run(True, go)
+
+
+class PublicBackendsHandler(ApiHandler):
+    async def get(self, name: str | None = None, state: str | None = None) -> None:
+        async def go() -> None:
+            gw = self.gw
+            if name is None:
+                return self.send_json([b.to_json() for b in sorted(gw.registry.all(), key=lambda b: b.name)])
+            backend = gw.registry.get(name)
+            if backend is None:
+                raise ApiError(404, f"Backend {name!r} does not exist")
+            if state is None:
+                return self.send_json(backend.to_json())
+            st = gw.registry.state(name).to_json()
+            st["name"] = name
+            self.send_json(st)
+        await self.run(False, go)
+
+
+class HealthHandler(RequestHandler):
+    def initialize(self, gateway: "Gateway") -> None:
+        self.gw = gateway
+
+    def get(self, which: str) -> None:
+        self.set_header("Content-Type", "text/plain")
+        if which == "livez":
+            return self.finish("ok\n")
+        if self.gw.shutting_down:
+            self.set_status(503)
+            return self.finish("shutting down\n")
+        if not self.gw.monitor.first_round_done:
+            self.set_status(503)
+            return self.finish("waiting for the first monitor round\n")
+        self.finish("ready\n")
+
+
+class RulesHandler(ApiHandler):
+    async def get(self) -> None:
+        async def go() -> None:
+            self.send_json(rules_json(self.gw))
+        await self.run(False, go)
+
+
+def rules_json(gw: "Gateway") -> dict[str, Any]:
+    watcher = gw.rules
+    rs = watcher.current
+    return {
+        "version": rs.version if rs else None,
+        "loadedAt": rs.loaded_at if rs else None,
+        "files": list(rs.files) if rs else [],
+        "rules": [r.to_json() for r in rs.rules] if rs else [],
+        "error": watcher.last_error,
+    }
+
+
+def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
+    """What routing would do for a described request, without sending anything."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "Body must be a JSON object")
+    known = {"user", "source", "clientTags", "catalog", "schema", "headers", "query", "clientInfo"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ApiError(400, f"Unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    headers = HTTPHeaders()
+    extra = data.get("headers") or {}
+    if not isinstance(extra, dict):
+        raise ApiError(400, "headers must be an object of name to value")
+    for k, v in extra.items():
+        headers.add(str(k), str(v))
+    for key, header in (("user", "X-Trino-User"), ("source", "X-Trino-Source"),
+                        ("catalog", "X-Trino-Catalog"), ("schema", "X-Trino-Schema"),
+                        ("clientInfo", "X-Trino-Client-Info")):
+        if data.get(key) is not None:
+            headers[header] = str(data[key])
+    tags = data.get("clientTags")
+    if tags:
+        if isinstance(tags, str):
+            tags = [t for t in tags.split(",")]
+        if not isinstance(tags, list):
+            raise ApiError(400, "clientTags must be a list of strings")
+        headers["X-Trino-Client-Tags"] = ",".join(str(t) for t in tags)
+    query = data.get("query") or ""
+    if not isinstance(query, str):
+        raise ApiError(400, "query must be a string")
+    t0 = time.perf_counter()
+    route = gw.route(headers, query.encode(), remote_ip)
+    ruleset = gw.rules.current
+    ctx = build_context(headers, query.encode(), remote_ip, analyze_sql=True,
+                        max_sql_bytes=gw.config.routing.maxSqlBytes)
+    decision = decide(ruleset, ctx, groups_with_backends=gw.groups_with_backends(),
+                      default_group=gw.config.routing.defaultGroup,
+                      allow_group_header=gw.config.routing.allowGroupHeader)
+    return {
+        "routingGroup": route.group,
+        "rule": route.rule,
+        "reject": route.reject,
+        "backend": route.backends[0].name if route.backends else None,
+        "reason": route.reason,
+        "queuePriority": route.queue_priority,
+        "trace": list(decision.trace),
+        "context": {k: (list(v) if isinstance(v, (tuple, frozenset, set)) else v)
+                    for k, v in ctx.items() if k != "headers"},
+        "decisionMicros": round((time.perf_counter() - t0) * 1e6, 1),
+    }
+
+
+class ExplainHandler(ApiHandler):
+    async def post(self) -> None:
+        async def go() -> None:
+            self.send_json(explain(self.gw, self.json_body(), self.request.remote_ip or ""))
+        await self.run(False, go)
+
+
+class QueriesHandler(ApiHandler):
+    async def get(self) -> None:
+        async def go() -> None:
+            args = {k: self.get_argument(k, None) for k in
+                    ("user", "source", "group", "backend", "rule", "state", "text")}
+            try:
+                limit = int(self.get_argument("limit", "100"))
+            except ValueError:
+                raise ApiError(400, "limit must be an integer") from None
+            if not 1 <= limit <= 10000:
+                raise ApiError(400, "limit must be between 1 and 10000")
+            assert self.gw.store is not None
+            rows = await self.gw.store.call("query_history", limit=limit,
+                                            **{k: v for k, v in args.items() if v})
+            self.send_json([r.to_json() for r in rows])
+        await self.run(False, go)
+
+
+class MetricsHandler(RequestHandler):
+    def initialize(self, gateway: "Gateway") -> None:
+        self.gw = gateway
+
+    def get(self) -> None:
+        self.gw.refresh_gauges()
+        body, ctype = self.gw.metrics.render()
+        self.set_header("Content-Type", ctype)
+        self.finish(body)
+
+
+class RootRedirect(RequestHandler):
+    def get(self) -> None:
+        self.redirect("/trino-gateway/", permanent=False)
+
+
+def routes(gw: "Gateway") -> list[Any]:
+    a = {"gateway": gw}
+    return [
+        (r"/", RootRedirect),
+        (r"/gateway/backend/(all|active)", BackendListHandler, a),
+        (r"/gateway/backend/modify/(add|update|delete)", BackendModifyHandler, a),
+        (r"/gateway/backend/(activate|deactivate)/([^/]+)", BackendActivateHandler, a),
+        (r"/api/public/backends/?", PublicBackendsHandler, a),
+        (r"/api/public/backends/([^/]+)", PublicBackendsHandler, a),
+        (r"/api/public/backends/([^/]+)/(state)", PublicBackendsHandler, a),
+        (r"/trino-gateway/(livez|readyz)", HealthHandler, a),
+        (r"/api/rules", RulesHandler, a),
+        (r"/api/routing/explain", ExplainHandler, a),
+        (r"/api/queries", QueriesHandler, a),
+        (r"/metrics", MetricsHandler, a),
+    ]

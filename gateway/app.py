@@ -1,0 +1,320 @@
+"""Wires the parts into one running gateway: store, registry, rules, monitor, proxy, API.
+
+``Gateway`` owns the in-memory state the request path reads (registry, sticky map, current
+ruleset) and the background tasks that keep it fresh (monitor, rules watcher, backend sync,
+history writer). Handlers get the ``Gateway`` and call its small methods.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import tornado.web
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
+
+from gateway import protocol as P
+from gateway.backends import Backend, Health, Registry
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.proxy.client import BackendClient, BackendError, BufferSink
+from gateway.routing.balancer import Balancer
+from gateway.routing.context import build_context
+from gateway.routing.decision import decide
+from gateway.routing.reload import RulesWatcher
+from gateway.routing.sticky import StickyMap
+from gateway.store import open_store
+from gateway.store.base import HistoryRow
+from gateway.store.writer import AsyncStore, HistoryWriter
+from gateway.monitor import Monitor
+
+log = logging.getLogger("gateway")
+route_log = logging.getLogger("gateway.routing")
+
+
+@dataclass
+class Route:
+    """What routing decided for one new statement."""
+    group: str | None
+    backends: list[Backend]
+    reject: str | None = None
+    rule: str | None = None
+    reason: str = ""
+    user: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    decision_seconds: float = 0.0
+    queue_priority: int = 0
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry = Registry()
+        self.sticky = StickyMap(ttl=config.routing.stickyTtl)
+        self.metrics = Metrics()
+        self.client = BackendClient(connect_timeout=config.server.backendConnectTimeout,
+                                    request_timeout=config.server.backendRequestTimeout)
+        self.balancer = Balancer(config.routing.policy)
+        self.rules = RulesWatcher(config.routing.rules, explicit=_rules_explicit(config))
+        self.monitor = Monitor(self.registry, config.monitor)
+        self.store: AsyncStore | None = None
+        self.writer: HistoryWriter | None = None
+        self.no_forwarded: set[str] = set()  # backends that answered 406 to X-Forwarded-*
+        self.shutting_down = False
+        self.oauth_cookie_ttl = 600.0
+        self.cookie_secret = config.routing.cookieSecret or secrets.token_hex(32)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._backends_stamp: str | None = None
+        self.started_at = time.time()
+        self.in_flight = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        store = await asyncio.get_running_loop().run_in_executor(None, open_store, cfg.store.url)
+        self.store = AsyncStore(store)
+        await self.store.call("migrate")
+        for b in cfg.backends:  # the seed list: inserted once, then the API owns them
+            await self.store.call("insert_backend_if_missing", Backend(
+                b.name, b.proxyTo, b.externalUrl, b.routingGroup or cfg.routing.defaultGroup, b.active))
+        await self.sync_backends()
+        self.writer = HistoryWriter(
+            self.store, flush_interval=cfg.store.historyFlushInterval,
+            batch_size=cfg.store.historyBatchSize, max_pending=cfg.store.historyMaxPending,
+            retention=cfg.store.historyRetention, metrics=self.metrics)
+        self.writer.start()
+        self.rules.start()
+        self.monitor.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
+        log.info("gateway started: %d backend(s) in group(s) %s, rules %s, store %s",
+                 len(self.registry.all()), ", ".join(sorted(self.registry.groups())) or "-",
+                 ", ".join(cfg.routing.rules), _redact_url(cfg.store.url))
+
+    async def stop(self) -> None:
+        self.shutting_down = True
+        for t in self._tasks:
+            t.cancel()
+        await self.monitor.stop()
+        self.rules.stop()
+        if self.writer is not None:
+            await self.writer.stop()
+        if self.store is not None:
+            await self.store.close()
+        self.client.close()
+
+    def reload_config(self) -> None:
+        """SIGHUP: reload what can change safely at run time (today: the rules files)."""
+        log.info("SIGHUP: reloading rules")
+        self.rules.reload_now()
+
+    async def sync_backends(self) -> None:
+        """Reload backends from the store when they changed (API calls in any process)."""
+        assert self.store is not None
+        stamp = await self.store.call("backends_stamp")
+        if stamp != self._backends_stamp:
+            backends = await self.store.call("list_backends")
+            self.registry.replace(backends)
+            self._backends_stamp = stamp
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.store.syncInterval)
+            try:
+                await self.sync_backends()
+                self.sticky.expire()
+            except Exception as exc:  # the store may be down; routing goes on with what we have
+                log.warning("cannot reload backends from the store: %s", exc)
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def base_url(self, request: HTTPServerRequest) -> str:
+        """The URL clients use to reach the gateway, for URIs written into responses."""
+        if self.config.server.publicUrl:
+            return self.config.server.publicUrl
+        host = request.host
+        if self.config.server.trustForwardedHeaders:
+            host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+        return f"{request.protocol}://{host}"
+
+    def groups_with_backends(self) -> set[str]:
+        return {b.routingGroup for b in self.registry.all() if b.active}
+
+    def route(self, headers: HTTPHeaders, body: bytes, remote_ip: str) -> Route:
+        t0 = time.perf_counter()
+        cfg = self.config.routing
+        ruleset = self.rules.current
+        ctx = build_context(headers, body, remote_ip,
+                            analyze_sql=bool(ruleset is not None and ruleset.uses_sql),
+                            max_sql_bytes=cfg.maxSqlBytes)
+        decision = decide(ruleset, ctx, groups_with_backends=self.groups_with_backends(),
+                          default_group=cfg.defaultGroup, allow_group_header=cfg.allowGroupHeader)
+        user = ctx.get("user")
+        if decision.reject is not None:
+            return Route(None, [], reject=decision.reject, rule=decision.rule, reason=decision.reason,
+                         user=user, context=ctx)
+        group = decision.routing_group or cfg.defaultGroup
+        reason = decision.reason
+        available = self.registry.available(group)
+        if not available and group != cfg.defaultGroup:
+            if self.config.group(group).fallback == "none":
+                return Route(group, [], rule=decision.rule, user=user, context=ctx,
+                             reason=f"No healthy backend in routing group '{group}' "
+                                    f"(strict isolation: this group does not fall back)")
+            reason = f"{reason}; no healthy backend in '{group}', fell back to default group"
+            group = cfg.defaultGroup
+            available = self.registry.available(group)
+        if not available:
+            total = len(self.registry.in_group(group))
+            why = (f"No healthy backend in routing group '{group}' "
+                   f"({total} configured, none active and HEALTHY)" if total else
+                   f"No backend is configured for routing group '{group}'")
+            return Route(group, [], rule=decision.rule, reason=why, user=user, context=ctx)
+        first = self.balancer.pick(available, self.registry.states, user)
+        assert first is not None
+        candidates = [first] + [b for b in available if b is not first]
+        return Route(group, candidates, rule=decision.rule, reason=reason, user=user, context=ctx,
+                     decision_seconds=time.perf_counter() - t0,
+                     queue_priority=getattr(decision, "queue_priority", 0))
+
+    def any_backend(self) -> Backend | None:
+        """For requests tied to no query (/v1/info, the Trino UI): a backend of the default group."""
+        group = self.config.routing.defaultGroup
+        avail = self.registry.available(group) or [
+            b for b in self.registry.all() if b.active and self.registry.state(b.name).health is Health.HEALTHY]
+        return avail[0] if avail else None
+
+    def statement_routed(self, handler: Any, backend: Backend, route: Route, rewriter: P.UriRewriter | None) -> None:
+        qid = rewriter.query_id if rewriter is not None else None
+        if qid is None or handler.get_status() != 200:
+            return
+        ctx = route.context
+        self.balancer.note_routed(backend.name, route.user, self.registry.states)
+        self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
+        self.metrics.overhead.observe(route.decision_seconds)
+        if self.writer is not None and self.config.store.historyEnabled:
+            self.writer.add(HistoryRow(
+                query_id=qid, user=route.user, source=ctx.get("source"),
+                client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
+                routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
+                submitted_at=time.time()))
+        route_log.info("query %s user=%s source=%s group=%s backend=%s rule=%s decision=%.3fms (%s)",
+                       qid, route.user, ctx.get("source"), backend.routingGroup, backend.name,
+                       route.rule or "-", route.decision_seconds * 1000, route.reason)
+
+    def query_finished(self, query_id: str, state: str, error: str | None) -> None:
+        if self.writer is not None and self.config.store.historyEnabled:
+            self.writer.update_state(query_id, state, error)
+
+    # -- sticky routing ----------------------------------------------------------------------
+
+    def learn(self, kind: str, key: str, backend: str) -> None:
+        if self.sticky.get(kind, key) == backend:
+            return
+        self.sticky.put(kind, key, backend)
+        if self.writer is not None:
+            self.writer.add_sticky(kind, key, backend, time.time() + self.sticky.ttl)
+
+    def forget(self, kind: str, key: str) -> None:
+        self.sticky.discard(kind, key)
+
+    async def owner(self, kind: str, key: str, headers: HTTPHeaders) -> str | None:
+        """The backend owning a query/transaction/segment/exchange: memory, then probe, then store."""
+        name = self.sticky.get(kind, key)
+        if name is not None and self.registry.get(name) is not None:
+            return name
+        if kind == P.QUERY:
+            name = await self._probe_query(key, headers)
+        if name is None:
+            name = await self._store_lookup(kind, key)
+        if name is not None:
+            self.sticky.put(kind, key, name)
+        return name
+
+    async def _probe_query(self, query_id: str, headers: HTTPHeaders) -> str | None:
+        """Ask every backend at once whether it knows the query (another replica or a restarted
+        gateway took the POST); the owner answers 200, the others 404/410."""
+        backends = self.registry.all()
+        if not backends:
+            return None
+        probe_headers = {k: v for k, v in (("X-Trino-User", headers.get("X-Trino-User")),
+                                           ("Authorization", headers.get("Authorization")))
+                         if v}
+
+        async def ask(b: Backend) -> str | None:
+            sink = BufferSink(limit=0)
+            h = HTTPHeaders(probe_headers)
+            try:
+                code = await self.client.fetch(b.proxyTo, "GET", f"/v1/query/{query_id}", h, None, sink,
+                                               request_timeout=self.config.monitor.timeout)
+            except BackendError:
+                return None
+            return b.name if code == 200 else None
+
+        for name in await asyncio.gather(*(ask(b) for b in backends)):
+            if name is not None:
+                return name
+        return None
+
+    async def _store_lookup(self, kind: str, key: str) -> str | None:
+        if self.store is None:
+            return None
+        # A mapping learned by another process reaches the store within a flush interval.
+        deadline = time.monotonic() + (2 * self.config.store.historyFlushInterval + 0.5
+                                       if kind != P.QUERY else 0)
+        while True:
+            try:
+                name = await self.store.call("get_sticky", kind, key, time.time())
+            except Exception as exc:
+                log.warning("store lookup of %s %s failed: %s", kind, key, exc)
+                return None
+            if name is not None and self.registry.get(name) is not None:
+                return name
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.1)
+
+    def refresh_gauges(self) -> None:
+        """Copy monitor state into the backend gauges (called when /metrics is scraped)."""
+        m = self.metrics
+        for b in self.registry.all():
+            st = self.registry.state(b.name)
+            m.backend_health.labels(b.name, b.routingGroup).set(1 if st.health is Health.HEALTHY else 0)
+            m.backend_queued.labels(b.name).set(st.queued)
+            m.backend_running.labels(b.name).set(st.running)
+        rs = self.rules.current
+        if rs is not None:
+            m.ruleset_info.clear()
+            m.ruleset_info.labels(rs.version).set(1)
+        m.rules_error.set(1 if self.rules.last_error else 0)
+
+    def note_forward_failure(self, backend: Backend, exc: BackendError) -> None:
+        """Passive health: a backend we cannot reach takes no new queries until a probe says so."""
+        if not exc.sent or exc.timeout:
+            if self.registry.state(backend.name).health is not Health.UNHEALTHY:
+                log.warning("backend %s marked UNHEALTHY after a failed forward: %s", backend.name, exc)
+            self.registry.mark_unhealthy(backend.name, str(exc))
+
+
+def _rules_explicit(config: Config) -> bool:
+    return config.routing.rules != ["rules/"]
+
+
+def _redact_url(url: str) -> str:
+    import re
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def make_app(gw: Gateway) -> tornado.web.Application:
+    from gateway.proxy.handler import ProxyHandler
+    from gateway.admin import routes as admin_routes
+    handlers: list[Any] = admin_routes(gw)
+    handlers.append((r".*", ProxyHandler, {"gateway": gw}))
+    templates = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+    return tornado.web.Application(
+        handlers, cookie_secret=gw.cookie_secret, xsrf_cookies=False, compress_response=False,
+        template_path=templates)

@@ -1,0 +1,302 @@
+"""Trino client-protocol facts the gateway acts on, as pure functions.
+
+Which request belongs to which query (or transaction, spooled segment, OAuth2 exchange), how
+URIs in backend responses are pointed back at the gateway, which headers are hop-by-hop, and
+what a Trino-shaped failure looks like. No sockets here: handlers call these.
+Facts come from ``shared/trino-protocol.md``; section numbers below refer to it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable
+from urllib.parse import unquote
+
+# §1.5: YYYYMMDD_HHMMSS_NNNNN_ccccc. Slightly looser in the coordinator id so a build that draws
+# from a different alphabet still routes.
+QUERY_ID = r"\d{8}_\d{6}_\d{5}_[a-z0-9]{5}"
+_QUERY_ID_RE = re.compile(rf"^{QUERY_ID}$")
+
+# Request kinds: what the gateway needs to know to route a request.
+STATEMENT = "statement"        # POST /v1/statement: a new query
+QUERY = "query"                # anything naming a query id
+SPOOL = "spool"                # /v1/spooled/{download,ack}/<id>
+OAUTH_TOKEN = "oauth"          # /oauth2/token/<authId>
+OAUTH_INITIATE = "oauth-initiate"  # /oauth2/token/initiate/<sha256hex(authId)>
+OAUTH_CALLBACK = "oauth-callback"  # /oauth2/callback (no id: routed by a signed cookie)
+OTHER = "other"                # not tied to a query: any backend of the default group
+
+_PATH_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(rf"^/v1/statement/(?:queued|executing)/(?:partialCancel/)?({QUERY_ID})(?:/|$)"), QUERY),
+    (re.compile(rf"^/v1/query/({QUERY_ID})(?:/|$)"), QUERY),
+    (re.compile(rf"^/ui/api/query/({QUERY_ID})(?:/|$)"), QUERY),
+    (re.compile(rf"^/v1/spooled/(?:download|ack)/([^/]+)$"), SPOOL),
+    (re.compile(r"^/oauth2/token/initiate/([0-9a-fA-F]{64})$"), OAUTH_INITIATE),
+    (re.compile(r"^/oauth2/token/([0-9a-fA-F-]{8,64})$"), OAUTH_TOKEN),
+)
+_INFO_PAGE_QID = re.compile(rf"^({QUERY_ID})")
+_KILL_QUERY = re.compile(
+    r"^\s*CALL\s+(?:\"?system\"?\s*\.\s*)?\"?runtime\"?\s*\.\s*\"?kill_query\"?\s*\(([^)]*)\)",
+    re.IGNORECASE | re.DOTALL)
+_QID_LITERAL = re.compile(rf"'({QUERY_ID})'")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKind:
+    kind: str
+    key: str | None = None
+
+
+def is_query_id(text: str) -> bool:
+    return bool(_QUERY_ID_RE.match(text))
+
+
+def classify(method: str, path: str, query: str = "") -> RequestKind:
+    """Tell what a client request is about, from its method, path and query string."""
+    if path == "/v1/statement":
+        return RequestKind(STATEMENT) if method == "POST" else RequestKind(OTHER)
+    for pattern, kind in _PATH_RULES:
+        m = pattern.match(path)
+        if m:
+            key = m.group(1)
+            if kind == SPOOL:
+                key = unquote(key)
+            elif kind == OAUTH_INITIATE:
+                key = key.lower()
+            return RequestKind(kind, key)
+    if path == "/ui/query.html":
+        m = _INFO_PAGE_QID.match(query)
+        if m:
+            return RequestKind(QUERY, m.group(1))
+    if path == "/oauth2/callback":
+        return RequestKind(OAUTH_CALLBACK)
+    return RequestKind(OTHER)
+
+
+def kill_query_target(sql: str) -> str | None:
+    """The query id a ``CALL system.runtime.kill_query(...)`` names, so it reaches its owner."""
+    m = _KILL_QUERY.match(sql)
+    if not m:
+        return None
+    ids = _QID_LITERAL.findall(m.group(1))
+    return ids[0] if ids else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+})
+# Never forwarded to a backend: we set Host ourselves, bodies must arrive uncompressed so URIs can
+# be rewritten (§7.4), and Content-Length is recomputed.
+REQUEST_DROP = HOP_BY_HOP | {"host", "accept-encoding", "content-length", "expect"}
+RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
+
+
+def connection_tokens(values: Iterable[str]) -> set[str]:
+    """Header names listed in Connection, which are hop-by-hop for this message only."""
+    out: set[str] = set()
+    for v in values:
+        out.update(t.strip().lower() for t in v.split(",") if t.strip())
+    return out
+
+
+def forwarded_for(existing: str | None, remote_ip: str) -> str:
+    return f"{existing}, {remote_ip}" if existing else remote_ip
+
+
+def transaction_id(value: str | None) -> str | None:
+    """The transaction a request belongs to, from X-Trino-Transaction-Id (NONE means none)."""
+    if not value:
+        return None
+    value = value.strip()
+    if not value or value.upper() == "NONE":
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# URIs in responses
+
+# The URI-valued keys of a QueryResults document and of spooled segments (§1.2, §3). Matching
+# `"key":"` cannot hit text inside a JSON string value, where quotes are escaped.
+_URI_FIELD = re.compile(
+    rb'"(nextUri|infoUri|partialCancelUri|uri|ackUri)"\s*:\s*"(https?://[^/"\\]+)((?:[^"\\]|\\.)*)"')
+_ALWAYS_REWRITTEN = {b"nextUri", b"infoUri", b"partialCancelUri"}
+_SPOOL_PATH = re.compile(rb"^(?:\\?/)v1(?:\\?/)spooled(?:\\?/)(?:download|ack)(?:\\?/)([^\"?#]+)")
+_NEXT_URI_KEY = re.compile(rb'"nextUri"\s*:')
+_STATE = re.compile(rb'"state"\s*:\s*"([A-Z_]+)"')
+_ERROR_MESSAGE = re.compile(rb'"error"\s*:\s*\{\s*"message"\s*:\s*"((?:[^"\\]|\\.){0,2000})')
+_ID = re.compile(rb'"id"\s*:\s*"(' + QUERY_ID.encode() + rb')"')
+_MAX_MATCH = 16384   # longest URI field we promise to rewrite across chunk boundaries
+_TAIL_KEEP = 65536   # bytes kept to read the final state of a finished query
+
+
+class UriRewriter:
+    """Streams a JSON response body, pointing coordinator URIs at the gateway.
+
+    Works chunk by chunk with a bounded carry, so a 100 MB result page passes through without
+    being held in memory. Learns, on the way, the spooled segment ids (to pin their downloads),
+    whether the page had a ``nextUri`` and, for the last page, the query's final state.
+    Pre-signed object-store URLs in segments are left alone (their signatures would break).
+    """
+
+    __slots__ = ("_base", "_carry", "spool_ids", "saw_next_uri", "_tail", "query_id")
+
+    def __init__(self, gateway_base: str) -> None:
+        self._base = gateway_base.rstrip("/").encode()
+        self._carry = b""
+        self._tail = b""
+        self.spool_ids: list[str] = []
+        self.saw_next_uri = False
+        self.query_id: str | None = None
+
+    def _sub(self, m: re.Match[bytes]) -> bytes:
+        key, path = m.group(1), m.group(3)
+        if key not in _ALWAYS_REWRITTEN:
+            spool = _SPOOL_PATH.match(path)
+            if not spool:
+                return m.group(0)
+            sid = spool.group(1).decode("utf-8", "replace")
+            if sid not in self.spool_ids:
+                self.spool_ids.append(sid)
+        elif key == b"nextUri":
+            self.saw_next_uri = True
+        return b'"' + key + b'":"' + self._base + path + b'"'
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._carry + chunk if self._carry else chunk
+        if self.query_id is None:
+            m = _ID.search(buf, 0, 4096)
+            if m:
+                self.query_id = m.group(1).decode()
+        out = _URI_FIELD.sub(self._sub, buf)
+        # Hold back the end of the buffer: a URI field may continue in the next chunk. A field not
+        # yet complete starts within the last _MAX_MATCH bytes, so it stays in the carry whole;
+        # re-scanning a field already rewritten is harmless (the substitution is idempotent).
+        if len(out) <= _MAX_MATCH:
+            self._carry = out
+            return b""
+        cut = len(out) - _MAX_MATCH
+        self._carry = out[cut:]
+        emitted = out[:cut]
+        self._tail = (self._tail + emitted)[-_TAIL_KEEP:]
+        return emitted
+
+    def finish(self) -> bytes:
+        out, self._carry = self._carry, b""
+        self._tail = (self._tail + out)[-_TAIL_KEEP:]
+        if not self.saw_next_uri and _NEXT_URI_KEY.search(self._tail):
+            self.saw_next_uri = True
+        return out
+
+    def final_state(self) -> tuple[str | None, str | None]:
+        """For a page without nextUri: (stats.state, error message) read from the page's tail."""
+        if self.saw_next_uri:
+            return None, None
+        states = _STATE.findall(self._tail)
+        state = states[-1].decode() if states else None
+        m = _ERROR_MESSAGE.search(self._tail)
+        error = None
+        if m:
+            try:
+                error = json.loads(b'"' + m.group(1) + b'"')
+            except ValueError:
+                error = m.group(1).decode("utf-8", "replace")
+        return state, error
+
+
+def rewrite_location(location: str, backend_base: str, gateway_base: str) -> str:
+    """Point a coordinator-hosted Location at the gateway; leave any other host (an identity
+    provider, a pre-signed object-store URL) untouched."""
+    if location.startswith(backend_base + "/") or location == backend_base:
+        return gateway_base + location[len(backend_base):]
+    return location
+
+
+_AUTH_SERVER = re.compile(r'(x_(?:redirect|token)_server\s*=\s*")(https?://[^/"]+)(/[^"]*)"')
+_TOKEN_ID = re.compile(r"/oauth2/token/([0-9a-fA-F-]{8,64})(?:[/?]|$)")
+
+
+def rewrite_www_authenticate(value: str, gateway_base: str) -> tuple[str, list[str]]:
+    """Point OAuth2 ``x_*_server`` URIs of a 401 challenge at the gateway (§6) and return the
+    auth ids they carry, so the token exchange reaches the same backend."""
+    ids: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        path = m.group(3)
+        if not path.startswith("/oauth2/"):
+            return m.group(0)  # an identity provider's URL: never rewritten
+        t = _TOKEN_ID.search(path)
+        if t and not path.startswith("/oauth2/token/initiate/"):
+            ids.append(t.group(1))
+        return m.group(1) + gateway_base + path + '"'
+    return _AUTH_SERVER.sub(sub, value), ids
+
+
+def auth_initiate_key(auth_id: str) -> str:
+    return hashlib.sha256(auth_id.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents the gateway writes itself
+
+_COORDINATOR_ID = "gtway"   # letters from Trino's coordinator-id alphabet (§1.5)
+_counter_lock = threading.Lock()
+_counter = [0, ""]
+
+
+def new_query_id(now: float | None = None) -> str:
+    """A Trino-format query id for failures the gateway answers itself."""
+    t = time.gmtime(now if now is not None else time.time())
+    day = time.strftime("%Y%m%d_%H%M%S", t)
+    with _counter_lock:
+        if _counter[1] != day[:8]:
+            _counter[0], _counter[1] = random.randint(0, 999), day[:8]
+        _counter[0] = (_counter[0] + 1) % 100000
+        n = _counter[0]
+    return f"{day}_{n:05d}_{_COORDINATOR_ID}"
+
+
+# (name, code, type) of the errors the gateway raises on a statement, from Trino's codes.
+ERRORS = {
+    "PERMISSION_DENIED": (4, "USER_ERROR"),
+    "NO_NODES_AVAILABLE": (65541, "INTERNAL_ERROR"),
+    "GENERIC_INTERNAL_ERROR": (65536, "INTERNAL_ERROR"),
+    "SERVER_SHUTTING_DOWN": (65549, "INTERNAL_ERROR"),
+    "QUERY_QUEUE_FULL": (131074, "INSUFFICIENT_RESOURCES"),
+    "EXCEEDED_TIME_LIMIT": (131075, "INSUFFICIENT_RESOURCES"),
+}
+
+_EMPTY_STATS = {
+    "state": "FAILED", "queued": False, "scheduled": False, "nodes": 0, "totalSplits": 0,
+    "queuedSplits": 0, "runningSplits": 0, "completedSplits": 0, "cpuTimeMillis": 0,
+    "wallTimeMillis": 0, "queuedTimeMillis": 0, "elapsedTimeMillis": 0, "processedRows": 0,
+    "processedBytes": 0, "physicalInputBytes": 0, "peakMemoryBytes": 0, "spilledBytes": 0,
+}
+
+
+def failed_query(message: str, *, gateway_base: str, error_name: str = "NO_NODES_AVAILABLE",
+                 query_id: str | None = None) -> bytes:
+    """A finished, FAILED QueryResults document (§1.2) every client shows as an error."""
+    qid = query_id or new_query_id()
+    code, etype = ERRORS[error_name]
+    doc = {
+        "id": qid,
+        "infoUri": f"{gateway_base}/trino-gateway/query/{qid}",
+        "stats": _EMPTY_STATS,
+        "error": {
+            "message": message, "errorCode": code, "errorName": error_name, "errorType": etype,
+            "failureInfo": {"type": "io.trino.gateway.GatewayException", "message": message,
+                            "suppressed": [], "stack": []},
+        },
+        "warnings": [],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()

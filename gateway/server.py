@@ -1,0 +1,136 @@
+"""Running the gateway as a server: sockets, worker processes, signals, graceful shutdown.
+
+``server.workers: N`` forks N processes that share the listening socket; the parent only
+supervises and forwards SIGTERM/SIGINT/SIGHUP. On SIGTERM a worker turns readyz to 503,
+refuses new statements with a Trino-shaped error, lets in-flight requests finish until
+``server.shutdownGracePeriod``, flushes query history and exits 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from gateway.app import Gateway, make_app
+from gateway.config import Config
+from gateway.logs import setup_logging
+
+log = logging.getLogger("gateway.server")
+
+
+def serve(config: Config, *, ready_callback: Any = None) -> int:
+    setup_logging(config.logging)
+    s = config.server
+    try:
+        sockets = bind_sockets(s.port, s.host, reuse_port=False)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror)
+        return 1
+    if s.workers > 1:
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            d = s.stateDir or tempfile.mkdtemp(prefix="trino-gateway-metrics-")
+            os.makedirs(d, exist_ok=True)
+            for f in os.listdir(d):
+                if f.endswith(".db"):
+                    os.unlink(os.path.join(d, f))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
+        return _supervise(config, sockets)
+    return asyncio.run(_run_worker(config, sockets, ready_callback))
+
+
+def _supervise(config: Config, sockets: list[socket.socket]) -> int:
+    """Fork the workers and wait; forward signals; restart a worker that crashed."""
+    children: dict[int, int] = {}
+
+    def spawn(i: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = asyncio.run(_run_worker(config, sockets, None, worker=i))
+            os._exit(code)
+        children[pid] = i
+
+    for i in range(config.server.workers):
+        spawn(i)
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    log.info("supervising %d worker processes on port %d", config.server.workers, config.server.port)
+    worst = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        i = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        if i is None:
+            continue
+        if not stopping and code != 0:
+            log.error("worker %d exited with %d; restarting it", i, code)
+            time.sleep(0.5)
+            spawn(i)
+        else:
+            worst = max(worst, abs(code))
+    return 0 if worst == 0 else 1
+
+
+async def _run_worker(config: Config, sockets: list[socket.socket], ready_callback: Any,
+                      worker: int = 0) -> int:
+    gw = Gateway(config)
+    try:
+        await gw.start()
+    except Exception as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    app = make_app(gw)
+    s = config.server
+    server = HTTPServer(app, xheaders=s.trustForwardedHeaders, idle_connection_timeout=s.idleConnectionTimeout,
+                        max_body_size=s.maxBodySize + 1, body_timeout=s.backendRequestTimeout)
+    server.add_sockets(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: gw.reload_config())
+    port = sockets[0].getsockname()[1]
+    log.info("worker %d listening on %s:%d", worker, s.host, port)
+    if ready_callback is not None:
+        ready_callback(gw, port)
+    await stop.wait()
+    log.info("shutting down: new statements are refused, in-flight requests have %.0fs",
+             s.shutdownGracePeriod)
+    gw.shutting_down = True
+    server.stop()
+    deadline = time.monotonic() + s.shutdownGracePeriod
+    while gw.in_flight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if gw.in_flight:
+        log.warning("%d request(s) still in flight at the deadline; closing them", gw.in_flight)
+    await server.close_all_connections() if gw.in_flight == 0 else None
+    await gw.stop()
+    log.info("stopped")
+    return 0
