@@ -27,8 +27,7 @@ from gateway.routing.context import build_context
 from gateway.routing.decision import decide
 from gateway.routing.reload import RulesWatcher
 from gateway.routing.sticky import StickyMap
-from gateway.store import open_store
-from gateway.store.base import HistoryRow
+from gateway.store.base import DuplicateBackend, HistoryRow
 from gateway.store.writer import AsyncStore, HistoryWriter
 from gateway.monitor import Monitor
 
@@ -59,7 +58,10 @@ class Gateway:
         self.client = BackendClient(connect_timeout=config.server.backendConnectTimeout,
                                     request_timeout=config.server.backendRequestTimeout)
         self.balancer = Balancer(config.routing.policy)
-        self.rules = RulesWatcher(config.routing.rules, explicit=_rules_explicit(config))
+        self.rules = RulesWatcher(
+            config.routing.rules, missing_ok=not _rules_explicit(config),
+            on_change=lambda rs: self.metrics.rule_reloads.labels("ok").inc(),
+            on_error=lambda err: self.metrics.rule_reloads.labels("error").inc())
         self.monitor = Monitor(self.registry, config.monitor)
         self.store: AsyncStore | None = None
         self.writer: HistoryWriter | None = None
@@ -71,22 +73,24 @@ class Gateway:
         self._backends_stamp: str | None = None
         self.started_at = time.time()
         self.in_flight = 0
+        self._seen: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
-        store = await asyncio.get_running_loop().run_in_executor(None, open_store, cfg.store.url)
-        self.store = AsyncStore(store)
-        await self.store.call("migrate")
+        self.store = await AsyncStore.open(cfg.store.url, pool_size=cfg.store.poolSize)
         for b in cfg.backends:  # the seed list: inserted once, then the API owns them
-            await self.store.call("insert_backend_if_missing", Backend(
-                b.name, b.proxyTo, b.externalUrl, b.routingGroup or cfg.routing.defaultGroup, b.active))
+            try:
+                await self.store.call("add_backend", Backend(
+                    b.name, b.proxyTo, b.externalUrl, b.routingGroup or cfg.routing.defaultGroup, b.active))
+            except DuplicateBackend:
+                pass
         await self.sync_backends()
         self.writer = HistoryWriter(
             self.store, flush_interval=cfg.store.historyFlushInterval,
             batch_size=cfg.store.historyBatchSize, max_pending=cfg.store.historyMaxPending,
-            retention=cfg.store.historyRetention, metrics=self.metrics)
+            retention=cfg.store.historyRetention)
         self.writer.start()
         self.rules.start()
         self.monitor.start()
@@ -110,7 +114,7 @@ class Gateway:
     def reload_config(self) -> None:
         """SIGHUP: reload what can change safely at run time (today: the rules files)."""
         log.info("SIGHUP: reloading rules")
-        self.rules.reload_now()
+        self.rules.trigger()
 
     async def sync_backends(self) -> None:
         """Reload backends from the store when they changed (API calls in any process)."""
@@ -291,6 +295,14 @@ class Gateway:
             m.ruleset_info.clear()
             m.ruleset_info.labels(rs.version).set(1)
         m.rules_error.set(1 if self.rules.last_error else 0)
+        w = self.writer
+        if w is not None:  # counters follow the writer's own tallies
+            for counter, attr in ((m.history_dropped, "dropped"), (m.store_failures, "write_failures")):
+                seen = self._seen.get(attr, 0)
+                now = getattr(w, attr) + (w.rejected if attr == "dropped" else 0)
+                if now > seen:
+                    counter.inc(now - seen)
+                    self._seen[attr] = now
 
     def note_forward_failure(self, backend: Backend, exc: BackendError) -> None:
         """Passive health: a backend we cannot reach takes no new queries until a probe says so."""

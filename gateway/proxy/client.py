@@ -35,7 +35,7 @@ class ResponseSink(Protocol):
 
     def on_headers(self, code: int, reason: str, headers: HTTPHeaders) -> Awaitable[None] | None: ...
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None: ...
-    def on_finish(self) -> Awaitable[None] | None: ...
+    def on_end(self) -> Awaitable[None] | None: ...
 
 
 class _Delegate(HTTPMessageDelegate):
@@ -62,8 +62,8 @@ class _Delegate(HTTPMessageDelegate):
 
     def finish(self) -> None:
         self.finished = True
-        # on_finish may be a coroutine; the caller awaits it after read_response returns
-        self.pending = self.sink.on_finish()
+        # on_end may be a coroutine; the caller awaits it after read_response returns
+        self.pending = self.sink.on_end()
 
     def on_connection_close(self) -> None:
         pass
@@ -136,7 +136,7 @@ class BackendClient:
             if scheme == "https":
                 ssl_options = self.ssl_context or ssl.create_default_context()
             stream = await self._tcp.connect(host, port, ssl_options=ssl_options,
-                                             timeout=self.connect_timeout, server_hostname=host)
+                                             timeout=self.connect_timeout)
         except gen.TimeoutError:
             raise BackendError(f"timed out connecting after {self.connect_timeout:g}s",
                                sent=False, timeout=True) from None
@@ -248,5 +248,5 @@ class BufferSink:
         if len(self.body) < self.limit:
             self.body += chunk[: self.limit - len(self.body)]
 
-    def on_finish(self) -> None:
+    def on_end(self) -> None:
         return None

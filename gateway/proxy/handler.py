@@ -347,7 +347,7 @@ class ProxyHandler(RequestHandler):
             self._buffered = 0
             await self.flush()
 
-    def on_finish(self) -> None:
+    def on_end(self) -> None:
         if self._skip_body:
             return
         if self._rewriter is not None:

@@ -1,0 +1,88 @@
+"""``trino-gateway demo``: three simulated clusters and a gateway in front of them, in one process.
+
+Two clusters are in routing group ``adhoc`` and one in ``etl``; the example rules from
+``rules/`` decide where each query goes. Ctrl-C stops everything.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from gateway.app import Gateway, make_app
+from gateway.config import config_from_dict
+from gateway.logs import setup_logging
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTERS = (("adhoc-1", "adhoc"), ("adhoc-2", "adhoc"), ("etl-1", "etl"))
+
+
+def example_rules() -> str:
+    for candidate in (Path.cwd() / "rules", REPO / "rules"):
+        if candidate.is_dir() and any(candidate.glob("*.y*ml")):
+            return str(candidate)
+    raise SystemExit("trino-gateway demo: cannot find the example rules folder 'rules/'")
+
+
+async def _demo(port: int, cluster_base_port: int) -> int:
+    from gateway.demo.cluster import SimulatedCluster
+    clusters = []
+    backends = []
+    for i, (name, group) in enumerate(CLUSTERS):
+        c = SimulatedCluster(name)
+        cport = await c.start(cluster_base_port + i if cluster_base_port else 0)
+        clusters.append(c)
+        backends.append({"name": name, "proxyTo": f"http://127.0.0.1:{cport}", "routingGroup": group})
+    state = tempfile.mkdtemp(prefix="trino-gateway-demo-")
+    cfg = config_from_dict({
+        "server": {"host": "127.0.0.1", "port": port},
+        "store": {"url": f"sqlite:///{os.path.join(state, 'demo.db')}"},
+        "routing": {"defaultGroup": "adhoc", "rules": [example_rules()]},
+        "monitor": {"type": "info-api", "interval": "2s", "timeout": "1s"},
+        "backends": backends,
+    }, "<demo>")
+    setup_logging(cfg.logging)
+    try:
+        sockets = bind_sockets(port, "127.0.0.1")
+    except OSError as exc:
+        print(f"trino-gateway demo: cannot listen on port {port}: {exc.strerror}; "
+              f"try --port 8081", file=sys.stderr)
+        for c in clusters:
+            await c.stop()
+        return 1
+    gw = Gateway(cfg)
+    await gw.start()
+    server = HTTPServer(make_app(gw))
+    server.add_sockets(sockets)
+    url = f"http://127.0.0.1:{port}"
+    print(f"\ntrino-gateway demo is running at {url}", flush=True)
+    for b in backends:
+        print(f"  backend {b['name']:8} group {b['routingGroup']:6} {b['proxyTo']}")
+    print(f"  rules from {cfg.routing.rules[0]}; admin API at {url}/api/rules")
+    print(f"\nTry: python3 -c \"import trino; c = trino.dbapi.connect(host='127.0.0.1', port={port}, "
+          f"user='me').cursor(); c.execute('SELECT name, current_cluster() FROM nation LIMIT 3'); "
+          f"print(c.fetchall())\"\nPress Ctrl-C to stop.\n", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("\nstopping...", flush=True)
+    gw.shutting_down = True
+    server.stop()
+    await gw.stop()
+    for c in clusters:
+        await c.stop()
+    logging.getLogger("gateway").info("demo stopped")
+    return 0
+
+
+def run_demo(port: int = 8080, cluster_base_port: int = 0) -> int:
+    return asyncio.run(_demo(port, cluster_base_port))

@@ -1,0 +1,282 @@
+"""The cluster monitor: probe every backend each ``monitor.interval`` and keep its state.
+
+Probes run concurrently on the event loop with ``monitor.timeout`` each, so a hung
+coordinator delays nobody. What an answer *means* lives in ``gateway/monitor_probes.py``
+(pure functions); this module only does the HTTP and writes results into the registry's
+``BackendState`` objects, which the balancer reads on the request path.
+
+Monitor types (``monitor.type``):
+
+* ``info-api``: ``GET /v1/info`` (public; no credentials).
+* ``ui-api``: form login at ``/ui/login`` (``monitor.username``, default ``trino-gateway``,
+  and ``monitor.password``, default empty), keeping the ``Trino-UI-Token`` cookie per backend
+  and logging in again on 401; then ``/ui/api/stats`` and ``/ui/api/query?state=QUEUED``.
+* ``metrics``: ``GET /metrics`` with ``X-Trino-User`` (and Basic auth when a password is set).
+* ``noop``: no requests; every backend is HEALTHY.
+
+Every health change is logged on ``gateway.monitor`` at INFO, e.g.
+``backend trino-2 HEALTHY -> UNHEALTHY: connection refused``.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.ioloop import IOLoop
+
+from gateway.backends import Backend, Health, Registry
+from gateway.config import MonitorConfig
+from gateway.monitor_probes import (
+    NODES_METRIC, QUEUED_METRIC, RUNNING_METRIC, ProbeResult, Transition, apply_probe,
+    describe_error, discount_routed, parse_info, parse_metrics, parse_queued_users, parse_stats,
+)
+
+__all__ = ["Monitor", "DEFAULT_MONITOR_USER"]
+
+log = logging.getLogger("gateway.monitor")
+
+DEFAULT_MONITOR_USER = "trino-gateway"
+_USER_AGENT = "trino-gateway-monitor"
+_UI_COOKIE = "Trino-UI-Token"
+# Probe types whose answers carry no load counts: the locally routed counters are cleared
+# every round instead, so least-queued balances per interval rather than over all time.
+_COUNTLESS = ("info-api", "noop")
+_METRICS_QUERY = urlencode([("name[]", m) for m in (RUNNING_METRIC, QUEUED_METRIC, NODES_METRIC)])
+
+RoundCallback = Callable[["Monitor"], Any]
+TransitionCallback = Callable[[Transition], Any]
+
+
+class _ProbeFailed(Exception):
+    """A probe step failed with a message already fit for ``state.error``."""
+
+
+class Monitor:
+    """Probes the registry's backends; ``first_round_done`` turns true after the first round."""
+
+    def __init__(self, registry: Registry, cfg: MonitorConfig,
+                 http_client: AsyncHTTPClient | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.cfg = cfg
+        self.first_round_done = False
+        self.rounds = 0
+        self._clock = clock
+        self._own_client = http_client is None
+        self._client = http_client
+        self._ui_cookies: dict[tuple[str, str], str] = {}   # (name, proxyTo) -> Cookie header
+        self._round_callbacks: list[RoundCallback] = []
+        self._transition_callbacks: list[TransitionCallback] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Event | None = None
+
+    @property
+    def username(self) -> str:
+        return self.cfg.username or DEFAULT_MONITOR_USER
+
+    def on_round(self, callback: RoundCallback) -> None:
+        """Call ``callback(monitor)`` after every completed round (sync or async)."""
+        self._round_callbacks.append(callback)
+
+    def on_transition(self, callback: TransitionCallback) -> None:
+        """Call ``callback(transition)`` whenever a probe changes a backend's health."""
+        self._transition_callbacks.append(callback)
+
+    # -- rounds ---------------------------------------------------------------------------
+
+    async def run_round(self) -> list[Transition]:
+        """Probe every backend once, concurrently; return the health changes."""
+        backends = self.registry.all()
+        live = {(b.name, b.proxyTo) for b in backends}
+        for key in [k for k in self._ui_cookies if k not in live]:
+            del self._ui_cookies[key]
+        outcomes = await asyncio.gather(*(self._probe_and_apply(b) for b in backends))
+        transitions = [t for t in outcomes if t is not None]
+        self.rounds += 1
+        self.first_round_done = True
+        for cb in self._round_callbacks:
+            await self._call(cb, self)
+        return transitions
+
+    async def _probe_and_apply(self, backend: Backend) -> Transition | None:
+        state = self.registry.states.get(backend.name)
+        if state is None:
+            return None
+        routed, user_routed = state.routed_since_probe, dict(state.user_routed_since_probe)
+        result = await self.probe(backend)
+        # The backend may have been removed or re-pointed while the probe was in flight.
+        current = self.registry.get(backend.name)
+        if current is None or current.proxyTo != backend.proxyTo \
+                or self.registry.states.get(backend.name) is not state:
+            return None
+        transition = apply_probe(backend.name, state, result, self.cfg, self._clock())
+        if result.queued is not None or (self.cfg.type in _COUNTLESS and result.ok):
+            discount_routed(state, routed, user_routed)
+        if transition is not None:
+            log.info(transition.message(), extra={
+                "backend": backend.name, "health_from": transition.old.value,
+                "health_to": transition.new.value, "health_error": transition.error})
+            for cb in self._transition_callbacks:
+                await self._call(cb, transition)
+        return transition
+
+    async def probe(self, backend: Backend) -> ProbeResult:
+        """One probe of one backend with the configured type; never raises."""
+        if self.cfg.type == "noop":
+            return ProbeResult(Health.HEALTHY)
+        step = {"info-api": self._probe_info, "ui-api": self._probe_ui,
+                "metrics": self._probe_metrics}.get(self.cfg.type)
+        if step is None:
+            return ProbeResult(Health.UNHEALTHY, f"unknown monitor type {self.cfg.type!r}")
+        deadline = time.monotonic() + self.cfg.timeout
+        try:
+            # Each request gets what is left of the deadline, so Tornado's own timeouts end a
+            # slow probe; wait_for is only a safety net (cancelling a fetch makes Tornado log).
+            return await asyncio.wait_for(step(backend, deadline), self.cfg.timeout + 1.0)
+        except _ProbeFailed as exc:
+            return ProbeResult(Health.UNHEALTHY, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is an UNHEALTHY result, not a crash
+            log.debug("probe of %s failed", backend.name, exc_info=True)
+            return ProbeResult(Health.UNHEALTHY, describe_error(exc, self.cfg.timeout))
+
+    @staticmethod
+    async def _call(cb: Callable[[Any], Any], arg: Any) -> None:
+        try:
+            out = cb(arg)
+            if inspect.isawaitable(out):
+                await out
+        except Exception:  # noqa: BLE001 - a broken hook must not stop the monitor
+            log.exception("monitor callback %r failed", cb)
+
+    # -- probe types ----------------------------------------------------------------------
+
+    def _http(self) -> AsyncHTTPClient:
+        if self._client is None:
+            # Our own instance, made inside the running loop: the shared default allows 10
+            # connections, which would queue (and time out) probes of larger fleets.
+            self._client = AsyncHTTPClient(force_instance=True, max_clients=256)
+        return self._client
+
+    async def _fetch(self, url: str, deadline: float, **kw: Any) -> HTTPResponse:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _ProbeFailed(describe_error(TimeoutError(), self.cfg.timeout))
+        headers = {"User-Agent": _USER_AGENT, **kw.pop("headers", {})}
+        request = HTTPRequest(url, headers=headers, connect_timeout=left, request_timeout=left,
+                              follow_redirects=False, **kw)
+        response = await self._http().fetch(request, raise_error=False)
+        if response.code == 599:   # no HTTP answer: refused, timed out, reset, TLS...
+            raise _ProbeFailed(describe_error(response.error or OSError("no response"), self.cfg.timeout))
+        return response
+
+    async def _probe_info(self, backend: Backend, deadline: float) -> ProbeResult:
+        response = await self._fetch(backend.proxyTo + "/v1/info", deadline)
+        return parse_info(response.code, response.body or b"")
+
+    async def _probe_metrics(self, backend: Backend, deadline: float) -> ProbeResult:
+        kw: dict[str, Any] = {"headers": {"X-Trino-User": self.username}}
+        if self.cfg.password:
+            kw.update(auth_username=self.username, auth_password=self.cfg.password, auth_mode="basic")
+        response = await self._fetch(f"{backend.proxyTo}/metrics?{_METRICS_QUERY}", deadline, **kw)
+        return parse_metrics(response.code, (response.body or b"").decode("utf-8", "replace"), self.cfg)
+
+    async def _probe_ui(self, backend: Backend, deadline: float) -> ProbeResult:
+        stats = await self._ui_get(backend, "/ui/api/stats", deadline)
+        result = parse_stats(stats.code, stats.body or b"")
+        if not result.ok:
+            return result
+        listing = await self._ui_get(backend, "/ui/api/query?state=QUEUED", deadline)
+        users = parse_queued_users(listing.code, listing.body or b"")
+        if isinstance(users, str):
+            return ProbeResult(Health.UNHEALTHY, users)
+        return ProbeResult(Health.HEALTHY, queued=result.queued, running=result.running,
+                           workers=result.workers, user_queued=users)
+
+    async def _ui_get(self, backend: Backend, path: str, deadline: float) -> HTTPResponse:
+        """GET a UI API path with the backend's UI cookie, logging in first or again on 401."""
+        key = (backend.name, backend.proxyTo)
+        for attempt in (1, 2):
+            cookie = self._ui_cookies.get(key)
+            if cookie is None:
+                cookie = self._ui_cookies[key] = await self._ui_login(backend, deadline)
+            response = await self._fetch(backend.proxyTo + path, deadline, headers={"Cookie": cookie})
+            # 401 (or a redirect to the login page): the token expired or the coordinator restarted.
+            if response.code == 401 or 300 <= response.code < 400:
+                self._ui_cookies.pop(key, None)
+                if attempt == 1:
+                    continue
+                raise _ProbeFailed(f"UI login as {self.username!r} not accepted by {path}")
+            return response
+        raise AssertionError("unreachable")
+
+    async def _ui_login(self, backend: Backend, deadline: float) -> str:
+        body = urlencode({"username": self.username, "password": self.cfg.password or "",
+                          "redirectPath": "/ui/"})
+        response = await self._fetch(
+            backend.proxyTo + "/ui/login", deadline, method="POST", body=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        cookies = []
+        for header in response.headers.get_list("Set-Cookie"):
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(header)
+            except CookieError:
+                continue
+            # Over HTTPS the name may carry a __Secure- prefix.
+            cookies += [f"{k}={m.value}" for k, m in jar.items() if k.endswith(_UI_COOKIE) and m.value]
+        if not cookies:
+            if response.code >= 400 and response.code not in (401, 403):
+                raise _ProbeFailed(f"HTTP {response.code} from /ui/login")
+            raise _ProbeFailed(f"UI login as {self.username!r} failed "
+                               "(no Trino-UI-Token cookie; check monitor.username/password)")
+        return "; ".join(cookies)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Probe now, then every ``interval`` (rounds never overlap)."""
+        if self._task is not None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:   # not inside the loop yet: start as soon as it runs
+            IOLoop.current().add_callback(self.start)
+            return
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(self._stopping), name="gateway-monitor")
+
+    async def _loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            started = time.monotonic()
+            try:
+                await self.run_round()
+            except Exception:  # noqa: BLE001 - keep probing whatever happened
+                log.exception("monitor round failed")
+            pause = max(0.0, self.cfg.interval - (time.monotonic() - started))
+            try:
+                await asyncio.wait_for(stopping.wait(), pause)
+            except asyncio.TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        """Stop probing (an in-flight round is cancelled) and close our HTTP client."""
+        task, self._task = self._task, None
+        if self._stopping is not None:
+            self._stopping.set()
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._own_client and self._client is not None:
+            self._client.close()
+            self._client = None

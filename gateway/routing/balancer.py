@@ -1,0 +1,126 @@
+"""Pick one backend inside a routing group (pure: no I/O, no clock).
+
+The caller passes the candidates, already filtered to active HEALTHY backends
+(``Registry.available(group)``), and the live states the monitor keeps. Policies
+(``routing.policy``):
+
+``least-queued`` (default)
+    Order by (this user's queued queries, all queued queries, running queries), where the
+    queued counts include the queries this process routed since the last probe
+    (``note_routed``), so a burst between two probes spreads out instead of piling onto the
+    backend the last probe found emptiest. Ties rotate round-robin, so equal backends share
+    work evenly and the choice stays deterministic for tests.
+``round-robin``
+    Each backend of the group in turn.
+``random``
+    Uniformly at random.
+``user-hash``
+    Rendezvous (highest-random-weight) hashing of (user, backend name): a user stays on the
+    same backend while it is available, and when a backend leaves only its users move.
+    The hash is stable across processes and restarts. Requests without a user go random.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from functools import lru_cache
+from typing import Mapping, Sequence
+
+from gateway.backends import Backend, BackendState
+
+__all__ = ["Balancer", "POLICIES", "rendezvous_weight"]
+
+POLICIES = ("least-queued", "round-robin", "random", "user-hash")
+
+_EMPTY = BackendState()
+
+
+@lru_cache(maxsize=65536)
+def rendezvous_weight(user: str, backend_name: str) -> int:
+    """A stable 64-bit weight for (user, backend); the highest weight wins.
+
+    blake2b rather than ``hash()`` because ``hash()`` of strings differs between processes,
+    and every gateway worker and replica must send a user to the same backend. Cached since
+    the same few (user, backend) pairs repeat all day.
+    """
+    digest = hashlib.blake2b(f"{user}\x00{backend_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class Balancer:
+    """Chooses a backend with one policy; keeps only round-robin positions per group."""
+
+    def __init__(self, policy: str = "least-queued", rng: random.Random | None = None) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown routing policy {policy!r}; expected one of {', '.join(POLICIES)}")
+        self.policy = policy
+        self._rng = rng or random.Random()
+        # Round-robin position per routing group (for round-robin and least-queued ties).
+        self._turn: dict[str, int] = {}
+        self._pick = {
+            "least-queued": self._least_queued,
+            "round-robin": self._round_robin,
+            "random": self._random,
+            "user-hash": self._user_hash,
+        }[policy]
+
+    def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+             user: str | None) -> Backend | None:
+        """The backend for a new query of ``user``, or None when there is no candidate."""
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._pick(candidates, states, user)
+
+    @staticmethod
+    def note_routed(backend_name: str, user: str | None, states: Mapping[str, BackendState]) -> None:
+        """Count a query routed to ``backend_name``; the monitor resets this on the next probe."""
+        st = states.get(backend_name)
+        if st is None:
+            return
+        st.routed_since_probe += 1
+        if user:
+            st.user_routed_since_probe[user] = st.user_routed_since_probe.get(user, 0) + 1
+
+    # -- policies -------------------------------------------------------------------------
+
+    def _next_turn(self, group: str) -> int:
+        turn = self._turn.get(group, 0)
+        self._turn[group] = turn + 1
+        return turn
+
+    def _least_queued(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+                      user: str | None) -> Backend:
+        best_key: tuple[int, int, int] | None = None
+        ties: list[Backend] = []
+        for b in candidates:
+            st = states.get(b.name) or _EMPTY
+            if user:
+                mine = st.user_queued.get(user, 0) + st.user_routed_since_probe.get(user, 0)
+            else:
+                mine = 0
+            key = (mine, st.queued + st.routed_since_probe, st.running)
+            if best_key is None or key < best_key:
+                best_key = key
+                ties = [b]
+            elif key == best_key:
+                ties.append(b)
+        if len(ties) == 1:
+            return ties[0]
+        return ties[self._next_turn(candidates[0].routingGroup) % len(ties)]
+
+    def _round_robin(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+                     user: str | None) -> Backend:
+        return candidates[self._next_turn(candidates[0].routingGroup) % len(candidates)]
+
+    def _random(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+                user: str | None) -> Backend:
+        return candidates[self._rng.randrange(len(candidates))]
+
+    def _user_hash(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+                   user: str | None) -> Backend:
+        if not user:
+            return self._random(candidates, states, user)
+        # The name breaks (astronomically rare) equal weights so every process agrees.
+        return max(candidates, key=lambda b: (rendezvous_weight(user, b.name), b.name))

@@ -1,0 +1,173 @@
+"""The routing context: the symbols a rule condition can use, built once per new statement.
+
+``build_context`` turns a statement submission (headers, body, client address) into a plain dict
+whose keys are exactly the symbols of the rules contract (see docs/rules.md). It is pure: no
+I/O, no Tornado beyond reading an ``HTTPHeaders``-like object.
+
+Credentials never reach rules or explain output: the ``headers`` symbol omits
+``Authorization``, ``Proxy-Authorization``, ``Cookie`` and the extra-credential headers. The
+``user`` symbol is still derived from Basic or JWT credentials (the JWT is decoded without
+verification; it only chooses a routing group, the backend authenticates the request).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Iterable, Mapping
+from urllib.parse import unquote_plus
+
+from tornado.httputil import HTTPHeaders
+
+from gateway.routing.sql import analyze
+
+__all__ = [
+    "build_context", "empty_context", "parse_prepared_statements", "user_from_authorization",
+    "STRING_SYMBOLS", "ARRAY_SYMBOLS", "MAPPING_SYMBOLS", "SQL_SYMBOLS", "SYMBOLS",
+    "HIDDEN_HEADERS",
+]
+
+STRING_SYMBOLS = ("user", "source", "clientInfo", "catalog", "schema", "routingGroupHeader",
+                  "query", "queryType", "remoteAddress")
+ARRAY_SYMBOLS = ("clientTags", "catalogs", "schemas", "tables")
+MAPPING_SYMBOLS = ("headers",)
+SYMBOLS = STRING_SYMBOLS + ARRAY_SYMBOLS + MAPPING_SYMBOLS
+# Symbols that need the SQL parsed; a ruleset that never uses them skips sqlglot entirely.
+SQL_SYMBOLS = frozenset({"queryType", "catalogs", "schemas", "tables"})
+
+# Header values rules must never see (they would show up in explain output and traces).
+HIDDEN_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie",
+    "x-trino-extra-credential", "x-presto-extra-credential",
+})
+
+
+def empty_context() -> dict[str, Any]:
+    """A context with every symbol at its 'missing' value (null strings, empty arrays)."""
+    ctx: dict[str, Any] = {name: None for name in STRING_SYMBOLS}
+    ctx.update({name: () for name in ARRAY_SYMBOLS})
+    ctx["headers"] = {}
+    return ctx
+
+
+def build_context(headers: Any, body: bytes, remote_address: str | None, *, analyze_sql: bool,
+                  max_sql_bytes: int = 1 << 20,
+                  prepared: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the routing context of a new statement.
+
+    ``headers`` is a ``tornado.httputil.HTTPHeaders`` (a plain mapping is accepted too).
+    Only the first ``max_sql_bytes`` bytes of the body are decoded and analysed; the ``query``
+    symbol is that (possibly truncated) text. ``prepared`` overrides the statements read from
+    ``X-Trino-Prepared-Statement``.
+    """
+    if not isinstance(headers, HTTPHeaders):
+        headers = _to_http_headers(headers)
+    ctx = empty_context()
+    ctx["user"] = (_first(headers, "X-Trino-User") or _first(headers, "X-Presto-User")
+                   or user_from_authorization(headers.get("Authorization")))
+    ctx["source"] = _first(headers, "X-Trino-Source") or _first(headers, "X-Presto-Source")
+    ctx["clientInfo"] = _first(headers, "X-Trino-Client-Info") or _first(headers, "X-Presto-Client-Info")
+    ctx["catalog"] = _first(headers, "X-Trino-Catalog") or _first(headers, "X-Presto-Catalog")
+    ctx["schema"] = _first(headers, "X-Trino-Schema") or _first(headers, "X-Presto-Schema")
+    ctx["routingGroupHeader"] = _first(headers, "X-Trino-Routing-Group")
+    tags = headers.get_list("X-Trino-Client-Tags") or headers.get_list("X-Presto-Client-Tags")
+    ctx["clientTags"] = tuple(_split_commas(tags))
+    ctx["headers"] = _headers_symbol(headers)
+    ctx["remoteAddress"] = remote_address or None
+
+    raw = body[:max_sql_bytes] if max_sql_bytes >= 0 else body
+    sql = raw.decode("utf-8", errors="replace")
+    ctx["query"] = sql
+    if analyze_sql:
+        if prepared is None:
+            prepared = parse_prepared_statements(
+                headers.get_list("X-Trino-Prepared-Statement") or headers.get_list("X-Presto-Prepared-Statement"))
+        facts = analyze(sql, ctx["catalog"], ctx["schema"], dict(prepared))
+        ctx["queryType"] = facts.query_type
+        ctx["catalogs"] = facts.catalogs
+        ctx["schemas"] = facts.schemas
+        ctx["tables"] = facts.tables
+    return ctx
+
+
+def _to_http_headers(headers: Any) -> HTTPHeaders:
+    out = HTTPHeaders()
+    if headers is None:
+        return out
+    items: Iterable[tuple[str, Any]] = headers.items() if hasattr(headers, "items") else headers
+    for name, value in items:
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            out.add(str(name), str(v).strip())
+    return out
+
+
+def _first(headers: HTTPHeaders, name: str) -> str | None:
+    """First line of a single-valued header, stripped; empty means missing."""
+    values = headers.get_list(name)
+    if not values:
+        return None
+    value = values[0].strip()
+    return value or None
+
+
+def _split_commas(values: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for line in values:
+        for item in line.split(","):
+            item = item.strip()
+            if item:
+                out.append(item)
+    return out
+
+
+def _headers_symbol(headers: HTTPHeaders) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.get_all():
+        key = name.lower()
+        if key in HIDDEN_HEADERS:
+            continue
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def parse_prepared_statements(lines: Iterable[str]) -> dict[str, str]:
+    """``X-Trino-Prepared-Statement`` lines (``urlenc(name)=urlenc(sql)``, comma lists) → dict.
+
+    Clients form-encode both sides (Java ``URLEncoder``, Python ``quote_plus``), so commas inside
+    a statement arrive as ``%2C`` and splitting on ``,`` is safe. Malformed items are skipped.
+    """
+    out: dict[str, str] = {}
+    for line in lines:
+        for item in line.split(","):
+            name, sep, sql = item.strip().partition("=")
+            if not sep or not name:
+                continue
+            out[unquote_plus(name)] = unquote_plus(sql)
+    return out
+
+
+def user_from_authorization(value: str | None) -> str | None:
+    """The user of a Basic credential, or the ``sub`` claim of a Bearer JWT (not verified)."""
+    if not value:
+        return None
+    scheme, _, cred = value.strip().partition(" ")
+    cred = cred.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(cred, validate=False).decode("utf-8", errors="replace")
+        except (binascii.Error, ValueError):
+            return None
+        user = decoded.partition(":")[0]
+        return user or None
+    if scheme.lower() == "bearer":
+        parts = cred.split(".")
+        if len(parts) != 3:
+            return None   # an opaque token: no user to read
+        payload = parts[1] + "=" * (-len(parts[1]) % 4)
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(payload))
+        except (binascii.Error, ValueError):
+            return None
+        sub = claims.get("sub") if isinstance(claims, dict) else None
+        return sub if isinstance(sub, str) and sub else None
+    return None

@@ -1,0 +1,489 @@
+"""The store's interface, its records, and the SQL both databases share.
+
+The store keeps what must outlive a process or be shared between processes: backends (edited
+through the REST API), query history, and sticky mappings (query/transaction/spool/OAuth id →
+backend) that another worker process may need. ``Store`` methods are synchronous and are called
+from one dedicated thread (see ``writer.AsyncStore``), so the event loop never waits on them.
+
+``SqlStore`` implements every method once over a tiny set of primitives (run a write
+transaction, run a read); ``sqlite.py`` and ``postgres.py`` supply those primitives plus the few
+places where the two SQL dialects differ. SQL here is written with ``?`` placeholders; the
+PostgreSQL store rewrites them to ``%s``.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway.backends import Backend
+
+__all__ = [
+    "StoreError", "DuplicateBackend", "HistoryRow", "Store", "SqlStore", "Migration",
+    "STICKY_KINDS", "load_migrations", "migrations_dir", "redact_url", "history_filter_sql",
+]
+
+T = TypeVar("T")
+log = logging.getLogger("gateway.store")
+
+STICKY_KINDS = ("query", "transaction", "spool", "oauth")
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+MAX_HISTORY_LIMIT = 10_000
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (bad URL, database unreachable, SQL failed).
+
+    ``permanent`` is true when retrying the same call cannot help (the database refused the
+    data itself); false when the database may come back (down, locked, connection lost).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class DuplicateBackend(StoreError):
+    """``add_backend`` was given a name that already exists."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a backend named {name!r} already exists")
+        self.name = name
+
+
+@dataclass
+class HistoryRow:
+    """One query the gateway routed (or rejected), as kept in ``query_history``."""
+    query_id: str
+    submitted_at: float                  # unix seconds
+    user: str | None = None
+    source: str | None = None
+    client_tags: tuple[str, ...] = ()
+    sql: str | None = None
+    routing_group: str | None = None
+    backend: str | None = None
+    rule: str | None = None
+    final_state: str | None = None       # None until the gateway sees the query finish
+    error: str | None = None
+    queued_ms: int | None = None         # time spent in the gateway's admission queue
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "queryId": self.query_id,
+            "user": self.user,
+            "source": self.source,
+            "clientTags": list(self.client_tags),
+            "sql": self.sql,
+            "routingGroup": self.routing_group,
+            "backend": self.backend,
+            "rule": self.rule,
+            "submittedAt": self.submitted_at,
+            "finalState": self.final_state,
+            "error": self.error,
+            "queuedMs": self.queued_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def migrations_dir(dialect: str) -> Path:
+    """``sql/<dialect>`` at the repository root, else ``gateway/sql/<dialect>`` (installed)."""
+    here = Path(__file__).resolve()
+    candidates = [here.parents[2] / "sql" / dialect, here.parents[1] / "sql" / dialect]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise StoreError(f"migrations for {dialect} not found (looked in "
+                     f"{', '.join(str(p) for p in candidates)})")
+
+
+def load_migrations(directory: Path) -> list[Migration]:
+    """Numbered ``NNNN_name.sql`` files in version order; other names are errors."""
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix != ".sql":
+            continue
+        m = _MIGRATION_NAME.match(path.name)
+        if not m:
+            raise StoreError(f"{path}: a migration file is named NNNN_description.sql")
+        version = int(m.group(1))
+        if version in found:
+            raise StoreError(f"{path}: migration version {version} also in {found[version].name}")
+        found[version] = Migration(version, path.name, path.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+def history_filter_sql(*, user: str | None = None, source: str | None = None,
+                       group: str | None = None, backend: str | None = None,
+                       rule: str | None = None, state: str | None = None,
+                       since: float | None = None, until: float | None = None,
+                       text: str | None = None, like: str = "LIKE") -> tuple[str, list[Any]]:
+    """The WHERE clause (``?`` placeholders) and parameters for a history filter.
+
+    Equality filters are exact; ``since`` is inclusive and ``until`` exclusive; ``text`` is a
+    case-insensitive substring of the SQL (``%`` and ``_`` in it match themselves).
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("user_name", user), ("source", source), ("routing_group", group),
+                          ("backend", backend), ("rule", rule), ("final_state", state)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    for name, value, op in (("since", since, ">="), ("until", until, "<")):
+        if value is not None:
+            try:
+                params.append(float(value))
+            except (TypeError, ValueError):
+                raise StoreError(f"history '{name}' must be unix seconds, got {value!r}") from None
+            clauses.append(f"submitted_at {op} ?")
+    if text:
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append(f"sql_text {like} ? ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    return (" AND ".join(clauses) or "1=1"), params
+
+
+def _clean(value: str | None) -> str | None:
+    """Text both databases accept: no NUL (PostgreSQL refuses it), no lone surrogates."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _history_params(r: HistoryRow) -> tuple[Any, ...]:
+    try:
+        queued_ms = None if r.queued_ms is None else int(r.queued_ms)
+        if queued_ms is not None and not -2**63 <= queued_ms < 2**63:
+            raise ValueError(f"queued_ms {queued_ms} is out of range")
+        if not isinstance(r.query_id, str) or not r.query_id:
+            raise ValueError("query_id must be a non-empty string")
+        return (_clean(r.query_id), _clean(r.user), _clean(r.source),
+                _clean(",".join(r.client_tags)) if r.client_tags else None, _clean(r.sql),
+                _clean(r.routing_group), _clean(r.backend), _clean(r.rule),
+                float(r.submitted_at), _clean(r.final_state), _clean(r.error), queued_ms)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StoreError(f"invalid history row {r.query_id!r}: {exc}", permanent=True) from None
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in STICKY_KINDS:
+        raise StoreError(f"sticky kind {kind!r} is not one of {', '.join(STICKY_KINDS)}",
+                         permanent=True)
+
+
+class Store(abc.ABC):
+    """What the gateway needs from a database. Synchronous; call from one thread."""
+
+    url: str
+
+    @abc.abstractmethod
+    def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied now (empty: up to date)."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The highest applied migration version (0 before any)."""
+
+    # backends
+    @abc.abstractmethod
+    def list_backends(self) -> list[Backend]: ...
+    @abc.abstractmethod
+    def add_backend(self, b: Backend) -> None:
+        """Insert; raises ``DuplicateBackend`` if the name exists."""
+    @abc.abstractmethod
+    def upsert_backend(self, b: Backend) -> None: ...
+    @abc.abstractmethod
+    def delete_backend(self, name: str) -> bool: ...
+    @abc.abstractmethod
+    def set_backend_active(self, name: str, active: bool) -> bool: ...
+    @abc.abstractmethod
+    def backends_stamp(self) -> str:
+        """A cheap value that changes whenever any backend row changes."""
+
+    # history
+    @abc.abstractmethod
+    def insert_history(self, rows: Sequence[HistoryRow]) -> None: ...
+    @abc.abstractmethod
+    def update_history_states(self, updates: Sequence[tuple[str, str, str | None]]) -> None: ...
+    @abc.abstractmethod
+    def query_history(self, *, user: str | None = None, source: str | None = None,
+                      group: str | None = None, backend: str | None = None,
+                      rule: str | None = None, state: str | None = None,
+                      since: float | None = None, until: float | None = None,
+                      text: str | None = None, limit: int = 100,
+                      before: tuple[float, str] | None = None) -> list[HistoryRow]: ...
+    @abc.abstractmethod
+    def count_history(self, **filters: Any) -> int: ...
+    @abc.abstractmethod
+    def history_per_minute(self, since: float) -> list[tuple[float, int]]: ...
+    @abc.abstractmethod
+    def history_by_backend(self, since: float) -> dict[str, int]: ...
+    @abc.abstractmethod
+    def delete_history_before(self, ts: float) -> int: ...
+
+    # sticky mappings
+    @abc.abstractmethod
+    def put_sticky(self, rows: Sequence[tuple[str, str, str, float]]) -> None: ...
+    @abc.abstractmethod
+    def get_sticky(self, kind: str, key: str, now: float) -> str | None: ...
+    @abc.abstractmethod
+    def delete_expired_sticky(self, now: float) -> int: ...
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise ``StoreError`` unless the database answers."""
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+Cursor = Any  # a DB-API cursor (sqlite3.Cursor or psycopg.Cursor)
+
+_HISTORY_COLUMNS = ("query_id", "user_name", "source", "client_tags", "sql_text",
+                    "routing_group", "backend", "rule", "submitted_at", "final_state",
+                    "error", "queued_ms")
+_HISTORY_SELECT = "SELECT " + ", ".join(_HISTORY_COLUMNS) + " FROM query_history"
+# A duplicate query id keeps the first row's values and only fills what it lacked.
+_HISTORY_INSERT = (
+    "INSERT INTO query_history (" + ", ".join(_HISTORY_COLUMNS) + ") VALUES ("
+    + ", ".join("?" for _ in _HISTORY_COLUMNS) + ") ON CONFLICT (query_id) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(query_history.{c}, excluded.{c})"
+                for c in _HISTORY_COLUMNS if c not in ("query_id", "submitted_at"))
+)
+_RETENTION_BATCH = 10_000   # rows per DELETE, so retention never holds a lock for long
+
+
+class SqlStore(Store):
+    """All ``Store`` methods over ``_write`` / ``_read``; subclasses supply the dialect."""
+
+    LIKE = "LIKE"                      # the case-insensitive LIKE operator
+    DIFFERS = "IS NOT"                 # null-safe inequality
+    MINUTE = "CAST(submitted_at / 60 AS INTEGER) * 60"
+
+    @abc.abstractmethod
+    def _write(self, fn: Callable[[Cursor], T]) -> T:
+        """Run ``fn(cursor)`` in one write transaction; raise ``StoreError`` on failure."""
+
+    @abc.abstractmethod
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query; raise ``StoreError`` on failure."""
+
+    def _sql(self, sql: str) -> str:
+        """Adapt ``?``-placeholder SQL to the driver (identity for SQLite)."""
+        return sql
+
+    # backends -----------------------------------------------------------------------------
+    def list_backends(self) -> list[Backend]:
+        rows = self._read("SELECT name, proxy_to, external_url, routing_group, active "
+                          "FROM backends ORDER BY name")
+        return [Backend(name=r[0], proxyTo=r[1], externalUrl=r[2], routingGroup=r[3],
+                        active=bool(r[4])) for r in rows]
+
+    def _backend_params(self, b: Backend) -> tuple[Any, ...]:
+        return (b.name, b.proxyTo, b.externalUrl, b.routingGroup, bool(b.active), time.time())
+
+    def add_backend(self, b: Backend) -> None:
+        sql = self._sql("INSERT INTO backends (name, proxy_to, external_url, routing_group, "
+                        "active, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (name) DO NOTHING")
+
+        def run(cur: Cursor) -> int:
+            cur.execute(sql, self._backend_params(b))
+            return cur.rowcount
+        if self._write(run) == 0:
+            raise DuplicateBackend(b.name)
+
+    def upsert_backend(self, b: Backend) -> None:
+        # The WHERE keeps an unchanged backend untouched, so the version trigger (and every
+        # process that polls backends_stamp) sees only real changes.
+        d = self.DIFFERS
+        sql = self._sql(
+            "INSERT INTO backends (name, proxy_to, external_url, routing_group, active, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "proxy_to = excluded.proxy_to, external_url = excluded.external_url, "
+            "routing_group = excluded.routing_group, active = excluded.active, "
+            "updated_at = excluded.updated_at WHERE "
+            f"backends.proxy_to {d} excluded.proxy_to OR backends.external_url {d} "
+            f"excluded.external_url OR backends.routing_group {d} excluded.routing_group "
+            f"OR backends.active {d} excluded.active")
+        self._write(lambda cur: cur.execute(sql, self._backend_params(b)))
+
+    def delete_backend(self, name: str) -> bool:
+        sql = self._sql("DELETE FROM backends WHERE name = ?")
+
+        def run(cur: Cursor) -> int:
+            cur.execute(sql, (name,))
+            return cur.rowcount
+        return self._write(run) > 0
+
+    def set_backend_active(self, name: str, active: bool) -> bool:
+        sql = self._sql("UPDATE backends SET active = ?, updated_at = ? WHERE name = ?")
+
+        def run(cur: Cursor) -> int:
+            cur.execute(sql, (bool(active), time.time(), name))
+            return cur.rowcount
+        return self._write(run) > 0
+
+    def backends_stamp(self) -> str:
+        rows = self._read("SELECT version FROM backends_version WHERE id = 1")
+        return str(rows[0][0]) if rows else "0"
+
+    # history ------------------------------------------------------------------------------
+    def insert_history(self, rows: Sequence[HistoryRow]) -> None:
+        if not rows:
+            return
+        # Sorted by key (stable, so duplicates keep their order): concurrent writers from
+        # several processes then lock rows in the same order and cannot deadlock.
+        params = sorted((_history_params(r) for r in rows), key=lambda p: p[0])
+        sql = self._sql(_HISTORY_INSERT)
+        self._write(lambda cur: cur.executemany(sql, params))
+
+    def update_history_states(self, updates: Sequence[tuple[str, str, str | None]]) -> None:
+        if not updates:
+            return
+        sql = self._sql("UPDATE query_history SET final_state = ?, "
+                        "error = COALESCE(?, error) WHERE query_id = ?")
+        params = sorted(((_clean(state), _clean(error), qid) for qid, state, error in updates),
+                        key=lambda p: p[2])
+        self._write(lambda cur: cur.executemany(sql, params))
+
+    def query_history(self, *, user: str | None = None, source: str | None = None,
+                      group: str | None = None, backend: str | None = None,
+                      rule: str | None = None, state: str | None = None,
+                      since: float | None = None, until: float | None = None,
+                      text: str | None = None, limit: int = 100,
+                      before: tuple[float, str] | None = None) -> list[HistoryRow]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise StoreError(f"history limit must be an integer from 1 to {MAX_HISTORY_LIMIT}, "
+                             f"got {limit!r}")
+        where, params = history_filter_sql(user=user, source=source, group=group,
+                                           backend=backend, rule=rule, state=state, since=since,
+                                           until=until, text=text, like=self.LIKE)
+        if before is not None:
+            try:
+                b_at, b_id = float(before[0]), str(before[1])
+            except (TypeError, ValueError, IndexError):
+                raise StoreError(f"history 'before' must be (submittedAt, queryId), got {before!r}") from None
+            # Keyset pagination: the index on (…, submitted_at, query_id) serves this directly,
+            # so page 1000 costs what page 1 costs.
+            where += " AND (submitted_at, query_id) < (?, ?)"
+            params += [b_at, b_id]
+        rows = self._read(f"{_HISTORY_SELECT} WHERE {where} "
+                          "ORDER BY submitted_at DESC, query_id DESC LIMIT ?", [*params, limit])
+        return [self._history_row(r) for r in rows]
+
+    @staticmethod
+    def _history_row(r: Sequence[Any]) -> HistoryRow:
+        tags = tuple(t for t in (r[3] or "").split(",") if t)
+        return HistoryRow(query_id=r[0], user=r[1], source=r[2], client_tags=tags, sql=r[4],
+                          routing_group=r[5], backend=r[6], rule=r[7],
+                          submitted_at=float(r[8]), final_state=r[9], error=r[10],
+                          queued_ms=None if r[11] is None else int(r[11]))
+
+    def count_history(self, **filters: Any) -> int:
+        where, params = history_filter_sql(like=self.LIKE, **filters)
+        return int(self._read(f"SELECT count(*) FROM query_history WHERE {where}", params)[0][0])
+
+    def history_per_minute(self, since: float) -> list[tuple[float, int]]:
+        rows = self._read(f"SELECT {self.MINUTE} AS minute, count(*) FROM query_history "
+                          "WHERE submitted_at >= ? GROUP BY 1 ORDER BY 1", [float(since)])
+        return [(float(m), int(c)) for m, c in rows]
+
+    def history_by_backend(self, since: float) -> dict[str, int]:
+        rows = self._read("SELECT backend, count(*) FROM query_history WHERE submitted_at >= ? "
+                          "AND backend IS NOT NULL GROUP BY backend", [float(since)])
+        return {b: int(c) for b, c in rows}
+
+    def delete_history_before(self, ts: float) -> int:
+        sql = self._sql("DELETE FROM query_history WHERE query_id IN (SELECT query_id FROM "
+                        "query_history WHERE submitted_at < ? LIMIT ?)")
+
+        def run(cur: Cursor) -> int:
+            cur.execute(sql, (float(ts), _RETENTION_BATCH))
+            return cur.rowcount
+        total = 0
+        while True:
+            n = self._write(run)
+            total += n
+            if n < _RETENTION_BATCH:
+                return total
+
+    # sticky -------------------------------------------------------------------------------
+    def put_sticky(self, rows: Sequence[tuple[str, str, str, float]]) -> None:
+        if not rows:
+            return
+        for kind, *_ in rows:
+            _check_kind(kind)
+        sql = self._sql("INSERT INTO sticky (kind, key, backend, expires_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (kind, key) DO UPDATE SET backend = excluded.backend, "
+                        "expires_at = excluded.expires_at")
+        params = sorted(((k, _clean(key), _clean(b), float(exp)) for k, key, b, exp in rows),
+                        key=lambda p: (p[0], p[1]))
+        self._write(lambda cur: cur.executemany(sql, params))
+
+    def get_sticky(self, kind: str, key: str, now: float) -> str | None:
+        _check_kind(kind)
+        rows = self._read("SELECT backend FROM sticky WHERE kind = ? AND key = ? "
+                          "AND expires_at > ?", [kind, key, float(now)])
+        return rows[0][0] if rows else None
+
+    def delete_expired_sticky(self, now: float) -> int:
+        sql = self._sql("DELETE FROM sticky WHERE expires_at <= ?")
+
+        def run(cur: Cursor) -> int:
+            cur.execute(sql, (float(now),))
+            return cur.rowcount
+        return self._write(run)
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    # migrations ---------------------------------------------------------------------------
+    def _pending(self, migrations: Sequence[Migration], applied: set[int]) -> list[Migration]:
+        known = {m.version for m in migrations}
+        newer = sorted(v for v in applied if v not in known)
+        if newer:
+            # A newer gateway migrated this database; migrations only add, so keep going.
+            log.warning("store %s has migrations %s that this gateway does not know",
+                        redact_url(self.url), newer)
+        return [m for m in migrations if m.version not in applied]
+
+    def schema_version(self) -> int:
+        try:
+            rows = self._read("SELECT max(version) FROM schema_version")
+        except StoreError:
+            if self._has_schema_table():
+                raise
+            return 0
+        return int(rows[0][0] or 0)
+
+    @abc.abstractmethod
+    def _has_schema_table(self) -> bool: ...

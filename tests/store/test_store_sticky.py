@@ -1,0 +1,33 @@
+"""Sticky mappings (query / transaction / spool / oauth id -> backend) with expiry."""
+from __future__ import annotations
+
+import pytest
+
+from gateway.store import STICKY_KINDS, StoreError
+
+
+def test_put_get_and_overwrite(store) -> None:
+    store.put_sticky([("query", "20240101_000000_00001_abcde", "t1", 100.0),
+                      ("transaction", "tx-1", "t2", 100.0)])
+    assert store.get_sticky("query", "20240101_000000_00001_abcde", 50.0) == "t1"
+    assert store.get_sticky("transaction", "tx-1", 50.0) == "t2"
+    assert store.get_sticky("spool", "tx-1", 50.0) is None          # kinds are separate
+    store.put_sticky([("query", "20240101_000000_00001_abcde", "t3", 200.0)])
+    assert store.get_sticky("query", "20240101_000000_00001_abcde", 150.0) == "t3"
+
+
+def test_expired_mappings_are_invisible_and_deleted(store) -> None:
+    store.put_sticky([(kind, f"k-{kind}", "t1", 100.0) for kind in STICKY_KINDS]
+                     + [("query", "lives", "t2", 500.0)])
+    assert store.get_sticky("oauth", "k-oauth", 99.9) == "t1"
+    assert store.get_sticky("oauth", "k-oauth", 100.0) is None       # expires_at is exclusive
+    assert store.delete_expired_sticky(100.0) == len(STICKY_KINDS)
+    assert store.delete_expired_sticky(100.0) == 0
+    assert store.get_sticky("query", "lives", 100.0) == "t2"
+
+
+def test_unknown_kind_is_refused(store) -> None:
+    with pytest.raises(StoreError, match="sticky kind 'cookie' is not one of query"):
+        store.put_sticky([("cookie", "k", "t1", 1.0)])
+    with pytest.raises(StoreError, match="sticky kind 'cookie'"):
+        store.get_sticky("cookie", "k", 0.0)
