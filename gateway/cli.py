@@ -9,7 +9,6 @@ from gateway.config import ConfigError, load_config
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -17,6 +16,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.port is not None:
         config.server.port = args.port
+    from gateway.server import prepare_workers
+    prepare_workers(config)
+    from gateway.server import serve
     return serve(config)
 
 

@@ -36,6 +36,7 @@ class _JsonFormatter(logging.Formatter):
                     + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,
             "message": redact(record.getMessage()),
         }
         if record.exc_info:
@@ -48,7 +49,7 @@ def setup_logging(cfg: LoggingConfig) -> None:
     if cfg.format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_TextFormatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())

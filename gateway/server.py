@@ -20,11 +20,23 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from gateway.app import Gateway, make_app
 from gateway.config import Config
 from gateway.logs import setup_logging
 
 log = logging.getLogger("gateway.server")
+
+
+def prepare_workers(config: Config) -> None:
+    """Before prometheus-client is imported: with several workers, metrics live in files that
+    every worker writes and /metrics aggregates (prometheus-client reads this at import)."""
+    s = config.server
+    if s.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        d = s.stateDir or tempfile.mkdtemp(prefix="trino-gateway-metrics-")
+        os.makedirs(d, exist_ok=True)
+        for f in os.listdir(d):
+            if f.endswith(".db"):
+                os.unlink(os.path.join(d, f))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
 
 
 def serve(config: Config, *, ready_callback: Any = None) -> int:
@@ -36,13 +48,6 @@ def serve(config: Config, *, ready_callback: Any = None) -> int:
         log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror)
         return 1
     if s.workers > 1:
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            d = s.stateDir or tempfile.mkdtemp(prefix="trino-gateway-metrics-")
-            os.makedirs(d, exist_ok=True)
-            for f in os.listdir(d):
-                if f.endswith(".db"):
-                    os.unlink(os.path.join(d, f))
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
         return _supervise(config, sockets)
     return asyncio.run(_run_worker(config, sockets, ready_callback))
 
@@ -100,6 +105,7 @@ def _supervise(config: Config, sockets: list[socket.socket]) -> int:
 
 async def _run_worker(config: Config, sockets: list[socket.socket], ready_callback: Any,
                       worker: int = 0) -> int:
+    from gateway.app import Gateway, make_app  # after prepare_workers (metrics mode)
     gw = Gateway(config)
     try:
         await gw.start()

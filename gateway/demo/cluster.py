@@ -8,6 +8,7 @@ gateway/demo/data.py). Session statements (USE, SET/RESET SESSION, PREPARE, EXEC
 DEALLOCATE PREPARE, START TRANSACTION, COMMIT, ROLLBACK) set the response headers Trino
 sets; a statement carrying an X-Trino-Transaction-Id this cluster did not start fails
 UNKNOWN_TRANSACTION; `CALL system.runtime.kill_query(...)` kills a query of this cluster.
+The session property `sim_page_rows` (X-Trino-Session) sets the page size of one query.
 
 Endpoints: /v1/statement (+ queued/executing/partialCancel URIs), /v1/info, /v1/info/state,
 /v1/status, /v1/query[/<qid>], /v1/jmx/mbean/<name>, /metrics, /ui/login, /ui/api/stats,
@@ -58,7 +59,8 @@ import tornado.web
 from .data import Database
 from .sim_control import Control, ControlError
 from .sim_engine import Engine
-from .sim_http import make_app, make_oauth_token
+from .sim_endpoints import make_app
+from .sim_http import make_oauth_token
 
 __all__ = ["SimulatedCluster", "run_cluster_in_thread", "spawn_cluster_process", "main"]
 

@@ -158,10 +158,5 @@ class Database:
         _register_functions(conn, ctx)
         return conn
 
-    def table_names(self) -> list[str]:
-        rows = self._keeper.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall()
-        return [r[0] for r in rows]
-
     def close(self) -> None:
         self._keeper.close()

@@ -19,7 +19,6 @@ import concurrent.futures
 import os
 import secrets
 import sqlite3
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -29,12 +28,13 @@ from typing import Any
 from . import sim_protocol as proto
 from .data import Database, FunctionContext, QueryInterrupted
 from .sim_control import Control
-from .sim_sql import Command, Outcome, Session, SqlError, SqlPlan, ok, plan, projections
+from .sim_runner import Batch, Runner
+from .sim_sql import Command, Outcome, Session, SqlError, ok, plan
 
 QUEUED, RUNNING, FINISHED, FAILED = "QUEUED", "RUNNING", "FINISHED", "FAILED"
 DONE = (FINISHED, FAILED)
-ROWS_COLUMNS = [proto.column("rows", "bigint")]
-MAX_QUERIES = 2000              # finished queries beyond this are forgotten, oldest first
+MAX_QUERIES = 2000              # finished queries beyond this are forgotten, oldest first,
+EVICT_BATCH = 200               # in batches of this many
 BIG_REPLY_BYTES = 1 << 20       # final pages above this are dropped from the cache ...
 BIG_REPLY_SECONDS = 30.0        # ... this long after the query ended
 SPOOL_SECONDS = 300.0
@@ -55,115 +55,8 @@ def text_reply(status: int, message: str) -> Reply:
 NOT_FOUND = text_reply(404, "Query not found")
 
 
-@dataclass
-class Batch:
-    columns: list[dict[str, Any]] | None
-    data: bytes | None          # the JSON array of rows, None when there are no rows
-    count: int
-    more: bool
-    update_count: int | None = None
-
-
-class Runner:
-    """Runs one SqlPlan on its own connection; `fetch` is called in worker threads, one call
-    at a time, and returns one page of rows."""
-
-    def __init__(self, db: Database, ctx: FunctionContext, sql_plan: SqlPlan) -> None:
-        self._db, self._ctx, self._plan = db, ctx, sql_plan
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._cursor: sqlite3.Cursor | None = None
-        self._lookahead: list[tuple[Any, ...]] = []
-        self._columns: list[dict[str, Any]] | None = None
-        self._names: list[str] = []
-        self._projections: tuple[tuple[bool, str | None], ...] = ()
-        self._closed = False
-
-    def fetch(self, page_rows: int) -> Batch:
-        with self._lock:
-            if self._closed:
-                raise QueryInterrupted("query closed")
-            if self._conn is None:
-                done = self._start()
-                if done is not None:
-                    return done
-            assert self._cursor is not None
-            rows = self._lookahead + self._cursor.fetchmany(page_rows + 1 - len(self._lookahead))
-            more = len(rows) > page_rows
-            self._lookahead = rows[page_rows:]
-            rows = rows[:page_rows]
-            if not more:
-                self._close_locked()
-            if self._columns is None and (rows or not more):
-                self._columns = self._infer_columns(rows)
-            out = [list(r) for r in rows]
-            for i, col in enumerate(self._columns or ()):
-                if col["type"] == "boolean":
-                    for row in out:
-                        if row[i] is not None:
-                            row[i] = bool(row[i])
-            return Batch(self._columns, proto.encode_rows(out) if out else None, len(out), more)
-
-    def _start(self) -> Batch | None:
-        conn = self._conn = self._db.connect(self._ctx)
-        cursor = conn.execute(self._plan.sql)
-        if cursor.description is not None:
-            self._cursor = cursor
-            self._names = [d[0] for d in cursor.description]
-            if self._plan.kind == "query":
-                self._projections = projections(self._plan.original)
-                if len(self._projections) != len(self._names):
-                    self._projections = ()
-            return None
-        kind = self._plan.kind
-        if kind == "ddl":
-            batch = Batch([proto.column("result", "boolean")], b"[[true]]", 1, False)
-        else:
-            if kind == "ctas" and self._plan.table:
-                name = self._plan.table.replace('"', '""')
-                count = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
-            else:
-                count = max(cursor.rowcount, 0)
-            batch = Batch(ROWS_COLUMNS, proto.encode_rows([[count]]), 1, False, count)
-        self._close_locked()
-        return batch
-
-    def _infer_columns(self, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        columns = []
-        for i, name in enumerate(self._names):
-            trino_type = next((t for t in (proto.type_of_value(r[i]) for r in rows) if t), None)
-            if self._projections:
-                is_boolean, trino_name = self._projections[i]
-                name = trino_name or name
-                if is_boolean and trino_type in ("bigint", None):
-                    trino_type = "boolean"
-            columns.append(proto.column(name, trino_type or "unknown"))
-        return columns
-
-    def interrupt(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.interrupt()
-            except sqlite3.Error:
-                pass
-
-    def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        self._closed = True
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-        self._cursor = None
-
-
 class SimQuery:
-    """One query's state; read by the HTTP layer only through `Engine.describe`."""
+    """One query's state. The Engine changes it; other modules only read it."""
 
     def __init__(self, qid: str, sql: str, session: Session, headers: list[tuple[str, str]],
                  cluster_name: str, queued_polls: int, encoding: str | None) -> None:
@@ -248,7 +141,7 @@ class Engine:
             self._dispatch(q)
             next_uri = self._executing_uri(q, base, 0)
         else:
-            next_uri = f"{base}/v1/statement/queued/{q.id}/{proto.make_slug(q.key, proto.QUEUED, 1)}/1"
+            next_uri = self._queued_uri(q, base, 1)
         head = {"id": q.id, "infoUri": self._info_uri(q, base), "nextUri": next_uri}
         tail = {"stats": self._stats(q, QUEUED), "warnings": []}
         reply = Reply(200, proto.results_body(head, None, tail), headers=self._headers(q))
@@ -264,6 +157,9 @@ class Engine:
                 what = self._command(q, what)
         except SqlError as e:
             self._fail(q, proto.query_error(e.name, e.message))
+            return
+        except Exception as e:  # a bug in the fake must still end the query visibly
+            self._fail(q, proto.query_error("GENERIC_INTERNAL_ERROR", f"{type(e).__name__}: {e}"))
             return
         if isinstance(what, Outcome):
             q.outcome = what
@@ -330,8 +226,7 @@ class Engine:
             else:
                 if q.dispatched is None and q.queued_left > 1:
                     q.queued_left -= 1
-                    slug2 = proto.make_slug(q.key, proto.QUEUED, token + 1)
-                    head["nextUri"] = f"{base}/v1/statement/queued/{q.id}/{slug2}/{token + 1}"
+                    head["nextUri"] = self._queued_uri(q, base, token + 1)
                 else:
                     q.queued_left = 0
                     if q.dispatched is None:
@@ -520,7 +415,7 @@ class Engine:
                 q.exec_reply = None
 
     def _evict(self) -> None:
-        if len(self.queries) <= MAX_QUERIES:
+        if len(self.queries) <= MAX_QUERIES + EVICT_BATCH:
             return
         for qid in [qid for qid, q in self.queries.items() if q.state in DONE][
                 :len(self.queries) - MAX_QUERIES]:
@@ -550,6 +445,11 @@ class Engine:
     @staticmethod
     def _info_uri(q: SimQuery, base: str) -> str:
         return f"{base}/ui/query.html?{q.id}"
+
+    @staticmethod
+    def _queued_uri(q: SimQuery, base: str, token: int) -> str:
+        slug = proto.make_slug(q.key, proto.QUEUED, token)
+        return f"{base}/v1/statement/queued/{q.id}/{slug}/{token}"
 
     @staticmethod
     def _executing_uri(q: SimQuery, base: str, token: int) -> str:

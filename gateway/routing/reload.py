@@ -37,6 +37,7 @@ log = logging.getLogger("gateway.rules")
 
 _IGNORED_EVENTS = {EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE}   # our own reads cause these
 _MAX_DEBOUNCE_DELAY = 0.5   # a steady stream of writes still reloads at least this often
+_MAX_SETTLE_RETRIES = 20    # then a file that keeps changing is loaded as it is
 
 
 class RulesWatcher:
@@ -44,15 +45,18 @@ class RulesWatcher:
 
     def __init__(self, paths: Iterable[str], *, on_change: Callable[[Ruleset], Any] | None = None,
                  on_error: Callable[[str], Any] | None = None, debounce: float = 0.2,
-                 missing_ok: bool = False, poll_interval: float = 1.0) -> None:
+                 missing_ok: bool = False, poll_interval: float = 1.0, settle: float | None = None) -> None:
         """``missing_ok``: paths that do not exist count as empty (the default ``rules/``);
-        otherwise a missing path is a load error."""
+        otherwise a missing path is a load error. ``settle``: a file modified less than this
+        long ago may still be being written (truncated but not yet filled), so the reload waits
+        for it to be quiet (default: the debounce, at least 0.1 s)."""
         self.paths = [str(p) for p in paths]
         self.on_change = on_change
         self.on_error = on_error
         self.debounce = debounce
         self.missing_ok = missing_ok
         self.poll_interval = poll_interval
+        self.settle = settle if settle is not None else max(debounce, 0.1)
         self.current: Ruleset | None = None
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -69,6 +73,7 @@ class RulesWatcher:
         self._signature: tuple | None = None
         self._apply_lock = threading.Lock()
         self._last_problems: list[RuleProblem] = []
+        self._unsettled_retries = 0
 
     @property
     def loaded_at(self) -> float | None:
@@ -110,7 +115,7 @@ class RulesWatcher:
 
     def reload_now(self) -> bool:
         """Reload synchronously in the calling thread; True if the rules in force are the files'."""
-        return self._apply(self._load())
+        return self._apply(self._load(wait_for_quiet=False))
 
     def trigger(self) -> None:
         """Ask for a reload from any thread (e.g. a SIGHUP handler); it runs off the loop thread."""
@@ -119,10 +124,14 @@ class RulesWatcher:
 
     # -- loading (runs in the executor or the caller's thread)
 
-    def _load(self) -> tuple[str, Any, tuple | None]:
+    def _load(self, wait_for_quiet: bool = True) -> tuple[str, Any, tuple | None]:
         signature = self._file_signature()
+        if wait_for_quiet and self._recently_modified(signature):
+            return "unsettled", None, None
         try:
             sources, problems = read_sources(self.paths, missing_ok=self.missing_ok)
+            if wait_for_quiet and self._file_signature() != signature:
+                return "unsettled", None, None    # written while we read: read again when quiet
             current = self.current
             if not problems and current is not None and current.version == sources_version(sources):
                 return "same", None, signature
@@ -133,8 +142,18 @@ class RulesWatcher:
             log.exception("rules reload crashed")
             return "error", RulesError([RuleProblem(",".join(self.paths), None, f"reload failed: {exc}")]), signature
 
+    def _recently_modified(self, signature: tuple) -> bool:
+        # A writer that truncates then fills a file (echo >, some editors) leaves a window where
+        # the file is empty or cut at a document boundary, which is a *valid* ruleset. Waiting
+        # until the files have been quiet for `settle` keeps those states out. Future mtimes
+        # (clock skew on network file systems) count as quiet so a reload can never stall.
+        now = time.time()
+        return any(len(entry) == 4 and 0 <= now - entry[1] / 1e9 < self.settle for entry in signature)
+
     def _apply(self, result: tuple[str, Any, tuple | None]) -> bool:
         kind, value, signature = result
+        if kind == "unsettled":
+            return False
         with self._apply_lock:
             self._signature = signature
             if kind == "same":
@@ -259,8 +278,16 @@ class RulesWatcher:
             result = future.result()
         except Exception as exc:  # noqa: BLE001
             result = ("error", RulesError([RuleProblem(",".join(self.paths), None, f"reload failed: {exc}")]), None)
-        if not self._stopped:
-            self._apply(result)
+        if self._stopped:
+            return
+        if result[0] == "unsettled":
+            self._unsettled_retries += 1
+            if self._unsettled_retries <= _MAX_SETTLE_RETRIES:
+                self._timer = self._io_loop.call_later(self.settle, self._start_reload)  # type: ignore[union-attr]
+                return
+            result = self._load(wait_for_quiet=False)   # files never go quiet: take them as they are
+        self._unsettled_retries = 0
+        self._apply(result)
         if self._pending:
             self._pending = False
             self._schedule()
