@@ -19,7 +19,7 @@ import yaml
 
 __all__ = [
     "ConfigError", "Config", "ServerConfig", "StoreConfig", "RoutingConfig", "MonitorConfig",
-    "GroupConfig", "BackendConfig", "AuthConfig", "UserConfig", "LoggingConfig", "QueryConfig",
+    "GroupConfig", "BackendConfig", "AuthConfig", "UserConfig", "LoggingConfig", "TlsConfig",
     "load_config", "parse_duration", "config_from_dict", "DEFAULT_GROUP_FALLBACK",
 ]
 
@@ -67,7 +67,6 @@ class ServerConfig:
     backendConnectTimeout: float = 5.0            # seconds to open a connection to a backend
     backendRequestTimeout: float = 60.0           # seconds for a backend to answer (headers)
     idleConnectionTimeout: float = 300.0          # client connections idle longer are closed
-    headerTimeout: float = 30.0                   # slow clients (slowloris) get this long for headers
     shutdownGracePeriod: float = 30.0             # SIGTERM: how long in-flight requests may finish
     xForwardedFor: bool = True                    # add X-Forwarded-For / -Proto / -Host and Via
     trustForwardedHeaders: bool = False           # honour X-Forwarded-Proto/Host from a load balancer
@@ -151,11 +150,6 @@ class LoggingConfig:
 
 
 @dataclass
-class QueryConfig:
-    clientTimeout: float = 300.0
-
-
-@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -165,7 +159,6 @@ class Config:
     backends: list[BackendConfig] = field(default_factory=list)
     auth: AuthConfig = field(default_factory=AuthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    query: QueryConfig = field(default_factory=QueryConfig)
     source: str = "<defaults>"         # the file this came from, for messages
 
     def group(self, name: str) -> GroupConfig:
@@ -174,9 +167,9 @@ class Config:
 
 # Keys whose values are durations (seconds internally).
 _DURATION_KEYS = {
-    "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout", "headerTimeout",
+    "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout",
     "shutdownGracePeriod", "historyRetention", "historyFlushInterval", "syncInterval", "stickyTtl",
-    "interval", "timeout", "maxQueueWait", "sessionTtl", "clientTimeout",
+    "interval", "timeout", "maxQueueWait", "sessionTtl",
 }
 _POLICIES = ("least-queued", "round-robin", "random", "user-hash")
 _MONITORS = ("info-api", "ui-api", "metrics", "noop")
@@ -297,7 +290,6 @@ def config_from_dict(data: Any, src: str = "<dict>") -> Config:
     cfg.routing = _section(RoutingConfig, data.get("routing"), src, "routing")
     cfg.monitor = _section(MonitorConfig, data.get("monitor"), src, "monitor")
     cfg.logging = _section(LoggingConfig, data.get("logging"), src, "logging")
-    cfg.query = _section(QueryConfig, data.get("query"), src, "query")
 
     groups = data.get("groups") or {}
     if not isinstance(groups, dict):

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -44,15 +45,28 @@ def serve(config: Config, *, ready_callback: Any = None) -> int:
     s = config.server
     try:
         sockets = bind_sockets(s.port, s.host, reuse_port=False)
+        tls_sockets = bind_sockets(s.tls.port, s.host) if s.tls.certFile and s.tls.port else []
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror)
+        log.error("cannot listen on %s: %s", s.host, exc.strerror)
         return 1
+    if s.tls.certFile:
+        try:
+            tls_context(config)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("cannot load the TLS certificate or key: %s", exc)
+            return 1
     if s.workers > 1:
-        return _supervise(config, sockets)
-    return asyncio.run(_run_worker(config, sockets, ready_callback))
+        return _supervise(config, (sockets, tls_sockets))
+    return asyncio.run(_run_worker(config, (sockets, tls_sockets), ready_callback))
 
 
-def _supervise(config: Config, sockets: list[socket.socket]) -> int:
+def tls_context(config: Config) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(config.server.tls.certFile, config.server.tls.keyFile)  # type: ignore[arg-type]
+    return ctx
+
+
+def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.socket]]) -> int:
     """Fork the workers and wait; forward signals; restart a worker that crashed."""
     children: dict[int, int] = {}
 
@@ -103,7 +117,8 @@ def _supervise(config: Config, sockets: list[socket.socket]) -> int:
     return 0 if worst == 0 else 1
 
 
-async def _run_worker(config: Config, sockets: list[socket.socket], ready_callback: Any,
+async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], list[socket.socket]],
+                      ready_callback: Any,
                       worker: int = 0) -> int:
     from gateway.app import Gateway, make_app  # after prepare_workers (metrics mode)
     gw = Gateway(config)
@@ -114,29 +129,44 @@ async def _run_worker(config: Config, sockets: list[socket.socket], ready_callba
         return 1
     app = make_app(gw)
     s = config.server
-    server = HTTPServer(app, xheaders=s.trustForwardedHeaders, idle_connection_timeout=s.idleConnectionTimeout,
-                        max_body_size=s.maxBodySize + 1, body_timeout=s.backendRequestTimeout)
-    server.add_sockets(sockets)
+    sockets, tls_sockets = socket_sets
+    opts = dict(xheaders=s.trustForwardedHeaders, idle_connection_timeout=s.idleConnectionTimeout,
+                max_body_size=s.maxBodySize + 1, body_timeout=s.backendRequestTimeout)
+    servers = []
+    if s.tls.certFile and not tls_sockets:  # HTTPS only, on server.port
+        servers.append(HTTPServer(app, ssl_options=tls_context(config), **opts))
+        servers[0].add_sockets(sockets)
+    else:
+        servers.append(HTTPServer(app, **opts))
+        servers[0].add_sockets(sockets)
+        if tls_sockets:
+            servers.append(HTTPServer(app, ssl_options=tls_context(config), **opts))
+            servers[1].add_sockets(tls_sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: gw.reload_config())
     port = sockets[0].getsockname()[1]
-    log.info("worker %d listening on %s:%d", worker, s.host, port)
+    scheme = "https" if s.tls.certFile and not tls_sockets else "http"
+    log.info("worker %d listening on %s:%d (%s)", worker, s.host, port, scheme)
+    if tls_sockets:
+        log.info("worker %d listening on %s:%d (https)", worker, s.host, tls_sockets[0].getsockname()[1])
     if ready_callback is not None:
         ready_callback(gw, port)
     await stop.wait()
     log.info("shutting down: new statements are refused, in-flight requests have %.0fs",
              s.shutdownGracePeriod)
     gw.shutting_down = True
-    server.stop()
+    for server in servers:
+        server.stop()
     deadline = time.monotonic() + s.shutdownGracePeriod
     while gw.in_flight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     if gw.in_flight:
         log.warning("%d request(s) still in flight at the deadline; closing them", gw.in_flight)
-    await server.close_all_connections() if gw.in_flight == 0 else None
+    for server in servers:
+        await server.close_all_connections()
     await gw.stop()
     log.info("stopped")
     return 0

@@ -376,6 +376,40 @@ def test_delete_cancels_with_user_canceled(beta):
     assert final["error"]["failureInfo"]["suppressed"] == [] == final["error"]["failureInfo"]["stack"]
 
 
+def test_put_killed_jmx_and_page_size_session_property(alpha):
+    cluster, url = alpha
+    qid, nxt = follow_until_executing(url, "SELECT sleep(30)")
+    r = requests.put(url + f"/v1/query/{qid}/killed", data="enough", headers=USER)
+    assert r.status_code == 202
+    assert requests.put(url + f"/v1/query/{qid}/killed", headers=USER).status_code == 409
+    final = drain(nxt)[-1]
+    assert final["error"]["message"] == "Query killed. Message: enough"
+    assert b"null" not in requests.get(nxt, headers=USER).content
+    cluster.set_control(running=5)
+    jmx = requests.get(url + "/v1/jmx/mbean/trino.execution:name=QueryManager").json()
+    assert {"name": "RunningQueries", "value": 5} in jmx["attributes"]
+    _, nxt = follow_until_executing(url, "SELECT n FROM numbers WHERE n <= 10",
+                                    {"X-Trino-Session": "sim_page_rows=4"})
+    assert [len(p.get("data", [])) for p in drain(nxt)] == [4, 4, 2]
+
+
+def test_no_queued_polls_and_heartbeat_on_queued_uri():
+    cluster, url, stop = run_cluster_in_thread("direct", queued_polls=0)
+    try:
+        doc = post(url, "SELECT 42")
+        assert "/executing/" in doc["nextUri"] and doc["stats"]["state"] == "QUEUED"
+        assert drain(doc["nextUri"])[-1]["data"] == [[42]]
+        cluster.set_control(queued_polls=1)
+        doc = post(url, "SELECT 1")
+        assert requests.head(doc["nextUri"]).status_code == 200
+        assert requests.delete(doc["nextUri"]).status_code == 204
+        failed = requests.get(doc["nextUri"], headers=USER).json()
+        assert failed["stats"]["state"] == "FAILED" and "nextUri" not in failed
+        assert failed["error"]["errorName"] == "USER_CANCELED"
+    finally:
+        stop()
+
+
 def test_max_wait_is_honoured_up_to_one_second(alpha):
     url = alpha[1]
     _, nxt = follow_until_executing(url, "SELECT sleep(5)")
@@ -600,6 +634,12 @@ def test_basic_auth():
         cur = conn.cursor()
         cur.execute("SELECT current_cluster()")
         assert cur.fetchall() == [["basic"]]
+        cluster.set_control(auth="jwt")
+        r = requests.post(url + "/v1/statement", data="SELECT 1", headers=USER)
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="Trino", token_type="JWT"'
+        r = requests.post(url + "/v1/statement", data="SELECT 1",
+                          headers={**USER, "Authorization": "Bearer abc"})
+        assert r.status_code == 200
     finally:
         stop()
 

@@ -121,6 +121,9 @@ class SimHandler(tornado.web.RequestHandler):
             await self.cluster.hold()
             if self.cluster.control.slow:
                 await asyncio.sleep(self.cluster.control.slow)
+            if self.request.connection.stream.closed():  # type: ignore[union-attr]
+                # The client gave up while we held the request: do not create a ghost query.
+                raise tornado.web.Finish()
 
     @property
     def engine(self) -> Any:

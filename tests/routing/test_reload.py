@@ -260,9 +260,9 @@ def test_readers_always_see_a_complete_ruleset_during_swaps(tmp_path: Path) -> N
         t.start()
         try:
             for i in range(1, 6):
-                write(tmp_path / "a.yaml", rule("a", f"g{i}") + "---\n" + rule("b", "x", "false"))
+                atomic_write(tmp_path / "a.yaml", rule("a", f"g{i}") + "---\n" + rule("b", "x", "false"))
                 assert await until(lambda i=i: group_of(w, "a") == f"g{i}")
-                write(tmp_path / "a.yaml", "name: broken")      # never swapped in
+                atomic_write(tmp_path / "a.yaml", "name: broken")      # never swapped in
                 assert await until(lambda i=i: w.reloads_failed == i)
         finally:
             stop.set()
@@ -271,3 +271,21 @@ def test_readers_always_see_a_complete_ruleset_during_swaps(tmp_path: Path) -> N
     run(body)
     assert not failures
     assert seen <= {f"g{i}" for i in range(6)} and len(seen) >= 2
+
+
+def test_a_file_still_being_written_is_not_loaded_until_quiet(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    write(path, rule("a", "g1"))
+    w = RulesWatcher([str(tmp_path)], settle=5.0)
+    assert w.reload_now()
+    # An in-place writer has truncated the file at a document boundary: a valid but wrong ruleset.
+    write(path, "")
+    assert w._load()[0] == "unsettled"
+    assert group_of(w, "a") == "g1"
+    old = time.time() - 10
+    os.utime(path, (old, old))                     # quiet for longer than `settle`
+    kind, value, _ = w._load()
+    assert kind == "ok" and len(value.rules) == 0
+    future = time.time() + 3600                    # clock skew: a future mtime never stalls reloads
+    os.utime(path, (future, future))
+    assert w._load()[0] == "ok"
