@@ -98,8 +98,18 @@ def test_least_queued_counts_locally_routed_queries() -> None:
     st = states_for(backends, trino_1=BackendState(queued=2), trino_2=BackendState(queued=0))
     st["trino-2"].routed_since_probe = 3      # 0 + 3 > 2
     assert Balancer("least-queued").pick(backends, st, "alice") is b1
-    st["trino-1"].user_routed_since_probe = {"alice": 1}
-    assert Balancer("least-queued").pick(backends, st, "alice") is b2
+
+
+def test_least_queued_user_routed_queries_do_not_pull_work_to_an_overloaded_backend() -> None:
+    b1, b2 = backends = group(2)
+    st = states_for(backends, trino_1=BackendState(queued=40), trino_2=BackendState(queued=0))
+    bal = Balancer("least-queued")
+    assert [b.name for b in (bal.pick(backends, st, "alice") for _ in range(1))] == ["trino-2"]
+    picks = burst(bal, backends, st, "alice", 10)
+    assert set(picks) == {"trino-2"}  # 0 + 10 routed is still below 40 queued
+    # the monitor's per-user queue still decides first
+    st["trino-2"].user_queued = {"alice": 1}
+    assert bal.pick(backends, st, "alice") is b1
 
 
 @pytest.mark.parametrize("user", ["alice", None])
@@ -137,15 +147,15 @@ def test_least_queued_burst_fills_the_emptiest_backend_first() -> None:
     assert Counter(picks) == {"trino-1": 2, "trino-2": 4, "trino-3": 6}
 
 
-def test_least_queued_burst_of_one_user_spreads_that_users_queries_first() -> None:
+def test_least_queued_burst_of_one_user_fills_the_emptiest_backend_first() -> None:
     backends = group(3)
     st = states_for(backends, trino_1=BackendState(queued=4), trino_2=BackendState(queued=2),
                     trino_3=BackendState(queued=0))
     picks = burst(Balancer("least-queued"), backends, st, "alice", 12)
-    # alice's own queue decides before the total queue: her queries spread evenly,
-    # each round going to the emptiest backend first.
-    assert picks[:3] == ["trino-3", "trino-2", "trino-1"]
-    assert Counter(picks) == {"trino-1": 4, "trino-2": 4, "trino-3": 4}
+    # queries routed since the probe count towards the backend's queue, not alice's own
+    # (which only the monitor reports), so one user's burst fills the emptiest first too
+    assert picks[:2] == ["trino-3", "trino-3"]
+    assert Counter(picks) == {"trino-1": 2, "trino-2": 4, "trino-3": 6}
 
 
 def test_least_queued_ties_rotate_even_without_note_routed() -> None:

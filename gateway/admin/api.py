@@ -59,20 +59,60 @@ class ApiHandler(RequestHandler):
         self.finish(json.dumps({"error": message}))
 
     def authorize(self, write: bool) -> None:
-        """Writes need role admin/api (or, with no users configured, a loopback caller)."""
+        """Who may call: HTTP Basic, or a logged-in admin page session with its CSRF token.
+
+        Writes need role admin/api (or, with no users configured, a loopback caller) and are
+        refused when a browser says they come from another site (cached Basic credentials and
+        the loopback rule would otherwise let any web page change the gateway). A cookie
+        session must send ``X-CSRF-Token`` on every call other than GET/HEAD.
+        """
+        from gateway.admin.session import (
+            CSRF_HEADER, SESSION_COOKIE, own_hosts, sessions_for, tokens_equal,
+        )
+        from gateway.auth import is_cross_site
+        req = self.request
+        if write and is_cross_site(req.headers, own_hosts(self.gw, req)):
+            raise ApiError(403, "Cross-site request refused: state changes must come from the "
+                                "gateway's own pages or from a script")
+        sessions = sessions_for(self.gw)
+        header = req.headers.get("Authorization")
+        creds = parse_basic(header)
+        if creds is None and self.auth.enabled and not header:
+            session = sessions.read(self.get_cookie(SESSION_COOKIE))
+            if session is not None:
+                if req.method not in ("GET", "HEAD") and \
+                        not tokens_equal(req.headers.get(CSRF_HEADER), session.csrf):
+                    raise ApiError(403, f"Missing or wrong {CSRF_HEADER} header: calls made with "
+                                        "the admin session cookie must send the page's CSRF token")
+                if write and not self.auth.allows(session.roles, "api"):
+                    raise ApiError(403, "This call needs the admin or api role")
+                self.roles = session.roles
+                self.user = session.user
+                return
         if not self.auth.enabled:
-            if write and not is_loopback(self.request.remote_ip):
+            if write and not is_loopback(req.remote_ip):
                 raise ApiError(403, "No admin users are configured: state changes are accepted "
                                     "only from the gateway's own host (loopback)")
             return
-        creds = parse_basic(self.request.headers.get("Authorization"))
-        roles = self.auth.check(*creds) if creds else None
+        roles = None
+        ip = req.remote_ip or ""
+        if creds:
+            wait = sessions.limiter.retry_after(creds[0], ip)
+            if wait > 0:
+                self.set_header("Retry-After", str(max(1, int(wait + 0.999))))
+                raise ApiError(429, "Too many failed logins; try again later")
+            roles = self.auth.check(*creds)
+            if roles is None:
+                sessions.limiter.failed(creds[0], ip)
+                log.warning("API authentication failed for %s from %s",
+                            creds[0] if creds[0] in self.gw.config.auth.users else "an unknown user", ip)
         if roles is None:
             self.set_header("WWW-Authenticate", 'Basic realm="trino-gateway"')
             raise ApiError(401, "Authentication required")
         if write and not self.auth.allows(roles, "api"):
             raise ApiError(403, "This call needs the admin or api role")
         self.roles = roles
+        self.user = creds[0] if creds else None
 
     async def run(self, write: bool, fn: Callable[[], Awaitable[Any]]) -> None:
         try:

@@ -5,10 +5,11 @@ The caller passes the candidates, already filtered to active HEALTHY backends
 (``routing.policy``):
 
 ``least-queued`` (default)
-    Order by (this user's queued queries, all queued queries, running queries), where the
-    queued counts include the queries this process routed since the last probe
+    Order by (this user's queued queries, all queued queries, running queries). The total
+    queued count includes the queries this process routed since the last probe
     (``note_routed``), so a burst between two probes spreads out instead of piling onto the
-    backend the last probe found emptiest. Ties rotate round-robin, so equal backends share
+    backend the last probe found emptiest; the user's count is the monitor's alone, so an
+    overloaded backend does not win back a user's queries because they went elsewhere. Ties rotate round-robin, so equal backends share
     work evenly and the choice stays deterministic for tests.
 ``round-robin``
     Each backend of the group in turn.
@@ -96,10 +97,10 @@ class Balancer:
         ties: list[Backend] = []
         for b in candidates:
             st = states.get(b.name) or _EMPTY
-            if user:
-                mine = st.user_queued.get(user, 0) + st.user_routed_since_probe.get(user, 0)
-            else:
-                mine = 0
+            # The user's queue is what the monitor saw queued; queries routed since the probe
+            # count towards the backend's total only. Counting them for the user too would
+            # send the user's next query to a backend with a long queue (ping-pong).
+            mine = st.user_queued.get(user, 0) if user else 0
             key = (mine, st.queued + st.routed_since_probe, st.running)
             if best_key is None or key < best_key:
                 best_key = key

@@ -90,9 +90,9 @@ def test_check_through_the_parser_dispatch(rules_dir: Path, capsys: pytest.Captu
 
 def test_explain_shows_context_trace_and_decision(rules_dir: Path) -> None:
     code, out = explain("--rules", str(rules_dir), "--user", "alice", "--source", "airflow",
-                        "--catalog", "hive", "--schema", "raw", "--sql", "SELECT * FROM events")
+                        "--catalog", "hive", "--schema", "raw", "--sql", "SELECT * FROM users")
     assert code == 0
-    assert "  user: alice\n" in out and "  tables: hive.raw.events\n" in out
+    assert "  user: alice\n" in out and "  tables: hive.raw.users\n" in out
     assert "  no    big-scans (priority 20)\n" in out
     assert "  MATCH etl-tools (priority 10)\n" in out
     assert out.rstrip().endswith("decision: routing group etl (rule etl-tools)")
