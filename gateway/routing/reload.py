@@ -96,11 +96,16 @@ class RulesWatcher:
             raise RulesError(self._last_problems)
         self._start_observer()
         if self.poll_interval > 0:
+            # PeriodicCallback binds to IOLoop.current(): create it on the loop's own thread.
+            self._io_loop.add_callback(self._start_poller)
+
+    def _start_poller(self) -> None:
+        if not self._stopped and self._poller is None:
             self._poller = PeriodicCallback(self._poll, self.poll_interval * 1000)
             self._poller.start()
 
     def stop(self) -> None:
-        """Stop watching (call on the loop thread, or after the loop has stopped)."""
+        """Stop watching. Call on the loop thread (timers are not thread-safe)."""
         self._stopped = True
         if self._poller is not None:
             self._poller.stop()
@@ -283,7 +288,8 @@ class RulesWatcher:
         if result[0] == "unsettled":
             self._unsettled_retries += 1
             if self._unsettled_retries <= _MAX_SETTLE_RETRIES:
-                self._timer = self._io_loop.call_later(self.settle, self._start_reload)  # type: ignore[union-attr]
+                if self._timer is None:   # else a newer event already scheduled the next attempt
+                    self._timer = self._io_loop.call_later(self.settle, self._start_reload)  # type: ignore[union-attr]
                 return
             result = self._load(wait_for_quiet=False)   # files never go quiet: take them as they are
         self._unsettled_retries = 0

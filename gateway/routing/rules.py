@@ -170,7 +170,7 @@ class Ruleset:
                     extra = hit if extra is None else extra + hit
         if extra is None:
             return self._always
-        return sorted(extra)
+        return sorted(self._always + extra)   # positions are unique: one index key per rule
 
     def evaluate(self, ctx: Mapping[str, Any], *, explain: bool = False) -> RuleMatch:
         """The first matching enabled rule. ``explain=True`` skips the index so the trace lists
