@@ -73,6 +73,7 @@ class Gateway:
         self._backends_stamp: str | None = None
         self.started_at = time.time()
         self.in_flight = 0
+        self.strict_groups = frozenset(g for g, c in config.groups.items() if c.fallback == "none")
         self._seen: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -156,7 +157,8 @@ class Gateway:
                             analyze_sql=bool(ruleset is not None and ruleset.uses_sql),
                             max_sql_bytes=cfg.maxSqlBytes)
         decision = decide(ruleset, ctx, groups_with_backends=self.groups_with_backends(),
-                          default_group=cfg.defaultGroup, allow_group_header=cfg.allowGroupHeader)
+                          default_group=cfg.defaultGroup, allow_group_header=cfg.allowGroupHeader,
+                          no_fallback_groups=self.strict_groups)
         user = ctx.get("user")
         if decision.reject is not None:
             return Route(None, [], reject=decision.reject, rule=decision.rule, reason=decision.reason,

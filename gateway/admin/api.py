@@ -276,13 +276,9 @@ class RulesHandler(ApiHandler):
 def rules_json(gw: "Gateway") -> dict[str, Any]:
     watcher = gw.rules
     rs = watcher.current
-    return {
-        "version": rs.version if rs else None,
-        "loadedAt": rs.loaded_at if rs else None,
-        "files": list(rs.files) if rs else [],
-        "rules": [r.to_json() for r in rs.rules] if rs else [],
-        "error": watcher.last_error,
-    }
+    doc = rs.to_dict() if rs is not None else {"version": None, "loadedAt": None, "files": [], "rules": []}
+    doc["error"] = watcher.last_error
+    return doc
 
 
 def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
@@ -321,7 +317,8 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
                         max_sql_bytes=gw.config.routing.maxSqlBytes)
     decision = decide(ruleset, ctx, groups_with_backends=gw.groups_with_backends(),
                       default_group=gw.config.routing.defaultGroup,
-                      allow_group_header=gw.config.routing.allowGroupHeader)
+                      allow_group_header=gw.config.routing.allowGroupHeader,
+                      no_fallback_groups=gw.strict_groups, explain=True)
     return {
         "routingGroup": route.group,
         "rule": route.rule,

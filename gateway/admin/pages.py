@@ -129,7 +129,6 @@ class PageHandler(RequestHandler):
         if not self.access.read:
             if self.session is None and self.request.method in ("GET", "HEAD") and self.is_page():
                 self.redirect(f"{BASE}/login?next={quote(self.request.uri or BASE + '/', safe='')}")
-                self.finish()
                 return
             raise HTTPError(401 if self.session is None else 403, reason=self.access.reason)
         if self.need == "write" and not self.access.write:

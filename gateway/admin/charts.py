@@ -1,0 +1,112 @@
+"""Server-rendered SVG charts for the dashboard (pure functions: numbers in, markup out).
+
+No chart library and no script: the dashboard stays readable without JavaScript and the
+markup is easy to test. Every text that goes into the SVG is escaped here.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from html import escape
+from typing import Iterable
+
+__all__ = ["bucket_counts", "bucket_seconds", "queries_chart", "distribution_chart"]
+
+
+def bucket_seconds(hours: float, max_bars: int = 180) -> int:
+    """A bucket width (a whole number of minutes) giving at most ``max_bars`` bars."""
+    minutes = max(1, math.ceil(hours * 60 / max_bars))
+    for nice in (1, 2, 5, 10, 15, 30, 60, 120, 240):
+        if nice >= minutes:
+            return nice * 60
+    return minutes * 60
+
+
+def bucket_counts(per_minute: Iterable[tuple[float, int]], since: float, now: float,
+                  bucket: int) -> list[tuple[float, int]]:
+    """Per-minute counts summed into ``bucket``-second buckets from ``since`` to ``now``, gaps as 0."""
+    start = math.floor(since / bucket) * bucket
+    n = max(1, math.floor((now - start) / bucket) + 1)
+    counts = [0] * n
+    for ts, c in per_minute:
+        i = math.floor((ts - start) / bucket)
+        if 0 <= i < n:
+            counts[i] += int(c)
+    return [(start + i * bucket, counts[i]) for i in range(n)]
+
+
+def _nice_max(v: int) -> int:
+    if v <= 4:
+        return 4
+    mag = 10 ** math.floor(math.log10(v))
+    for m in (1, 2, 2.5, 5, 10):
+        if v <= m * mag:
+            return int(m * mag) if m * mag >= 4 else 4
+    return v  # pragma: no cover
+
+
+def _hhmm(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%H:%M")
+
+
+def queries_chart(buckets: list[tuple[float, int]], bucket: int, *, width: int = 760,
+                  height: int = 180) -> str:
+    """A bar chart of queries per bucket with a time axis (UTC) and a count axis."""
+    left, right, top, bottom = 44, 8, 10, 24
+    plot_w, plot_h = width - left - right, height - top - bottom
+    top_value = _nice_max(max((c for _, c in buckets), default=0))
+    n = len(buckets)
+    step = plot_w / max(n, 1)
+    bar_w = max(step * 0.8, 0.6)
+    total = sum(c for _, c in buckets)
+    per = f"{bucket // 60} min" if bucket < 3600 else f"{bucket // 3600} h"
+    title = f"Queries per {per}: {total} in total"
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
+           f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+           f'<title>{escape(title)}</title>']
+    for frac in (0, 0.5, 1):
+        y = top + plot_h * (1 - frac)
+        out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+                   f'{int(top_value * frac)}</text>')
+    for i, (ts, c) in enumerate(buckets):
+        if c <= 0:
+            continue
+        h = plot_h * c / top_value
+        x = left + i * step + (step - bar_w) / 2
+        out.append(f'<rect class="bar" x="{x:.2f}" y="{top + plot_h - h:.2f}" width="{bar_w:.2f}" '
+                   f'height="{h:.2f}"><title>{_hhmm(ts)} UTC: {c}</title></rect>')
+    # about six time labels, on bucket boundaries
+    every = max(1, round(n / 6))
+    for i in range(0, n, every):
+        x = left + i * step
+        out.append(f'<text class="axis" x="{x:.1f}" y="{height - 6}" text-anchor="start">'
+                   f'{_hhmm(buckets[i][0])}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def distribution_chart(counts: dict[str, int], *, width: int = 760, row: int = 22) -> str:
+    """Horizontal bars: how many queries each backend received, with share in percent."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    total = sum(counts.values())
+    if not items:
+        return '<p class="muted">No queries in this period.</p>'
+    label_w, value_w = 170, 110
+    plot_w = width - label_w - value_w
+    height = row * len(items) + 4
+    top_value = max(c for _, c in items) or 1
+    out = [f'<svg class="chart dist" viewBox="0 0 {width} {height}" width="100%" role="img" '
+           f'aria-label="Queries per backend" xmlns="http://www.w3.org/2000/svg">']
+    for i, (name, c) in enumerate(items):
+        y = i * row + 2
+        w = max(plot_w * c / top_value, 1)
+        pct = 100 * c / total if total else 0
+        out.append(f'<text class="label" x="{label_w - 8}" y="{y + row * 0.68:.1f}" text-anchor="end">'
+                   f'{escape(name)}</text>')
+        out.append(f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 6}">'
+                   f'<title>{escape(name)}: {c}</title></rect>')
+        out.append(f'<text class="value" x="{label_w + w + 6:.1f}" y="{y + row * 0.68:.1f}">'
+                   f'{c} ({pct:.0f}%)</text>')
+    out.append("</svg>")
+    return "".join(out)

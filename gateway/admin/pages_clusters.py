@@ -1,0 +1,161 @@
+"""Clusters page: list, add, edit, delete, activate and deactivate (drain) backends.
+
+Changes go through the same validation as the REST API (``api.parse_backend``) and the same
+order: the store first, then this process's registry; other processes follow the store. A
+deactivated backend takes no new queries but finishes what it runs; the page shows how many
+queries it still has: the monitor's running/queued counts when the monitor reports them
+(``ui-api``, ``metrics``), and the queries this gateway routed there in the last hour and has
+not yet seen finish.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.admin.api import ApiError, parse_backend
+from gateway.admin.pages import BASE, PageHandler
+from gateway.admin.pages_dashboard import BackendView
+from gateway.backends import Backend
+from gateway.store.base import DuplicateBackend
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("gateway.admin")
+
+ACTIONS = ("add", "update", "delete", "activate", "deactivate")
+UNFINISHED_WINDOW = 3600.0
+_COUNTING_MONITORS = ("ui-api", "metrics")
+
+
+def backend_from_form(form: dict[str, str], default_group: str) -> Backend:
+    """A backend from the add/edit form (text fields; a checkbox for active)."""
+    data: dict[str, Any] = {
+        "name": form.get("name", "").strip(),
+        "proxyTo": form.get("proxyTo", "").strip(),
+        "externalUrl": form.get("externalUrl", "").strip() or None,
+        "routingGroup": form.get("routingGroup", "").strip() or default_group,
+        "active": form.get("active") in ("on", "true", "1"),
+    }
+    return parse_backend(data, default_group)
+
+
+async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: str) -> str:
+    """Do one clusters-page action; the message to show. Raises ``ApiError`` when refused."""
+    store = gw.store
+    assert store is not None
+    if action not in ACTIONS:
+        raise ApiError(400, f"Unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    if action in ("add", "update"):
+        b = backend_from_form(form, gw.config.routing.defaultGroup)
+        if action == "add":
+            try:
+                await store.call("add_backend", b)
+            except DuplicateBackend:
+                raise ApiError(409, f"A backend named {b.name!r} already exists") from None
+        else:
+            if gw.registry.get(b.name) is None:
+                raise ApiError(404, f"Backend {b.name!r} does not exist (it may have been deleted)")
+            await store.call("upsert_backend", b)
+        gw.registry.put(b)
+        log.info("backend %s %s by %s: %s group=%s active=%s", b.name, action + ("ed" if action == "add" else "d"),
+                 who, b.proxyTo, b.routingGroup, b.active)
+        return f"Backend {b.name} {'added' if action == 'add' else 'saved'}."
+    name = form.get("name", "")
+    current = gw.registry.get(name)
+    if current is None:
+        raise ApiError(404, f"Backend {name!r} does not exist")
+    if action == "delete":
+        if not await store.call("delete_backend", name):
+            raise ApiError(404, f"Backend {name!r} does not exist")
+        gw.registry.remove(name)
+        log.info("backend %s deleted by %s", name, who)
+        return f"Backend {name} deleted."
+    active = action == "activate"
+    if not await store.call("set_backend_active", name, active):
+        raise ApiError(404, f"Backend {name!r} does not exist")
+    gw.registry.put(Backend(current.name, current.proxyTo, current.externalUrl, current.routingGroup, active))
+    log.info("backend %s %s by %s", name, "activated" if active else "deactivated (draining)", who)
+    return (f"Backend {name} activated: it takes new queries." if active else
+            f"Backend {name} deactivated: it takes no new queries and finishes those it runs.")
+
+
+@dataclass
+class ClusterRow(BackendView):
+    unfinished: int | None = None     # routed here, not seen finishing (inactive backends only)
+
+
+async def cluster_rows(gw: "Gateway") -> list[ClusterRow]:
+    rows = [ClusterRow(b, gw.registry.state(b.name))
+            for b in sorted(gw.registry.all(), key=lambda b: (b.routingGroup, b.name))]
+    if gw.store is None:
+        return rows
+    since = time.time() - UNFINISHED_WINDOW
+    for r in rows:
+        if r.backend.active:
+            continue
+        try:
+            recent = await gw.store.call("query_history", backend=r.backend.name, since=since, limit=1000)
+        except Exception:  # noqa: BLE001 - history is a nice-to-have here
+            continue
+        r.unfinished = sum(1 for q in recent if q.final_state is None)
+    return rows
+
+
+class ClustersHandler(PageHandler):
+    nav = "clusters"
+
+    async def get(self) -> None:
+        await self.show()
+
+    async def show(self, status: int = 200, error: str | None = None,
+                   form: dict[str, str] | None = None) -> None:
+        self.render_page("clusters.html", status=status, rows=await cluster_rows(self.gw),
+                         groups=sorted(self.gw.registry.groups() | set(self.gw.config.groups)
+                                       | {self.gw.config.routing.defaultGroup}),
+                         default_group=self.gw.config.routing.defaultGroup,
+                         counting=self.gw.config.monitor.type in _COUNTING_MONITORS,
+                         error=error, form=form or {"active": "on"})
+
+    async def post(self) -> None:
+        if not self.access.write:
+            return await self.show(403, self.access.reason)
+        form = {k: self.get_body_argument(k, "") for k in
+                ("name", "proxyTo", "externalUrl", "routingGroup", "active")}
+        action = self.get_body_argument("action", "")
+        try:
+            message = await apply_action(self.gw, action, form, self.who())
+        except ApiError as exc:
+            if action == "update":
+                return self.render_page("cluster_edit.html", status=exc.code, error=str(exc), form=form,
+                                        default_group=self.gw.config.routing.defaultGroup)
+            return await self.show(exc.code, str(exc), form if action == "add" else None)
+        self.flash(message)
+        self.redirect(BASE + "/clusters")
+
+    def who(self) -> str:
+        return self.session.user if self.session else f"loopback caller {self.request.remote_ip}"
+
+
+class ClusterEditHandler(ClustersHandler):
+    need = "write"
+
+    def get(self, name: str) -> None:  # type: ignore[override]
+        b = self.gw.registry.get(name)
+        if b is None:
+            self.flash(f"Backend {name} does not exist.", "error")
+            return self.redirect(BASE + "/clusters")
+        form = {"name": b.name, "proxyTo": b.proxyTo, "externalUrl": b.externalUrl or "",
+                "routingGroup": b.routingGroup, "active": "on" if b.active else ""}
+        self.render_page("cluster_edit.html", form=form, error=None,
+                         default_group=self.gw.config.routing.defaultGroup)
+
+
+def routes(gw: "Gateway") -> list[Any]:
+    a = {"gateway": gw}
+    return [
+        (BASE + r"/clusters", ClustersHandler, a),
+        (BASE + r"/clusters/([^/]+)/edit", ClusterEditHandler, a),
+    ]

@@ -1,0 +1,166 @@
+"""Dashboard: every routing group and backend with health and load, queries per minute, and
+how queries spread over the backends. ``/trino-gateway/dashboard/fragment`` renders the same
+body alone; the page's script fetches it every few seconds (without script: meta refresh).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from markupsafe import Markup
+
+from gateway.admin.charts import bucket_counts, bucket_seconds, distribution_chart, queries_chart
+from gateway.admin.pages import BASE, PageHandler
+from gateway.backends import Backend, BackendState, Health
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+HOURS_CHOICES = (1, 3, 6, 24)
+DEFAULT_HOURS = 3
+
+
+@dataclass
+class BackendView:
+    backend: Backend
+    state: BackendState
+
+    @property
+    def status(self) -> str:
+        """What an operator reads first: drained/draining, or the health."""
+        if not self.backend.active:
+            return "inactive"
+        return self.state.health.value
+
+    @property
+    def css(self) -> str:
+        if not self.backend.active:
+            return "inactive"
+        return {Health.HEALTHY: "ok", Health.UNHEALTHY: "bad"}.get(self.state.health, "pending")
+
+
+@dataclass
+class GroupView:
+    name: str
+    backends: list[BackendView]
+    is_default: bool = False
+
+    @property
+    def healthy(self) -> int:
+        return sum(1 for b in self.backends if b.backend.active and b.state.health is Health.HEALTHY)
+
+    @property
+    def queued(self) -> int:
+        return sum(b.state.queued for b in self.backends)
+
+    @property
+    def running(self) -> int:
+        return sum(b.state.running for b in self.backends)
+
+    @property
+    def css(self) -> str:
+        if not self.backends:
+            return "bad"
+        h = self.healthy
+        return "ok" if h == len(self.backends) else ("bad" if h == 0 else "warn")
+
+
+def group_views(gw: "Gateway") -> list[GroupView]:
+    """Groups with backends, plus the default group and configured groups even when empty."""
+    default = gw.config.routing.defaultGroup
+    names = gw.registry.groups() | set(gw.config.groups) | {default}
+    out = []
+    for name in sorted(names, key=lambda n: (n != default, n)):
+        bs = sorted(gw.registry.in_group(name), key=lambda b: b.name)
+        out.append(GroupView(name, [BackendView(b, gw.registry.state(b.name)) for b in bs],
+                             is_default=name == default))
+    return out
+
+
+def parse_hours(value: str | None) -> int:
+    try:
+        h = int(value) if value else DEFAULT_HOURS
+    except ValueError:
+        return DEFAULT_HOURS
+    return h if h in HOURS_CHOICES else DEFAULT_HOURS
+
+
+def parse_refresh(value: str | None) -> int:
+    """Seconds between refreshes (1..300, default 5)."""
+    try:
+        r = int(value) if value else 5
+    except ValueError:
+        return 5
+    return min(300, max(1, r))
+
+
+async def dashboard_context(gw: "Gateway", hours: int) -> dict[str, Any]:
+    now = time.time()
+    since = now - hours * 3600
+    store = gw.store
+    error = None
+    per_minute: list[tuple[float, int]] = []
+    by_backend: dict[str, int] = {}
+    if store is not None:
+        try:
+            per_minute = await store.call("history_per_minute", since)
+            by_backend = await store.call("history_by_backend", since)
+        except Exception as exc:  # the store may be down; the live part still shows
+            error = f"Query history is unavailable: {exc}"
+    bucket = bucket_seconds(hours)
+    buckets = bucket_counts(per_minute, since, now, bucket)
+    rules = gw.rules.current
+    return {
+        "groups": group_views(gw),
+        "hours": hours,
+        "hours_choices": HOURS_CHOICES,
+        "chart": Markup(queries_chart(buckets, bucket)),
+        "distribution": Markup(distribution_chart(by_backend)),
+        "total": sum(by_backend.values()),
+        "history_error": error,
+        "monitor_type": gw.config.monitor.type,
+        "monitor_rounds": getattr(gw.monitor, "rounds", None),
+        "rules_version": rules.version if rules else None,
+        "rules_error": gw.rules.last_error,
+        "updated": now,
+    }
+
+
+class DashboardHandler(PageHandler):
+    nav = "dashboard"
+
+    async def get(self) -> None:
+        hours = parse_hours(self.get_argument("hours", None))
+        refresh = parse_refresh(self.get_argument("refresh", None))
+        ctx = await dashboard_context(self.gw, hours)
+        self.render_page("dashboard.html", refresh=refresh,
+                         fragment_url=f"{BASE}/dashboard/fragment?hours={hours}", **ctx)
+
+
+class DashboardFragmentHandler(PageHandler):
+    nav = "dashboard"
+
+    def is_page(self) -> bool:
+        return False
+
+    async def get(self) -> None:
+        hours = parse_hours(self.get_argument("hours", None))
+        ctx = await dashboard_context(self.gw, hours)
+        self.render_page("_dashboard_body.html", **ctx)
+
+
+class IndexRedirect(PageHandler):
+    need = "none"
+
+    def get(self) -> None:
+        self.redirect(BASE + "/")
+
+
+def routes(gw: "Gateway") -> list[Any]:
+    a = {"gateway": gw}
+    return [
+        (BASE, IndexRedirect, a),
+        (BASE + r"/", DashboardHandler, a),
+        (BASE + r"/dashboard/fragment", DashboardFragmentHandler, a),
+    ]
