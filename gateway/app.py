@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
 from gateway import protocol as P
@@ -30,6 +31,8 @@ from gateway.routing.sticky import StickyMap
 from gateway.store.base import DuplicateBackend, HistoryRow
 from gateway.store.writer import AsyncStore, HistoryWriter
 from gateway.monitor import Monitor
+from gateway.admission import Admission
+from gateway.server import backend_ssl_context
 
 log = logging.getLogger("gateway")
 route_log = logging.getLogger("gateway.routing")
@@ -55,14 +58,21 @@ class Gateway:
         self.registry = Registry()
         self.sticky = StickyMap(ttl=config.routing.stickyTtl)
         self.metrics = Metrics()
+        backend_tls = backend_ssl_context(config.server)  # once: loading CAs is slow
         self.client = BackendClient(connect_timeout=config.server.backendConnectTimeout,
-                                    request_timeout=config.server.backendRequestTimeout)
+                                    request_timeout=config.server.backendRequestTimeout,
+                                    ssl_context=backend_tls)
+        self.metrics.time_backend(self.client)
         self.balancer = Balancer(config.routing.policy)
         self.rules = RulesWatcher(
             config.routing.rules, missing_ok=not _rules_explicit(config),
             on_change=lambda rs: self.metrics.rule_reloads.labels("ok").inc(),
             on_error=lambda err: self.metrics.rule_reloads.labels("error").inc())
-        self.monitor = Monitor(self.registry, config.monitor)
+        self._monitor_http = None if backend_tls is None else AsyncHTTPClient(
+            force_instance=True, max_clients=256, defaults={"ssl_options": backend_tls})
+        self.monitor = Monitor(self.registry, config.monitor, self._monitor_http)
+        self.admission = Admission(self)
+        self.monitor.on_round(lambda *_: self.admission.monitor_round())
         self.store: AsyncStore | None = None
         self.writer: HistoryWriter | None = None
         self.no_forwarded: set[str] = set()  # backends that answered 406 to X-Forwarded-*
@@ -95,6 +105,7 @@ class Gateway:
         self.writer.start()
         self.rules.start()
         self.monitor.start()
+        self.admission.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
         log.info("gateway started: %d backend(s) in group(s) %s, rules %s, store %s",
                  len(self.registry.all()), ", ".join(sorted(self.registry.groups())) or "-",
@@ -105,12 +116,15 @@ class Gateway:
         for t in self._tasks:
             t.cancel()
         await self.monitor.stop()
+        await self.admission.stop()
         self.rules.stop()
         if self.writer is not None:
             await self.writer.stop()
         if self.store is not None:
             await self.store.close()
         self.client.close()
+        if self._monitor_http is not None:
+            self._monitor_http.close()
 
     def reload_config(self) -> None:
         """SIGHUP: reload what can change safely at run time (today: the rules files)."""
@@ -129,6 +143,10 @@ class Gateway:
     async def _sync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.store.syncInterval)
+            try:
+                self.refresh_gauges()  # every process keeps its metrics current, not only the scraped one
+            except Exception:  # noqa: BLE001 - metrics must never stop the sync loop
+                log.exception("cannot refresh metrics")
             try:
                 await self.sync_backends()
                 self.sticky.expire()
@@ -202,6 +220,7 @@ class Gateway:
         self.balancer.note_routed(backend.name, route.user, self.registry.states)
         self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
         self.metrics.overhead.observe(route.decision_seconds)
+        self.metrics.queries.started(qid)
         if self.writer is not None and self.config.store.historyEnabled:
             self.writer.add(HistoryRow(
                 query_id=qid, user=route.user, source=ctx.get("source"),
@@ -210,9 +229,30 @@ class Gateway:
                 submitted_at=time.time()))
         route_log.info("query %s user=%s source=%s group=%s backend=%s rule=%s decision=%.3fms (%s)",
                        qid, route.user, ctx.get("source"), backend.routingGroup, backend.name,
-                       route.rule or "-", route.decision_seconds * 1000, route.reason)
+                       route.rule or "-", route.decision_seconds * 1000, route.reason,
+                       extra={"event": "statement_routed", "query_id": qid, "user": route.user,
+                              "source": ctx.get("source"), "group": backend.routingGroup,
+                              "backend": backend.name, "rule": route.rule,
+                              "decision_ms": round(route.decision_seconds * 1000, 3),
+                              "reason": route.reason})
+
+    def statement_dispatched(self, held: Any, backend: Backend, qid: str) -> None:
+        """A query held at the gateway went to ``backend`` as ``qid``: count and record it."""
+        route = held.route
+        ctx = route.context
+        self.balancer.note_routed(backend.name, route.user, self.registry.states)
+        self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
+        self.metrics.queries.started(qid)
+        if self.writer is not None and self.config.store.historyEnabled:
+            self.writer.add(HistoryRow(
+                query_id=qid, user=route.user, source=ctx.get("source"),
+                client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
+                routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
+                submitted_at=held.enqueued, queued_ms=int(held.waited * 1000)))
 
     def query_finished(self, query_id: str, state: str, error: str | None) -> None:
+        self.admission.finished(query_id)
+        self.metrics.queries.ended(query_id)
         if self.writer is not None and self.config.store.historyEnabled:
             self.writer.update_state(query_id, state, error)
 
@@ -230,6 +270,9 @@ class Gateway:
 
     async def owner(self, kind: str, key: str, headers: HTTPHeaders) -> str | None:
         """The backend owning a query/transaction/segment/exchange: memory, then probe, then store."""
+        if kind == P.QUERY:
+            self.metrics.queries.seen(key)  # a follow-up: the query is still in flight
+            self.admission.touch(key)       # ... and keeps its admission lease
         name = self.sticky.get(kind, key)
         if name is not None and self.registry.get(name) is not None:
             return name
@@ -290,12 +333,11 @@ class Gateway:
         for b in self.registry.all():
             st = self.registry.state(b.name)
             m.backend_health.labels(b.name, b.routingGroup).set(1 if st.health is Health.HEALTHY else 0)
+            m.backend_active.labels(b.name, b.routingGroup).set(1 if b.active else 0)
             m.backend_queued.labels(b.name).set(st.queued)
             m.backend_running.labels(b.name).set(st.running)
         rs = self.rules.current
-        if rs is not None:
-            m.ruleset_info.clear()
-            m.ruleset_info.labels(rs.version).set(1)
+        m.set_ruleset(rs.version if rs is not None else None)
         m.rules_error.set(1 if self.rules.last_error else 0)
         w = self.writer
         if w is not None:  # counters follow the writer's own tallies
@@ -326,9 +368,11 @@ def _redact_url(url: str) -> str:
 def make_app(gw: Gateway) -> tornado.web.Application:
     from gateway.proxy.handler import ProxyHandler
     from gateway.admin import routes as admin_routes
+    from gateway.admission_http import HELD_PATH, HeldQueryHandler
     handlers: list[Any] = admin_routes(gw)
+    handlers.append((HELD_PATH, HeldQueryHandler, {"gateway": gw}))
     handlers.append((r".*", ProxyHandler, {"gateway": gw}))
     templates = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
     return tornado.web.Application(
         handlers, cookie_secret=gw.cookie_secret, xsrf_cookies=False, compress_response=False,
-        template_path=templates)
+        template_path=templates, log_function=gw.metrics.log_request)

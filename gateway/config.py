@@ -19,7 +19,7 @@ import yaml
 
 __all__ = [
     "ConfigError", "Config", "ServerConfig", "StoreConfig", "RoutingConfig", "MonitorConfig",
-    "GroupConfig", "BackendConfig", "AuthConfig", "UserConfig", "LoggingConfig", "TlsConfig",
+    "GroupConfig", "BackendConfig", "AuthConfig", "UserConfig", "LoggingConfig", "TlsConfig", "QueryConfig",
     "load_config", "parse_duration", "config_from_dict", "DEFAULT_GROUP_FALLBACK",
 ]
 
@@ -71,6 +71,8 @@ class ServerConfig:
     xForwardedFor: bool = True                    # add X-Forwarded-For / -Proto / -Host and Via
     trustForwardedHeaders: bool = False           # honour X-Forwarded-Proto/Host from a load balancer
     stateDir: str | None = None                   # where worker processes share files (metrics); default: temp
+    backendCaFile: str | None = None              # PEM CA bundle for https:// backends; default: system CAs
+    backendVerify: bool = True                    # check backend certificates (false: warned at start)
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 
@@ -150,6 +152,11 @@ class LoggingConfig:
 
 
 @dataclass
+class QueryConfig:
+    clientTimeout: float = 300.0       # a query held at the gateway without a poll this long is dropped
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -159,6 +166,7 @@ class Config:
     backends: list[BackendConfig] = field(default_factory=list)
     auth: AuthConfig = field(default_factory=AuthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     source: str = "<defaults>"         # the file this came from, for messages
 
     def group(self, name: str) -> GroupConfig:
@@ -169,7 +177,7 @@ class Config:
 _DURATION_KEYS = {
     "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout",
     "shutdownGracePeriod", "historyRetention", "historyFlushInterval", "syncInterval", "stickyTtl",
-    "interval", "timeout", "maxQueueWait", "sessionTtl",
+    "interval", "timeout", "maxQueueWait", "sessionTtl", "clientTimeout",
 }
 _POLICIES = ("least-queued", "round-robin", "random", "user-hash")
 _MONITORS = ("info-api", "ui-api", "metrics", "noop")
@@ -290,6 +298,7 @@ def config_from_dict(data: Any, src: str = "<dict>") -> Config:
     cfg.routing = _section(RoutingConfig, data.get("routing"), src, "routing")
     cfg.monitor = _section(MonitorConfig, data.get("monitor"), src, "monitor")
     cfg.logging = _section(LoggingConfig, data.get("logging"), src, "logging")
+    cfg.query = _section(QueryConfig, data.get("query"), src, "query")
 
     groups = data.get("groups") or {}
     if not isinstance(groups, dict):
@@ -349,6 +358,8 @@ def _check_values(cfg: Config, src: str) -> None:
         s.publicUrl = s.publicUrl.rstrip("/")
     if bool(s.tls.certFile) != bool(s.tls.keyFile):
         raise ConfigError(f"{src}: server.tls: certFile and keyFile go together")
+    if s.backendCaFile and not os.path.isfile(s.backendCaFile):
+        raise ConfigError(f"{src}: server.backendCaFile: {s.backendCaFile!r} is not a readable file")
     if s.maxBodySize < 1:
         raise ConfigError(f"{src}: server.maxBodySize: must be positive")
     if cfg.routing.policy not in _POLICIES:

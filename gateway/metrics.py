@@ -1,19 +1,127 @@
-"""Prometheus metrics of the gateway (served at /metrics).
+"""Prometheus metrics of the gateway (served at /metrics), and the per-request bookkeeping
+behind them. docs/metrics.md lists every metric with what it measures.
 
 With ``server.workers > 1`` every process writes to files in a shared folder
 (prometheus-client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``), and /metrics aggregates
 them, so a scrape that lands on any worker sees the whole gateway.
+
+Per request the proxy handler calls ``request_started`` and ``request_done``; Tornado calls
+``log_request`` (the application's ``log_function``) when any response finishes. A small record
+in a context variable ties these together without the handler passing it around: Tornado runs
+every request in its own asyncio task, and each task has its own copy of the context.
 """
 from __future__ import annotations
 
+import contextvars
+import logging
 import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                CONTENT_TYPE_LATEST)
 from prometheus_client import multiprocess
 
+__all__ = ["Metrics", "ActiveQueries", "request_kind", "METRIC_NAMES", "QUERY_IDLE_SECONDS"]
+
+error_log = logging.getLogger("gateway.errors")
+
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# A query with no request for this long is taken as abandoned by its client (clients poll
+# continuously while a query runs; Trino answers a poll within about a second).
+QUERY_IDLE_SECONDS = 10.0
+
+# The protocol's request kinds (gateway.protocol) that go to the backend owning something.
+_FOLLOW_UP_KINDS = frozenset({"query", "spool", "oauth", "oauth-initiate", "oauth-callback"})
+
+
+def request_kind(protocol_kind: str | None, path: str) -> str:
+    """The ``kind`` label: statement, follow-up, ui (Trino's web UI through the gateway),
+    other (proxied, tied to no query) or admin (the gateway's own pages, API, health, metrics)."""
+    if protocol_kind is None:
+        return "admin"
+    if path.startswith("/ui/") or path == "/ui":
+        return "ui"
+    if protocol_kind == "statement":
+        return "statement"
+    if protocol_kind in _FOLLOW_UP_KINDS:
+        return "follow-up"
+    return "other"
+
+
+@dataclass
+class _Request:
+    """What one proxied request did, filled in as it goes."""
+    protocol_kind: str
+    backend_seconds: float = 0.0      # time inside BackendClient.fetch (connect, send, relay)
+    forwarded: bool = False
+    backend_answered: bool = False    # the status sent to the client came from a backend
+    backend_error: str | None = None
+    failure: str | None = None        # why the gateway failed a statement itself
+    label: str | None = None
+    counted: bool = False
+
+
+_current: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("gateway_request", default=None)
+
+
+class ActiveQueries:
+    """Queries this process routed or relayed whose final state it has not seen yet.
+
+    Feeds the in-flight queries gauge (queries *routed* here) and the graceful shutdown, which
+    waits until every query this process knows is finished. A query with no request for
+    ``idle`` seconds is forgotten: its client is gone, or it polls through another process.
+    """
+
+    def __init__(self, idle: float = QUERY_IDLE_SECONDS, gauge: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle = idle
+        self._gauge = gauge
+        self._clock = clock
+        self._last: dict[str, float] = {}     # query id -> last request seen
+        self._owned: set[str] = set()         # routed by this process (counted in the gauge)
+        self._swept = 0.0
+
+    def started(self, query_id: str) -> None:
+        self._last[query_id] = self._clock()
+        if query_id not in self._owned:
+            self._owned.add(query_id)
+            if self._gauge is not None:
+                self._gauge.inc()
+        self._maybe_sweep()
+
+    def seen(self, query_id: str) -> None:
+        self._last[query_id] = self._clock()
+        self._maybe_sweep()
+
+    def ended(self, query_id: str) -> None:
+        self._last.pop(query_id, None)
+        self._disown(query_id)
+
+    def live(self) -> int:
+        """How many queries are still in flight (after forgetting idle ones)."""
+        self.sweep()
+        return len(self._last)
+
+    def sweep(self) -> None:
+        now = self._clock()
+        self._swept = now
+        for qid in [q for q, t in self._last.items() if now - t > self.idle]:
+            del self._last[qid]
+            self._disown(qid)
+
+    def _maybe_sweep(self) -> None:
+        if self._clock() - self._swept >= 1.0:
+            self.sweep()
+
+    def _disown(self, query_id: str) -> None:
+        if query_id in self._owned:
+            self._owned.discard(query_id)
+            if self._gauge is not None:
+                self._gauge.dec()
 
 
 class Metrics:
@@ -26,11 +134,18 @@ class Metrics:
         self._registry = reg
         live = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
         mx = {"multiprocess_mode": "max"} if self.multiprocess else {}
-        self.requests = Counter("trino_gateway_requests_total", "Client requests by kind and status",
-                                ["kind", "status"], **kw)
+        self.requests = Counter("trino_gateway_requests_total",
+                                "Client requests by kind (statement, follow-up, ui, other, admin) "
+                                "and HTTP status", ["kind", "status"], **kw)
         self.latency = Histogram("trino_gateway_request_seconds",
-                                 "Time from request start to response end, by kind",
+                                 "Whole request time, from the request to the end of the response, "
+                                 "by kind (includes the backend's time)",
                                  ["kind"], buckets=_LATENCY_BUCKETS, **kw)
+        self.proxy_overhead = Histogram(
+            "trino_gateway_proxy_overhead_seconds",
+            "Gateway time per forwarded request: the whole request time minus the time spent "
+            "connecting to the backend, waiting for it and relaying its answer", ["kind"],
+            buckets=_LATENCY_BUCKETS, **kw)
         self.overhead = Histogram("trino_gateway_statement_decision_seconds",
                                   "Gateway time to route a new statement (context, rules, balancer)",
                                   buckets=_LATENCY_BUCKETS, **kw)
@@ -44,13 +159,20 @@ class Metrics:
                                 ["reason"], **kw)
         self.in_flight = Gauge("trino_gateway_requests_in_flight", "Requests being proxied now",
                                **live, **kw)
+        self.queries_in_flight = Gauge(
+            "trino_gateway_queries_in_flight",
+            "Queries routed by the gateway whose final state it has not seen yet", **live, **kw)
         self.backend_health = Gauge("trino_gateway_backend_healthy",
                                     "1 if the backend is HEALTHY", ["backend", "group"], **mx, **kw)
+        self.backend_active = Gauge("trino_gateway_backend_active",
+                                    "1 if the backend takes new queries (not drained)",
+                                    ["backend", "group"], **mx, **kw)
         self.backend_queued = Gauge("trino_gateway_backend_queued_queries",
                                     "Queued queries the monitor saw", ["backend"], **mx, **kw)
         self.backend_running = Gauge("trino_gateway_backend_running_queries",
                                      "Running queries the monitor saw", ["backend"], **mx, **kw)
-        self.rule_reloads = Counter("trino_gateway_rule_reloads_total", "Rules reloads by outcome",
+        self.rule_reloads = Counter("trino_gateway_rule_reloads_total",
+                                    "Rules reloads by outcome (each worker process reloads)",
                                     ["outcome"], **kw)
         self.ruleset_info = Gauge("trino_gateway_ruleset_loaded",
                                   "1 for the loaded ruleset version", ["version"], **mx, **kw)
@@ -60,31 +182,156 @@ class Metrics:
                                       "Failed store writes (retried)", **kw)
         self.history_dropped = Counter("trino_gateway_history_rows_dropped_total",
                                        "History rows dropped after the store stayed down", **kw)
-        self._kinds: dict[tuple[str, int], object] = {}
+        self.admission_queued = Gauge("trino_gateway_admission_queued_queries",
+                                      "Queries held in the gateway queue, by routing group",
+                                      ["group"], **mx, **kw)
+        self.admission_wait = Histogram("trino_gateway_admission_wait_seconds",
+                                        "Time held queries waited before dispatch", ["group"],
+                                        buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), **kw)
+        self.admission_dispatched = Counter("trino_gateway_admission_dispatched_total",
+                                            "Held queries sent to a backend", ["group"], **kw)
+        self.admission_rejected = Counter("trino_gateway_admission_rejected_total",
+                                          "Statements refused by admission control, by limit",
+                                          ["group", "limit"], **kw)
+        self.admission_dropped = Counter("trino_gateway_admission_dropped_total",
+                                         "Held queries whose client stopped polling", ["group"], **kw)
+        self.queries = ActiveQueries(gauge=self.queries_in_flight)
+        self._ruleset_version: str | None = None
+        self._kinds: dict[tuple[str, str], Any] = {}
+        self._overheads: dict[str, Any] = {}
 
-    # Hot-path helpers
+    # -- the request path (proxy handler) ----------------------------------------------------
+
     def request_started(self, kind: str) -> None:
         self.in_flight.inc()
+        _current.set(_Request(kind))
 
     def request_done(self, kind: str, status: int, seconds: float) -> None:
         self.in_flight.dec()
-        key = (kind, status)
-        c = self._kinds.get(key)
-        if c is None:
-            c = self._kinds[key] = (self.requests.labels(kind, str(status)), self.latency.labels(kind))
-        c[0].inc()  # type: ignore[index]
-        c[1].observe(seconds)  # type: ignore[index]
+        rec = _current.get()
+        label = (rec.label if rec is not None else None) or request_kind(kind, "")
+        if rec is not None and rec.forwarded:
+            h = self._overheads.get(label)
+            if h is None:
+                h = self._overheads[label] = self.proxy_overhead.labels(label)
+            h.observe(max(0.0, seconds - rec.backend_seconds))
+        if rec is None or not rec.counted:
+            # The response never finished normally (the backend failed mid-response and the
+            # connection was closed), so Tornado never called log_request.
+            self._count(label, "aborted", seconds)
+            if rec is not None:
+                rec.counted = True
 
     def statement_failed(self, reason: str) -> None:
         self.failures.labels(reason).inc()
+        rec = _current.get()
+        if rec is not None:
+            rec.failure = reason
 
     def rejected(self, rule: str | None) -> None:
         self.rejects.labels(rule or "").inc()
+        rec = _current.get()
+        if rec is not None:
+            rec.failure = f"rejected by rule {rule or '-'}"
+
+    def time_backend(self, client: Any) -> None:
+        """Wrap ``client.fetch`` so the time spent on backends is known per request."""
+        fetch = client.fetch
+
+        async def timed_fetch(*args: Any, **kwargs: Any) -> int:
+            rec = _current.get()
+            if rec is None:
+                return await fetch(*args, **kwargs)
+            rec.forwarded = True
+            t0 = time.perf_counter()
+            try:
+                code = await fetch(*args, **kwargs)
+                rec.backend_answered = True
+                return code
+            except Exception as exc:
+                rec.backend_answered = False
+                rec.backend_error = f"{args[0] if args else '?'}: {exc}"
+                raise
+            finally:
+                rec.backend_seconds += time.perf_counter() - t0
+
+        client.fetch = timed_fetch
+
+    def log_request(self, handler: Any) -> None:
+        """Tornado's ``log_function``: count every finished response, log gateway errors."""
+        request = handler.request
+        status = handler.get_status()
+        rec = _current.get()
+        if rec is None and _is_proxy(handler):
+            from gateway import protocol as P   # finished before dispatch (400, 413)
+            rec = _Request(P.classify(request.method or "GET", request.path, request.query).kind)
+        label = request_kind(rec.protocol_kind if rec is not None else None, request.path)
+        self._count(label, str(status), request.request_time())
+        if rec is None:
+            return
+        rec.label = label
+        rec.counted = True
+        if rec.failure is not None:
+            level = logging.INFO if rec.failure.startswith("rejected") else logging.WARNING
+            error_log.log(level, "statement failed at the gateway (%s): user=%s source=%s remote=%s",
+                          rec.failure, request.headers.get("X-Trino-User"),
+                          request.headers.get("X-Trino-Source"), request.remote_ip,
+                          extra={"event": "statement_failed", "reason": rec.failure,
+                                 "user": request.headers.get("X-Trino-User"),
+                                 "source": request.headers.get("X-Trino-Source"),
+                                 "remote": request.remote_ip})
+        elif status >= 400 and not rec.backend_answered:
+            why = f": {rec.backend_error}" if rec.backend_error else ""
+            error_log.warning("%s %s -> %d from the gateway%s", request.method, request.path, status, why,
+                              extra={"event": "request_failed", "method": request.method,
+                                     "path": request.path, "status": status, "kind": label,
+                                     "remote": request.remote_ip, "backend_error": rec.backend_error})
+
+    def _count(self, label: str, status: str, seconds: float) -> None:
+        key = (label, status)
+        c = self._kinds.get(key)
+        if c is None:
+            c = self._kinds[key] = (self.requests.labels(label, status), self.latency.labels(label))
+        c[0].inc()
+        c[1].observe(seconds)
+
+    # -- state copied in when scraped --------------------------------------------------------
+
+    def set_ruleset(self, version: str | None) -> None:
+        """Mark ``version`` as the loaded ruleset. In multiprocess mode a label cannot be
+        removed (the files keep it), so the previous version is set to 0 instead."""
+        if version == self._ruleset_version:
+            return
+        if self._ruleset_version is not None:
+            self.ruleset_info.labels(self._ruleset_version).set(0)
+        if version is not None:
+            self.ruleset_info.labels(version).set(1)
+        self._ruleset_version = version
 
     def render(self) -> tuple[bytes, str]:
+        self.queries.sweep()
         if self.multiprocess:
             reg = CollectorRegistry()
             multiprocess.MultiProcessCollector(reg)
             return generate_latest(reg), CONTENT_TYPE_LATEST
         assert self._registry is not None
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+
+def _is_proxy(handler: Any) -> bool:
+    from gateway.proxy.handler import ProxyHandler
+    return isinstance(handler, ProxyHandler)
+
+
+# Every metric the gateway exports (the Grafana dashboard and docs are checked against this).
+METRIC_NAMES = (
+    "trino_gateway_requests_total", "trino_gateway_request_seconds",
+    "trino_gateway_proxy_overhead_seconds", "trino_gateway_statement_decision_seconds",
+    "trino_gateway_statements_routed_total", "trino_gateway_statements_rejected_total",
+    "trino_gateway_statement_failures_total", "trino_gateway_requests_in_flight",
+    "trino_gateway_queries_in_flight", "trino_gateway_backend_healthy",
+    "trino_gateway_backend_active", "trino_gateway_backend_queued_queries",
+    "trino_gateway_backend_running_queries", "trino_gateway_rule_reloads_total",
+    "trino_gateway_ruleset_loaded", "trino_gateway_rules_error",
+    "trino_gateway_store_write_failures_total", "trino_gateway_history_rows_dropped_total",
+)

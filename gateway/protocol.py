@@ -267,6 +267,8 @@ def new_query_id(now: float | None = None) -> str:
 
 # (name, code, type) of the errors the gateway raises on a statement, from Trino's codes.
 ERRORS = {
+    "ABANDONED_QUERY": (2, "USER_ERROR"),
+    "USER_CANCELED": (3, "USER_ERROR"),
     "PERMISSION_DENIED": (4, "USER_ERROR"),
     "NO_NODES_AVAILABLE": (65541, "INTERNAL_ERROR"),
     "GENERIC_INTERNAL_ERROR": (65536, "INTERNAL_ERROR"),

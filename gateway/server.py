@@ -1,13 +1,23 @@
 """Running the gateway as a server: sockets, worker processes, signals, graceful shutdown.
 
 ``server.workers: N`` forks N processes that share the listening socket; the parent only
-supervises and forwards SIGTERM/SIGINT/SIGHUP. On SIGTERM a worker turns readyz to 503,
-refuses new statements with a Trino-shaped error, lets in-flight requests finish until
-``server.shutdownGracePeriod``, flushes query history and exits 0.
+supervises (restarting a worker that crashed) and forwards SIGTERM/SIGINT/SIGHUP.
+
+On SIGTERM a worker turns readyz to 503 and refuses new statements with a Trino-shaped
+``SERVER_SHUTTING_DOWN`` failure, but keeps listening: the queries it knows (routed or relayed
+here, see ``gateway.metrics.ActiveQueries``) keep being served, including follow-ups that arrive
+on new connections, until they finish or ``server.shutdownGracePeriod`` passes. Only then does
+it stop listening, close the remaining connections, flush query history and exit 0. A load
+balancer in front sees readyz fail and stops sending new clients meanwhile.
+
+SIGHUP re-reads the configuration file: ``logging`` applies at once, the rules are reloaded
+(even when the watcher missed a change), and other changed sections are named in a warning
+because they need a restart.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -21,7 +31,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from gateway.config import Config
+from gateway.config import Config, ConfigError, ServerConfig, load_config
 from gateway.logs import setup_logging
 
 log = logging.getLogger("gateway.server")
@@ -66,6 +76,23 @@ def tls_context(config: Config) -> ssl.SSLContext:
     return ctx
 
 
+def backend_ssl_context(s: ServerConfig) -> ssl.SSLContext | None:
+    """The context for https:// backends (proxying and probes), or None for the defaults.
+
+    ``server.backendCaFile`` adds trusted CAs; ``server.backendVerify: false`` turns checking
+    off, with a warning, since anyone on the path could then read queries and credentials.
+    """
+    if s.backendVerify and not s.backendCaFile:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=s.backendCaFile)
+    if not s.backendVerify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        log.warning("server.backendVerify is false: the certificates of https:// backends are "
+                    "not checked (anyone on the network path can impersonate a backend)")
+    return ctx
+
+
 def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.socket]]) -> int:
     """Fork the workers and wait; forward signals; restart a worker that crashed."""
     children: dict[int, int] = {}
@@ -106,6 +133,7 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
             continue
         i = children.pop(pid, None)
         code = os.waitstatus_to_exitcode(status)
+        _metrics_process_dead(pid)
         if i is None:
             continue
         if not stopping and code != 0:
@@ -146,7 +174,7 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: gw.reload_config())
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_on_sighup(config, gw))
     port = sockets[0].getsockname()[1]
     scheme = "https" if s.tls.certFile and not tls_sockets else "http"
     log.info("worker %d listening on %s:%d (%s)", worker, s.host, port, scheme)
@@ -155,18 +183,57 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
     if ready_callback is not None:
         ready_callback(gw, port)
     await stop.wait()
-    log.info("shutting down: new statements are refused, in-flight requests have %.0fs",
-             s.shutdownGracePeriod)
+    await _drain(gw, servers)
+    log.info("stopped")
+    return 0
+
+
+async def _drain(gw: Any, servers: list[HTTPServer]) -> None:
+    """Graceful shutdown of one worker (see the module docstring for why we keep listening)."""
+    grace = gw.config.server.shutdownGracePeriod
     gw.shutting_down = True
+    queries = gw.metrics.queries
+    log.info("shutting down: readyz is 503, new statements are refused; %d request(s) and "
+             "%d query(ies) in flight have up to %.0fs to finish", gw.in_flight, queries.live(), grace)
+    deadline = time.monotonic() + grace
+    while (gw.in_flight > 0 or queries.live() > 0) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if gw.in_flight or queries.live():
+        log.warning("%d request(s) and %d query(ies) still in flight after %.0fs; closing them",
+                    gw.in_flight, queries.live(), grace)
     for server in servers:
         server.stop()
-    deadline = time.monotonic() + s.shutdownGracePeriod
-    while gw.in_flight > 0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    if gw.in_flight:
-        log.warning("%d request(s) still in flight at the deadline; closing them", gw.in_flight)
     for server in servers:
         await server.close_all_connections()
     await gw.stop()
-    log.info("stopped")
-    return 0
+
+
+def reload_on_sighup(config: Config, gw: Any) -> None:
+    """Apply what can change safely at run time from the configuration file, reload the rules."""
+    if config.source.startswith("<"):
+        log.info("SIGHUP: no configuration file to re-read")
+    else:
+        try:
+            new = load_config(config.source)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
+        else:
+            if new.logging != config.logging:
+                setup_logging(new.logging)
+                config.logging = new.logging
+                log.info("SIGHUP: logging is now level %s, format %s", new.logging.level, new.logging.format)
+            changed = [f.name for f in dataclasses.fields(Config)
+                       if f.name not in ("logging", "source") and getattr(new, f.name) != getattr(config, f.name)]
+            if changed:
+                log.warning("SIGHUP: changes to %s take effect after a restart", ", ".join(changed))
+    gw.reload_config()
+
+
+def _metrics_process_dead(pid: int) -> None:
+    """Tell prometheus-client a worker is gone, so its live gauges stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        try:
+            from prometheus_client import multiprocess
+            multiprocess.mark_process_dead(pid)
+        except Exception as exc:  # noqa: BLE001 - metrics housekeeping must not stop the supervisor
+            log.debug("cannot mark worker %d dead for metrics: %s", pid, exc)

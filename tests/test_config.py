@@ -96,7 +96,7 @@ def _loader_keys() -> dict[str, object]:
             else:
                 keys[prefix + f.name] = d
 
-    for section in ("server", "store", "routing", "monitor", "logging"):
+    for section in ("server", "store", "routing", "monitor", "logging", "query"):
         walk(type(getattr(C.Config(), section)), section + ".")
     walk(C.GroupConfig, "groups.NAME.")
     keys.update({f"backends[].{k.split('.', 1)[1]}": v for k, v in _fields(C.BackendConfig).items()})

@@ -74,6 +74,8 @@ class ApiHandler(RequestHandler):
         if write and is_cross_site(req.headers, own_hosts(self.gw, req)):
             raise ApiError(403, "Cross-site request refused: state changes must come from the "
                                 "gateway's own pages or from a script")
+        if not write and req.path.startswith("/api/public/"):
+            return   # backend state, public as in trino-gateway (load balancers and dashboards read it)
         sessions = sessions_for(self.gw)
         header = req.headers.get("Authorization")
         creds = parse_basic(header)

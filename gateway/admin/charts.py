@@ -36,13 +36,15 @@ def bucket_counts(per_minute: Iterable[tuple[float, int]], since: float, now: fl
 
 
 def _nice_max(v: int) -> int:
+    """The axis top: a round, even number at least ``v`` (so the middle label is whole)."""
     if v <= 4:
         return 4
     mag = 10 ** math.floor(math.log10(v))
-    for m in (1, 2, 2.5, 5, 10):
-        if v <= m * mag:
-            return int(m * mag) if m * mag >= 4 else 4
-    return v  # pragma: no cover
+    for m in (1, 2, 4, 6, 8, 10):
+        top = int(m * mag)
+        if v <= top and top % 2 == 0:
+            return top
+    return 10 * mag  # pragma: no cover
 
 
 def _hhmm(ts: float) -> str:
@@ -80,6 +82,8 @@ def queries_chart(buckets: list[tuple[float, int]], bucket: int, *, width: int =
     every = max(1, round(n / 6))
     for i in range(0, n, every):
         x = left + i * step
+        if x > width - right - 30:
+            break   # a label this close to the edge would be cut off
         out.append(f'<text class="axis" x="{x:.1f}" y="{height - 6}" text-anchor="start">'
                    f'{_hhmm(buckets[i][0])}</text>')
     out.append("</svg>")

@@ -85,10 +85,27 @@ async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: st
 @dataclass
 class ClusterRow(BackendView):
     unfinished: int | None = None     # routed here, not seen finishing (inactive backends only)
+    counting: bool = False            # the monitor reports running/queued counts
+
+    @property
+    def still_running(self) -> int | None:
+        """Queries an inactive backend still has, by the best source available."""
+        if self.backend.active:
+            return None
+        counts = [self.unfinished or 0]
+        if self.counting:
+            counts.append(self.state.running + self.state.queued)
+        return max(counts)
+
+    @property
+    def drain_state(self) -> str | None:
+        n = self.still_running
+        return None if n is None else ("draining" if n > 0 else "drained")
 
 
 async def cluster_rows(gw: "Gateway") -> list[ClusterRow]:
-    rows = [ClusterRow(b, gw.registry.state(b.name))
+    counting = gw.config.monitor.type in _COUNTING_MONITORS
+    rows = [ClusterRow(b, gw.registry.state(b.name), counting=counting)
             for b in sorted(gw.registry.all(), key=lambda b: (b.routingGroup, b.name))]
     if gw.store is None:
         return rows

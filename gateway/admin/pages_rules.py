@@ -103,8 +103,11 @@ class RulesEditHandler(PageHandler):
 
     def get(self) -> None:
         w = self.gw.rules
+        file = self.get_argument("file", "")
+        if not file and self.get_argument("name", ""):   # the "new file" form: folder + name
+            file = os.path.join(self.get_argument("folder", ""), self.get_argument("name", ""))
         try:
-            name, data = read_rules_file(w.paths, self.get_argument("file", ""))
+            name, data = read_rules_file(w.paths, file)
         except RulesFileError as exc:
             return self.render_page("rules_edit.html", status=exc.code, file=None, content="",
                                     base_version="", problems=[], error=str(exc), is_new=False)

@@ -469,7 +469,7 @@ class Engine:
             "queryStats": {"createTime": _iso(q.created),
                            "elapsedTime": proto.format_duration((q.ended or time.time()) - q.created),
                            "processedRows": q.rows_out},
-            "queryType": (q.update_type or "SELECT").split()[0],
+            "queryType": _query_type(q.update_type),
         }
         if s.source:
             info["sessionSource"] = s.source
@@ -478,6 +478,14 @@ class Engine:
             info["errorCode"] = {"code": q.error["errorCode"], "name": q.error["errorName"],
                                  "type": q.error["errorType"]}
         return info
+
+
+def _query_type(update_type: str | None) -> str:
+    """Trino's QueryType for a statement with this updateType."""
+    if update_type is None:
+        return "SELECT"
+    first = update_type.split()[0]
+    return first if first in ("INSERT", "DELETE", "UPDATE", "MERGE") else "DATA_DEFINITION"
 
 
 def _iso(ts: float) -> str:

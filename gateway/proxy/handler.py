@@ -142,13 +142,30 @@ class ProxyHandler(RequestHandler):
         if not route.backends:
             gw.metrics.statement_failed("no-backend")
             return self._failed(route.reason, base, "NO_NODES_AVAILABLE")
+        if gw.admission.capped(route.group):
+            # Admission control (gateway/admission.py): a slot on a backend, or wait in line.
+            backend, lease = await gw.admission.try_admit(route)
+            if backend is None:
+                self.set_header("Content-Type", "application/json")
+                return self.finish(gw.admission.hold(route, body, headers, self.request.remote_ip or "", base))
+            await self._send_statement([backend], body, base, route=route)
+            rw = self._rewriter
+            gw.admission.admitted(lease, rw.query_id if rw is not None and self.get_status() == 200 else None,
+                                  route.group or "")
+            return
         await self._send_statement(route.backends, body, base, route=route)
 
-    def _failed(self, message: str, base: str, error_name: str) -> None:
+    def _failed(self, message: str, base: str, error_name: str, query_id: str | None = None) -> None:
         self.clear()
         self.set_status(200)
         self.set_header("Content-Type", "application/json")
-        self.finish(P.failed_query(message, gateway_base=base, error_name=error_name))
+        self.finish(P.failed_query(message, gateway_base=base, error_name=error_name, query_id=query_id))
+
+    def _query_lost(self, kind: P.RequestKind, exc: BackendError) -> bool:
+        """A result-page poll whose backend refuses connections (not a timeout, which may pass)."""
+        req = self.request
+        return (kind.kind == P.QUERY and req.method == "GET" and req.path.startswith(_STATEMENT_PATH)
+                and not exc.sent and not exc.timeout)
 
     async def _send_statement(self, candidates: list[Backend], body: bytes, base: str, route: Any) -> None:
         """Forward a POST; on a connection that never opened, try the next candidate."""
@@ -219,6 +236,14 @@ class ProxyHandler(RequestHandler):
                 gw.note_forward_failure(backend, exc)
                 if self._headers_written:
                     return self._abort(exc)
+                if self._query_lost(kind, exc):
+                    # The coordinator refuses connections: it is down and its queries died with
+                    # it. A FAILED document ends the query with a message every client shows;
+                    # a 502 would be retried and then shown as a bare "bad gateway".
+                    message = (f"Backend {backend.name} (group {backend.routingGroup}) that ran query "
+                               f"{kind.key} cannot be reached ({exc}); the query is lost, submit it again")
+                    gw.query_finished(kind.key or "", "FAILED", message)
+                    return self._failed(message, base, "GENERIC_INTERNAL_ERROR", query_id=kind.key)
                 code = 504 if exc.timeout else 502
                 return self._plain(code, f"Backend {backend.name} did not answer: {exc}\n")
             if not self._retry_without_forwarded:

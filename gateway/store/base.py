@@ -463,6 +463,65 @@ class SqlStore(Store):
             return cur.rowcount
         return self._write(run)
 
+    # admission leases ---------------------------------------------------------------------
+    def _lock_group(self, cur: Cursor, group: str) -> None:
+        """Serialize lease decisions of one group across processes (SQLite: BEGIN IMMEDIATE
+        already does; PostgreSQL overrides this with an advisory lock)."""
+
+    def acquire_lease(self, lease_id: str, group: str, user: str | None,
+                      candidates: Sequence[tuple[str, int]], cap: int | None,
+                      user_cap: int | None, now: float, ttl: float) -> str | None:
+        """Atomically take a slot on the first candidate backend below ``cap``.
+
+        ``candidates`` are (backend, floor) in preference order; ``floor`` is what the monitor
+        saw running there (queries started around the gateway count too). Returns the backend,
+        or None when every candidate is full or the user is at ``user_cap`` in this group.
+        """
+        q_expire = self._sql("DELETE FROM admission_leases WHERE routing_group = ? AND expires_at <= ?")
+        q_user = self._sql("SELECT COUNT(*) FROM admission_leases WHERE routing_group = ? AND user_name = ?")
+        q_count = self._sql("SELECT COUNT(*) FROM admission_leases WHERE backend = ?")
+        q_insert = self._sql("INSERT INTO admission_leases (lease_id, backend, routing_group, user_name, "
+                             "query_id, expires_at) VALUES (?, ?, ?, ?, NULL, ?)")
+
+        def run(cur: Cursor) -> str | None:
+            self._lock_group(cur, group)
+            cur.execute(q_expire, (group, float(now)))
+            if user_cap is not None and user is not None:
+                cur.execute(q_user, (group, user))
+                if cur.fetchone()[0] >= user_cap:
+                    return None
+            for backend, floor in candidates:
+                if cap is not None:
+                    cur.execute(q_count, (backend,))
+                    if max(cur.fetchone()[0], floor) >= cap:
+                        continue
+                cur.execute(q_insert, (lease_id, backend, group, user, float(now + ttl)))
+                return backend
+            return None
+        return self._write(run)
+
+    def bind_lease(self, lease_id: str, query_id: str) -> None:
+        sql = self._sql("UPDATE admission_leases SET query_id = ? WHERE lease_id = ?")
+        self._write(lambda cur: cur.execute(sql, (query_id, lease_id)))
+
+    def renew_leases(self, query_ids: Sequence[str], expires_at: float) -> None:
+        if not query_ids:
+            return
+        sql = self._sql("UPDATE admission_leases SET expires_at = ? WHERE query_id = ? OR lease_id = ?")
+        self._write(lambda cur: cur.executemany(sql, [(float(expires_at), q, q) for q in sorted(query_ids)]))
+
+    def release_leases(self, ids: Sequence[str]) -> None:
+        """Free the slots of finished queries (by query id or, before it is known, lease id)."""
+        if not ids:
+            return
+        sql = self._sql("DELETE FROM admission_leases WHERE query_id = ? OR lease_id = ?")
+        self._write(lambda cur: cur.executemany(sql, [(q, q) for q in sorted(ids)]))
+
+    def lease_counts(self, now: float) -> dict[str, int]:
+        rows = self._read("SELECT backend, COUNT(*) FROM admission_leases WHERE expires_at > ? "
+                          "GROUP BY backend", [float(now)])
+        return {r[0]: int(r[1]) for r in rows}
+
     def ping(self) -> None:
         self._read("SELECT 1")
 

@@ -93,6 +93,10 @@ class PostgresStore(SqlStore):
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
+    def _lock_group(self, cur: Cursor, group: str) -> None:
+        # count-then-insert must not interleave across replicas: one lock per routing group
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("admission:" + group,))
+
     def _has_schema_table(self) -> bool:
         return bool(self._read("SELECT to_regclass('schema_version') IS NOT NULL")[0][0])
 

@@ -102,7 +102,7 @@ def store_url(kind: str, tmp_path, request: pytest.FixtureRequest) -> str:
         return url
     url = request.getfixturevalue("pg_shared_url")
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE backends, query_history, sticky")
+        conn.execute("TRUNCATE backends, query_history, sticky, admission_leases")
     return url
 
 

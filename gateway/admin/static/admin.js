@@ -1,0 +1,152 @@
+// trino-gateway admin pages: small progressive enhancements. Every page works without this.
+(function () {
+  "use strict";
+
+  function csrf() {
+    var m = document.querySelector('meta[name="csrf-token"]');
+    return m ? m.content : "";
+  }
+
+  function api(method, url, body) {
+    var opts = { method: method, credentials: "same-origin",
+                 headers: { "X-CSRF-Token": csrf(), "Accept": "application/json" } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    return fetch(url, opts).then(function (r) {
+      return r.json().catch(function () { return { error: "HTTP " + r.status }; })
+        .then(function (doc) { return { status: r.status, ok: r.ok, doc: doc }; });
+    });
+  }
+
+  // Forms with data-confirm ask first (deactivate, delete).
+  document.addEventListener("submit", function (ev) {
+    var msg = ev.target.getAttribute && ev.target.getAttribute("data-confirm");
+    if (msg && !window.confirm(msg)) ev.preventDefault();
+  }, true);
+
+  // Dashboard: swap in a freshly rendered body every few seconds while the tab is visible.
+  var dash = document.querySelector("[data-refresh-url]");
+  if (dash) {
+    var busy = false;
+    var every = Math.max(1, parseInt(dash.getAttribute("data-refresh-seconds"), 10) || 5) * 1000;
+    setInterval(function () {
+      if (busy || document.hidden) return;
+      busy = true;
+      fetch(dash.getAttribute("data-refresh-url"), { credentials: "same-origin" })
+        .then(function (r) {
+          if (r.status === 401 || r.status === 403) { window.location.reload(); return null; }
+          return r.ok ? r.text() : null;
+        })
+        .then(function (html) {
+          if (html !== null) { dash.innerHTML = html; dash.classList.remove("stale"); }
+        })
+        .catch(function () { dash.classList.add("stale"); })
+        .then(function () { busy = false; });
+    }, every);
+  }
+
+  // Rules editor: check as you type, save over the API, then watch the reload happen.
+  var ed = document.getElementById("editor");
+  if (!ed) return;
+  var form = ed.form;
+  var file = form.querySelector('[name="file"]').value;
+  var baseField = form.querySelector('[name="baseVersion"]');
+  var state = document.getElementById("check-state");
+  var reload = document.getElementById("reload-state");
+  var list = document.getElementById("problems");
+  var save = document.getElementById("save");
+  var seq = 0, timer = null;
+
+  function setText(el, text, cls) { if (el) { el.textContent = text; el.className = cls || ""; } }
+
+  function showProblems(problems) {
+    list.innerHTML = "";
+    problems.forEach(function (p) {
+      var li = document.createElement("li");
+      li.setAttribute("data-line", p.line || "");
+      li.textContent = (p.file !== file ? p.file + " " : "") + (p.line ? "line " + p.line + ": " : "") + p.message;
+      list.appendChild(li);
+    });
+  }
+
+  function check() {
+    var mine = ++seq;
+    setText(state, "Checking…", "checking");
+    api("POST", ed.getAttribute("data-check-url"), { file: file, content: ed.value }).then(function (res) {
+      if (mine !== seq) return;   // a newer check is on its way
+      if (!res.ok) { setText(state, res.doc.error || "Check failed", "bad"); return; }
+      var doc = res.doc;
+      showProblems(doc.problems);
+      var own = doc.problems.filter(function (p) { return p.file === file; }).length;
+      if (doc.ok) setText(state, "Valid: " + doc.rules + " rule" + (doc.rules === 1 ? "" : "s") + " in the ruleset", "ok");
+      else setText(state, doc.problems.length + " problem" + (doc.problems.length === 1 ? "" : "s"), "bad");
+      if (save) save.disabled = own > 0;
+    }).catch(function () { if (mine === seq) setText(state, "Cannot reach the gateway", "bad"); });
+  }
+
+  ed.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(check, 250); });
+  ed.addEventListener("keydown", function (ev) {
+    if (ev.key === "Tab" && !ev.shiftKey && !ed.readOnly) {
+      ev.preventDefault();
+      var s = ed.selectionStart;
+      ed.setRangeText("  ", s, ed.selectionEnd, "end");
+      ed.dispatchEvent(new Event("input"));
+    }
+  });
+  list.addEventListener("click", function (ev) {
+    var line = parseInt(ev.target.getAttribute("data-line"), 10);
+    if (!line) return;
+    var lines = ed.value.split("\n"), start = 0;
+    for (var i = 0; i < line - 1 && i < lines.length; i++) start += lines[i].length + 1;
+    ed.focus();
+    ed.setSelectionRange(start, start + (lines[line - 1] || "").length);
+  });
+
+  function watchReload(version, savedAt) {
+    var deadline = Date.now() + 15000;
+    function poll() {
+      api("GET", ed.getAttribute("data-status-url")).then(function (res) {
+        var s = res.doc;
+        if (res.ok && s.version === version) {
+          setText(reload, "Reloaded: the gateway now routes with version " + version + " (" + s.rules + " rules).", "ok");
+          var v = document.getElementById("rules-version"); if (v) v.textContent = version;
+          return;
+        }
+        if (res.ok && s.error && s.errorAt && s.errorAt * 1000 >= savedAt - 1000) {
+          setText(reload, "Saved, but the reload failed: " + s.error, "bad");
+          return;
+        }
+        if (Date.now() > deadline) { setText(reload, "Saved; no reload seen yet. Check the rules page.", "bad"); return; }
+        setTimeout(poll, 200);
+      }).catch(function () { setTimeout(poll, 500); });
+    }
+    poll();
+  }
+
+  var saveUrl = ed.getAttribute("data-save-url");
+  if (saveUrl) {
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      if (save) save.disabled = true;
+      setText(reload, "Saving…", "");
+      var savedAt = Date.now();
+      api("PUT", saveUrl, { file: file, content: ed.value, baseVersion: baseField.value || null }).then(function (res) {
+        if (save) save.disabled = false;
+        if (!res.ok) {
+          setText(reload, "Not saved: " + (res.doc.error || "HTTP " + res.status), "bad");
+          if (res.doc.problems) showProblems(res.doc.problems);
+          return;
+        }
+        baseField.value = res.doc.fileVersion || "";
+        setText(reload, "Saved. Waiting for the gateway to reload the rules…", "");
+        watchReload(res.doc.version, savedAt);
+      }).catch(function () {
+        if (save) save.disabled = false;
+        setText(reload, "Not saved: cannot reach the gateway", "bad");
+      });
+    });
+  }
+  if (!ed.readOnly) check();
+})();

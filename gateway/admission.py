@@ -1,0 +1,402 @@
+"""Admission control: caps per routing group, and a gateway queue that looks like Trino.
+
+For a group with ``maxRunningQueries`` (per backend) or ``maxQueriesPerUser``, every new
+statement takes a *lease* in the store before it is sent: the store counts live leases per
+backend across all processes and replicas, so a cap holds fleet-wide, and a lease expires
+unless the query is still being polled, so a crashed gateway cannot leak capacity. The count
+of a backend is also never below what the monitor last saw there, so queries started around
+the gateway count too.
+
+When every healthy backend of the group is full, the statement is *held*: the client gets a
+QUEUED result with a gateway query id and a ``nextUri`` on the gateway, and polls it like a
+coordinator's queue. Held queries leave in priority order, users taking turns, as soon as a
+slot frees (a query finished, a probe saw less load, another process released a lease); the
+poll that follows gets the cluster's own first answer, whose query id is the cluster's.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tornado.httputil import HTTPHeaders
+
+from gateway import protocol as P
+from gateway.admission_queue import FairQueue
+from gateway.backends import Backend
+from gateway.proxy.client import BackendError, BufferSink
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway, Route
+
+log = logging.getLogger("gateway.admission")
+
+LEASE_TTL = 60.0          # a lease lives this long without a poll of its query
+RENEW_EVERY = 10.0
+TICK = 1.0                # re-check held queries (leases freed elsewhere, waits, abandonment)
+# Held queries get ids whose coordinator part has '0' and '1', which Trino's coordinator-id
+# alphabet leaves out, so they can never collide with a cluster's query id.
+HELD_ID_SUFFIX = "_gtw01"
+_MAX_WAIT = 1.0           # a poll of a held query is answered within this (like a coordinator)
+
+
+@dataclass(eq=False)
+class Held:
+    """One statement waiting at the gateway."""
+    id: str
+    group: str
+    user: str | None
+    priority: int
+    body: bytes
+    headers: list[tuple[str, str]]
+    remote_ip: str
+    route: "Route"
+    enqueued: float
+    slug: str = field(default_factory=lambda: "y" + secrets.token_hex(20))
+    token: int = 1
+    last_poll: float = 0.0
+    state: str = "QUEUED"                  # QUEUED | DISPATCHING | DISPATCHED | FAILED | CANCELED
+    backend: Backend | None = None
+    response: tuple[int, str, HTTPHeaders, bytes] | None = None
+    failure: tuple[str, str] | None = None  # (message, error name)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    finished_at: float | None = None
+    cancel_requested: bool = False
+
+    @property
+    def waited(self) -> float:
+        return (self.finished_at or time.time()) - self.enqueued
+
+
+class Admission:
+    def __init__(self, gw: "Gateway") -> None:
+        self.gw = gw
+        self.queues: dict[str, FairQueue[Held]] = {}
+        self.held: dict[str, Held] = {}
+        self._lease_of: dict[str, str] = {}     # query id -> lease id (this process's admissions)
+        self._group_of: dict[str, str] = {}     # query id -> group
+        self._polled: set[str] = set()
+        self._released: set[str] = set()
+        self._task: asyncio.Task[Any] | None = None
+        self._dispatching: set[str] = set()
+        self._last_renew = 0.0
+        self.dropped = 0        # held queries abandoned by their clients
+        self.rejected = 0       # refused: queue full or waited too long
+        self.dispatched = 0
+        self._enabled = any(g.maxRunningQueries is not None or g.maxQueriesPerUser is not None
+                            for g in gw.config.groups.values())
+
+    # -- configuration -------------------------------------------------------------------
+
+    def capped(self, group: str | None) -> bool:
+        if group is None:
+            return False
+        g = self.gw.config.groups.get(group)
+        return g is not None and (g.maxRunningQueries is not None or g.maxQueriesPerUser is not None)
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        await self._flush_leases()
+
+    # -- the statement path ----------------------------------------------------------------
+
+    async def try_admit(self, route: "Route") -> tuple[Backend | None, str | None]:
+        """A backend with a free slot (and the lease taken for it), or (None, None)."""
+        group = route.group
+        assert group is not None
+        if self.queues.get(group):
+            return None, None  # others are waiting: no jumping the queue
+        return await self._acquire(group, route.user, route.backends)
+
+    async def _acquire(self, group: str, user: str | None,
+                       backends: list[Backend]) -> tuple[Backend | None, str | None]:
+        cfg = self.gw.config.group(group)
+        states = self.gw.registry
+        candidates = [(b.name, states.state(b.name).running + states.state(b.name).queued) for b in backends]
+        lease_id = uuid.uuid4().hex
+        assert self.gw.store is not None
+        try:
+            name = await self.gw.store.call("acquire_lease", lease_id, group, user, candidates,
+                                            cfg.maxRunningQueries, cfg.maxQueriesPerUser,
+                                            time.time(), LEASE_TTL)
+        except Exception as exc:
+            # Without the store there is no fleet-wide count: admit rather than fail queries,
+            # and say so (caps resume with the store).
+            log.warning("cannot take an admission lease (store unavailable: %s); admitting "
+                        "without a cap", exc)
+            return (backends[0] if backends else None), None
+        if name is None:
+            return None, None
+        return self.gw.registry.get(name), lease_id
+
+    def admitted(self, lease_id: str | None, query_id: str | None, group: str) -> None:
+        """The POST went through (or not): bind the lease to the cluster's query id."""
+        if lease_id is None:
+            return
+        if query_id is None:
+            self._release_soon(lease_id)
+            return
+        self._lease_of[query_id] = lease_id
+        self._group_of[query_id] = group
+        assert self.gw.store is not None
+        asyncio.get_running_loop().create_task(self._call("bind_lease", lease_id, query_id))
+
+    def touch(self, query_id: str) -> None:
+        """A poll of a running query keeps its lease alive (any process may renew it)."""
+        if self._enabled:
+            self._polled.add(query_id)
+
+    def finished(self, query_id: str) -> None:
+        """A query ended: free its slot and let a held query go."""
+        if not self._enabled:
+            return
+        self._released.add(query_id)
+        self._lease_of.pop(query_id, None)
+        group = self._group_of.pop(query_id, None)
+        if self.queues:
+            asyncio.get_running_loop().create_task(self._after_release(group))
+
+    def _release_soon(self, lease_id: str) -> None:
+        self._released.add(lease_id)
+
+    async def _after_release(self, group: str | None) -> None:
+        await self._flush_leases()
+        for g in ([group] if group in self.queues else list(self.queues)):
+            await self.dispatch(g)
+
+    # -- holding ----------------------------------------------------------------------------
+
+    def hold(self, route: "Route", body: bytes, headers: HTTPHeaders, remote_ip: str,
+             base: str) -> bytes:
+        """Queue a statement; the QUEUED (or, past maxQueued, FAILED) document for the client."""
+        group = route.group
+        assert group is not None
+        cfg = self.gw.config.group(group)
+        queue = self.queues.setdefault(group, FairQueue())
+        if len(queue) >= cfg.maxQueued:
+            self.rejected += 1
+            self.gw.metrics.admission_rejected.labels(group, "maxQueued").inc()
+            return P.failed_query(
+                f"Routing group '{group}' is at capacity and its gateway queue is full "
+                f"(maxQueued {cfg.maxQueued}); try again later", gateway_base=base,
+                error_name="QUERY_QUEUE_FULL")
+        now = time.time()
+        h = Held(P.new_query_id(now).rsplit("_", 1)[0] + HELD_ID_SUFFIX, group, route.user,
+                 route.queue_priority, body, list(headers.get_all()), remote_ip, route, now,
+                 last_poll=now)
+        queue.push(h, priority=h.priority, user=h.user or "")
+        self.held[h.id] = h
+        self.gw.metrics.admission_queued.labels(group).set(len(queue))
+        log.info("query %s of user %s held at the gateway: routing group %s is at capacity "
+                 "(position %d)", h.id, h.user, group, queue.position(h) or 0)
+        return self.document(h, base)
+
+    def document(self, h: Held, base: str) -> bytes:
+        """The QUEUED result of a held query, with its place in line in the stats."""
+        waited_ms = int(h.waited * 1000)
+        queue = self.queues.get(h.group)
+        stats = {
+            "state": "QUEUED", "queued": True, "scheduled": False, "nodes": 0, "totalSplits": 0,
+            "queuedSplits": 0, "runningSplits": 0, "completedSplits": 0, "cpuTimeMillis": 0,
+            "wallTimeMillis": 0, "queuedTimeMillis": waited_ms, "elapsedTimeMillis": waited_ms,
+            "processedRows": 0, "processedBytes": 0, "physicalInputBytes": 0, "peakMemoryBytes": 0,
+            "spilledBytes": 0,
+            "gatewayQueuePosition": (queue.position(h) if queue else None) or 0,
+            "gatewayRoutingGroup": h.group,
+        }
+        doc = {"id": h.id, "infoUri": f"{base}/ui/query.html?{h.id}",
+               "nextUri": f"{base}/v1/statement/queued/{h.id}/{h.slug}/{h.token}",
+               "stats": stats, "warnings": []}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def cancel(self, h: Held) -> None:
+        if h.state in ("QUEUED",):
+            queue = self.queues.get(h.group)
+            if queue is not None:
+                queue.remove(h)
+                self.gw.metrics.admission_queued.labels(h.group).set(len(queue))
+            h.state = "CANCELED"
+            h.finished_at = time.time()
+            h.changed.set()
+            log.info("held query %s canceled by its client after %.1fs", h.id, h.waited)
+        elif h.state == "DISPATCHING":
+            h.cancel_requested = True  # _send cancels it on the cluster once it exists
+        elif h.state == "DISPATCHED" and h.response is not None:
+            # The cluster's query exists but the client never saw it: cancel it there.
+            asyncio.get_running_loop().create_task(self._cancel_dispatched(h))
+            h.state = "CANCELED"
+
+    async def _cancel_dispatched(self, h: Held) -> None:
+        assert h.backend is not None and h.response is not None
+        try:
+            next_uri = json.loads(h.response[3]).get("nextUri")
+        except ValueError:
+            return
+        if next_uri:
+            path = "/" + next_uri.split("://", 1)[1].split("/", 1)[1]
+            try:
+                await self.gw.client.fetch(h.backend.proxyTo, "DELETE", path, HTTPHeaders(), None,
+                                           BufferSink(limit=0))
+            except BackendError:
+                pass
+
+    # -- dispatching ------------------------------------------------------------------------
+
+    async def dispatch(self, group: str) -> None:
+        """Send held queries of ``group`` while slots are free, in queue order."""
+        if group in self._dispatching:
+            return
+        self._dispatching.add(group)
+        try:
+            queue = self.queues.get(group)
+            while queue:
+                h = queue.peek()
+                assert h is not None
+                available = self.gw.registry.available(group)
+                if not available:
+                    return
+                first = self.gw.balancer.pick(available, self.gw.registry.states, h.user)
+                ordered = [first] + [b for b in available if b is not first] if first else available
+                backend, lease_id = await self._acquire(group, h.user, ordered)
+                if backend is None:
+                    return
+                queue.pop()
+                self.gw.metrics.admission_queued.labels(group).set(len(queue))
+                h.state = "DISPATCHING"
+                asyncio.get_running_loop().create_task(self._send(h, backend, lease_id))
+        finally:
+            self._dispatching.discard(group)
+
+    async def _send(self, h: Held, backend: Backend, lease_id: str | None) -> None:
+        headers = HTTPHeaders()
+        for name, value in h.headers:
+            lname = name.lower()
+            if lname in P.REQUEST_DROP or lname.startswith("x-forwarded-") or lname == "forwarded":
+                continue
+            headers.add(name, value)
+        headers["X-Forwarded-For"] = h.remote_ip
+        headers.add("Via", "1.1 trino-gateway")
+        sink = BufferSink(limit=16 << 20)
+        try:
+            code = await self.gw.client.fetch(backend.proxyTo, "POST", "/v1/statement", headers,
+                                              h.body, sink)
+        except BackendError as exc:
+            self.gw.note_forward_failure(backend, exc)
+            if lease_id:
+                self._release_soon(lease_id)
+            if not exc.sent and h.state == "DISPATCHING":
+                # nothing was created: back to the front of the line
+                h.state = "QUEUED"
+                self.queues.setdefault(h.group, FairQueue()).push(h, priority=h.priority + 1_000_000,
+                                                                  user=h.user or "")
+                return
+            h.failure = (f"Backend {backend.name} failed while accepting the held query: {exc}",
+                         "GENERIC_INTERNAL_ERROR")
+            h.state = "FAILED"
+            h.changed.set()
+            return
+        assert sink.headers is not None
+        body = bytes(sink.body)
+        qid = None
+        if code == 200:
+            rw = P.UriRewriter("http://x")
+            rw.feed(body[:4096])
+            qid = rw.query_id
+        h.backend = backend
+        h.response = (code, "", sink.headers, body)
+        h.state = "DISPATCHED"
+        h.finished_at = time.time()
+        self.dispatched += 1
+        self.gw.metrics.admission_dispatched.labels(h.group).inc()
+        self.gw.metrics.admission_wait.labels(h.group).observe(h.waited)
+        self.admitted(lease_id, qid, h.group)
+        if qid:
+            self.gw.learn(P.QUERY, qid, backend.name)
+            self.gw.statement_dispatched(h, backend, qid)
+        log.info("held query %s dispatched to %s as %s after %.1fs", h.id, backend.name, qid, h.waited)
+        if h.cancel_requested:
+            self.cancel(h)
+        h.changed.set()
+
+    # -- background ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("admission tick failed")
+
+    async def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        timeout = self.gw.config.query.clientTimeout
+        for h in list(self.held.values()):
+            if h.state == "QUEUED":
+                wait_cap = self.gw.config.group(h.group).maxQueueWait
+                if now - h.last_poll > timeout:
+                    self.cancel(h)
+                    h.state = "ABANDONED"
+                    self.dropped += 1
+                    self.gw.metrics.admission_dropped.labels(h.group).inc()
+                    log.warning("held query %s dropped: its client stopped polling %.0fs ago",
+                                h.id, now - h.last_poll)
+                elif now - h.enqueued > wait_cap:
+                    queue = self.queues.get(h.group)
+                    if queue is not None:
+                        queue.remove(h)
+                    h.state = "FAILED"
+                    h.finished_at = now
+                    h.failure = (f"Query waited {now - h.enqueued:.0f}s at the gateway for capacity in "
+                                 f"routing group '{h.group}', more than maxQueueWait "
+                                 f"{wait_cap:.0f}s", "EXCEEDED_TIME_LIMIT")
+                    self.rejected += 1
+                    self.gw.metrics.admission_rejected.labels(h.group, "maxQueueWait").inc()
+                    h.changed.set()
+            elif h.finished_at is not None and now - max(h.finished_at, h.last_poll) > 60:
+                del self.held[h.id]  # delivered or ended a minute ago: forget it
+        for group, queue in list(self.queues.items()):
+            self.gw.metrics.admission_queued.labels(group).set(len(queue))
+            if queue:
+                await self.dispatch(group)
+        if now - self._last_renew >= RENEW_EVERY:
+            self._last_renew = now
+            polled, self._polled = self._polled, set()
+            live = polled | set(self._lease_of)
+            if live:
+                await self._call("renew_leases", sorted(live), now + LEASE_TTL)
+        await self._flush_leases()
+
+    async def _flush_leases(self) -> None:
+        if self._released:
+            ids, self._released = self._released, set()
+            await self._call("release_leases", sorted(ids))
+
+    async def _call(self, method: str, *args: Any) -> None:
+        if self.gw.store is None:
+            return
+        try:
+            await self.gw.store.call(method, *args)
+        except Exception as exc:
+            log.warning("admission store call %s failed: %s", method, exc)
+
+    def monitor_round(self) -> None:
+        """Fresh counts from the monitor may have freed capacity."""
+        for group, queue in list(self.queues.items()):
+            if queue:
+                asyncio.get_running_loop().create_task(self.dispatch(group))

@@ -1,0 +1,112 @@
+"""The ``nextUri`` of a query held in the gateway queue: polls, heartbeats and cancels.
+
+It behaves like a coordinator's queued endpoint (§1.3 of the protocol notes): a poll waits up
+to a second for news, answers QUEUED with the next token, and a repeated token gets the same
+answer; once the query is dispatched, the next poll returns the cluster's own first answer
+(its query id and ``nextUri`` from then on are the cluster's, through the gateway).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from tornado.web import RequestHandler
+
+from gateway import protocol as P
+from gateway.admission import HELD_ID_SUFFIX, Held
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+HELD_PATH = rf"/v1/statement/queued/(\d{{8}}_\d{{6}}_\d{{5}}{HELD_ID_SUFFIX})/([^/]+)/(\d+)"
+
+
+class HeldQueryHandler(RequestHandler):
+    def initialize(self, gateway: "Gateway") -> None:
+        self.gw = gateway
+
+    def compute_etag(self) -> None:  # type: ignore[override]
+        return None
+
+    def _plain(self, code: int, text: str) -> None:
+        self.set_status(code)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(text)
+
+    def _find(self, qid: str, slug: str, token: str) -> Held | None:
+        h = self.gw.admission.held.get(qid)
+        if h is None or slug != h.slug:
+            self._plain(404, "Query not found\n")
+            return None
+        t = int(token)
+        if t not in (h.token - 1, h.token):
+            self._plain(410, "Invalid token\n")
+            return None
+        h.last_poll = time.time()
+        return h
+
+    async def get(self, qid: str, slug: str, token: str) -> None:
+        h = self._find(qid, slug, token)
+        if h is None:
+            return
+        if h.state in ("QUEUED", "DISPATCHING") and int(token) == h.token:
+            wait = _max_wait(self.get_argument("maxWait", None))
+            try:
+                await asyncio.wait_for(h.changed.wait(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+            h.last_poll = time.time()
+            if h.state in ("QUEUED", "DISPATCHING"):
+                h.token += 1
+        base = self.gw.base_url(self.request)
+        if h.state in ("QUEUED", "DISPATCHING"):
+            return self._json(self.gw.admission.document(h, base))
+        if h.state == "DISPATCHED" and h.response is not None:
+            return self._deliver(h, base)
+        if h.failure is not None:
+            message, name = h.failure
+        elif h.state == "ABANDONED":
+            message, name = "Query was abandoned: its client stopped polling", "ABANDONED_QUERY"
+        else:
+            message, name = "Query was canceled", "USER_CANCELED"
+        self._json(P.failed_query(message, gateway_base=base, error_name=name, query_id=h.id))
+
+    def _json(self, body: bytes) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+    def _deliver(self, h: Held, base: str) -> None:
+        """The cluster's first answer, pointed at the gateway like any proxied response."""
+        code, _, headers, body = h.response  # type: ignore[misc]
+        self.set_status(code)
+        for name, value in headers.get_all():
+            if name.lower() in P.RESPONSE_DROP:
+                continue
+            self.add_header(name, value)
+        rw = P.UriRewriter(base)
+        self.finish(rw.feed(body) + rw.finish())
+
+    def head(self, qid: str, slug: str, token: str) -> None:
+        if self._find(qid, slug, token) is not None:
+            self.set_status(200)
+            self.finish()
+
+    def delete(self, qid: str, slug: str, token: str) -> None:
+        h = self.gw.admission.held.get(qid)
+        if h is None or slug != h.slug:
+            return self._plain(404, "Query not found\n")
+        self.gw.admission.cancel(h)
+        self.set_status(204)
+        self.finish()
+
+
+def _max_wait(value: str | None) -> float:
+    """``maxWait`` as a coordinator reads it (a duration, capped at 1 s)."""
+    if not value:
+        return 1.0
+    try:
+        from gateway.config import parse_duration
+        return max(0.0, min(1.0, parse_duration(value)))
+    except ValueError:
+        return 1.0

@@ -1,0 +1,320 @@
+"""Helpers shared by the reliability tests: process figures, raw HTTP, metrics, client threads.
+
+Sizes: every scenario runs at a CI size by default; the larger size of the same scenario is a
+separate parameter marked ``slow`` (``pytest --runslow`` runs both). See docs/reliability.md.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+
+
+def sizes(ci: Any, large: Any) -> list[Any]:
+    """Parameters for a scenario: the CI size, and the large size behind ``--runslow``.
+    Tuples are spread over several argument names."""
+    def args(v: Any) -> tuple[Any, ...]:
+        return v if isinstance(v, tuple) else (v,)
+    return [pytest.param(*args(ci), id="ci"),
+            pytest.param(*args(large), id="large", marks=pytest.mark.slow)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of a process
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def socket_count(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def settled_fds(pid: int, at_most: int, timeout: float = 15.0) -> int:
+    """Poll until the process holds at most ``at_most`` fds; return the last count seen."""
+    deadline = time.monotonic() + timeout
+    n = fd_count(pid)
+    while n > at_most and time.monotonic() < deadline:
+        time.sleep(0.1)
+        n = fd_count(pid)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics text
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw HTTP over a socket (for input no HTTP library would send)
+
+@dataclass
+class RawResponse:
+    status: int | None          # None: the gateway closed without answering
+    head: bytes = b""
+    body: bytes = b""
+    closed: bool = False        # the gateway closed the connection after this answer
+    raw: bytes = field(default=b"", repr=False)
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, read_all: bool = False) -> RawResponse:
+    """Send ``data`` on a new connection, read one response (or everything with ``read_all``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # the gateway may close on garbage before we finish writing
+        buf = read_response_bytes(s, timeout, read_all=read_all)
+    return parse_raw(buf)
+
+
+def read_response_bytes(s: socket.socket, timeout: float, *, read_all: bool = False) -> bytes:
+    """Read until one full response (Content-Length or chunked end) or EOF; bounded by ``timeout``."""
+    s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+        if not read_all and _complete(buf):
+            break
+    return buf
+
+
+def _complete(buf: bytes) -> bool:
+    head, sep, body = buf.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    if m:
+        return len(body) >= int(m.group(1))
+    if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+        return body.endswith(b"0\r\n\r\n")
+    return head.startswith(b"HTTP/1.1 1") or b" 204 " in head.split(b"\r\n", 1)[0] \
+        or b" 304 " in head.split(b"\r\n", 1)[0]
+
+
+def parse_raw(buf: bytes) -> RawResponse:
+    if not buf:
+        return RawResponse(None, closed=True, raw=buf)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+    status = int(m.group(1)) if m else None
+    closed = bool(re.search(rb"(?im)^connection:\s*close", head))
+    return RawResponse(status, head, body, closed, buf)
+
+
+def statuses(buf: bytes) -> list[int]:
+    """Status codes of every response in a byte stream (pipelining)."""
+    return [int(x) for x in re.findall(rb"HTTP/1\.1 (\d{3}) ", buf)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Client threads
+
+@dataclass
+class RunResult:
+    ok: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_ok(self, latency: float) -> None:
+        with self.lock:
+            self.ok += 1
+            self.latencies.append(latency)
+
+    def add_error(self, text: str) -> None:
+        with self.lock:
+            self.errors.append(text)
+
+    def p(self, q: float) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
+
+
+def run_clients(n_clients: int, n_queries: int, one_query: Callable[[int, int, Any], None],
+                make_state: Callable[[int], Any] = lambda i: None,
+                close_state: Callable[[Any], None] = lambda s: None,
+                timeout: float = 600.0, stop: threading.Event | None = None) -> RunResult:
+    """``n_clients`` threads each run ``one_query(client, i, state)`` ``n_queries`` times.
+
+    An exception is one error (its text kept). With ``stop``, a client stops early when set.
+    """
+    result = RunResult()
+    start = threading.Barrier(n_clients + 1)
+
+    def client(c: int) -> None:
+        state = make_state(c)
+        try:
+            start.wait()
+            for i in range(n_queries):
+                if stop is not None and stop.is_set():
+                    break
+                t0 = time.perf_counter()
+                try:
+                    one_query(c, i, state)
+                except Exception as exc:  # every failure is a finding
+                    result.add_error(f"client {c} query {i}: {type(exc).__name__}: {exc}")
+                else:
+                    result.add_ok(time.perf_counter() - t0)
+        finally:
+            close_state(state)
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(n_clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(max(0.0, timeout - (time.perf_counter() - t0)))
+    result.seconds = time.perf_counter() - t0
+    hung = sum(t.is_alive() for t in threads)
+    if hung:
+        result.add_error(f"{hung} client thread(s) still running after {timeout}s")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# A TCP relay in front of a backend that can turn into a black hole
+
+class BlackHoleRelay:
+    """Relays TCP to ``upstream`` until ``swallow()``: from then on it accepts connections and
+    reads requests but never answers (a frozen coordinator, a network partition). ``relay()``
+    passes traffic again. ``connections`` counts connections accepted since the start."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.hole = threading.Event()
+        self.connections = 0
+        self.swallowed_requests = 0
+        self._stop = threading.Event()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(256)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def swallow(self) -> None:
+        self.hole.set()
+
+    def relay(self) -> None:
+        self.hole.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            for s in self._socks:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _track(self, s: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(s)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            self._track(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        import select
+        upstream: socket.socket | None = None
+        try:
+            while not self._stop.is_set():
+                if self.hole.is_set():
+                    # Read whatever arrives and never answer; keep the connection open.
+                    r, _, _ = select.select([client], [], [], 0.2)
+                    if r:
+                        data = client.recv(65536)
+                        if not data:
+                            return
+                        self.swallowed_requests += 1
+                    continue
+                if upstream is None:
+                    upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+                    upstream.settimeout(None)
+                    self._track(upstream)
+                r, _, _ = select.select([client, upstream], [], [], 0.2)
+                for s in r:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    if self.hole.is_set():
+                        if s is client:
+                            self.swallowed_requests += 1
+                        continue  # a response in flight when the hole opened is lost
+                    (upstream if s is client else client).sendall(data)
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
