@@ -57,6 +57,7 @@ class Held:
     remote_ip: str
     route: "Route"
     enqueued: float
+    base: str
     slug: str = field(default_factory=lambda: "y" + secrets.token_hex(20))
     token: int = 1
     last_poll: float = 0.0
@@ -197,7 +198,7 @@ class Admission:
                 error_name="QUERY_QUEUE_FULL")
         now = time.time()
         h = Held(P.new_query_id(now).rsplit("_", 1)[0] + HELD_ID_SUFFIX, group, route.user,
-                 route.queue_priority, body, list(headers.get_all()), remote_ip, route, now,
+                 route.queue_priority, body, list(headers.get_all()), remote_ip, route, now, base,
                  last_poll=now)
         queue.push(h, priority=h.priority, user=h.user or "")
         self.held[h.id] = h
@@ -283,18 +284,20 @@ class Admission:
             self._dispatching.discard(group)
 
     async def _send(self, h: Held, backend: Backend, lease_id: str | None) -> None:
-        headers = HTTPHeaders()
-        for name, value in h.headers:
-            lname = name.lower()
-            if lname in P.REQUEST_DROP or lname.startswith("x-forwarded-") or lname == "forwarded":
-                continue
-            headers.add(name, value)
-        headers["X-Forwarded-For"] = h.remote_ip
-        headers.add("Via", "1.1 trino-gateway")
+        gw = self.gw
+        forwarded = gw.config.server.xForwardedFor and backend.name not in gw.no_forwarded
+        headers = P.forward_headers(h.headers, remote_ip=h.remote_ip, base=h.base, forwarded=forwarded,
+                                    trust_forwarded=gw.config.server.trustForwardedHeaders)
         sink = BufferSink(limit=16 << 20)
         try:
-            code = await self.gw.client.fetch(backend.proxyTo, "POST", "/v1/statement", headers,
-                                              h.body, sink)
+            code = await gw.client.fetch(backend.proxyTo, "POST", "/v1/statement", headers, h.body, sink)
+            if code == 406 and forwarded:
+                # the coordinator does not process X-Forwarded-* (nothing was created): again without
+                gw.no_forwarded.add(backend.name)
+                headers = P.forward_headers(h.headers, remote_ip=h.remote_ip, base=h.base, forwarded=False,
+                                            trust_forwarded=gw.config.server.trustForwardedHeaders)
+                sink = BufferSink(limit=16 << 20)
+                code = await gw.client.fetch(backend.proxyTo, "POST", "/v1/statement", headers, h.body, sink)
         except BackendError as exc:
             self.gw.note_forward_failure(backend, exc)
             if lease_id:

@@ -334,4 +334,7 @@ METRIC_NAMES = (
     "trino_gateway_backend_running_queries", "trino_gateway_rule_reloads_total",
     "trino_gateway_ruleset_loaded", "trino_gateway_rules_error",
     "trino_gateway_store_write_failures_total", "trino_gateway_history_rows_dropped_total",
+    "trino_gateway_admission_queued_queries", "trino_gateway_admission_wait_seconds",
+    "trino_gateway_admission_dispatched_total", "trino_gateway_admission_rejected_total",
+    "trino_gateway_admission_dropped_total",
 )

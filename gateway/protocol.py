@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import unquote
 
+from tornado.httputil import HTTPHeaders
+
 # §1.5: YYYYMMDD_HHMMSS_NNNNN_ccccc. Slightly looser in the coordinator id so a build that draws
 # from a different alphabet still routes.
 QUERY_ID = r"\d{8}_\d{6}_\d{5}_[a-z0-9]{5}"
@@ -110,6 +112,39 @@ def connection_tokens(values: Iterable[str]) -> set[str]:
 
 def forwarded_for(existing: str | None, remote_ip: str) -> str:
     return f"{existing}, {remote_ip}" if existing else remote_ip
+
+
+def forward_headers(src: Iterable[tuple[str, str]], *, remote_ip: str, base: str, forwarded: bool,
+                    trust_forwarded: bool) -> HTTPHeaders:
+    """The headers a backend gets: the client's, minus hop-by-hop ones, plus ``Via`` and (for a
+    coordinator that processes them) ``X-Forwarded-*`` describing the gateway's own URL."""
+    items = list(src)
+    drop = REQUEST_DROP
+    conn = [v for n, v in items if n.lower() == "connection"]
+    if conn:
+        drop = drop | connection_tokens(conn)
+    out = HTTPHeaders()
+    client_xff = None
+    for name, value in items:
+        lname = name.lower()
+        if lname in drop:
+            continue
+        if lname.startswith("x-forwarded-") or lname == "forwarded":
+            if lname == "x-forwarded-for" and trust_forwarded:
+                client_xff = f"{client_xff}, {value}" if client_xff else value
+            continue  # we set our own, and never send them where they earn a 406
+        out.add(name, value)
+    if forwarded:
+        out["X-Forwarded-For"] = forwarded_for(client_xff, remote_ip)
+        proto, _, hostport = base.partition("://")
+        out["X-Forwarded-Proto"] = proto
+        out["X-Forwarded-Host"] = hostport
+        if ":" in hostport.rsplit("]", 1)[-1]:
+            out["X-Forwarded-Port"] = hostport.rsplit(":", 1)[1]
+        else:
+            out["X-Forwarded-Port"] = "443" if proto == "https" else "80"
+    out.add("Via", "1.1 trino-gateway")
+    return out
 
 
 def transaction_id(value: str | None) -> str | None:

@@ -267,34 +267,11 @@ class ProxyHandler(RequestHandler):
     # -- forwarding plumbing -----------------------------------------------------------------
 
     def _forward_headers(self, backend: Backend, base: str) -> HTTPHeaders:
-        src = self.request.headers
-        drop = P.REQUEST_DROP
-        conn = src.get_list("Connection")
-        if conn:
-            drop = drop | P.connection_tokens(conn)
         forwarded = self.gw.config.server.xForwardedFor and backend.name not in self.gw.no_forwarded
-        out = HTTPHeaders()
-        for name, value in src.get_all():
-            lname = name.lower()
-            if lname in drop:
-                continue
-            if lname.startswith("x-forwarded-") or lname == "forwarded":
-                if not forwarded or lname != "x-forwarded-for":
-                    continue  # we set our own, and never send them where they earn a 406
-            out.add(name, value)
-        if forwarded:
-            out["X-Forwarded-For"] = P.forwarded_for(src.get("X-Forwarded-For") if self.gw.config.server.trustForwardedHeaders else None,
-                                                     self.request.remote_ip or "")
-            proto, _, hostport = base.partition("://")
-            out["X-Forwarded-Proto"] = proto
-            out["X-Forwarded-Host"] = hostport
-            if ":" in hostport.rsplit("]", 1)[-1]:
-                out["X-Forwarded-Port"] = hostport.rsplit(":", 1)[1]
-            else:
-                out["X-Forwarded-Port"] = "443" if proto == "https" else "80"
-        out.add("Via", "1.1 trino-gateway")
         self._sent_forwarded = forwarded
-        return out
+        return P.forward_headers(self.request.headers.get_all(), remote_ip=self.request.remote_ip or "",
+                                 base=base, forwarded=forwarded,
+                                 trust_forwarded=self.gw.config.server.trustForwardedHeaders)
 
     def _begin(self, backend: Backend, base: str) -> None:
         self._backend = backend
