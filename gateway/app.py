@@ -341,9 +341,10 @@ class Gateway:
         m.rules_error.set(1 if self.rules.last_error else 0)
         w = self.writer
         if w is not None:  # counters follow the writer's own tallies
-            for counter, attr in ((m.history_dropped, "dropped"), (m.store_failures, "write_failures")):
+            for counter, attr in ((m.history_dropped, "dropped_rows"), (m.store_failures, "write_failures")):
                 seen = self._seen.get(attr, 0)
-                now = getattr(w, attr) + (w.rejected if attr == "dropped" else 0)
+                # history rows only: sticky mappings and state updates dropped alongside are not rows
+                now = getattr(w, attr) + (w.rejected_rows if attr == "dropped_rows" else 0)
                 if now > seen:
                     counter.inc(now - seen)
                     self._seen[attr] = now

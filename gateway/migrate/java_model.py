@@ -172,13 +172,9 @@ def java_regex_to_python(pattern: str) -> str:
             out.append(_JAVA_DOT)
         elif c in "|^$":
             out.append(c)
-            can_quantify = c == "$"
+            can_quantify = False
             i += 1
             continue
-        elif c == "}" or c == "]":
-            out.append("\\" + c)
-        elif c.isalnum() or c == "_" or c == " " or c.isascii():
-            out.append(re.escape(c))
         else:
             out.append(re.escape(c))
         i += 1

@@ -155,6 +155,10 @@ class HistoryWriter:
         self._sticky: deque[tuple[str, str, str, float]] = deque()
         self.dropped = 0          # items dropped because max_pending was reached (or at stop)
         self.rejected = 0         # items the database refused as invalid (never retried)
+        # Of those, history rows only (what trino_gateway_history_rows_dropped_total counts;
+        # sticky mappings and state updates are dropped alongside them in an outage).
+        self.dropped_rows = 0
+        self.rejected_rows = 0
         self.write_failures = 0   # failed flush attempts
         self.written = 0          # history rows written
         self._lock = asyncio.Lock()
@@ -194,7 +198,7 @@ class HistoryWriter:
     def _push(self, queue: deque[Any], item: Any) -> None:
         if len(queue) >= self.max_pending:
             self._forget(queue.popleft())
-            self._note_drops(1)
+            self._note_drops(1, rows=queue is self._rows)
         queue.append(item)
         if len(queue) >= self.batch_size:
             self._wake.set()
@@ -203,8 +207,10 @@ class HistoryWriter:
         if isinstance(item, HistoryRow) and self._pending_by_id.get(item.query_id) is item:
             del self._pending_by_id[item.query_id]
 
-    def _note_drops(self, n: int) -> None:
+    def _note_drops(self, n: int, *, rows: bool = False) -> None:
         self.dropped += n
+        if rows:
+            self.dropped_rows += n
         self._unlogged_drops += n
         self._log_drops()
 
@@ -268,6 +274,8 @@ class HistoryWriter:
                         self._requeue(queue, batch[i:])
                         raise
                     self.rejected += 1
+                    if isinstance(item, HistoryRow):
+                        self.rejected_rows += 1
                     log.error("store refused a %s item, dropped it: %s", method, one_exc)
                 except BaseException:
                     self._requeue(queue, batch[i:])
@@ -286,7 +294,7 @@ class HistoryWriter:
         if overflow > 0:
             for _ in range(overflow):
                 self._forget(queue.popleft())
-            self._note_drops(overflow)
+            self._note_drops(overflow, rows=queue is self._rows)
 
     async def _run(self) -> None:
         delay = self.flush_interval
@@ -360,6 +368,7 @@ class HistoryWriter:
             await self.flush()
         except Exception as exc:
             lost = self.pending
+            self.dropped_rows += len(self._rows)
             self._rows.clear()
             self._pending_by_id.clear()
             self._updates.clear()

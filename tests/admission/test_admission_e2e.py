@@ -72,6 +72,25 @@ def test_full_group_queues_and_dispatches_fairly(fresh_clusters, gateway_factory
     assert len(rows) == 3 and all(r["queuedMs"] > 0 for r in rows)
 
 
+def test_the_query_id_changes_at_dispatch_and_the_client_follows(fresh_clusters, gateway_factory, tmp_path):
+    gw = gateway_factory(capped(tmp_path, fresh_clusters))
+    etl = fresh_clusters["etl-1"]
+    res: dict = {}
+    blocker = run_in_thread(gw, "SELECT sleep(1), 'blocker'", res, "blocker")
+    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    cur = gw.connect().cursor()
+    cur.execute("SELECT n FROM numbers WHERE n <= 300 ORDER BY n")  # held first, then dispatched
+    assert cur.fetchall() == [[n] for n in range(1, 301)]
+    # the Python client keeps the first id it saw (the gateway's); the cluster ran the query
+    # under its own id, which history records
+    assert cur.query_id.endswith("_gtw01")
+    ran = [q for q in etl.queries() if q["sql"].startswith("SELECT n FROM numbers WHERE n <= 300")]
+    assert len(ran) == 1 and not ran[0]["queryId"].endswith("_gtw01")
+    wait_for(lambda: [r for r in gw.api("GET", "/api/queries?backend=etl-1").json()
+                      if r["queryId"] == ran[0]["queryId"]], message="history under the cluster's id")
+    blocker.join(30)
+
+
 def test_priority_from_rules_goes_first(fresh_clusters, gateway_factory, tmp_path):
     rules = """
 name: vip

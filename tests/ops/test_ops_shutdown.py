@@ -124,7 +124,9 @@ def test_sighup_reloads_rules_the_watcher_cannot_see_and_logging(fresh_clusters,
     version = gw.api("GET", "/api/rules").json()["version"]
     st = os.stat(target)
     with open(target, "r+b") as fh:
-        fh.write(fh.read().replace(b"priority: 10", b"priority: 11"))
+        edited = fh.read().replace(b"priority: 10", b"priority: 11")
+        fh.seek(0)
+        fh.write(edited)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     time.sleep(2.5)   # longer than the watcher's poll interval and debounce: it must not notice
     assert gw.api("GET", "/api/rules").json()["version"] == version
