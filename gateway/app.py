@@ -216,17 +216,9 @@ class Gateway:
         qid = rewriter.query_id if rewriter is not None else None
         if qid is None or handler.get_status() != 200:
             return
-        ctx = route.context
-        self.balancer.note_routed(backend.name, route.user, self.registry.states)
-        self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
         self.metrics.overhead.observe(route.decision_seconds)
-        self.metrics.queries.started(qid)
-        if self.writer is not None and self.config.store.historyEnabled:
-            self.writer.add(HistoryRow(
-                query_id=qid, user=route.user, source=ctx.get("source"),
-                client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
-                routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
-                submitted_at=time.time()))
+        self._started(route, backend, qid, submitted_at=time.time(), queued_ms=None)
+        ctx = route.context
         route_log.info("query %s user=%s source=%s group=%s backend=%s rule=%s decision=%.3fms (%s)",
                        qid, route.user, ctx.get("source"), backend.routingGroup, backend.name,
                        route.rule or "-", route.decision_seconds * 1000, route.reason,
@@ -238,7 +230,12 @@ class Gateway:
 
     def statement_dispatched(self, held: Any, backend: Backend, qid: str) -> None:
         """A query held at the gateway went to ``backend`` as ``qid``: count and record it."""
-        route = held.route
+        self._started(held.route, backend, qid, submitted_at=held.enqueued,
+                      queued_ms=int(held.waited * 1000))
+
+    def _started(self, route: Route, backend: Backend, qid: str, *, submitted_at: float,
+                 queued_ms: int | None) -> None:
+        """A query now exists on ``backend``: balancer counts, metrics and its history row."""
         ctx = route.context
         self.balancer.note_routed(backend.name, route.user, self.registry.states)
         self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
@@ -248,7 +245,7 @@ class Gateway:
                 query_id=qid, user=route.user, source=ctx.get("source"),
                 client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
                 routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
-                submitted_at=held.enqueued, queued_ms=int(held.waited * 1000)))
+                submitted_at=submitted_at, queued_ms=queued_ms))
 
     def query_finished(self, query_id: str, state: str, error: str | None) -> None:
         self.admission.finished(query_id)
