@@ -106,6 +106,8 @@ class Gateway:
         self.rules.start()
         self.monitor.start()
         self.admission.start()
+        from gateway.admin import log_auth_mode
+        log_auth_mode(self)
         self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
         log.info("gateway started: %d backend(s) in group(s) %s, rules %s, store %s",
                  len(self.registry.all()), ", ".join(sorted(self.registry.groups())) or "-",
@@ -268,10 +270,11 @@ class Gateway:
     async def owner(self, kind: str, key: str, headers: HTTPHeaders) -> str | None:
         """The backend owning a query/transaction/segment/exchange: memory, then probe, then store."""
         if kind == P.QUERY:
-            self.metrics.queries.seen(key)  # a follow-up: the query is still in flight
-            self.admission.touch(key)       # ... and keeps its admission lease
+            self.admission.touch(key)       # a follow-up keeps its admission lease
         name = self.sticky.get(kind, key)
         if name is not None and self.registry.get(name) is not None:
+            if kind == P.QUERY:
+                self.metrics.queries.seen(key)  # a follow-up: the query is still in flight
             return name
         if kind == P.QUERY:
             name = await self._probe_query(key, headers)
@@ -279,6 +282,8 @@ class Gateway:
             name = await self._store_lookup(kind, key)
         if name is not None:
             self.sticky.put(kind, key, name)
+            if kind == P.QUERY:
+                self.metrics.queries.seen(key)
         return name
 
     async def _probe_query(self, query_id: str, headers: HTTPHeaders) -> str | None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                CONTENT_TYPE_LATEST)
 from prometheus_client import multiprocess
+from tornado.web import RequestHandler
 
 __all__ = ["Metrics", "ActiveQueries", "request_kind", "METRIC_NAMES", "QUERY_IDLE_SECONDS"]
 
@@ -31,8 +32,9 @@ _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # A query with no request for this long is taken as abandoned by its client (clients poll
-# continuously while a query runs; Trino answers a poll within about a second).
-QUERY_IDLE_SECONDS = 10.0
+# continuously while a query runs; Trino answers a poll within about a second). It bounds how
+# long an abandoned query can hold up a graceful shutdown.
+QUERY_IDLE_SECONDS = 5.0
 
 # The protocol's request kinds (gateway.protocol) that go to the backend owning something.
 _FOLLOW_UP_KINDS = frozenset({"query", "spool", "oauth", "oauth-initiate", "oauth-callback"})
@@ -242,15 +244,22 @@ class Metrics:
             rec = _current.get()
             if rec is None:
                 return await fetch(*args, **kwargs)
-            rec.forwarded = True
+            # The forward itself streams into the handler; other calls (asking every backend
+            # whether it knows a query) count as backend time but say nothing about the answer.
+            sink = args[5] if len(args) > 5 else kwargs.get("sink")
+            forward = isinstance(sink, RequestHandler)
+            if forward:
+                rec.forwarded = True
             t0 = time.perf_counter()
             try:
                 code = await fetch(*args, **kwargs)
-                rec.backend_answered = True
+                if forward:
+                    rec.backend_answered = True
                 return code
             except Exception as exc:
-                rec.backend_answered = False
-                rec.backend_error = f"{args[0] if args else '?'}: {exc}"
+                if forward:
+                    rec.backend_answered = False
+                    rec.backend_error = f"{args[0] if args else '?'}: {exc}"
                 raise
             finally:
                 rec.backend_seconds += time.perf_counter() - t0

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from tornado.httputil import HTTPHeaders
 from tornado.web import RequestHandler
 
-from gateway.auth import Authenticator, is_loopback, parse_basic
+from gateway.admin import backend_ops
+from gateway.admin.errors import ApiError
+from gateway.auth import Authenticator, is_loopback, parse_basic, sql_visible
 from gateway.backends import Backend
 from gateway.config import ConfigError, validate_name, validate_url
 from gateway.routing.context import build_context
@@ -27,12 +29,6 @@ log = logging.getLogger("gateway.api")
 _BACKEND_FIELDS = {"name", "proxyTo", "externalUrl", "routingGroup", "active"}
 
 
-class ApiError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 class ApiHandler(RequestHandler):
     """Base: JSON in and out, errors as ``{"error": message}`` with the right status."""
 
@@ -40,6 +36,11 @@ class ApiHandler(RequestHandler):
         self.gw = gateway
         self.auth = Authenticator(gateway.config.auth)
         self.roles: list[str] = []
+        self.user: str | None = None
+
+    def current_user_name(self) -> str:
+        """Who made a change, for the log: the admin user, or the caller's address."""
+        return self.user or f"a caller at {self.request.remote_ip}"
 
     def check_xsrf_cookie(self) -> None:
         return None  # API calls carry no cookie session; the admin pages check CSRF themselves
@@ -174,31 +175,16 @@ class BackendModifyHandler(ApiHandler):
     async def post(self, action: str) -> None:
         async def go() -> None:
             gw = self.gw
-            store = gw.store
-            assert store is not None
+            who = self.current_user_name()
             if action == "delete":
                 name = _name_from_body(self.request.body)
-                if not await store.call("delete_backend", name):
-                    raise ApiError(404, f"Backend {name!r} does not exist")
-                gw.registry.remove(name)
-                log.info("backend %s deleted", name)
+                await backend_ops.delete_backend(gw, name, who)
                 return self.send_json({"deleted": name})
             backend = parse_backend(self.json_body(), gw.config.routing.defaultGroup)
             if action == "add":
-                if gw.registry.get(backend.name) is not None:
-                    raise ApiError(409, f"Backend {backend.name!r} already exists; use /gateway/backend/modify/update")
-                try:
-                    await store.call("add_backend", backend)
-                except Exception as exc:
-                    if type(exc).__name__ == "DuplicateBackend":
-                        raise ApiError(409, f"Backend {backend.name!r} already exists") from None
-                    raise
+                await backend_ops.add_backend(gw, backend, who)
             else:
-                await store.call("upsert_backend", backend)
-            gw.registry.put(backend)
-            log.info("backend %s %s: %s group=%s active=%s", backend.name,
-                     "added" if action == "add" else "updated", backend.proxyTo,
-                     backend.routingGroup, backend.active)
+                await backend_ops.update_backend(gw, backend, who, insert_missing=True)
             self.send_json(backend.to_json())
         await self.run(True, go)
 
@@ -219,18 +205,8 @@ def _name_from_body(body: bytes) -> str:
 class BackendActivateHandler(ApiHandler):
     async def post(self, action: str, name: str) -> None:
         async def go() -> None:
-            gw = self.gw
-            backend = gw.registry.get(name)
-            if backend is None:
-                raise ApiError(404, f"Backend {name!r} does not exist")
-            active = action == "activate"
-            assert gw.store is not None
-            if not await gw.store.call("set_backend_active", name, active):
-                raise ApiError(404, f"Backend {name!r} does not exist")
-            gw.registry.put(Backend(backend.name, backend.proxyTo, backend.externalUrl,
-                                    backend.routingGroup, active))
-            log.info("backend %s %s", name, "activated" if active else "deactivated (draining)")
-            self.send_json(gw.registry.get(name).to_json())  # type: ignore[union-attr]
+            b = await backend_ops.set_active(self.gw, name, action == "activate", self.current_user_name())
+            self.send_json(b.to_json())
         await self.run(True, go)
 
 
@@ -354,9 +330,20 @@ class QueriesHandler(ApiHandler):
             if not 1 <= limit <= 10000:
                 raise ApiError(400, "limit must be between 1 and 10000")
             assert self.gw.store is not None
+            auth = self.gw.config.auth
+            if args["text"] and not sql_visible(None, self.user, self.roles, auth_enabled=self.auth.enabled,
+                                                show_all=auth.showAllQueries):
+                args["user"] = self.user or ""  # searching SQL text: only in SQL this caller may see
             rows = await self.gw.store.call("query_history", limit=limit,
                                             **{k: v for k, v in args.items() if v})
-            self.send_json([r.to_json() for r in rows])
+            out = []
+            for r in rows:
+                doc = r.to_json()
+                if not sql_visible(r.user, self.user, self.roles, auth_enabled=self.auth.enabled,
+                                   show_all=auth.showAllQueries):
+                    doc["sql"] = None  # role `user` sees only its own queries' SQL
+                out.append(doc)
+            self.send_json(out)
         await self.run(False, go)
 
 

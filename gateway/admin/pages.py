@@ -221,7 +221,7 @@ class LoginHandler(PageHandler):
 
     async def post(self) -> None:
         user = self.get_body_argument("user", "").strip()
-        password = self.get_body_argument("password", "")
+        password = self.get_body_argument("password", "", strip=False)
         nxt = safe_next(self.get_body_argument("next", None))
         if not self.sessions.enabled:
             return self.render_page("login.html", status=400, next=nxt, user=user,

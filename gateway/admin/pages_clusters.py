@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.admin import backend_ops
 from gateway.admin.api import ApiError, parse_backend
 from gateway.admin.pages import BASE, PageHandler
 from gateway.admin.pages_dashboard import BackendView
 from gateway.backends import Backend
-from gateway.store.base import DuplicateBackend
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -44,40 +44,21 @@ def backend_from_form(form: dict[str, str], default_group: str) -> Backend:
 
 async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: str) -> str:
     """Do one clusters-page action; the message to show. Raises ``ApiError`` when refused."""
-    store = gw.store
-    assert store is not None
     if action not in ACTIONS:
         raise ApiError(400, f"Unknown action {action!r}; one of {', '.join(ACTIONS)}")
     if action in ("add", "update"):
         b = backend_from_form(form, gw.config.routing.defaultGroup)
         if action == "add":
-            try:
-                await store.call("add_backend", b)
-            except DuplicateBackend:
-                raise ApiError(409, f"A backend named {b.name!r} already exists") from None
+            await backend_ops.add_backend(gw, b, who)
         else:
-            if gw.registry.get(b.name) is None:
-                raise ApiError(404, f"Backend {b.name!r} does not exist (it may have been deleted)")
-            await store.call("upsert_backend", b)
-        gw.registry.put(b)
-        log.info("backend %s %s by %s: %s group=%s active=%s", b.name, action + ("ed" if action == "add" else "d"),
-                 who, b.proxyTo, b.routingGroup, b.active)
+            await backend_ops.update_backend(gw, b, who, insert_missing=False)
         return f"Backend {b.name} {'added' if action == 'add' else 'saved'}."
     name = form.get("name", "")
-    current = gw.registry.get(name)
-    if current is None:
-        raise ApiError(404, f"Backend {name!r} does not exist")
     if action == "delete":
-        if not await store.call("delete_backend", name):
-            raise ApiError(404, f"Backend {name!r} does not exist")
-        gw.registry.remove(name)
-        log.info("backend %s deleted by %s", name, who)
+        await backend_ops.delete_backend(gw, name, who)
         return f"Backend {name} deleted."
     active = action == "activate"
-    if not await store.call("set_backend_active", name, active):
-        raise ApiError(404, f"Backend {name!r} does not exist")
-    gw.registry.put(Backend(current.name, current.proxyTo, current.externalUrl, current.routingGroup, active))
-    log.info("backend %s %s by %s", name, "activated" if active else "deactivated (draining)", who)
+    await backend_ops.set_active(gw, name, active, who)
     return (f"Backend {name} activated: it takes new queries." if active else
             f"Backend {name} deactivated: it takes no new queries and finishes those it runs.")
 

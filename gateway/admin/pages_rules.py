@@ -90,7 +90,7 @@ class RulesHandler(PageHandler):
 
 class ExplainHandler(RulesHandler):
     def post(self) -> None:
-        form = {k: self.get_body_argument(k, "") for k in EXPLAIN_FIELDS}
+        form = {k: self.get_body_argument(k, "", strip=k not in ("query", "headers")) for k in EXPLAIN_FIELDS}
         try:
             result = explain(self.gw, explain_request(form), self.request.remote_ip or "")
         except (ApiError, ValueError) as exc:
@@ -123,7 +123,7 @@ class RulesEditHandler(PageHandler):
             return self.render_page("error.html", status=403, code=403, message=self.access.reason)
         w = self.gw.rules
         file = self.get_body_argument("file", "")
-        content = self.get_body_argument("content", "")
+        content = self.get_body_argument("content", "", strip=False)   # YAML: whitespace matters
         base = self.get_body_argument("baseVersion", "") or None
         started = time.time()
         try:

@@ -26,6 +26,7 @@ class Atom:
     """A rule-engine comparison, e.g. ``source == "x"``; ``neg`` is its negation when shorter."""
     text: str
     neg: Union[str, None] = None
+    safe: bool = True          # False: raises at run time unless a guard before it holds
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def not_(f: F) -> F:
     if isinstance(f, Not):
         return f.f
     if isinstance(f, Atom) and f.neg is not None:
-        return Atom(f.neg, f.text)
+        return Atom(f.neg, f.text, f.safe)
     return Not(f)
 
 
@@ -72,6 +73,16 @@ def and_(*fs: F) -> F:
             if p == FALSE or any(_complements(p, q) for q in out):
                 return FALSE
             out.append(p)
+    # a and not (a and b)  ==  a and not b: drops the null guards a negation repeats. Only an
+    # `a` to the left may go: rule-engine evaluates `and` left to right, and a guard must run
+    # before the test it protects (`"x" in h` raises when h is null).
+    for k, p in enumerate(out):
+        if isinstance(p, Not) and isinstance(p.f, And):
+            rest = [q for q in p.f.fs if q not in out[:k]]
+            if _safe(and_(*rest)):
+                rest = [q for q in rest if q not in out]
+            if len(rest) < len(p.f.fs):
+                return and_(*out[:k], not_(and_(*rest)), *out[k + 1:])
     if not out:
         return TRUE
     return out[0] if len(out) == 1 else And(tuple(out))
@@ -82,6 +93,10 @@ def or_(*fs: F) -> F:
     for f in fs:
         parts = f.fs if isinstance(f, Or) else (f,)
         for p in parts:
+            if isinstance(p, And):
+                # a or (not a and b)  ==  a or b; `or` only evaluates b when a is false, so a
+                # dropped `not a` was never needed as a guard
+                p = and_(*(q for q in p.fs if not any(_complements(q, r) for r in out)))
             if p == FALSE or p in out:
                 continue
             if p == TRUE or any(_complements(p, q) for q in out):
@@ -90,6 +105,16 @@ def or_(*fs: F) -> F:
     if not out:
         return FALSE
     return out[0] if len(out) == 1 else Or(tuple(out))
+
+
+def _safe(f: F) -> bool:
+    if isinstance(f, Atom):
+        return f.safe
+    if isinstance(f, Not):
+        return _safe(f.f)
+    if isinstance(f, (And, Or)):
+        return all(_safe(x) for x in f.fs)
+    return True
 
 
 def render(f: F) -> str:
@@ -112,7 +137,8 @@ def _render(f: F, outer: int) -> str:
         text = " and ".join(_render(x, 2) for x in f.fs)
         return f"({text})" if outer > 2 else text
     if isinstance(f, Or):
-        text = " or ".join(_render(x, 1) for x in f.fs)
+        # `a and b or c` is right, but parentheses make it readable: (a and b) or c
+        text = " or ".join(_render(x, 3) if isinstance(x, And) else _render(x, 1) for x in f.fs)
         return f"({text})" if outer > 1 else text
     raise TypeError(f"not a formula: {f!r}")
 

@@ -181,7 +181,11 @@ def java_regex_to_python(pattern: str) -> str:
         can_quantify = True
     if depth:
         raise UnsupportedRegex("an unbalanced '('")
-    result = f"(?{flags})(?:{''.join(out)})\\Z"
+    text = "".join(out)
+    if not re.search(r"\\[dDwWsS]", text) and "i" not in flags:
+        flags = flags.replace("a", "")           # ASCII mode only matters for \d \w \s and (?i)
+    grouped = f"(?:{text})" if "|" in text else text
+    result = (f"(?{flags})" if flags else "") + grouped + "\\Z"
     try:
         re.compile(result)
     except re.error as exc:

@@ -121,7 +121,20 @@ class SetV:
 
 @dataclass(frozen=True)
 class BoolV:
-    cond: Cond
+    """A boolean. A predicate over a finite domain keeps its set of values (``selected``) so
+    that ``!``, ``&&`` and ``||`` of such predicates combine exactly before being mapped to
+    ``queryType``: ``startsWith("Show") || startsWith("Describe")`` covers a whole type even
+    though neither side does."""
+    c: Union[Cond, None] = None
+    domain: Union[str, None] = None
+    selected: frozenset[str] = frozenset()
+    what: str = ""
+
+    @property
+    def cond(self) -> Cond:
+        if self.c is not None:
+            return self.c
+        return Cond(_domain_formula(str(self.domain), set(self.selected), self.what))
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,21 @@ def _domain_formula(domain: str, selected: set[str], what: str) -> F:
     return _query_type_formula(types)
 
 
+def _domain_bool(v: SDomain, op: str, arg: str | None, what: str) -> BoolV:
+    """``op`` (or, with ``arg`` None, ``== null``) for every value of the domain."""
+    values = _domain_values(v.domain)
+    if arg is None:
+        return BoolV(None, v.domain, frozenset(), what)
+    return BoolV(None, v.domain, frozenset(d for d in values
+                                           if _java_pred(_apply_transforms(d, v.transforms), op, arg)), what)
+
+
+def _negate(b: BoolV, what: str) -> BoolV:
+    if b.c is None:
+        return BoolV(None, b.domain, frozenset(_domain_values(str(b.domain))) - b.selected, what)
+    return BoolV(Cond(b.c.f, b.c.e))
+
+
 def _header_atoms(v: SHeader, op: str, arg: str) -> F:
     """Our test of ``op`` on the header when it is non-null (false when it is null)."""
     base = v.expr
@@ -235,7 +263,7 @@ def _header_atoms(v: SHeader, op: str, arg: str) -> F:
             return FALSE                                    # the symbol is null, never ""
         atom = Atom(f"{value} == {quote(arg)}", f"{value} != {quote(arg)}")
     elif op == "contains":
-        return and_(not_null, Atom(f"{quote(arg)} in {value}"))
+        return and_(not_null, Atom(f"{quote(arg)} in {value}", safe=False))
     elif op == "startswith":
         atom = Atom(f"{value} =~ {quote(re.escape(arg) + '.*')}")
     elif op == "endswith":
@@ -247,7 +275,9 @@ def _header_atoms(v: SHeader, op: str, arg: str) -> F:
     else:
         raise AssertionError(op)
     # `x.as_lower` raises on null; `==`, `!=` and `=~` are null-safe on their own.
-    return and_(not_null, atom) if suffix else atom
+    if suffix:
+        return and_(not_null, Atom(atom.text, atom.neg, safe=False))
+    return atom
 
 
 def _pred(v: StrV, op: str, arg: str, what: str) -> F:
@@ -316,8 +346,7 @@ class Translator:
             inner = self.value(node.operand)
             if node.op != "!" or not isinstance(inner, BoolV):
                 raise Unconvertible(f"{unparse(node)}: '!' of something that is not true/false")
-            c = inner.cond
-            return BoolV(Cond(c.f, c.e))
+            return _negate(inner, unparse(node))
         if isinstance(node, Binary):
             return self.binary(node)
         raise Unconvertible(f"unsupported construct {node!r}")
@@ -473,6 +502,23 @@ class Translator:
 
     def string_call(self, shown: str, s: StrV, method: str, args: list[Value]) -> Value:
         throws = or_(s.e, _is_null(s))           # any method on a null string throws
+        if isinstance(s, SDomain) and method in ("equals", "contains", "startsWith", "endsWith",
+                                                  "matches", "equalsIgnoreCase", "isEmpty"):
+            if method == "isEmpty":
+                return _domain_bool(s, "isempty", "", shown)
+            arg_v = args[0] if len(args) == 1 else None
+            if not isinstance(arg_v, SLit):
+                raise Unconvertible(f"{shown}: expected one string literal argument")
+            if arg_v.value is None:
+                if method == "equals":
+                    return _domain_bool(s, "eq", None, shown)
+                raise Unconvertible(f"{shown}: a null argument throws")
+            op = {"equals": "eq", "contains": "contains", "startsWith": "startswith", "endsWith": "endswith",
+                  "matches": "matches", "equalsIgnoreCase": "eq_ic"}[method]
+            try:
+                return _domain_bool(s, op, arg_v.value, shown)
+            except (UnsupportedRegex, ValueError) as exc:
+                raise Unconvertible(f"{shown}: {exc}") from None
         if method in ("toLowerCase", "toUpperCase", "trim") and not args:
             t = {"toLowerCase": "lower", "toUpperCase": "upper", "trim": "trim"}[method]
             return self.transformed(shown, s, t, throws)
@@ -480,7 +526,11 @@ class Translator:
             other = args[0]
             if isinstance(other, SLit):
                 pred = FALSE if other.value is None else _pred(s, "eq", other.value, shown)
-                return BoolV(Cond(and_(not_(throws), pred), throws))
+                return BoolV(Cond(and_(not_(s.e), pred), throws))
+            if isinstance(s, SLit) and s.value is not None and isinstance(other, (SHeader, SDomain, SChoice)):
+                # "literal".equals(x): no exception, false for null
+                return BoolV(Cond(and_(not_(s.e), not_(other.e), _pred(other, "eq", s.value, shown)),
+                                  or_(s.e, other.e)))
             raise Unconvertible(f"{shown}: equals() with something other than a string literal")
         ops = {"contains": "contains", "startsWith": "startswith", "endsWith": "endswith",
                "matches": "matches", "equalsIgnoreCase": "eq_ic", "isEmpty": "isempty"}
@@ -492,8 +542,9 @@ class Translator:
                 arg = ""
             else:
                 arg = self.literal_arg(shown, args)
+            # the predicate is false for a null string, so "not null" need not be repeated in t
             pred = self.checked_pred(shown, s, op, arg)
-            return BoolV(Cond(and_(not_(throws), pred), throws))
+            return BoolV(Cond(and_(not_(s.e), pred), throws))
         raise Unconvertible(f"{shown}: String.{method}() is not supported by the converter")
 
     def transformed(self, shown: str, s: StrV, t: str, throws: F) -> StrV:
@@ -578,14 +629,22 @@ class Translator:
             a, b = self.value(node.left), self.value(node.right)
             if not isinstance(a, BoolV) or not isinstance(b, BoolV):
                 raise Unconvertible(f"{shown}: '{node.op}' of something that is not true/false")
+            if a.c is None and b.c is None and a.domain == b.domain:
+                both = a.selected & b.selected if node.op == "&&" else a.selected | b.selected
+                return BoolV(None, a.domain, both, shown)
             x, y = a.cond, b.cond
             if node.op == "&&":
                 return BoolV(Cond(and_(x.t, y.t), or_(x.e, and_(x.t, y.e))))
             return BoolV(Cond(or_(x.t, and_(x.f, y.t)), or_(x.e, and_(x.f, y.e))))
         left, right = self.value(node.left), self.value(node.right)
         if node.op in ("==", "!="):
-            eq = self.equality(shown, left, right)
-            return BoolV(eq if node.op == "==" else Cond(eq.f, eq.e))
+            if isinstance(left, SLit) and isinstance(right, SDomain):
+                left, right = right, left
+            if isinstance(left, SDomain) and isinstance(right, SLit):
+                eq_b = _domain_bool(left, "eq", right.value, shown)
+            else:
+                eq_b = BoolV(self.equality(shown, left, right))
+            return eq_b if node.op == "==" else _negate(eq_b, shown)
         if node.op == "contains":
             return self.contains_operator(shown, left, right)
         if node.op == "~=":
@@ -622,6 +681,8 @@ class Translator:
         if isinstance(a, (SLit, SHeader, SDomain, SChoice)):
             if not isinstance(b, SLit) or b.value is None:
                 raise Unconvertible(f"{shown}: 'contains' needs a string literal on the right")
+            if isinstance(a, SDomain):
+                return _domain_bool(a, "contains", b.value, shown)
             return BoolV(Cond(and_(not_(a.e), self.checked_pred(shown, a, "contains", b.value)), a.e))
         raise Unconvertible(f"{shown}: 'contains' on this value is not supported")
 

@@ -1,24 +1,26 @@
 """The forwarding client: HTTP/1.1 to backends over a keep-alive connection pool.
 
-Tornado's simple client opens a connection per request; a gateway that sits on every poll of
-every query cannot afford that. This client keeps idle connections per backend, streams the
-response to a delegate as it arrives (with back-pressure: the next chunk is read only after the
-delegate has handled the last one), and tells the caller whether a failure happened before the
-request could have reached the backend, which decides whether a POST may be retried elsewhere.
+Each backend connection is an asyncio protocol that parses responses as bytes arrive and feeds
+them straight to a sink (the proxy handler): no coroutine per chunk, one ``send`` per request
+(head and body together), no probe syscall when a pooled connection is reused (the protocol
+already knows when the backend closed it). Back-pressure: when the sink returns an awaitable
+(the client is slow), reading from the backend pauses until it completes.
+
+The caller learns whether a failure happened before the request could have reached the backend,
+which decides whether a POST may be retried elsewhere (a statement is never sent twice).
 """
 from __future__ import annotations
 
-import socket
+import asyncio
 import ssl
 import time
-from typing import Awaitable, Protocol
+from typing import Any, Awaitable, Protocol
 from urllib.parse import urlsplit
 
-from tornado import gen
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
-from tornado.httputil import HTTPHeaders, RequestStartLine, ResponseStartLine, HTTPMessageDelegate
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.tcpclient import TCPClient
+from tornado.httputil import HTTPHeaders
+
+from gateway.proxy.http1 import (ChunkedDecoder, HTTPParseError, body_length, find_head_end,
+                                 parse_response_head, serialize_head)
 
 
 class BackendError(Exception):
@@ -38,58 +40,226 @@ class ResponseSink(Protocol):
     def on_end(self) -> Awaitable[None] | None: ...
 
 
-class _Delegate(HTTPMessageDelegate):
-    __slots__ = ("sink", "started", "code", "keep_alive", "finished", "pending")
+_MAX_HEAD = 1 << 20
+_HEAD, _BODY, _DONE = range(3)
 
-    def __init__(self, sink: ResponseSink) -> None:
-        self.sink = sink
-        self.started = False
+
+class _Lost(Exception):
+    """The connection ended before the response did; ``exc`` is the socket error, if any."""
+
+    def __init__(self, exc: BaseException | None) -> None:
+        super().__init__(str(exc) if exc else "connection closed")
+        self.exc = exc
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to a backend; one exchange at a time."""
+
+    def __init__(self, key: tuple[str, str, int]) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.closed = False
+        self.idle_since = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sink: Any = None
+        self.waiter: asyncio.Future[Any] | None = None
+        self.state = _HEAD
+        self.head_only = False
         self.code = 0
         self.keep_alive = False
-        self.finished = False
-        self.pending: Awaitable[None] | None = None
+        self.started = False
+        self.remaining = 0
+        self.decoder: ChunkedDecoder | None = None
+        self.until_close = False
+        self.paused = False
+        self.activity = 0.0
+        self._end_after_resume = False
 
-    def headers_received(self, start_line, headers):  # type: ignore[override]
-        assert isinstance(start_line, ResponseStartLine)
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:
+            self.close()   # bytes on an idle connection: it cannot carry another request
+            return
+        self.buf += data
+        self.activity = time.monotonic()
+        self._advance()
+
+    def eof_received(self) -> bool | None:
+        if self.waiter is not None and self.until_close and self.state == _BODY:
+            self._end()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            if self.until_close and self.state == _BODY and exc is None:
+                self._end()
+            else:
+                self.waiter.set_exception(_Lost(exc))
+
+    # -- one exchange ----------------------------------------------------------------------
+
+    def start(self, data: bytes, sink: Any, head_only: bool) -> "asyncio.Future[Any]":
+        self._reset()
+        self.sink = sink
+        self.head_only = head_only
+        self.activity = time.monotonic()
+        self.waiter = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(data)
+        return self.waiter
+
+    def finish_exchange(self) -> None:
+        self.sink = None
+        self.waiter = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        self.close()
+
+    def _advance(self) -> None:
+        while not self.paused and self.waiter is not None and not self.waiter.done():
+            if self.state == _HEAD:
+                if not self._read_head():
+                    return
+            elif self.state == _BODY:
+                if not self._read_body():
+                    return
+            else:
+                return
+
+    def _read_head(self) -> bool:
+        end = find_head_end(self.buf)
+        if end < 0:
+            if len(self.buf) > _MAX_HEAD:
+                self._fail(HTTPParseError("response head too large"))
+            return False
+        head = bytes(self.buf[:end])
+        del self.buf[:end]
+        try:
+            rh = parse_response_head(head)
+            length = body_length(rh.headers)
+        except HTTPParseError as exc:
+            self._fail(exc)
+            return False
+        if 100 <= rh.code < 200:
+            return True   # an interim response (103 Early Hints): the real one follows
         self.started = True
-        self.code = start_line.code
-        conn = (headers.get("Connection") or "").lower()
-        self.keep_alive = start_line.version == "HTTP/1.1" and "close" not in conn
-        return self.sink.on_headers(start_line.code, start_line.reason, headers)
-
-    def data_received(self, chunk):  # type: ignore[override]
-        return self.sink.on_chunk(chunk)
-
-    def finish(self) -> None:
-        self.finished = True
-        # on_end may be a coroutine; the caller awaits it after read_response returns
-        self.pending = self.sink.on_end()
-
-    def on_connection_close(self) -> None:
-        pass
-
-
-class _Pool:
-    __slots__ = ("idle",)
-
-    def __init__(self) -> None:
-        self.idle: list[tuple[IOStream, float]] = []
-
-
-def _is_alive(stream: IOStream) -> bool:
-    """An idle keep-alive connection the backend has closed reads as EOF; peek without blocking."""
-    if stream.closed():
-        return False
-    sock = stream.socket
-    if isinstance(sock, ssl.SSLSocket):
-        return True  # cannot peek below TLS; a stale one fails fast and is retried
-    try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
+        self.code = rh.code
+        tokens = [t.strip().lower() for v in rh.headers.get_list("Connection") for t in v.split(",")]
+        self.keep_alive = rh.version == "HTTP/1.1" and "close" not in tokens
+        if self.head_only or rh.code in (204, 304):
+            self.remaining = 0
+        elif length == -1:
+            self.decoder = ChunkedDecoder()
+        elif length is not None:
+            self.remaining = length
+        else:
+            self.until_close = True
+            self.keep_alive = False
+        self.state = _BODY
+        if not self._deliver(self.sink.on_headers, rh.code, rh.reason, rh.headers):
+            return False
+        if self.remaining == 0 and self.decoder is None and not self.until_close:
+            self._end()
+            return False
         return True
-    except OSError:
+
+    def _read_body(self) -> bool:
+        buf = self.buf
+        if not buf:
+            return False
+        if self.decoder is not None:
+            try:
+                pieces, rest = self.decoder.feed(bytes(buf))
+            except HTTPParseError as exc:
+                self._fail(exc)
+                return False
+            buf.clear()
+            if rest:
+                buf += rest
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            done = self.decoder.done
+        elif self.until_close:
+            data = bytes(buf)
+            buf.clear()
+            done = False
+        else:
+            take = min(self.remaining, len(buf))
+            data = bytes(buf[:take]) if take < len(buf) else bytes(buf)
+            del buf[:take]
+            self.remaining -= take
+            done = self.remaining == 0
+        if data and not self._deliver(self.sink.on_chunk, data):
+            if done:
+                self._end_after_resume = True
+            return False
+        if done:
+            self._end()
+            return False
+        return bool(buf)
+
+    def _deliver(self, fn: Any, *args: Any) -> bool:
+        """Call the sink; True to go on now, False when paused (or failed)."""
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - the sink's error ends the exchange
+            self._fail(exc)
+            return False
+        if result is None:
+            return True
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        fut = asyncio.ensure_future(result)
+        fut.add_done_callback(self._resumed)
         return False
-    return False  # EOF, or unsolicited bytes on an idle connection: unusable either way
+
+    def _resumed(self, fut: "asyncio.Future[Any]") -> None:
+        self.paused = False
+        if fut.cancelled():
+            self._fail(asyncio.CancelledError())
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(exc)
+            return
+        if self.waiter is None or self.waiter.done():
+            return
+        self.activity = time.monotonic()
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        if self._end_after_resume:
+            self._end_after_resume = False
+            self._end()
+            return
+        if self.state == _BODY and self.remaining == 0 and self.decoder is None and not self.until_close:
+            self._end()
+            return
+        self._advance()
+
+    def _end(self) -> None:
+        self.state = _DONE
+        try:
+            pending = self.sink.on_end()
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+            return
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(pending)
 
 
 class BackendClient:
@@ -103,11 +273,7 @@ class BackendClient:
         self.max_idle_per_host = max_idle_per_host
         self.idle_ttl = idle_ttl
         self.ssl_context = ssl_context
-        self._tcp = TCPClient()
-        self._pools: dict[tuple[str, str, int], _Pool] = {}
-        self._params = HTTP1ConnectionParameters(
-            no_keep_alive=False, max_header_size=1 << 20, max_body_size=max_body_size,
-            decompress=False, chunk_size=64 * 1024)
+        self._pools: dict[tuple[str, str, int], list[_Conn]] = {}
         self._addr: dict[str, tuple[str, str, int, str]] = {}
 
     def _target(self, base: str) -> tuple[str, str, int, str]:
@@ -122,42 +288,42 @@ class BackendClient:
             t = self._addr[base] = (scheme, host, port, hosthdr)
         return t
 
-    async def _connect(self, scheme: str, host: str, port: int) -> tuple[IOStream, bool]:
-        pool = self._pools.get((scheme, host, port))
-        if pool is not None:
+    async def _connect(self, key: tuple[str, str, int]) -> tuple[_Conn, bool]:
+        idle = self._pools.get(key)
+        if idle:
             now = time.monotonic()
-            while pool.idle:
-                stream, since = pool.idle.pop()
-                if now - since < self.idle_ttl and _is_alive(stream):
-                    return stream, True
-                stream.close()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < self.idle_ttl:
+                    return conn, True
+                conn.close()
+        scheme, host, port = key
+        ctx = None
+        if scheme == "https":
+            ctx = self.ssl_context or ssl.create_default_context()
+        loop = asyncio.get_running_loop()
         try:
-            ssl_options = None
-            if scheme == "https":
-                ssl_options = self.ssl_context or ssl.create_default_context()
-            stream = await self._tcp.connect(host, port, ssl_options=ssl_options,
-                                             timeout=self.connect_timeout)
-        except gen.TimeoutError:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Conn(key), host, port, ssl=ctx), self.connect_timeout)
+        except asyncio.TimeoutError:
             raise BackendError(f"timed out connecting after {self.connect_timeout:g}s",
                                sent=False, timeout=True) from None
-        except (OSError, StreamClosedError) as exc:
+        except (OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            if isinstance(exc, StreamClosedError) and exc.real_error is not None:
-                reason = getattr(exc.real_error, "strerror", None) or str(exc.real_error)
             raise BackendError(f"cannot connect: {reason}", sent=False) from None
-        stream.set_nodelay(True)
-        return stream, False
+        return conn, False
 
-    def _release(self, scheme: str, host: str, port: int, stream: IOStream) -> None:
-        if stream.closed():
+    def _release(self, conn: _Conn) -> None:
+        conn.finish_exchange()
+        if conn.closed or conn.buf:
+            conn.close()
             return
-        pool = self._pools.get((scheme, host, port))
-        if pool is None:
-            pool = self._pools[(scheme, host, port)] = _Pool()
-        if len(pool.idle) >= self.max_idle_per_host:
-            stream.close()
+        idle = self._pools.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle_per_host:
+            conn.close()
             return
-        pool.idle.append((stream, time.monotonic()))
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
 
     async def fetch(self, base: str, method: str, target: str, headers: HTTPHeaders,
                     body: bytes | None, sink: ResponseSink, *,
@@ -165,70 +331,94 @@ class BackendClient:
         """Send one request to ``base`` (scheme://host:port) and stream the answer into ``sink``.
 
         Returns the status code. Raises BackendError; its ``sent`` is False only when the
-        backend cannot have seen the request (so a POST may go elsewhere).
+        backend cannot have seen the request (so a POST may go elsewhere). An exception raised
+        by the sink ends the exchange and propagates unchanged.
         """
         scheme, host, port, hosthdr = self._target(base)
         headers["Host"] = hosthdr
         if body is not None or method in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = str(len(body or b""))
+        data = serialize_head(f"{method} {target} HTTP/1.1", headers)
+        if body:
+            data += body
+        timeout = request_timeout if request_timeout is not None else self.request_timeout
+        loop = asyncio.get_running_loop()
         for attempt in (0, 1):
-            stream, reused = await self._connect(scheme, host, port)
-            conn = HTTP1Connection(stream, True, self._params)
-            delegate = _Delegate(sink)
+            conn, reused = await self._connect((scheme, host, port))
+            waiter = conn.start(data, sink, method == "HEAD")
+            timer = loop.call_later(timeout, _check_timeout, conn, waiter, timeout) if timeout else None
             try:
-                conn.write_headers(RequestStartLine(method, target, "HTTP/1.1"), headers)
-                if body:
-                    conn.write(body)
-                conn.finish()
-                timeout = request_timeout if request_timeout is not None else self.request_timeout
-                reading = conn.read_response(delegate)
-                if timeout:
-                    await gen.with_timeout(stream.io_loop.time() + timeout, reading,
-                                           quiet_exceptions=(StreamClosedError,))
-                else:
-                    await reading
-            except gen.TimeoutError:
-                stream.close()
-                raise BackendError(f"no answer within {timeout:g}s", sent=True, timeout=True) from None
-            except (StreamClosedError, OSError) as exc:
-                stream.close()
+                pending = await waiter
+            except _Lost as lost:
+                conn.close()
                 # A stale keep-alive connection: retry once on a fresh one, unless this is a POST
                 # the backend may have read (a POST is never sent twice).
-                if not delegate.started and reused and attempt == 0 and (
-                        method != "POST" or not _maybe_read(exc)):
+                if not conn.started and reused and attempt == 0 and (
+                        method != "POST" or not _maybe_read(lost.exc)):
                     continue
-                raise BackendError(f"connection lost: {exc}", sent=True) from None
-            if not delegate.finished:
-                stream.close()
-                if not delegate.started and reused and attempt == 0 and method != "POST":
-                    continue
-                raise BackendError("backend closed the connection before answering"
-                                   if not delegate.started else "backend closed the connection mid-response",
-                                   sent=True)
-            if delegate.pending is not None:
-                await delegate.pending
-            if delegate.keep_alive and not stream.closed():
-                self._release(scheme, host, port, stream)
+                if not conn.started:
+                    raise BackendError("backend closed the connection before answering"
+                                       if lost.exc is None else f"connection lost: {lost.exc}",
+                                       sent=True) from None
+                raise BackendError("backend closed the connection mid-response"
+                                   if lost.exc is None else f"connection lost: {lost.exc}", sent=True) from None
+            except _Timeout:
+                conn.close()
+                raise BackendError(f"no answer within {timeout:g}s", sent=True, timeout=True) from None
+            except HTTPParseError as exc:
+                conn.close()
+                raise BackendError(f"malformed response: {exc}", sent=True) from None
+            except BaseException:
+                conn.close()
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if pending is not None:
+                try:
+                    await pending
+                except BaseException:
+                    conn.close()
+                    raise
+            if conn.keep_alive and not conn.closed:
+                self._release(conn)
             else:
-                stream.close()
-            return delegate.code
+                conn.close()
+            return conn.code
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        for pool in self._pools.values():
-            for stream, _ in pool.idle:
-                stream.close()
+        for idle in self._pools.values():
+            for conn in idle:
+                conn.close()
         self._pools.clear()
 
 
-def _maybe_read(exc: BaseException) -> bool:
+class _Timeout(Exception):
+    pass
+
+
+def _check_timeout(conn: _Conn, waiter: "asyncio.Future[Any]", timeout: float) -> None:
+    """No byte from the backend for ``timeout`` seconds (time paused for a slow client excluded)."""
+    if waiter.done():
+        return
+    now = time.monotonic()
+    if conn.paused:
+        conn.activity = now
+    idle = now - conn.activity
+    if idle < timeout:
+        asyncio.get_running_loop().call_later(max(0.01, timeout - idle), _check_timeout, conn, waiter, timeout)
+        return
+    waiter.set_exception(_Timeout())
+
+
+def _maybe_read(exc: BaseException | None) -> bool:
     """Whether a backend may have read a request that failed on a reused connection.
 
     A write that failed outright (broken pipe / reset while sending) on a connection the backend
     had already closed means the request was not read. Anything else: assume it was.
     """
-    real = getattr(exc, "real_error", None) or exc
-    return not isinstance(real, (BrokenPipeError, ConnectionResetError))
+    return not isinstance(exc, (BrokenPipeError, ConnectionResetError))
 
 
 class BufferSink:

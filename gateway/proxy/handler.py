@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from tornado.httputil import HTTPHeaders
+from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler, stream_request_body
 
 from gateway import protocol as P
@@ -42,6 +43,7 @@ class ProxyHandler(RequestHandler):
         self._kind: P.RequestKind | None = None
         self._started = 0.0
         self._sent_forwarded = False
+        self._client_gone = False
 
     # -- request body -----------------------------------------------------------------------
 
@@ -58,13 +60,20 @@ class ProxyHandler(RequestHandler):
             if n > limit:
                 self._too_large = True
                 return self._plain(413, f"Request body of {n} bytes exceeds the gateway limit of {limit} bytes\n")
+        elif "chunked" in self.request.headers.get("Transfer-Encoding", "").lower():
+            # Tornado refuses a chunk that crosses its limit with a bare 400 before the body
+            # reaches us; let chunks through so data_received answers 413 at our limit.
+            self.request.connection.set_max_body_size(1 << 62)  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:
             return
-        if len(self._body) + len(chunk) > self.gw.config.server.maxBodySize:
+        limit = self.gw.config.server.maxBodySize
+        if len(self._body) + len(chunk) > limit:
             self._too_large = True
             self._body = bytearray()
+            # Answer now (the connection closes after it): reading the rest would be wasted.
+            self._plain(413, f"Request body exceeds the gateway limit of {limit} bytes\n")
             return
         self._body += chunk
 
@@ -296,7 +305,7 @@ class ProxyHandler(RequestHandler):
             self._skip_body = True
             return
         self.set_status(code, reason or None)
-        self._headers = HTTPHeaders()
+        out = self._headers = HTTPHeaders()
         drop = P.RESPONSE_DROP
         conn = headers.get_list("Connection")
         if conn:
@@ -324,15 +333,19 @@ class ProxyHandler(RequestHandler):
                 txn = P.transaction_id(self.request.headers.get("X-Trino-Transaction-Id"))
                 if txn:
                     gw.forget("transaction", txn)
-            self.add_header(name, value)
+            P.put_header(out, name, value)
         if self._kind is not None and self._kind.kind == P.OAUTH_INITIATE:
             self.set_signed_cookie(_OAUTH_COOKIE, backend.name, expires_days=None,
                                    path="/oauth2", httponly=True, samesite="Lax",
                                    max_age=int(gw.oauth_cookie_ttl))
 
-    async def on_chunk(self, chunk: bytes) -> None:
+    def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
+        # Synchronous on purpose: the backend client calls it for every chunk and only waits
+        # when we hand back the flush of a full buffer (back-pressure from a slow client).
         if self._skip_body:
-            return
+            return None
+        if self._client_gone:
+            raise StreamClosedError()   # stop reading a page nobody will receive
         rw = self._rewriter
         if rw is not None:
             had_id = rw.query_id
@@ -342,12 +355,13 @@ class ProxyHandler(RequestHandler):
                 # Pin before the client can see the id and poll (§7.2).
                 self.gw.learn(P.QUERY, rw.query_id, self._backend.name)
             if not chunk:
-                return
+                return None
         self.write(chunk)
         self._buffered += len(chunk)
         if self._buffered >= _FLUSH_AT:
             self._buffered = 0
-            await self.flush()
+            return self.flush()
+        return None
 
     def on_end(self) -> None:
         if self._skip_body:
@@ -369,11 +383,15 @@ class ProxyHandler(RequestHandler):
         log.warning("backend %s failed mid-response to %s %s: %s",
                     self._backend.name if self._backend else "?", self.request.method,
                     self.request.path, exc)
-        if self.request.connection is not None and self.request.connection.stream is not None:  # type: ignore[attr-defined]
-            self.request.connection.stream.close()  # type: ignore[attr-defined]
+        if self.request.connection is not None:
+            self.request.connection.close()  # type: ignore[attr-defined]
         self._finished = True
 
     def on_connection_close(self) -> None:
-        # Client went away: nothing to do; the backend's query is cancelled by Trino when the
-        # client stops polling, exactly as without a gateway.
-        pass
+        # Client went away: the backend's query is cancelled by Trino when the client stops
+        # polling, exactly as without a gateway. The base class must still run: it ends a
+        # request whose body was still streaming in, which would otherwise wait (and hold its
+        # buffered body) forever.
+        self._client_gone = True
+        super().on_connection_close()
+

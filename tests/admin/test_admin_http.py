@@ -187,6 +187,15 @@ def test_plain_users_see_only_their_own_sql(gw):
     ops, _ = login(gw, "ops")
     page = ops.get(gw.url + BASE + "/history", params={"text": mark}).text
     assert f"analyst-{mark}" in page and f"bob-{mark}" in page
+    # the REST API masks the same way: the analyst's own SQL, not bob's
+    rows = {r["user"]: r["sql"] for r in gw.api("GET", "/api/queries", params={"text": mark},
+                                                auth=basic("analyst")).json()}
+    assert set(rows) == {"analyst"} and f"analyst-{mark}" in rows["analyst"]  # search: own SQL only
+    rows = {r["user"]: r["sql"] for r in gw.api("GET", "/api/queries", auth=basic("analyst")).json()
+            if r["user"] == "bob"}
+    assert rows and all(v is None for v in rows.values())
+    both = gw.api("GET", "/api/queries", params={"text": mark}, auth=basic("ops")).json()
+    assert all(r["sql"] for r in both)
 
 
 def test_history_pages_with_keyset_cursor(gw):
@@ -275,6 +284,27 @@ def test_sessions_expire_and_tampered_cookies_are_refused(clusters, gateway_fact
     assert t.status_code == 302
     t = requests.get(gw.url + BASE + "/api/rules/status", cookies={"tgw_session": forged})
     assert t.status_code == 401
-    wait_for(lambda: s.get(gw.url + BASE + "/", allow_redirects=False).status_code == 302, timeout=8,
+    # sent by hand: a browser drops the cookie at its expiry, the server must refuse it anyway
+    wait_for(lambda: requests.get(gw.url + BASE + "/", cookies={"tgw_session": value},
+                                  allow_redirects=False).status_code == 302, timeout=8,
              interval=0.2, message="the session to expire")
     assert time.monotonic() - issued >= 1.0
+
+
+def test_forms_work_without_javascript(gw):
+    """The rules editor and the explain form post plain forms; the save waits for the reload."""
+    s, token = login(gw, "ops")
+    file = str(Path(gw.config["routing"]["rules"][0]) / "form-saved.yaml")
+    page = s.get(gw.url + BASE + "/rules/edit", params={"folder": str(Path(file).parent), "name": "form-saved.yaml"})
+    assert page.status_code == 200 and "New rules file" in page.text
+    bad = s.post(gw.url + BASE + "/rules/edit", data={"_csrf": token, "file": file, "baseVersion": "",
+                                                       "content": "name: f\r\ncondition: usr == 1\r\nroutingGroup: etl\r\n"})
+    assert bad.status_code == 422 and "line 2" in bad.text and not Path(file).exists()
+    r = s.post(gw.url + BASE + "/rules/edit", data={"_csrf": token, "file": file, "baseVersion": "",
+                                                     "content": 'name: f\r\ncondition: user == "formuser"\r\nroutingGroup: etl\r\n'})
+    assert r.status_code == 200 and "Rules reloaded: version" in r.text     # followed the redirect
+    assert Path(file).read_text() == 'name: f\ncondition: user == "formuser"\nroutingGroup: etl\n'
+    r = s.post(gw.url + BASE + "/rules/explain", data={"_csrf": token, "user": "formuser", "query": "SELECT 1"})
+    assert r.status_code == 200
+    assert re.search(r'id="explain-rule">\s*f\s*<', r.text) and 'id="explain-group"><strong>etl<' in r.text
+    Path(file).unlink()

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.browser.support import admin_config, launch, login
+from tests.browser.support import USERS, admin_config, launch, login
 from tests.conftest import REPO, spawn_cluster, start_gateway, wait_for
 
 PAGES = ("dashboard", "clusters", "history", "rules")
@@ -71,7 +71,9 @@ def main(argv: list[str]) -> int:
     gw = start_gateway(tmp, admin_config(tmp, clusters, groups))
     try:
         seed_queries(gw)
-        clusters["etl-2"].stop()   # one unhealthy backend on the pictures
+        clusters["etl-2"].stop()   # one unhealthy backend on the pictures, one drained
+        r = gw.api("POST", "/gateway/backend/deactivate/adhoc-2", auth=("ops", USERS["ops"][0]))
+        r.raise_for_status()
         wait_for(lambda: gw.api("GET", "/api/public/backends/etl-2/state").json()["health"] == "UNHEALTHY",
                  message="etl-2 to turn UNHEALTHY")
         with sync_playwright() as p:

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import trino
 
 from tests.browser.support import RULES, USERS, login, logout
 from tests.conftest import cluster_of, wait_for

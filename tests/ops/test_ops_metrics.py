@@ -102,6 +102,9 @@ def test_requests_routing_rejects_failures_and_latency_are_counted(gw):
     assert failed["error"]["errorName"] == "NO_NODES_AVAILABLE"
     assert gw.api("GET", "/v1/info").status_code == 200
     gw.api("GET", "/ui/api/stats")
+    # the last request is counted a moment after its answer was sent
+    wait_for(lambda: _delta(before, scrape(gw), "trino_gateway_requests_total", kind="ui") == 1,
+             message="the last request counted")
     after = scrape(gw)
 
     d = lambda name, **lb: _delta(before, after, name, **lb)  # noqa: E731
@@ -197,7 +200,10 @@ def test_two_workers_aggregate_counters_and_gauges(fresh_clusters, gateway_facto
         statement(gw.url, "SELECT 1", **({"X-Trino-Client-Tags": "etl"} if i % 2 else {}))
     pids = set(re.findall(r"\[(\d+)\] INFO gateway.routing: query ", gw.log()))
     assert len(pids) == 2, "both workers should have routed statements"
-    # any worker's /metrics (every scrape on a new connection) shows the whole gateway
+    # any worker's /metrics (every scrape on a new connection) shows the whole gateway; the
+    # last request is counted a moment after its answer was sent
+    wait_for(lambda: metric(scrape(gw), "trino_gateway_proxy_overhead_seconds_count", kind="follow-up")
+             == metric(scrape(gw), "trino_gateway_requests_total", kind="follow-up"), message="counts settle")
     for _ in range(6):
         text = scrape(gw)
         assert metric(text, "trino_gateway_statements_routed_total") == 20

@@ -1,0 +1,59 @@
+"""Backend changes shared by the REST API and the clusters page: store first, then registry.
+
+Other processes and replicas see a change when they next poll the store (``store.syncInterval``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from gateway.admin.errors import ApiError
+from gateway.backends import Backend
+from gateway.store.base import DuplicateBackend
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("gateway.api")
+
+
+async def add_backend(gw: "Gateway", b: Backend, who: str) -> None:
+    assert gw.store is not None
+    if gw.registry.get(b.name) is not None:
+        raise ApiError(409, f"Backend {b.name!r} already exists; use /gateway/backend/modify/update")
+    try:
+        await gw.store.call("add_backend", b)
+    except DuplicateBackend:
+        raise ApiError(409, f"Backend {b.name!r} already exists") from None
+    gw.registry.put(b)
+    log.info("backend %s added by %s: %s group=%s active=%s", b.name, who, b.proxyTo, b.routingGroup, b.active)
+
+
+async def update_backend(gw: "Gateway", b: Backend, who: str, *, insert_missing: bool) -> None:
+    """trino-gateway's update inserts a missing backend; the page refuses (it was deleted)."""
+    assert gw.store is not None
+    if not insert_missing and gw.registry.get(b.name) is None:
+        raise ApiError(404, f"Backend {b.name!r} does not exist (it may have been deleted)")
+    await gw.store.call("upsert_backend", b)
+    gw.registry.put(b)
+    log.info("backend %s updated by %s: %s group=%s active=%s", b.name, who, b.proxyTo, b.routingGroup, b.active)
+
+
+async def delete_backend(gw: "Gateway", name: str, who: str) -> None:
+    assert gw.store is not None
+    if not await gw.store.call("delete_backend", name):
+        raise ApiError(404, f"Backend {name!r} does not exist")
+    gw.registry.remove(name)
+    log.info("backend %s deleted by %s", name, who)
+
+
+async def set_active(gw: "Gateway", name: str, active: bool, who: str) -> Backend:
+    """Activate, or deactivate (drain: no new queries; running ones finish where they are)."""
+    assert gw.store is not None
+    current = gw.registry.get(name)
+    if current is None or not await gw.store.call("set_backend_active", name, active):
+        raise ApiError(404, f"Backend {name!r} does not exist")
+    b = Backend(current.name, current.proxyTo, current.externalUrl, current.routingGroup, active)
+    gw.registry.put(b)
+    log.info("backend %s %s by %s", name, "activated" if active else "deactivated (draining)", who)
+    return b

@@ -1,0 +1,240 @@
+"""HTTP/1.1 framing for the proxy's server and backend client: pure functions, no sockets.
+
+Tornado's own HTTP/1.1 layer validates every header line with several regular expressions and
+moves each message through a chain of coroutines; on the proxy's path that was most of the
+time spent per request (see docs/benchmarks.md). These helpers parse a whole head in one pass,
+check it with cheap tests that reject the same dangerous input (control characters, line
+folding, malformed names, conflicting lengths), and decode chunked bodies incrementally.
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from tornado.httputil import HTTPHeaders
+
+__all__ = [
+    "HTTPParseError", "RequestHead", "ResponseHead", "find_head_end", "parse_request_head",
+    "parse_response_head", "parse_headers", "body_length", "serialize_head", "ChunkedDecoder",
+    "format_chunk", "LAST_CHUNK",
+]
+
+LAST_CHUNK = b"0\r\n\r\n"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+_known_names: set[str] = set()     # header names already validated (clients repeat them)
+_MAX_KNOWN = 4096
+
+
+class HTTPParseError(ValueError):
+    """A malformed message; the text says what is wrong (sent back as a 400 reason)."""
+
+
+class RequestHead(NamedTuple):
+    method: str
+    target: str
+    version: str
+    headers: HTTPHeaders
+
+
+class ResponseHead(NamedTuple):
+    version: str
+    code: int
+    reason: str
+    headers: HTTPHeaders
+
+
+def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Index just past the blank line ending a head, or -1 if the head is incomplete.
+
+    CRLF is the norm; a bare LF is accepted as Tornado (and RFC 9112 §2.2) does.
+    """
+    crlf = buf.find(b"\r\n\r\n", start)
+    lf = buf.find(b"\n\n", start)
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    if 0 <= lf < crlf + 2:
+        return lf + 2
+    return crlf + 4
+
+
+def _valid_name(name: str) -> bool:
+    if name in _known_names:
+        return True
+    if not _TOKEN.fullmatch(name):
+        return False
+    if len(_known_names) < _MAX_KNOWN:
+        _known_names.add(name)
+    return True
+
+
+def parse_headers(lines: list[str]) -> HTTPHeaders:
+    """Header lines (without line ends) → ``HTTPHeaders``; raises ``HTTPParseError``."""
+    h = HTTPHeaders()
+    for line in lines:
+        if not line:
+            continue
+        if line[0] in " \t":
+            raise HTTPParseError("header line starts with whitespace (line folding is not supported)")
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise HTTPParseError(f"header line without a colon: {line[:60]!r}")
+        if not _valid_name(name):
+            raise HTTPParseError(f"invalid header name {name[:60]!r}")
+        value = value.strip(" \t")
+        if _BAD_VALUE.search(value):
+            raise HTTPParseError(f"invalid character in the value of header {name}")
+        if name in h:
+            h.add(name, value)
+        else:
+            h[name] = value
+    return h
+
+
+def _lines(head: bytes | bytearray) -> list[str]:
+    text = bytes(head).decode("latin-1")
+    lines = text.split("\n")
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def parse_request_head(head: bytes | bytearray) -> RequestHead:
+    """A request head (request line and headers, up to the blank line) → ``RequestHead``."""
+    lines = _lines(head)
+    i = 0
+    while i < len(lines) and not lines[i]:
+        i += 1   # RFC 9112 §2.2: ignore empty lines before the request line
+    if i == len(lines):
+        raise HTTPParseError("empty request")
+    parts = lines[i].split(" ")
+    if len(parts) != 3:
+        raise HTTPParseError("malformed request line")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method):
+        raise HTTPParseError("malformed request method")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HTTPParseError(f"unsupported HTTP version {version[:20]!r}")
+    if not target or _BAD_VALUE.search(target) or " " in target:
+        raise HTTPParseError("malformed request target")
+    return RequestHead(method, target, version, parse_headers(lines[i + 1:]))
+
+
+def parse_response_head(head: bytes | bytearray) -> ResponseHead:
+    """A response head (status line and headers) → ``ResponseHead``."""
+    lines = _lines(head)
+    i = 0
+    while i < len(lines) and not lines[i]:
+        i += 1
+    if i == len(lines):
+        raise HTTPParseError("empty response")
+    version, _, rest = lines[i].partition(" ")
+    code_text, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or len(code_text) != 3 or not code_text.isdigit():
+        raise HTTPParseError(f"malformed status line {lines[i][:60]!r}")
+    return ResponseHead(version, int(code_text), reason, parse_headers(lines[i + 1:]))
+
+
+def body_length(headers: HTTPHeaders) -> int | None:
+    """How the body is framed: its length, -1 for chunked, None when no length is given.
+
+    Raises ``HTTPParseError`` for conflicting or invalid framing (request smuggling vectors).
+    """
+    te = headers.get_list("Transfer-Encoding")
+    cl = headers.get_list("Content-Length")
+    if te:
+        codings = [t.strip().lower() for v in te for t in v.split(",") if t.strip()]
+        if codings != ["chunked"]:
+            raise HTTPParseError(f"unsupported Transfer-Encoding {', '.join(te)[:60]!r}")
+        if cl:
+            raise HTTPParseError("both Content-Length and Transfer-Encoding")
+        return -1
+    if not cl:
+        return None
+    values = {p.strip() for v in cl for p in v.split(",")}
+    if len(values) != 1:
+        raise HTTPParseError("conflicting Content-Length values")
+    text = values.pop()
+    if not text.isdigit() or not text.isascii():
+        raise HTTPParseError(f"invalid Content-Length {text[:30]!r}")
+    return int(text)
+
+
+def serialize_head(first_line: str, headers: HTTPHeaders) -> bytes:
+    """The start line and headers as bytes, ending with the blank line."""
+    parts = [first_line]
+    for name, value in headers.get_all():
+        value = str(value)
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+            raise ValueError(f"illegal line break in header {name!r}")
+        parts.append(f"{name}: {value}")
+    parts.append("\r\n")
+    return "\r\n".join(parts).encode("latin-1")
+
+
+def format_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+
+
+class ChunkedDecoder:
+    """Decodes a chunked body incrementally: ``feed(data)`` returns (payload pieces, leftover).
+
+    ``done`` turns true after the last chunk and its trailers; ``leftover`` is what followed
+    the body in ``data`` (the next message on a keep-alive connection).
+    """
+
+    __slots__ = ("_buf", "_remaining", "_state", "done", "max_line")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self, max_line: int = 4096) -> None:
+        self._buf = b""
+        self._remaining = 0
+        self._state = self._SIZE
+        self.done = False
+        self.max_line = max_line
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bytes]:
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        while pos < n and not self.done:
+            st = self._state
+            if st == self._DATA:
+                take = min(self._remaining, n - pos)
+                out.append(buf[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = self._DATA_END
+                continue
+            eol = buf.find(b"\n", pos)
+            if eol < 0:
+                if n - pos > self.max_line:
+                    raise HTTPParseError("chunk header line too long")
+                break
+            line = buf[pos:eol].rstrip(b"\r")
+            pos = eol + 1
+            if st == self._SIZE:
+                size_text = line.split(b";", 1)[0].strip(b" \t")
+                if not _HEX.fullmatch(size_text):
+                    raise HTTPParseError(f"invalid chunk size {size_text[:20]!r}")
+                size = int(size_text, 16)
+                if size == 0:
+                    self._state = self._TRAILER
+                else:
+                    self._remaining = size
+                    self._state = self._DATA
+            elif st == self._DATA_END:
+                if line:
+                    raise HTTPParseError("missing line end after chunk data")
+                self._state = self._SIZE
+            else:  # trailers: ignored until the blank line
+                if not line:
+                    self.done = True
+        rest = buf[pos:]
+        if not self.done:
+            self._buf = bytes(rest)
+            return out, b""
+        return out, bytes(rest)
