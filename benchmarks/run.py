@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if a ratio is >25%% below baseline.json")
     ap.add_argument("--record-baseline", action="store_true", help="store these ratios in baseline.json")
     args = ap.parse_args(argv)
+    # Stopping the run (Ctrl-C, kill) must still stop every process it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     tool, notes = choose_tool(args.tool)
     for n in notes:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from typing import Any
 
-from tornado.httpserver import HTTPServer
+from gateway.proxy.server import HTTPServer  # Tornado's interface, faster HTTP/1.1 layer (docs/benchmarks.md)
 from tornado.netutil import bind_sockets
 
 from gateway.config import Config, ConfigError, ServerConfig, load_config

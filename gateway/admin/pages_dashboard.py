@@ -45,6 +45,7 @@ class GroupView:
     name: str
     backends: list[BackendView]
     is_default: bool = False
+    held: int | None = None   # queries waiting in the gateway queue (None: the group has no cap)
 
     @property
     def healthy(self) -> int:
@@ -73,8 +74,10 @@ def group_views(gw: "Gateway") -> list[GroupView]:
     out = []
     for name in sorted(names, key=lambda n: (n != default, n)):
         bs = sorted(gw.registry.in_group(name), key=lambda b: b.name)
+        queue = gw.admission.queues.get(name)
         out.append(GroupView(name, [BackendView(b, gw.registry.state(b.name)) for b in bs],
-                             is_default=name == default))
+                             is_default=name == default,
+                             held=len(queue) if queue is not None else (0 if gw.admission.capped(name) else None)))
     return out
 
 

@@ -167,6 +167,9 @@ def test_abandoned_held_query_is_dropped_and_counted(fresh_clusters, gateway_fac
     doc = requests.post(gw.url + "/v1/statement", data=b"SELECT 'abandoned'",
                         headers={"X-Trino-User": "a"}, timeout=10).json()
     assert doc["stats"]["state"] == "QUEUED" and doc["stats"]["gatewayQueuePosition"] == 1
+    # the dashboard shows what waits at the gateway, per group
+    page = gw.api("GET", "/trino-gateway/").text
+    assert 'data-group="etl"' in page and 'data-held="1"' in page
     # never poll again: after query.clientTimeout (2s) it is dropped
     wait_for(lambda: 'trino_gateway_admission_dropped_total{group="etl"} 1.0' in gw.api("GET", "/metrics").text,
              timeout=10, message="the drop to be counted")

@@ -88,7 +88,7 @@ def _request(user: Optional[str], source: Optional[str], tags: Optional[str],
                    label=f"user={user!r} source={source!r} tags={tags!r} session={session} team={team!r} sql={sql!r}")
 
 
-def build_grid(sample: int = 2500, seed: int = 20240601) -> list[Request]:
+def build_grid(sample: int = 1500, seed: int = 20240601) -> list[Request]:
     """Every header combination with one statement, plus a seeded sample of the full product."""
     headers = list(itertools.product(USERS, SOURCES, TAGS, SESSIONS, TEAMS))
     grid = [_request(*h, SQL_CASES[0]) for h in headers]
