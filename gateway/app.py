@@ -369,12 +369,12 @@ def _redact_url(url: str) -> str:
 
 
 def make_app(gw: Gateway) -> tornado.web.Application:
-    from gateway.proxy.handler import ProxyHandler
+    from gateway.proxy.handler import proxy_route
     from gateway.admin import routes as admin_routes
     from gateway.admission_http import HELD_PATH, HeldQueryHandler
     handlers: list[Any] = admin_routes(gw)
     handlers.append((HELD_PATH, HeldQueryHandler, {"gateway": gw}))
-    handlers.append((r".*", ProxyHandler, {"gateway": gw}))
+    handlers.append((r".*", proxy_route(gw)))
     templates = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
     return tornado.web.Application(
         handlers, cookie_secret=gw.cookie_secret, xsrf_cookies=False, compress_response=False,

@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=_cmd_hash_password)
 
     from gateway.routing.cli_rules import add_rules_parser
-    add_rules_parser(sub)
+    rules_sub = add_rules_parser(sub)
+    from gateway.migrate.cli import add_migrate_parsers
+    add_migrate_parsers(sub, rules_sub)
     return p
 
 

@@ -8,10 +8,14 @@ them, so a scrape that lands on any worker sees the whole gateway.
 Per request the proxy handler calls ``request_started`` and ``request_done``; Tornado calls
 ``log_request`` (the application's ``log_function``) when any response finishes. A small record
 in a context variable ties these together without the handler passing it around: Tornado runs
-every request in its own asyncio task, and each task has its own copy of the context.
+every request in its own asyncio task, and each task has its own copy of the context. Callbacks
+of connections opened during a request (pooled backend connections) keep a copy of that context
+too, so a record is only trusted inside the task that created it; a response finished from such
+a callback finds its record on the handler, where the backend-call wrapper leaves it.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
@@ -65,6 +69,19 @@ class _Request:
     failure: str | None = None        # why the gateway failed a statement itself
     label: str | None = None
     counted: bool = False
+    task: Any = None                  # the asyncio task serving the request
+
+
+def _mine() -> _Request | None:
+    """The current request's record, if we are inside the task that serves it."""
+    rec = _current.get()
+    if rec is None:
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return None
+    return rec if task is not None and rec.task is task else None
 
 
 _current: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("gateway_request", default=None)
@@ -206,11 +223,16 @@ class Metrics:
 
     def request_started(self, kind: str) -> None:
         self.in_flight.inc()
-        _current.set(_Request(kind))
+        rec = _Request(kind)
+        try:
+            rec.task = asyncio.current_task()
+        except RuntimeError:
+            pass
+        _current.set(rec)
 
     def request_done(self, kind: str, status: int, seconds: float) -> None:
         self.in_flight.dec()
-        rec = _current.get()
+        rec = _mine()
         label = (rec.label if rec is not None else None) or request_kind(kind, "")
         if rec is not None and rec.forwarded:
             h = self._overheads.get(label)
@@ -226,13 +248,13 @@ class Metrics:
 
     def statement_failed(self, reason: str) -> None:
         self.failures.labels(reason).inc()
-        rec = _current.get()
+        rec = _mine()
         if rec is not None:
             rec.failure = reason
 
     def rejected(self, rule: str | None) -> None:
         self.rejects.labels(rule or "").inc()
-        rec = _current.get()
+        rec = _mine()
         if rec is not None:
             rec.failure = f"rejected by rule {rule or '-'}"
 
@@ -241,7 +263,7 @@ class Metrics:
         fetch = client.fetch
 
         async def timed_fetch(*args: Any, **kwargs: Any) -> int:
-            rec = _current.get()
+            rec = _mine()
             if rec is None:
                 return await fetch(*args, **kwargs)
             # The forward itself streams into the handler; other calls (asking every backend
@@ -250,6 +272,7 @@ class Metrics:
             forward = isinstance(sink, RequestHandler)
             if forward:
                 rec.forwarded = True
+                sink._gateway_metrics = rec   # type: ignore[union-attr]  # see the module docstring
             t0 = time.perf_counter()
             try:
                 code = await fetch(*args, **kwargs)
@@ -270,7 +293,7 @@ class Metrics:
         """Tornado's ``log_function``: count every finished response, log gateway errors."""
         request = handler.request
         status = handler.get_status()
-        rec = _current.get()
+        rec = getattr(handler, "_gateway_metrics", None) or _mine()
         if rec is None and _is_proxy(handler):
             from gateway import protocol as P   # finished before dispatch (400, 413)
             rec = _Request(P.classify(request.method or "GET", request.path, request.query).kind)
@@ -289,7 +312,9 @@ class Metrics:
                                  "user": request.headers.get("X-Trino-User"),
                                  "source": request.headers.get("X-Trino-Source"),
                                  "remote": request.remote_ip})
-        elif status >= 400 and not rec.backend_answered:
+        elif not rec.backend_answered and (status >= 400 or rec.backend_error):
+            # An answer the gateway made itself: an error status, or a FAILED query document
+            # after the backend could not be reached.
             why = f": {rec.backend_error}" if rec.backend_error else ""
             error_log.warning("%s %s -> %d from the gateway%s", request.method, request.path, status, why,
                               extra={"event": "request_failed", "method": request.method,

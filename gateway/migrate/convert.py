@@ -26,7 +26,8 @@ from gateway.migrate.formula import FALSE, TRUE, F, and_, not_, or_, render
 from gateway.migrate.mvel import (
     Call, ExprStmt, If, Lit, MvelSyntaxError, Name, Stmt, parse_expression, parse_statements, unparse,
 )
-from gateway.migrate.translate import ROUTING_GROUP_KEY, SLit, Translator, Unconvertible
+from gateway.migrate.translate import ROUTING_GROUP_KEY, Translator
+from gateway.migrate.values import SLit, Unconvertible
 from gateway.routing.rules_compile import ConditionError, compile_condition
 
 __all__ = ["InputError", "Problem", "Conversion", "convert_rules", "EASY_RULES_DEFAULT_PRIORITY"]
@@ -144,6 +145,10 @@ def convert_rules(text: str, *, default_group: str = "adhoc", default_priority: 
         except MvelSyntaxError as exc:
             conv.not_converted.append(Problem(src.name, src.line, f"cannot parse: {exc}"))
             continue
+        except Exception as exc:  # noqa: BLE001 - a converter bug costs one rule, never the file
+            conv.not_converted.append(Problem(src.name, src.line, f"internal error while converting "
+                                              f"({type(exc).__name__}: {exc}); please report this"))
+            continue
         conv.notes.extend(Problem(src.name, src.line, n) for n in translator.notes)
         if not rule_writes:
             conv.notes.append(Problem(src.name, src.line, "never writes a routing group; nothing to convert"))
@@ -166,13 +171,18 @@ def _load(text: str, conv: Conversion, default_priority: int) -> list[_Source]:
             value = loader.construct_document(node)
             if value is None:
                 continue
-            index += 1
-            if not isinstance(value, dict):
-                raise InputError(f"line {line}: a rule is a YAML mapping with name, condition and "
-                                 f"actions, got {type(value).__name__}")
-            src = _source(value, index, line, default_priority, conv)
-            if src is not None:
-                sources.append(src)
+            # trino-gateway's GET /webapp/getRoutingRules answers {"data": [rules...]}; a plain
+            # JSON/YAML list of rules is accepted too.
+            if isinstance(value, dict) and isinstance(value.get("data"), list) and "condition" not in value:
+                value = value["data"]
+            for item in value if isinstance(value, list) else [value]:
+                index += 1
+                if not isinstance(item, dict):
+                    raise InputError(f"line {line}: a rule is a YAML mapping with name, condition and "
+                                     f"actions, got {type(item).__name__}")
+                src = _source(item, index, line, default_priority, conv)
+                if src is not None:
+                    sources.append(src)
     except yaml.YAMLError as exc:
         raise InputError(f"not valid YAML: {exc}") from None
     finally:
@@ -338,6 +348,8 @@ def _emit(writes: list[_Write], conv: Conversion, default_group: str) -> None:
             continue
         base = _clean_name(w.source.name)
         name = f"{base} [{w.label}]" if w.label and counts[w.source.name] > 1 else base
+        if len(name) > 190:                       # our names are at most 200 characters
+            name = name[:190].rstrip()
         unique, k = name, 2
         while unique in used:
             unique, k = f"{name} #{k}", k + 1

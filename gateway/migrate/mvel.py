@@ -266,6 +266,8 @@ class _Parser:
                 op = "contains"
             elif self.tok.kind == "ident" and self.tok.value in _UNSUPPORTED_WORDS:
                 raise self.error(f"unsupported: {_UNSUPPORTED_WORDS[str(self.tok.value)]}")
+            elif self.at_op("+", "-", "*", "/", "%"):
+                raise self.error("unsupported: arithmetic and string concatenation")
             else:
                 return node
             self.i += 1
@@ -291,6 +293,8 @@ class _Parser:
                 if self.tok.value == "?.":
                     raise self.error("unsupported: null-safe navigation '?.'")
                 self.i += 1
+                if self.at_op("?"):
+                    raise self.error("unsupported: null-safe navigation '.?'")
                 if self.tok.kind != "ident":
                     raise self.error(f"expected a method or property name after '.', found {self.describe(self.tok)}")
                 name = str(self.tok.value)

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Union
 
 from gateway.migrate.formula import FALSE, TRUE, Atom, Const, F, and_, not_, or_, quote
-from gateway.migrate.java_model import (
-    EXPLAIN_ANALYZE, EXPLAIN_ANALYZE_TYPES, RESOURCE_GROUP_TYPES, STATEMENT_CLASSES,
-    UNPARSED_CLASSES, UnsupportedRegex, ignore_case_pattern, java_regex_to_python, java_trim,
-)
+from gateway.migrate.java_model import UnsupportedRegex
 from gateway.migrate.mvel import Attr, Binary, Call, Lit, Name, Node, Unary, unparse
+from gateway.migrate.values import (
+    BoolV, Cond, IntV, ObjV, OptV, SChoice, SDomain, SetV, SHeader, SLit, StrV, Unconvertible, Value,
+    apply_transforms, domain_bool, is_null, java_pred, negate, pred, with_e,
+)
 from gateway.routing.context import HIDDEN_HEADERS
 
 __all__ = ["Unconvertible", "Cond", "Translator", "ROUTING_GROUP_KEY"]
@@ -45,273 +45,6 @@ _KEY_CONSTANTS = {"FileBasedRoutingGroupSelector", "RulesRoutingGroupSelector",
 _SYMBOL_HEADERS = {"x-trino-source": "source", "x-trino-catalog": "catalog", "x-trino-schema": "schema",
                    "x-trino-client-info": "clientInfo", "x-trino-routing-group": "routingGroupHeader"}
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-
-
-class Unconvertible(Exception):
-    """The MVEL text has no exact equivalent; ``reason`` says which construct and why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Cond:
-    t: F                 # true, without an exception
-    e: F = FALSE         # throws
-
-    @property
-    def f(self) -> F:
-        """False, without an exception."""
-        return and_(not_(self.t), not_(self.e))
-
-
-# --- values -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SLit:
-    value: Union[str, None]
-    e: F = FALSE
-
-
-@dataclass(frozen=True)
-class SHeader:
-    """A header-like string. ``expr`` is our expression for it; ``null`` is exactly "Java sees
-    null"; ``empty`` is exactly "the header is sent empty" when ``expr`` is null for an empty
-    value (the ``source``-style symbols), None when ``expr`` itself is ``""`` then."""
-    expr: str
-    null: F
-    empty: Union[F, None]
-    transforms: tuple[str, ...] = ()
-    e: F = FALSE
-
-
-@dataclass(frozen=True)
-class SDomain:
-    """A string with a finite set of values: ``class`` (getQueryType) or ``rgtype``."""
-    domain: str
-    transforms: tuple[str, ...] = ()
-    e: F = FALSE
-
-
-@dataclass(frozen=True)
-class SChoice:
-    """``cond ? a : b`` (from ``Optional.orElse``); both branches are non-null strings."""
-    cond: F
-    a: "StrV"
-    b: "StrV"
-    e: F = FALSE
-
-
-StrV = Union[SLit, SHeader, SDomain, SChoice]
-
-
-@dataclass(frozen=True)
-class OptV:
-    """``Optional<String>``: ``inner`` when ``present``; ``literal`` set for ``Optional.of("x")``."""
-    inner: Union[StrV, None]
-    present: F
-    e: F = FALSE
-
-
-@dataclass(frozen=True)
-class SetV:
-    kind: str            # catalogs, schemas, catalogSchemas, qualifiedNames
-
-
-@dataclass(frozen=True)
-class BoolV:
-    """A boolean. A predicate over a finite domain keeps its set of values (``selected``) so
-    that ``!``, ``&&`` and ``||`` of such predicates combine exactly before being mapped to
-    ``queryType``: ``startsWith("Show") || startsWith("Describe")`` covers a whole type even
-    though neither side does."""
-    c: Union[Cond, None] = None
-    domain: Union[str, None] = None
-    selected: frozenset[str] = frozenset()
-    what: str = ""
-
-    @property
-    def cond(self) -> Cond:
-        if self.c is not None:
-            return self.c
-        return Cond(_domain_formula(str(self.domain), set(self.selected), self.what))
-
-
-@dataclass(frozen=True)
-class IntV:
-    value: int
-
-
-@dataclass(frozen=True)
-class ObjV:
-    name: str            # request, trinoQueryProperties, trinoRequestUser, Optional, selector
-
-
-Value = Union[SLit, SHeader, SDomain, SChoice, OptV, SetV, BoolV, IntV, ObjV]
-
-
-# --- string predicates ------------------------------------------------------------------------
-
-def _apply_transforms(s: str, transforms: tuple[str, ...]) -> str:
-    for t in transforms:
-        s = s.lower() if t == "lower" else s.upper() if t == "upper" else java_trim(s)
-    return s
-
-
-def _java_pred(s: str, op: str, arg: str) -> bool:
-    """What Java computes for a non-null string ``s``."""
-    if op == "eq":
-        return s == arg
-    if op == "contains":
-        return arg in s
-    if op == "startswith":
-        return s.startswith(arg)
-    if op == "endswith":
-        return s.endswith(arg)
-    if op == "matches":
-        return re.match(java_regex_to_python(arg), s) is not None
-    if op == "eq_ic":
-        return re.match(ignore_case_pattern(arg), s) is not None
-    if op == "isempty":
-        return s == ""
-    raise AssertionError(op)
-
-
-def _domain_values(domain: str) -> list[str]:
-    if domain == "rgtype":
-        return [*RESOURCE_GROUP_TYPES, ""]
-    return [*STATEMENT_CLASSES, EXPLAIN_ANALYZE, *UNPARSED_CLASSES]
-
-
-_ALL_TYPES = (*RESOURCE_GROUP_TYPES, "UNKNOWN")
-
-
-def _query_type_formula(types: set[str]) -> F:
-    ordered = [t for t in _ALL_TYPES if t in types]
-    rest = [t for t in _ALL_TYPES if t not in types]
-    if not rest:
-        return TRUE
-    if not ordered:
-        return FALSE
-
-    def positive(items: list[str]) -> F:
-        if len(items) == 1:
-            return Atom(f"queryType == {quote(items[0])}", f"queryType != {quote(items[0])}")
-        return Atom("queryType in [" + ", ".join(quote(t) for t in items) + "]")
-    return positive(ordered) if len(ordered) <= len(rest) else not_(positive(rest))
-
-
-def _domain_formula(domain: str, selected: set[str], what: str) -> F:
-    if domain == "rgtype":
-        return _query_type_formula({d or "UNKNOWN" for d in selected})
-    types: set[str] = set()
-    for rg in RESOURCE_GROUP_TYPES:
-        classes = {c for c, t in STATEMENT_CLASSES.items() if t == rg}
-        hit = classes & selected
-        if hit == classes:
-            types.add(rg)
-        elif hit:
-            raise Unconvertible(
-                f"{what} holds for the statement classes {', '.join(sorted(hit))} but not for "
-                f"{', '.join(sorted(classes - hit))}, and our queryType gives all of them the "
-                f"one type {rg}; if that difference does not matter write queryType == \"{rg}\"")
-    ea = EXPLAIN_ANALYZE in selected
-    for rg in sorted(EXPLAIN_ANALYZE_TYPES):
-        if (rg in types) != ea:
-            raise Unconvertible(
-                f"{what} {'holds' if rg in types else 'does not hold'} for {rg} statements but "
-                f"{'holds' if ea else 'does not hold'} for EXPLAIN ANALYZE of them (class "
-                f"ExplainAnalyze), while our queryType types EXPLAIN ANALYZE x as x; if that "
-                f"difference does not matter use queryType")
-    unparsed = {c in selected for c in UNPARSED_CLASSES}
-    if len(unparsed) == 2:
-        raise Unconvertible(f"{what} tells an unparsable statement from an EXECUTE of an unknown "
-                            "prepared statement; both are queryType UNKNOWN here")
-    if True in unparsed:
-        types.add("UNKNOWN")
-    return _query_type_formula(types)
-
-
-def _domain_bool(v: SDomain, op: str, arg: str | None, what: str) -> BoolV:
-    """``op`` (or, with ``arg`` None, ``== null``) for every value of the domain."""
-    values = _domain_values(v.domain)
-    if arg is None:
-        return BoolV(None, v.domain, frozenset(), what)
-    return BoolV(None, v.domain, frozenset(d for d in values
-                                           if _java_pred(_apply_transforms(d, v.transforms), op, arg)), what)
-
-
-def _negate(b: BoolV, what: str) -> BoolV:
-    if b.c is None:
-        return BoolV(None, b.domain, frozenset(_domain_values(str(b.domain))) - b.selected, what)
-    return BoolV(Cond(b.c.f, b.c.e))
-
-
-def _header_atoms(v: SHeader, op: str, arg: str) -> F:
-    """Our test of ``op`` on the header when it is non-null (false when it is null)."""
-    base = v.expr
-    suffix = "".join({"lower": ".as_lower", "upper": ".as_upper"}.get(t, "") for t in v.transforms)
-    value = base + suffix
-    not_null = Atom(f"{base} != null", f"{base} == null")
-    symbol_like = v.empty is not None
-    if op in ("contains", "startswith", "endswith") and arg == "":
-        return not_null                                     # every non-null string qualifies
-    if op == "isempty":
-        return FALSE if symbol_like else Atom(f'{base} == ""', f'{base} != ""')
-    if op == "eq":
-        if arg == "" and symbol_like:
-            return FALSE                                    # the symbol is null, never ""
-        atom = Atom(f"{value} == {quote(arg)}", f"{value} != {quote(arg)}")
-    elif op == "contains":
-        return and_(not_null, Atom(f"{quote(arg)} in {value}", safe=False))
-    elif op == "startswith":
-        atom = Atom(f"{value} =~ {quote(re.escape(arg) + '.*')}")
-    elif op == "endswith":
-        atom = Atom(f"{value} =~ {quote('(?s).*' + re.escape(arg) + chr(92) + 'Z')}")
-    elif op == "matches":
-        atom = Atom(f"{value} =~ {quote(java_regex_to_python(arg))}")
-    elif op == "eq_ic":
-        atom = Atom(f"{value} =~ {quote(ignore_case_pattern(arg))}")
-    else:
-        raise AssertionError(op)
-    # `x.as_lower` raises on null; `==`, `!=` and `=~` are null-safe on their own.
-    if suffix:
-        return and_(not_null, Atom(atom.text, atom.neg, safe=False))
-    return atom
-
-
-def _pred(v: StrV, op: str, arg: str, what: str) -> F:
-    """True exactly when ``v`` is non-null and Java's ``op`` holds; never true for null."""
-    if isinstance(v, SLit):
-        if v.value is None:
-            return FALSE
-        return TRUE if _java_pred(v.value, op, arg) else FALSE
-    if isinstance(v, SDomain):
-        selected = {d for d in _domain_values(v.domain)
-                    if _java_pred(_apply_transforms(d, v.transforms), op, arg)}
-        return _domain_formula(v.domain, selected, what)
-    if isinstance(v, SChoice):
-        return or_(and_(v.cond, _pred(v.a, op, arg, what)), and_(not_(v.cond), _pred(v.b, op, arg, what)))
-    ours = _header_atoms(v, op, arg)
-    if v.empty is None:
-        return ours
-    on_empty = TRUE if _java_pred(_apply_transforms("", v.transforms), op, arg) else FALSE
-    return or_(and_(v.empty, on_empty), ours)
-
-
-def _is_null(v: StrV) -> F:
-    if isinstance(v, SLit):
-        return TRUE if v.value is None else FALSE
-    if isinstance(v, SHeader):
-        return v.null
-    if isinstance(v, SDomain):
-        return FALSE
-    return or_(and_(v.cond, _is_null(v.a)), and_(not_(v.cond), _is_null(v.b)))
-
-
-def _with_e(v: StrV, e: F) -> StrV:
-    return type(v)(**{**v.__dict__, "e": or_(v.e, e)})  # type: ignore[arg-type]
-
 
 # --- the translator ---------------------------------------------------------------------------
 
@@ -346,7 +79,7 @@ class Translator:
             inner = self.value(node.operand)
             if node.op != "!" or not isinstance(inner, BoolV):
                 raise Unconvertible(f"{unparse(node)}: '!' of something that is not true/false")
-            return _negate(inner, unparse(node))
+            return negate(inner, unparse(node))
         if isinstance(node, Binary):
             return self.binary(node)
         raise Unconvertible(f"unsupported construct {node!r}")
@@ -428,7 +161,7 @@ class Translator:
             user = self.user_value()
             if method == "userExistsAndEquals":
                 name = self.literal_arg(shown, args)
-                return BoolV(Cond(_pred(user, "eq", name, shown)))
+                return BoolV(Cond(pred(user, "eq", name, shown)))
             if method == "getUser" and not args:
                 return OptV(user, not_(user.null))
             raise Unconvertible(f"{shown}: trinoRequestUser.{method}() has no equivalent")
@@ -501,22 +234,22 @@ class Translator:
         return args[0].value
 
     def string_call(self, shown: str, s: StrV, method: str, args: list[Value]) -> Value:
-        throws = or_(s.e, _is_null(s))           # any method on a null string throws
+        throws = or_(s.e, is_null(s))           # any method on a null string throws
         if isinstance(s, SDomain) and method in ("equals", "contains", "startsWith", "endsWith",
                                                   "matches", "equalsIgnoreCase", "isEmpty"):
             if method == "isEmpty":
-                return _domain_bool(s, "isempty", "", shown)
+                return domain_bool(s, "isempty", "", shown)
             arg_v = args[0] if len(args) == 1 else None
             if not isinstance(arg_v, SLit):
                 raise Unconvertible(f"{shown}: expected one string literal argument")
             if arg_v.value is None:
                 if method == "equals":
-                    return _domain_bool(s, "eq", None, shown)
+                    return domain_bool(s, "eq", None, shown)
                 raise Unconvertible(f"{shown}: a null argument throws")
             op = {"equals": "eq", "contains": "contains", "startsWith": "startswith", "endsWith": "endswith",
                   "matches": "matches", "equalsIgnoreCase": "eq_ic"}[method]
             try:
-                return _domain_bool(s, op, arg_v.value, shown)
+                return domain_bool(s, op, arg_v.value, shown)
             except (UnsupportedRegex, ValueError) as exc:
                 raise Unconvertible(f"{shown}: {exc}") from None
         if method in ("toLowerCase", "toUpperCase", "trim") and not args:
@@ -525,11 +258,11 @@ class Translator:
         if method == "equals" and len(args) == 1:
             other = args[0]
             if isinstance(other, SLit):
-                pred = FALSE if other.value is None else _pred(s, "eq", other.value, shown)
-                return BoolV(Cond(and_(not_(s.e), pred), throws))
+                test = FALSE if other.value is None else pred(s, "eq", other.value, shown)
+                return BoolV(Cond(and_(not_(s.e), test), throws))
             if isinstance(s, SLit) and s.value is not None and isinstance(other, (SHeader, SDomain, SChoice)):
                 # "literal".equals(x): no exception, false for null
-                return BoolV(Cond(and_(not_(s.e), not_(other.e), _pred(other, "eq", s.value, shown)),
+                return BoolV(Cond(and_(not_(s.e), not_(other.e), pred(other, "eq", s.value, shown)),
                                   or_(s.e, other.e)))
             raise Unconvertible(f"{shown}: equals() with something other than a string literal")
         ops = {"contains": "contains", "startsWith": "startswith", "endsWith": "endswith",
@@ -543,15 +276,15 @@ class Translator:
             else:
                 arg = self.literal_arg(shown, args)
             # the predicate is false for a null string, so "not null" need not be repeated in t
-            pred = self.checked_pred(shown, s, op, arg)
-            return BoolV(Cond(and_(not_(s.e), pred), throws))
+            test = self.checked_pred(shown, s, op, arg)
+            return BoolV(Cond(and_(not_(s.e), test), throws))
         raise Unconvertible(f"{shown}: String.{method}() is not supported by the converter")
 
     def transformed(self, shown: str, s: StrV, t: str, throws: F) -> StrV:
         if isinstance(s, SLit):
             if s.value is None:
                 return SLit(None, TRUE)
-            return SLit(_apply_transforms(s.value, (t,)), throws)
+            return SLit(apply_transforms(s.value, (t,)), throws)
         if isinstance(s, SHeader):
             return SHeader(s.expr, s.null, s.empty, s.transforms + (t,), throws)
         if isinstance(s, SDomain):
@@ -561,7 +294,7 @@ class Translator:
 
     def checked_pred(self, shown: str, s: StrV, op: str, arg: str) -> F:
         try:
-            return _pred(s, op, arg, shown)
+            return pred(s, op, arg, shown)
         except UnsupportedRegex as exc:
             raise Unconvertible(f"{shown}: the regular expression {arg!r} uses {exc}, which is "
                                 "not translated") from None
@@ -574,10 +307,10 @@ class Translator:
         if method == "isEmpty" and not args:
             return BoolV(Cond(and_(not_(o.e), not_(o.present)), o.e))
         if method == "get" and not args and o.inner is not None:
-            return _with_e(o.inner, or_(o.e, not_(o.present)))
+            return with_e(o.inner, or_(o.e, not_(o.present)))
         if method == "orElse" and len(args) == 1 and isinstance(args[0], SLit) and o.inner is not None:
             if args[0].value is None:
-                return _with_e(o.inner, o.e)
+                return with_e(o.inner, o.e)
             return SChoice(o.present, o.inner, args[0], o.e)
         if method == "equals" and len(args) == 1 and isinstance(args[0], OptV):
             return BoolV(Cond(and_(not_(o.e), self.optional_equals(shown, o, args[0])), o.e))
@@ -588,7 +321,7 @@ class Translator:
             return not_(o.present)
         if not isinstance(other.inner, SLit) or other.inner.value is None or o.inner is None:
             raise Unconvertible(f"{shown}: only comparisons with Optional.of(\"literal\") are supported")
-        return _pred(o.inner, "eq", other.inner.value, shown)   # false when absent
+        return pred(o.inner, "eq", other.inner.value, shown)   # false when absent
 
     def set_call(self, shown: str, s: SetV, method: str, args: list[Value]) -> Value:
         if method == "contains" and len(args) == 1:
@@ -641,10 +374,10 @@ class Translator:
             if isinstance(left, SLit) and isinstance(right, SDomain):
                 left, right = right, left
             if isinstance(left, SDomain) and isinstance(right, SLit):
-                eq_b = _domain_bool(left, "eq", right.value, shown)
+                eq_b = domain_bool(left, "eq", right.value, shown)
             else:
                 eq_b = BoolV(self.equality(shown, left, right))
-            return eq_b if node.op == "==" else _negate(eq_b, shown)
+            return eq_b if node.op == "==" else negate(eq_b, shown)
         if node.op == "contains":
             return self.contains_operator(shown, left, right)
         if node.op == "~=":
@@ -658,8 +391,8 @@ class Translator:
         if isinstance(b, SLit) and isinstance(a, strings):
             e = or_(a.e, b.e)
             if b.value is None:
-                return Cond(and_(not_(e), _is_null(a)), e)
-            return Cond(and_(not_(e), _pred(a, "eq", b.value, shown)), e)
+                return Cond(and_(not_(e), is_null(a)), e)
+            return Cond(and_(not_(e), pred(a, "eq", b.value, shown)), e)
         if isinstance(b, SLit) and b.value is None and isinstance(a, (OptV, SetV, BoolV, IntV)):
             return Cond(FALSE, a.e if isinstance(a, OptV) else a.cond.e if isinstance(a, BoolV) else FALSE)
         if isinstance(a, BoolV) and isinstance(b, BoolV):
@@ -682,7 +415,7 @@ class Translator:
             if not isinstance(b, SLit) or b.value is None:
                 raise Unconvertible(f"{shown}: 'contains' needs a string literal on the right")
             if isinstance(a, SDomain):
-                return _domain_bool(a, "contains", b.value, shown)
+                return domain_bool(a, "contains", b.value, shown)
             return BoolV(Cond(and_(not_(a.e), self.checked_pred(shown, a, "contains", b.value)), a.e))
         raise Unconvertible(f"{shown}: 'contains' on this value is not supported")
 
@@ -690,6 +423,6 @@ class Translator:
         # MVEL: Pattern.compile(right).matcher(String.valueOf(left)).matches(); null is "null".
         if not isinstance(a, (SLit, SHeader, SDomain, SChoice)) or not isinstance(b, SLit) or b.value is None:
             raise Unconvertible(f"{shown}: '~=' needs a string on the left and a pattern literal on the right")
-        pred = self.checked_pred(shown, a, "matches", b.value)
-        null_matches = TRUE if _java_pred("null", "matches", b.value) else FALSE
-        return BoolV(Cond(and_(not_(a.e), or_(pred, and_(_is_null(a), null_matches))), a.e))
+        test = self.checked_pred(shown, a, "matches", b.value)
+        null_matches = TRUE if java_pred("null", "matches", b.value) else FALSE
+        return BoolV(Cond(and_(not_(a.e), or_(test, and_(is_null(a), null_matches))), a.e))

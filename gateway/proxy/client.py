@@ -12,6 +12,7 @@ which decides whether a POST may be retried elsewhere (a statement is never sent
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 import time
 from typing import Any, Awaitable, Protocol
@@ -65,6 +66,7 @@ class _Conn(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.sink: Any = None
+        self.ctx: contextvars.Context | None = None
         self.waiter: asyncio.Future[Any] | None = None
         self.state = _HEAD
         self.head_only = False
@@ -109,6 +111,9 @@ class _Conn(asyncio.Protocol):
     def start(self, data: bytes, sink: Any, head_only: bool) -> "asyncio.Future[Any]":
         self._reset()
         self.sink = sink
+        # Sink callbacks run from socket events; give them the caller's context (the metrics
+        # of the request being answered live in a context variable).
+        self.ctx = contextvars.copy_context()
         self.head_only = head_only
         self.activity = time.monotonic()
         self.waiter = asyncio.get_running_loop().create_future()
@@ -215,7 +220,7 @@ class _Conn(asyncio.Protocol):
     def _deliver(self, fn: Any, *args: Any) -> bool:
         """Call the sink; True to go on now, False when paused (or failed)."""
         try:
-            result = fn(*args)
+            result = self.ctx.run(fn, *args)
         except BaseException as exc:  # noqa: BLE001 - the sink's error ends the exchange
             self._fail(exc)
             return False
@@ -254,7 +259,7 @@ class _Conn(asyncio.Protocol):
     def _end(self) -> None:
         self.state = _DONE
         try:
-            pending = self.sink.on_end()
+            pending = self.ctx.run(self.sink.on_end)
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
             return

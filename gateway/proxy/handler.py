@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Awaitable
 
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
-from tornado.web import RequestHandler, stream_request_body
 
 from gateway import protocol as P
 from gateway.backends import Backend
 from gateway.proxy.client import BackendError
+from gateway.proxy.lean import HandlerRoute, LeanHandler
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -29,8 +29,11 @@ _FLUSH_AT = 256 * 1024  # bytes buffered for the client before we wait for it to
 _STATEMENT_PATH = "/v1/statement/"
 
 
-@stream_request_body
-class ProxyHandler(RequestHandler):
+class ProxyHandler(LeanHandler):
+    """Runs for every request no admin route takes (see ``proxy_route``); the body streams in
+    through ``data_received``, the backend's answer streams out through ``on_headers`` /
+    ``on_chunk`` / ``on_end``."""
+
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")  # type: ignore[assignment]
 
     def initialize(self, gateway: "Gateway") -> None:
@@ -77,9 +80,6 @@ class ProxyHandler(RequestHandler):
             return
         self._body += chunk
 
-    def compute_etag(self) -> None:  # type: ignore[override]
-        return None  # responses pass through unchanged; never turn a poll into a 304
-
     def _plain(self, code: int, text: str) -> None:
         self.clear()
         self.set_status(code)
@@ -111,6 +111,10 @@ class ProxyHandler(RequestHandler):
                 await self._statement()
             else:
                 await self._follow_up(kind)
+        except StreamClosedError:
+            if not self._client_gone:
+                raise
+            self._finished = True   # on_chunk stopped a page the client left: nothing to answer
         finally:
             self.gw.in_flight -= 1
             self.gw.metrics.request_done(kind.kind, self.get_status(), time.perf_counter() - self._started)
@@ -395,3 +399,8 @@ class ProxyHandler(RequestHandler):
         self._client_gone = True
         super().on_connection_close()
 
+
+def proxy_route(gw: "Gateway") -> HandlerRoute:
+    """The routing target of the proxy (the application's catch-all rule)."""
+    return HandlerRoute(ProxyHandler, cookie_secret=gw.cookie_secret,
+                        log_function=gw.metrics.log_request, gateway=gw)

@@ -16,7 +16,7 @@ from tornado.httputil import HTTPHeaders
 __all__ = [
     "HTTPParseError", "RequestHead", "ResponseHead", "find_head_end", "parse_request_head",
     "parse_response_head", "parse_headers", "body_length", "serialize_head", "ChunkedDecoder",
-    "format_chunk", "LAST_CHUNK",
+    "format_chunk", "LAST_CHUNK", "has_control_chars",
 ]
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -43,6 +43,11 @@ class ResponseHead(NamedTuple):
     code: int
     reason: str
     headers: HTTPHeaders
+
+
+def has_control_chars(value: str) -> bool:
+    """Whether a header value holds a character that could split or corrupt a head."""
+    return _BAD_VALUE.search(value) is not None
 
 
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:

@@ -24,7 +24,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from tornado import netutil
-from tornado.httputil import (HTTPHeaders, HTTPOutputError, HTTPServerConnectionDelegate,
+from tornado.httputil import (HTTPHeaders, HTTPInputError, HTTPOutputError, HTTPServerConnectionDelegate,
                               HTTPMessageDelegate, RequestStartLine, ResponseStartLine)
 from tornado.iostream import StreamClosedError
 
@@ -317,6 +317,15 @@ class _Connection(asyncio.Protocol):
         """Call into the application; an exception is logged and closes the connection."""
         try:
             return fn(*args)
+        except HTTPInputError as exc:
+            # Tornado's own checks of the request (e.g. two Host headers): the client's fault,
+            # answered like any malformed request, not logged as a gateway error.
+            log.info("malformed HTTP request from %s: %s", self.address[0] if self.address else "?", exc)
+            if self.req is not None and self.req.headers_written:
+                self.abort()
+            else:
+                self._reject(400, "Bad Request")
+            return None
         except Exception:
             app_log.exception("Uncaught exception in %s", getattr(fn, "__qualname__", fn))
             self.abort()

@@ -31,7 +31,9 @@ __all__ = [
 T = TypeVar("T")
 log = logging.getLogger("gateway.store")
 
-STICKY_KINDS = ("query", "transaction", "spool", "oauth")
+# "oauth-initiate": the sha256 of an OAuth2 auth id (/oauth2/token/initiate/<hash>), learned
+# with "oauth" from the same 401 challenge and needed by whichever process gets the browser.
+STICKY_KINDS = ("query", "transaction", "spool", "oauth", "oauth-initiate")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 MAX_HISTORY_LIMIT = 10_000
 

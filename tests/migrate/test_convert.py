@@ -17,7 +17,7 @@ import yaml
 
 from gateway.migrate.cli import add_migrate_parsers, cmd_convert
 from gateway.migrate.convert import EASY_RULES_DEFAULT_PRIORITY, InputError, convert_rules
-from gateway.routing.cli_rules import add_rules_parser, cmd_check
+from gateway.routing.cli_rules import add_rules_parser, cmd_check, cmd_explain
 
 from tests.migrate.harness import mismatches, our_ruleset
 from tests.migrate.reference import Request, load_ref_rules, route
@@ -105,8 +105,6 @@ def test_the_documentation_examples_explain_to_the_documented_groups(tmp_path: P
                 argv += [f"--{flag.replace('_', '-')}", value]
             args = parser.parse_args(argv)
             out = io.StringIO()
-            assert args.func.__call__ is not None
-            from gateway.routing.cli_rules import cmd_explain
             assert cmd_explain(args, out) == 0
             assert json.loads(out.getvalue())["routingGroup"] == group, (name, flags)
 
@@ -152,6 +150,14 @@ def test_exact_translations_of_common_forms() -> None:
     # Java throws on the missing header, so the negation needs the header to be there
     assert cond('!request.getHeader("X-Trino-Source").equals("airflow")') == \
         'source != "airflow" and headers&["x-trino-source"] != null'
+
+
+def test_rules_exported_from_the_web_api_convert_the_same(tmp_path: Path) -> None:
+    # GET /webapp/getRoutingRules answers {"code": 200, "data": [rule, ...]} (JSON is YAML)
+    docs = [d for d in yaml.safe_load_all(DOCS_PRIORITIES) if d]
+    exported = json.dumps({"code": 200, "msg": "ok", "data": docs})
+    assert convert_rules(exported).rules == convert_rules(DOCS_PRIORITIES).rules
+    assert convert_rules(json.dumps(docs)).rules == convert_rules(DOCS_PRIORITIES).rules
 
 
 def test_a_null_routing_group_sends_to_the_default_group() -> None:

@@ -52,7 +52,8 @@ def test_if_else_if_else_and_statement_lists() -> None:
     ("a.?b", "null-safe navigation"),
     ("a[0]", "indexing"),
     ("a instanceof String", "instanceof"),
-    ("a +", "expected a value"),
+    ("a + 1", "arithmetic"),
+    ("a ==", "expected a value"),
     ("", "empty"),
     ("a &&\n  (b", "line 2"),
 ])

@@ -150,6 +150,40 @@ def statuses(buf: bytes) -> list[int]:
     return [int(x) for x in re.findall(rb"HTTP/1\.1 (\d{3}) ", buf)]
 
 
+def complete_responses(buf: bytes, methods: list[str]) -> list[int] | None:
+    """Statuses of the complete responses to ``methods`` (in order) found in ``buf``; None while
+    a response is still incomplete. Understands Content-Length, chunked and HEAD."""
+    out: list[int] = []
+    pos = 0
+    for method in methods:
+        end = buf.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return out if pos == len(buf) else None
+        head = buf[pos:end]
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+        if not m:
+            return None
+        code = int(m.group(1))
+        pos = end + 4
+        if method != "HEAD" and code not in (204, 304) and not 100 <= code < 200:
+            cl = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if cl:
+                pos += int(cl.group(1))
+            elif re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+                while True:
+                    line_end = buf.find(b"\r\n", pos)
+                    if line_end < 0:
+                        return None
+                    size = int(buf[pos:line_end].split(b";")[0], 16)
+                    pos = line_end + 2 + size + 2
+                    if size == 0:
+                        break
+            if pos > len(buf):
+                return None
+        out.append(code)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Client threads
 
