@@ -375,7 +375,8 @@ def make_app(gw: Gateway) -> tornado.web.Application:
     handlers: list[Any] = admin_routes(gw)
     handlers.append((HELD_PATH, HeldQueryHandler, {"gateway": gw}))
     handlers.append((r".*", proxy_route(gw)))
-    templates = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+    from gateway.resources import resource_dir
+    templates = str(resource_dir("templates"))
     return tornado.web.Application(
         handlers, cookie_secret=gw.cookie_secret, xsrf_cookies=False, compress_response=False,
         template_path=templates, log_function=gw.metrics.log_request)

@@ -26,7 +26,6 @@ from typing import Any, Callable
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                CONTENT_TYPE_LATEST)
 from prometheus_client import multiprocess
-from tornado.web import RequestHandler
 
 __all__ = ["Metrics", "ActiveQueries", "request_kind", "METRIC_NAMES", "QUERY_IDLE_SECONDS"]
 
@@ -72,6 +71,9 @@ class _Request:
     task: Any = None                  # the asyncio task serving the request
 
 
+_current: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("gateway_request", default=None)
+
+
 def _mine() -> _Request | None:
     """The current request's record, if we are inside the task that serves it."""
     rec = _current.get()
@@ -82,9 +84,6 @@ def _mine() -> _Request | None:
     except RuntimeError:
         return None
     return rec if task is not None and rec.task is task else None
-
-
-_current: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("gateway_request", default=None)
 
 
 class ActiveQueries:
@@ -269,7 +268,7 @@ class Metrics:
             # The forward itself streams into the handler; other calls (asking every backend
             # whether it knows a query) count as backend time but say nothing about the answer.
             sink = args[5] if len(args) > 5 else kwargs.get("sink")
-            forward = isinstance(sink, RequestHandler)
+            forward = hasattr(sink, "request")   # the proxy handler, not a buffer
             if forward:
                 rec.forwarded = True
                 sink._gateway_metrics = rec   # type: ignore[union-attr]  # see the module docstring

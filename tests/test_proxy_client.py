@@ -42,13 +42,15 @@ def run(script: Script, test: Callable[[str, dict[str, int]], Awaitable[Any]]) -
     return asyncio.run(main())
 
 
-def answers(*responses: bytes) -> Script:
+def answers(*responses: bytes, close: bool = False) -> Script:
+    """Answer requests with ``responses`` in turn; then close (``close``) or wait for the client to."""
     async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         for resp in responses:
             await read_request(r)
             w.write(resp)
             await w.drain()
-        await r.read()
+        if not close:
+            await r.read()
     return script
 
 
@@ -72,7 +74,7 @@ def test_fixed_chunked_and_close_delimited_bodies():
     run(answers(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
                 b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
                 b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n",
-                b"HTTP/1.0 202 Accepted\r\n\r\nuntil close"), t)
+                b"HTTP/1.0 202 Accepted\r\n\r\nuntil close", close=True), t)
 
 
 def test_head_and_204_have_no_body_and_keep_the_connection():
@@ -148,7 +150,7 @@ def test_backend_closing_mid_response_is_an_error_that_may_have_been_sent():
         with pytest.raises(BackendError, match="mid-response") as exc:
             await get(BackendClient(), base)
         assert exc.value.sent
-    run(answers(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"), t)
+    run(answers(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", close=True), t)
 
 
 class SlowSink(BufferSink):

@@ -28,6 +28,7 @@ from gateway.admin.session import (
     own_hosts, sessions_for, tokens_equal,
 )
 from gateway.auth import Access, is_cross_site, is_loopback, page_access
+from gateway.resources import resource_dir
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -35,8 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.admin")
 
 BASE = "/trino-gateway"
-TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                         "templates")
+TEMPLATES = str(resource_dir("templates"))
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 # Scripts and styles only from the gateway itself; no framing; no referrer to clusters' UIs.

@@ -112,13 +112,14 @@ def redact_url(url: str) -> str:
 
 def migrations_dir(dialect: str) -> Path:
     """``sql/<dialect>`` at the repository root, else ``gateway/sql/<dialect>`` (installed)."""
-    here = Path(__file__).resolve()
-    candidates = [here.parents[2] / "sql" / dialect, here.parents[1] / "sql" / dialect]
-    for path in candidates:
-        if path.is_dir():
-            return path
-    raise StoreError(f"migrations for {dialect} not found (looked in "
-                     f"{', '.join(str(p) for p in candidates)})")
+    from gateway.resources import resource_dir
+    try:
+        path = resource_dir("sql") / dialect
+    except FileNotFoundError as exc:
+        raise StoreError(f"migrations for {dialect} not found: {exc}") from None
+    if not path.is_dir():
+        raise StoreError(f"migrations for {dialect} not found in {path}")
+    return path
 
 
 def load_migrations(directory: Path) -> list[Migration]:

@@ -253,3 +253,9 @@ def test_grafana_dashboard_parses_and_uses_only_existing_metrics():
                  "trino_gateway_backend_healthy", "trino_gateway_queries_in_flight",
                  "trino_gateway_rules_error", "trino_gateway_history_rows_dropped_total"):
         assert must in used, f"no dashboard panel shows {must}"
+
+
+def test_every_metric_is_documented():
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    for name in METRIC_NAMES:
+        assert f"`{name}`" in doc, f"{name} is missing from docs/metrics.md"

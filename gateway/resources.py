@@ -1,0 +1,19 @@
+"""Where the folders that live beside the package are: ``sql/`` and ``templates/``.
+
+In a checkout (and an editable install) they are at the repository root; a wheel carries
+copies inside the package (``setup.py`` copies them at build time).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def resource_dir(name: str) -> Path:
+    """``<repo>/<name>`` if it exists, else ``gateway/<name>``; FileNotFoundError if neither."""
+    candidates = [_PACKAGE.parent / name, _PACKAGE / name]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(f"{name}/ not found (looked in {', '.join(str(p) for p in candidates)})")
