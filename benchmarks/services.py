@@ -242,6 +242,10 @@ def gateway_config(tmp: Path, backends: list[tuple[str, str]], *, rules: int = 1
 
 
 def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
+    """Start ``trino-gateway serve`` and wait until readyz answers 200 (any log level)."""
+    if not cfg["server"].get("port"):
+        cfg["server"]["port"] = free_port()
+    port = cfg["server"]["port"]
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log_path = tmp / f"{name}.log"
@@ -249,25 +253,22 @@ def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
                             stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
     logf.close()
-    workers = cfg["server"].get("workers", 1)
-
-    def listening() -> int | None:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-        ports = re.findall(r"listening on [^:\s]+:(\d+)", log_path.read_text(errors="replace"))
-        return int(ports[0]) if len(ports) >= workers else None
-
-    port = wait_until(listening, 30, "the gateway to listen")
     svc = Service(name, proc, port, log_path)
     import urllib.request
 
     def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{svc.url}/trino-gateway/readyz", timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False
-    wait_until(ready, 30, "the gateway to be ready")
+    try:
+        wait_until(ready, 30, "the gateway to be ready")
+    except RuntimeError:
+        svc.stop()
+        raise
     return svc
 
 

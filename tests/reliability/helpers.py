@@ -40,27 +40,6 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def socket_count(pid: int) -> int:
-    n = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                n += 1
-        except OSError:
-            pass
-    return n
-
-
-def settled_fds(pid: int, at_most: int, timeout: float = 15.0) -> int:
-    """Poll until the process holds at most ``at_most`` fds; return the last count seen."""
-    deadline = time.monotonic() + timeout
-    n = fd_count(pid)
-    while n > at_most and time.monotonic() < deadline:
-        time.sleep(0.1)
-        n = fd_count(pid)
-    return n
-
-
 # ---------------------------------------------------------------------------------------------
 # Metrics text
 
@@ -143,11 +122,6 @@ def parse_raw(buf: bytes) -> RawResponse:
     status = int(m.group(1)) if m else None
     closed = bool(re.search(rb"(?im)^connection:\s*close", head))
     return RawResponse(status, head, body, closed, buf)
-
-
-def statuses(buf: bytes) -> list[int]:
-    """Status codes of every response in a byte stream (pipelining)."""
-    return [int(x) for x in re.findall(rb"HTTP/1\.1 (\d{3}) ", buf)]
 
 
 def complete_responses(buf: bytes, methods: list[str]) -> list[int] | None:
@@ -352,3 +326,45 @@ class BlackHoleRelay:
                         s.close()
                     except OSError:
                         pass
+
+
+def tcp_peers(pid: int) -> dict[str, int]:
+    """The process's TCP sockets by role: ``listen``, ``in:<local port>`` (accepted clients) or
+    ``out:<remote port>`` (connections it opened), from /proc (for leak diagnostics)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    listening: set[int] = set()
+    rows = []
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                next(fh)
+                for line in fh:
+                    f = line.split()
+                    local, remote, st, inode = f[1], f[2], f[3], f[9]
+                    if inode in inodes:
+                        rows.append((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), st))
+                        if st == "0A":
+                            listening.add(int(local.rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    out: dict[str, int] = {}
+    for lport, rport, st in rows:
+        key = "listen" if st == "0A" else f"in:{lport}" if lport in listening else f"out:{rport}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def fd_kinds(pid: int) -> dict[str, int]:
+    """``{"other": fds that are not TCP sockets, "in": accepted connections, "out": connections
+    the process opened}``."""
+    peers = tcp_peers(pid)
+    inbound = sum(v for k, v in peers.items() if k.startswith("in:"))
+    outbound = sum(v for k, v in peers.items() if k.startswith("out:"))
+    return {"other": fd_count(pid) - inbound - outbound - peers.get("listen", 0), "in": inbound, "out": outbound}

@@ -16,9 +16,9 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from tests.conftest import GatewayProcess, gateway_config, start_gateway
+from tests.conftest import GatewayProcess, gateway_config, start_gateway, wait_for
 from tests.reliability.helpers import (
-    complete_responses, fd_count, parse_raw, raw_exchange, read_response_bytes, rss_mb, settled_fds,
+    complete_responses, fd_kinds, parse_raw, raw_exchange, read_response_bytes, rss_mb,
 )
 
 LIMIT = 65536
@@ -31,7 +31,7 @@ def hostile(clusters: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("hostile")
     cfg = gateway_config(tmp, {"adhoc-1": clusters["adhoc-1"]}, groups={"adhoc-1": "adhoc"},
                          server={"maxBodySize": LIMIT, "idleConnectionTimeout": "1s",
-                                 "backendRequestTimeout": "2s"})
+                                 "backendRequestTimeout": "2s", "shutdownGracePeriod": "2s"})
     gw = start_gateway(tmp, cfg, name="hostile")
     # warm-up: the code paths below, so the baseline is about leaks, not first use
     for data in (b"GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -40,7 +40,8 @@ def hostile(clusters: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
                  b"GET /api/rules HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00garbage\r\n\r\n"):
         raw_exchange(gw.port, data)
     pid = gw.proc.pid
-    state = {"gw": gw, "fds": settled_fds(pid, 0, timeout=2.0), "rss": rss_mb(pid)}
+    wait_for(lambda: fd_kinds(pid)["in"] == 0, timeout=5, message="the warm-up connections to close")
+    state = {"gw": gw, "fds": fd_kinds(pid), "rss": rss_mb(pid)}
     yield state
     gw.stop()
 
@@ -314,7 +315,7 @@ def test_a_body_that_stops_arriving_is_dropped_after_the_body_timeout(hostile):
 def test_abandoned_connections_leak_nothing(hostile):
     gw = hostile["gw"]
     pid = gw.proc.pid
-    fds, rss = fd_count(pid), rss_mb(pid)
+    fds, rss = fd_kinds(pid), rss_mb(pid)
     for i in range(300):
         with socket.create_connection(("127.0.0.1", gw.port)) as s:
             if i % 3 == 0:    # mid-body
@@ -325,9 +326,11 @@ def test_abandoned_connections_leak_nothing(hostile):
             else:             # mid-response: ask for a multi-page result and leave
                 s.sendall(b"POST /v1/statement HTTP/1.1\r\nHost: x\r\nX-Trino-User: a\r\n"
                           b"Content-Length: 44\r\n\r\nSELECT n FROM numbers WHERE n <= 900 ORDER BY n")
-    after_fds = settled_fds(pid, fds + 2, timeout=10)
+    wait_for(lambda: fd_kinds(pid)["in"] == 0, timeout=10, message="the abandoned connections to close")
+    after_fds = fd_kinds(pid)
     growth = rss_mb(pid) - rss
-    assert after_fds <= fds + 2, f"fds {fds} -> {after_fds} after 300 abandoned connections"
+    assert after_fds["other"] <= fds["other"] + 1 and after_fds["out"] <= fds["out"] + 3, \
+        f"fds {fds} -> {after_fds} after 300 abandoned connections"
     assert growth < 8, f"RSS grew {growth:.1f} MB after 300 abandoned connections (50 KB bodies)"
     _alive(gw)
 
@@ -381,12 +384,14 @@ def test_after_everything_no_crash_no_uncaught_error_no_leak(hostile):
     gw = hostile["gw"]
     _alive(gw)
     pid = gw.proc.pid
-    fds = settled_fds(pid, hostile["fds"] + 3, timeout=10)
+    wait_for(lambda: fd_kinds(pid)["in"] == 0, timeout=10, message="every client connection to close")
+    fds = fd_kinds(pid)
     growth = rss_mb(pid) - hostile["rss"]
     log = gw.log()
     print(f"\nHOSTILE: fds {hostile['fds']} -> {fds}, RSS {hostile['rss']:.1f} -> {rss_mb(pid):.1f} MB")
     assert "Uncaught exception" not in log, log[log.index("Uncaught exception") - 200:][:3000]
     assert "Traceback" not in log, log[log.index("Traceback") - 200:][:3000]
-    assert fds <= hostile["fds"] + 3, f"fds {hostile['fds']} -> {fds}"
+    assert fds["other"] <= hostile["fds"]["other"] + 2 and fds["out"] <= hostile["fds"]["out"] + 5, \
+        f"fds {hostile['fds']} -> {fds}"
     assert growth < 40, f"RSS grew {growth:.1f} MB over the hostile tests"
     assert raw_exchange(gw.port, b"GET /trino-gateway/livez HTTP/1.1\r\nHost: x\r\n\r\n").status == 200

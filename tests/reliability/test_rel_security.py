@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import builtins
-import hashlib
 import itertools
 import json
 import os
