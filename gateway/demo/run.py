@@ -65,8 +65,9 @@ async def _demo(port: int, cluster_base_port: int) -> int:
     print(f"\ntrino-gateway demo is running at {url}", flush=True)
     for b in backends:
         print(f"  backend {b['name']:8} group {b['routingGroup']:6} {b['proxyTo']}")
-    print(f"  rules from {cfg.routing.rules[0]}; admin API at {url}/api/rules")
-    print(f"\nTry: python3 -c \"import trino; c = trino.dbapi.connect(host='127.0.0.1', port={port}, "
+    print(f"  rules from {cfg.routing.rules[0]}; admin pages at {url}/trino-gateway/")
+    print("\nWith the official client installed (pip install trino):")
+    print(f"Try: python3 -c \"import trino; c = trino.dbapi.connect(host='127.0.0.1', port={port}, "
           f"user='me').cursor(); c.execute('SELECT name, current_cluster() FROM nation LIMIT 3'); "
           f"print(c.fetchall())\"\nPress Ctrl-C to stop.\n", flush=True)
     stop = asyncio.Event()
