@@ -372,9 +372,14 @@ def make_app(gw: Gateway) -> tornado.web.Application:
     from gateway.proxy.handler import proxy_route
     from gateway.admin import routes as admin_routes
     from gateway.admission_http import HELD_PATH, HeldQueryHandler
-    handlers: list[Any] = admin_routes(gw)
+    proxy = proxy_route(gw)
+    # Statement submissions and result pages first: they are most requests, and matching them
+    # against every admin route before the catch-all cost more than routing them (no admin or
+    # held-query path lies under these two).
+    handlers: list[Any] = [(r"/v1/statement(?:/executing/.*)?", proxy)]
+    handlers += admin_routes(gw)
     handlers.append((HELD_PATH, HeldQueryHandler, {"gateway": gw}))
-    handlers.append((r".*", proxy_route(gw)))
+    handlers.append((r".*", proxy))
     from gateway.resources import resource_dir
     templates = str(resource_dir("templates"))
     return tornado.web.Application(

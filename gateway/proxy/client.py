@@ -89,8 +89,11 @@ class _Conn(asyncio.Protocol):
         if self.waiter is None:
             self.close()   # bytes on an idle connection: it cannot carry another request
             return
-        self.buf += data
         self.activity = time.monotonic()
+        if self.state == _BODY and not self.buf and not self.paused and not self.waiter.done():
+            self._body(data)   # the common case on a big page: straight to the sink, no copy
+            return
+        self.buf += data
         self._advance()
 
     def eof_received(self) -> bool | None:
@@ -184,29 +187,31 @@ class _Conn(asyncio.Protocol):
         return True
 
     def _read_body(self) -> bool:
-        buf = self.buf
-        if not buf:
+        if not self.buf:
             return False
+        data = bytes(self.buf)
+        self.buf.clear()
+        return self._body(data)
+
+    def _body(self, data: bytes) -> bool:
+        """Hand body bytes to the sink; bytes past the body stay in ``buf``. True: go on."""
         if self.decoder is not None:
             try:
-                pieces, rest = self.decoder.feed(bytes(buf))
+                pieces, rest = self.decoder.feed(data)
             except HTTPParseError as exc:
                 self._fail(exc)
                 return False
-            buf.clear()
             if rest:
-                buf += rest
+                self.buf += rest
             data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             done = self.decoder.done
         elif self.until_close:
-            data = bytes(buf)
-            buf.clear()
             done = False
         else:
-            take = min(self.remaining, len(buf))
-            data = bytes(buf[:take]) if take < len(buf) else bytes(buf)
-            del buf[:take]
-            self.remaining -= take
+            if len(data) > self.remaining:
+                self.buf += data[self.remaining:]
+                data = data[:self.remaining]
+            self.remaining -= len(data)
             done = self.remaining == 0
         if data and not self._deliver(self.sink.on_chunk, data):
             if done:
@@ -215,7 +220,7 @@ class _Conn(asyncio.Protocol):
         if done:
             self._end()
             return False
-        return bool(buf)
+        return bool(self.buf)
 
     def _deliver(self, fn: Any, *args: Any) -> bool:
         """Call the sink; True to go on now, False when paused (or failed)."""
@@ -226,6 +231,9 @@ class _Conn(asyncio.Protocol):
             return False
         if result is None:
             return True
+        if isinstance(result, asyncio.Future) and result.done() and not result.cancelled() \
+                and result.exception() is None:
+            return True   # a flush the client already took: no need to pause
         self.paused = True
         if self.transport is not None:
             self.transport.pause_reading()
@@ -330,19 +338,27 @@ class BackendClient:
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
-    async def fetch(self, base: str, method: str, target: str, headers: HTTPHeaders,
+    async def fetch(self, base: str, method: str, target: str,
+                    headers: HTTPHeaders | list[tuple[str, str]],
                     body: bytes | None, sink: ResponseSink, *,
                     request_timeout: float | None = None) -> int:
         """Send one request to ``base`` (scheme://host:port) and stream the answer into ``sink``.
 
-        Returns the status code. Raises BackendError; its ``sent`` is False only when the
+        ``headers`` is an ``HTTPHeaders`` (Host and Content-Length are set in it) or a list of
+        name/value pairs without them. Returns the status code. Raises BackendError; its ``sent`` is False only when the
         backend cannot have seen the request (so a POST may go elsewhere). An exception raised
         by the sink ends the exchange and propagates unchanged.
         """
         scheme, host, port, hosthdr = self._target(base)
-        headers["Host"] = hosthdr
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            headers["Content-Length"] = str(len(body or b""))
+        with_length = body is not None or method in ("POST", "PUT", "PATCH")
+        if isinstance(headers, HTTPHeaders):
+            headers["Host"] = hosthdr
+            if with_length:
+                headers["Content-Length"] = str(len(body or b""))
+        else:   # name/value pairs (the proxy's forwarded headers), without Host or length
+            headers = [*headers, ("Host", hosthdr)]
+            if with_length:
+                headers.append(("Content-Length", str(len(body or b""))))
         data = serialize_head(f"{method} {target} HTTP/1.1", headers)
         if body:
             data += body

@@ -279,10 +279,10 @@ class ProxyHandler(LeanHandler):
 
     # -- forwarding plumbing -----------------------------------------------------------------
 
-    def _forward_headers(self, backend: Backend, base: str) -> HTTPHeaders:
+    def _forward_headers(self, backend: Backend, base: str) -> list[tuple[str, str]]:
         forwarded = self.gw.config.server.xForwardedFor and backend.name not in self.gw.no_forwarded
         self._sent_forwarded = forwarded
-        return P.forward_headers(self.request.headers.get_all(), remote_ip=self.request.remote_ip or "",
+        return P.forward_header_pairs(self.request.headers.get_all(), remote_ip=self.request.remote_ip or "",
                                  base=base, forwarded=forwarded,
                                  trust_forwarded=self.gw.config.server.trustForwardedHeaders)
 

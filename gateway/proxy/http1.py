@@ -9,7 +9,7 @@ folding, malformed names, conflicting lengths), and decode chunked bodies increm
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from tornado.httputil import HTTPHeaders
 
@@ -77,6 +77,8 @@ def _valid_name(name: str) -> bool:
 def parse_headers(lines: list[str]) -> HTTPHeaders:
     """Header lines (without line ends) → ``HTTPHeaders``; raises ``HTTPParseError``."""
     h = HTTPHeaders()
+    known = _known_names
+    bad_value = _BAD_VALUE.search
     for line in lines:
         if not line:
             continue
@@ -85,10 +87,10 @@ def parse_headers(lines: list[str]) -> HTTPHeaders:
         name, sep, value = line.partition(":")
         if not sep:
             raise HTTPParseError(f"header line without a colon: {line[:60]!r}")
-        if not _valid_name(name):
+        if name not in known and not _valid_name(name):
             raise HTTPParseError(f"invalid header name {name[:60]!r}")
         value = value.strip(" \t")
-        if _BAD_VALUE.search(value):
+        if bad_value(value):
             raise HTTPParseError(f"invalid character in the value of header {name}")
         if name in h:
             h.add(name, value)
@@ -164,10 +166,11 @@ def body_length(headers: HTTPHeaders) -> int | None:
     return int(text)
 
 
-def serialize_head(first_line: str, headers: HTTPHeaders) -> bytes:
-    """The start line and headers as bytes, ending with the blank line."""
+def serialize_head(first_line: str, headers: HTTPHeaders | Iterable[tuple[str, str]]) -> bytes:
+    """The start line and headers (an ``HTTPHeaders`` or name/value pairs) as bytes, ending
+    with the blank line."""
     parts = [first_line]
-    for name, value in headers.get_all():
+    for name, value in (headers.get_all() if isinstance(headers, HTTPHeaders) else headers):
         value = str(value)
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise ValueError(f"illegal line break in header {name!r}")

@@ -328,11 +328,11 @@ class BlackHoleRelay:
                         pass
 
 
-def tcp_peers(pid: int) -> dict[str, int]:
+def tcp_peers(pid: int, fds: list[str] | None = None) -> dict[str, int]:
     """The process's TCP sockets by role: ``listen``, ``in:<local port>`` (accepted clients) or
     ``out:<remote port>`` (connections it opened), from /proc (for leak diagnostics)."""
     inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    for fd in fds if fds is not None else os.listdir(f"/proc/{pid}/fd"):
         try:
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
@@ -364,7 +364,9 @@ def tcp_peers(pid: int) -> dict[str, int]:
 def fd_kinds(pid: int) -> dict[str, int]:
     """``{"other": fds that are not TCP sockets, "in": accepted connections, "out": connections
     the process opened}``."""
-    peers = tcp_peers(pid)
+    fds = os.listdir(f"/proc/{pid}/fd")   # one listing for both counts
+    peers = tcp_peers(pid, fds)
     inbound = sum(v for k, v in peers.items() if k.startswith("in:"))
     outbound = sum(v for k, v in peers.items() if k.startswith("out:"))
-    return {"other": fd_count(pid) - inbound - outbound - peers.get("listen", 0), "in": inbound, "out": outbound}
+    # a socket closed between the listing and the read of /proc/net/tcp counts as "other"
+    return {"other": len(fds) - inbound - outbound - peers.get("listen", 0), "in": inbound, "out": outbound}

@@ -329,8 +329,11 @@ def test_abandoned_connections_leak_nothing(hostile):
     wait_for(lambda: fd_kinds(pid)["in"] == 0, timeout=10, message="the abandoned connections to close")
     after_fds = fd_kinds(pid)
     growth = rss_mb(pid) - rss
-    assert after_fds["other"] <= fds["other"] + 1 and after_fds["out"] <= fds["out"] + 3, \
-        f"fds {fds} -> {after_fds} after 300 abandoned connections"
+    # The backend pool may grow to the number of forwards in flight at once (64 idle at most).
+    wait_for(lambda: fd_kinds(pid)["other"] <= fds["other"] + 1, timeout=10,
+             message=f"fds other than sockets back to {fds['other']}")
+    after_fds = fd_kinds(pid)
+    assert after_fds["out"] <= 64 + 3, f"fds {fds} -> {after_fds} after 300 abandoned connections"
     assert growth < 8, f"RSS grew {growth:.1f} MB after 300 abandoned connections (50 KB bodies)"
     _alive(gw)
 
@@ -391,7 +394,7 @@ def test_after_everything_no_crash_no_uncaught_error_no_leak(hostile):
     print(f"\nHOSTILE: fds {hostile['fds']} -> {fds}, RSS {hostile['rss']:.1f} -> {rss_mb(pid):.1f} MB")
     assert "Uncaught exception" not in log, log[log.index("Uncaught exception") - 200:][:3000]
     assert "Traceback" not in log, log[log.index("Traceback") - 200:][:3000]
-    assert fds["other"] <= hostile["fds"]["other"] + 2 and fds["out"] <= hostile["fds"]["out"] + 5, \
+    assert fds["other"] <= hostile["fds"]["other"] + 2 and fds["out"] <= 64 + 3, \
         f"fds {hostile['fds']} -> {fds}"
     assert growth < 40, f"RSS grew {growth:.1f} MB over the hostile tests"
     assert raw_exchange(gw.port, b"GET /trino-gateway/livez HTTP/1.1\r\nHost: x\r\n\r\n").status == 200

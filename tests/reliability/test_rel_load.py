@@ -75,7 +75,8 @@ def test_concurrent_clients_get_exact_rows_with_flat_memory_and_no_fd_leak(
     # Client connections close with the clients; backend keep-alive pools may grow up to the
     # run's peak concurrency (at most 64 idle per backend); anything else would be a leak.
     wait_for(lambda: fd_kinds(pid)["in"] == 0, timeout=15, message="the client connections to close")
-    fds_after = fd_kinds(pid)
+    fds_after = wait_for(lambda: (k := fd_kinds(pid))["other"] <= fds_idle["other"] + 2 and k, timeout=5,
+                         message=f"fds other than sockets back to {fds_idle['other']}")
     record_property("queries", total)
     record_property("seconds", round(res.seconds, 1))
     record_property("queries_per_second", round(total / res.seconds, 1))
