@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import rule_engine
+import rule_engine.builtins
 from rule_engine import DataType, errors
 from rule_engine.ast import (
     ArrayExpression, BooleanExpression, ComparisonExpression, ContainsExpression, ExpressionBase,
@@ -145,7 +146,14 @@ def _known(dt: Any) -> Any:
     return None if dt in (DataType.UNDEFINED, DataType.NULL) else dt
 
 
+_BUILTINS = frozenset(rule_engine.builtins.Builtins.from_defaults().keys())
+
+
 def _check_types(node: Any) -> None:
+    if type(node) is SymbolExpression and node.scope == "built-in" and node.name not in _BUILTINS:
+        # rule-engine resolves $names only when evaluating: make a typo a load error too
+        raise ConditionError(f"unknown built-in '${node.name}'; built-ins are: "
+                             + ", ".join("$" + n for n in sorted(_BUILTINS)))
     if type(node) is ComparisonExpression and node.type in ("eq", "ne"):
         left, right = _known(node.left.result_type), _known(node.right.result_type)
         if left is not None and right is not None and not DataType.is_compatible(left, right):

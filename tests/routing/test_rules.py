@@ -468,3 +468,14 @@ def test_benchmark_script_runs(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ})
     assert out.returncode == 0, out.stderr
     assert re.search(r"^\s+1000\s+\d", out.stdout, re.M)
+
+
+def test_unknown_builtins_are_load_errors(tmp_path):
+    from gateway.routing.rules import RulesError, load_ruleset
+    f = tmp_path / "r.yaml"
+    f.write_text('name: typo\ncondition: $nwo > $today\nroutingGroup: etl\n')
+    with pytest.raises(RulesError) as err:
+        load_ruleset([str(f)])
+    assert "unknown built-in '$nwo'" in str(err.value) and "r.yaml:2" in str(err.value)
+    f.write_text('name: fine\ncondition: $now > $today\nroutingGroup: etl\n')
+    assert load_ruleset([str(f)]).rules[0].name == "fine"
