@@ -35,6 +35,7 @@ from gateway.admission import Admission
 from gateway.server import backend_ssl_context
 
 log = logging.getLogger("gateway")
+_MAX_STORE_WAITERS = 16  # sticky lookups that may wait for another process's flush at once
 route_log = logging.getLogger("gateway.routing")
 
 
@@ -83,6 +84,7 @@ class Gateway:
         self._backends_stamp: str | None = None
         self.started_at = time.time()
         self.in_flight = 0
+        self._store_waiters = 0
         self.strict_groups = frozenset(g for g, c in config.groups.items() if c.fallback == "none")
         self._seen: dict[str, int] = {}
 
@@ -314,20 +316,28 @@ class Gateway:
     async def _store_lookup(self, kind: str, key: str) -> str | None:
         if self.store is None:
             return None
-        # A mapping learned by another process reaches the store within a flush interval.
-        deadline = time.monotonic() + (2 * self.config.store.historyFlushInterval + 0.5
-                                       if kind != P.QUERY else 0)
-        while True:
-            try:
-                name = await self.store.call("get_sticky", kind, key, time.time())
-            except Exception as exc:
-                log.warning("store lookup of %s %s failed: %s", kind, key, exc)
-                return None
-            if name is not None and self.registry.get(name) is not None:
-                return name
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.1)
+        # A mapping learned by another process reaches the store within a flush interval, so
+        # wait that long for it; but only a few lookups wait at once, so a flood of made-up ids
+        # costs one store read each instead of tying up the store thread.
+        waiting = kind != P.QUERY and self._store_waiters < _MAX_STORE_WAITERS
+        deadline = time.monotonic() + (2 * self.config.store.historyFlushInterval + 0.5 if waiting else 0)
+        if waiting:
+            self._store_waiters += 1
+        try:
+            while True:
+                try:
+                    name = await self.store.call("get_sticky", kind, key, time.time())
+                except Exception as exc:
+                    log.warning("store lookup of %s %s failed: %s", kind, key, exc)
+                    return None
+                if name is not None and self.registry.get(name) is not None:
+                    return name
+                if time.monotonic() >= deadline:
+                    return None
+                await asyncio.sleep(0.1)
+        finally:
+            if waiting:
+                self._store_waiters -= 1
 
     def refresh_gauges(self) -> None:
         """Copy monitor state into the backend gauges (called when /metrics is scraped)."""
