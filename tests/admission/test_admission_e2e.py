@@ -67,9 +67,12 @@ def test_full_group_queues_and_dispatches_fairly(fresh_clusters, gateway_factory
     assert res["u2-a"] == [["etl-1", "u2-a"]]
     assert order_on(etl, ["blocker", "u1-a", "u1-b", "u2-a"]) == ["blocker", "u1-a", "u2-a", "u1-b"]
     # history records the time each held query spent at the gateway
-    rows = wait_for(lambda: [r for r in gw.api("GET", "/api/queries?backend=etl-1&limit=10").json()
-                             if r["queuedMs"]], message="history rows with queuedMs")
-    assert len(rows) == 3 and all(r["queuedMs"] > 0 for r in rows)
+    def held_rows() -> list | None:
+        rs = [r for r in gw.api("GET", "/api/queries?backend=etl-1&limit=10").json() if r["queuedMs"]]
+        return rs if len(rs) == 3 else None
+
+    rows = wait_for(held_rows, message="three history rows with queuedMs")
+    assert all(r["queuedMs"] > 0 for r in rows)
 
 
 def test_the_query_id_changes_at_dispatch_and_the_client_follows(fresh_clusters, gateway_factory, tmp_path):
