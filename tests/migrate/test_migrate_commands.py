@@ -7,23 +7,9 @@ import sys
 import yaml
 
 from tests.conftest import gateway_config
+from tests.migrate.rulesets import DOCS_PRIORITIES
 
-MVEL = """
----
-name: "airflow"
-description: "if query from airflow, route to etl group"
-priority: 0
-condition: 'request.getHeader("X-Trino-Source") == "airflow"'
-actions:
-  - 'result.put("routingGroup", "etl")'
----
-name: "airflow special"
-description: "if query from airflow with special label, route to etl-special group"
-priority: 1
-condition: 'request.getHeader("X-Trino-Source") == "airflow" && request.getHeader("X-Trino-Client-Tags") contains "label=special"'
-actions:
-  - 'result.put("routingGroup", "etl-special")'
-"""
+MVEL = DOCS_PRIORITIES  # the priorities example of trino-gateway's routing-rules docs
 
 
 def run(*args: str, **kw):
