@@ -111,17 +111,23 @@ def run_suite(*, quick: bool, sections: tuple[str, ...], tool: str, reps: int, s
     return res
 
 
+# Ratios the quick run guards. Latency ratios are reported but not guarded: their denominators
+# (tens of microseconds for nginx) move by half from one run to the next on a shared machine.
+GUARDED = ("post_rps.gateway/bare-tornado", "post_rps.gateway/direct", "post_rps.gateway/nginx",
+           "get_rps.gateway/direct", "get_rps.gateway/nginx", "page1mb.gateway/direct",
+           "page1mb.gateway/nginx", "client.direct/gateway", "client.nginx/gateway")
+
+
 def ratio_medians(res: dict[str, Any]) -> dict[str, float]:
     import statistics
     return {k: round(statistics.median(v), 4) for k, v in report.ratios(res).items()}
 
 
-def check_against_baseline(res: dict[str, Any], baseline: dict[str, Any], margin: float = 0.25) -> list[str]:
-    """The ratios more than ``margin`` below the recorded ones (empty: no regression)."""
-    recorded = baseline.get(res["config"]["toolset"], {}).get("ratios", {})
-    got = ratio_medians(res)
+def check_against_baseline(got: dict[str, float], recorded: dict[str, float],
+                           margin: float = 0.25) -> list[str]:
+    """The guarded ratios more than ``margin`` below the recorded ones (empty: no regression)."""
     return [f"{k}: {got[k]:.3f} < {(1 - margin) * v:.3f} (recorded {v:.3f} - {margin:.0%})"
-            for k, v in sorted(recorded.items()) if k in got and got[k] < (1 - margin) * v]
+            for k, v in sorted(recorded.items()) if k in GUARDED and k in got and got[k] < (1 - margin) * v]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, help="trino client queries per run (default 1000, quick 60)")
     ap.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--check", action="store_true", help="exit 1 if a ratio is >25%% below baseline.json")
-    ap.add_argument("--record-baseline", action="store_true", help="store these ratios in baseline.json")
+    ap.add_argument("--record-baseline", action="store_true",
+                    help="store the guarded ratios (median of three runs) in baseline.json")
     args = ap.parse_args(argv)
     # Stopping the run (Ctrl-C, kill) must still stop every process it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -170,16 +177,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio {k} = {v:.3f}")
     print(f"benchmarks: raw results in {json_path} ({res['config']['elapsed_s']} s)")
     if args.record_baseline:
+        # The median of three runs: one lucky or unlucky run must not set the bar.
+        runs = [ratio_medians(res)] + [
+            ratio_medians(run_suite(quick=args.quick, sections=sections, tool=tool, reps=reps, seconds=seconds,
+                                    queries=queries, command=command, notes=notes)) for _ in range(2)]
+        import statistics
+        ratios = {k: round(statistics.median(r[k] for r in runs if k in r), 4)
+                  for k in GUARDED if any(k in r for r in runs)}
         base = json.loads(BASELINE.read_text()) if BASELINE.exists() else {}
-        base[res["config"]["toolset"]] = {"recorded": res["config"]["date"], "machine": res["machine"]["cpu_model"],
-                                          "ratios": ratio_medians(res)}
+        base[res["config"]["toolset"]] = {
+            "recorded": res["config"]["date"], "machine": f"{res['machine']['cpus']} x {res['machine']['cpu_model']}",
+            "command": "python3 benchmarks/run.py --quick --record-baseline"
+                       + (" --tool python" if tool == "python" else ""), "ratios": ratios}
         BASELINE.write_text(json.dumps(base, indent=1, sort_keys=True) + "\n")
-        print(f"benchmarks: recorded the ratios in {BASELINE}")
+        print(f"benchmarks: recorded the guarded ratios in {BASELINE}")
     if args.check:
         base = json.loads(BASELINE.read_text()) if BASELINE.exists() else {}
-        worse = check_against_baseline(res, base)
+        recorded = base.get(res["config"]["toolset"], {}).get("ratios", {})
+        if not recorded:
+            print(f"benchmarks: no ratios recorded for {res['config']['toolset']} in {BASELINE}")
+            return 2
+        got = ratio_medians(res)
+        worse = check_against_baseline(got, recorded)
+        if worse:
+            # One slow phase of a shared machine must not fail the build: measure again and keep
+            # each ratio's better value; a real regression is below the line both times.
+            print("benchmarks: " + "; ".join(worse) + " -- measuring once more to rule out noise")
+            again = ratio_medians(run_suite(quick=args.quick, sections=sections, tool=tool, reps=reps,
+                                            seconds=seconds, queries=queries, command=command, notes=notes))
+            got = {k: max(v, again.get(k, v)) for k, v in got.items()}
+            worse = check_against_baseline(got, recorded)
         for w in worse:
             print(f"benchmarks: REGRESSION {w}")
+        if not worse:
+            print(f"benchmarks: every guarded ratio is within 25% of {BASELINE.name}")
         return 1 if worse else 0
     return 0
 
