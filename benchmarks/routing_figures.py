@@ -8,6 +8,7 @@ cache misses; "repeated" ones hit it, as a dashboard's do.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,9 @@ import payloads  # noqa: E402
 from rules_bench import make_rules  # noqa: E402
 
 
+_TEMP_DIRS: list[Path] = []
+
+
 def _gateway(rules_yaml: str) -> Any:
     from tornado.httputil import HTTPHeaders  # noqa: F401  (imported for side effects of types)
     from gateway.app import Gateway
@@ -30,6 +34,7 @@ def _gateway(rules_yaml: str) -> Any:
     from gateway.config import config_from_dict
     from gateway.routing.rules import parse_ruleset
     tmp = Path(tempfile.mkdtemp(prefix="tgw-route-"))
+    _TEMP_DIRS.append(tmp)
     cfg = config_from_dict({"store": {"url": f"sqlite:///{tmp / 'r.db'}"},
                             "routing": {"defaultGroup": "adhoc", "rules": [str(tmp)]},
                             "monitor": {"type": "noop"}}, "<bench>")
@@ -113,6 +118,8 @@ def decision_figures(quick: bool = False) -> dict[str, Any]:
     finally:
         context_mod.analyze = real_analyze
         sql_mod.cache_clear()
+        while _TEMP_DIRS:
+            shutil.rmtree(_TEMP_DIRS.pop(), ignore_errors=True)
     return result
 
 

@@ -6,7 +6,6 @@ nginx-light``); nothing is installed here.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal

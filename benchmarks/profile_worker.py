@@ -1,6 +1,6 @@
 """Where a gateway worker spends its time under load: py-spy samples grouped by component.
 
-    python3 benchmarks/profile.py [--request post|get] [--seconds 8] [--raw out.txt]
+    python3 benchmarks/profile_worker.py [--request post|get] [--seconds 8] [--raw out.txt]
 
 Starts the benchmark stack (static backend, one gateway worker with 100 rules and history on),
 drives it with wrk at concurrency 32 and samples the worker with py-spy (``pip install
