@@ -12,17 +12,9 @@ import pytest
 import trino
 
 from tests.conftest import REPO, cluster_of, gateway_config, wait_for
+from tests.routing.examples import ISSUE_EXAMPLE
 
-RULES = """
-name: etl-tools
-priority: 10
-condition: source =~ "(airflow|dbt).*" or "etl" in clientTags
-routingGroup: etl
----
-name: big-scans
-priority: 20
-condition: queryType == "INSERT" or "hive.raw.events" in tables
-routingGroup: etl
+RULES = ISSUE_EXAMPLE + """\
 ---
 name: no-drop
 priority: 100
@@ -102,7 +94,7 @@ def test_broken_edit_keeps_last_good_rules_and_reports_the_error(ruled, tmp_path
     path.write_text(RULES.replace('source =~ "(airflow|dbt).*"', 'sourc =~ "x"'))
     doc = wait_for(lambda: (d := ruled.api("GET", "/api/rules").json())["error"] and d, timeout=3,
                    message="the load error to show")
-    assert "etl.yaml:4" in doc["error"] and "sourc" in doc["error"]
+    assert "etl.yaml:3" in doc["error"] and "sourc" in doc["error"]  # the condition's line
     assert "trino_gateway_rules_error 1.0" in ruled.api("GET", "/metrics").text
     assert cluster_of(ruled.connect(source="airflow").cursor()) == "etl-1"  # old rules still route
     path.write_text(RULES)

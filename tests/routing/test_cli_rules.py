@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 
 from gateway.routing.cli_rules import add_rules_parser, cmd_check, cmd_explain
+from tests.routing.examples import ISSUE_EXAMPLE
 
 REPO = Path(__file__).resolve().parents[2]
 
-GOOD = """\
-name: etl-tools
-priority: 10
-condition: source =~ "(airflow|dbt).*" or "etl" in clientTags
-routingGroup: etl
----
-name: big-scans
-priority: 20
-condition: queryType == "INSERT" or "hive.raw.events" in tables
-routingGroup: etl
+GOOD = ISSUE_EXAMPLE + """\
 ---
 name: no-interns
 priority: 30
