@@ -39,6 +39,13 @@ def run_in_thread(gw, sql: str, results: dict, key: str, **conn) -> threading.Th
     return t
 
 
+def start_blocker(gw, etl, res: dict, seconds: float, **conn) -> threading.Thread:
+    """A slow query that takes the group's one slot; returns once it runs on ``etl``."""
+    t = run_in_thread(gw, f"SELECT sleep({seconds}), 'blocker'", res, "blocker", **conn)
+    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    return t
+
+
 def held_count(gw) -> float:
     for line in gw.api("GET", "/metrics").text.splitlines():
         if line.startswith('trino_gateway_admission_queued_queries{group="etl"}'):
@@ -55,8 +62,7 @@ def test_full_group_queues_and_dispatches_fairly(fresh_clusters, gateway_factory
     gw = gateway_factory(capped(tmp_path, fresh_clusters))
     etl = fresh_clusters["etl-1"]
     res: dict = {}
-    threads = [run_in_thread(gw, "SELECT sleep(1.5), 'blocker'", res, "blocker", user="u1")]
-    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    threads = [start_blocker(gw, etl, res, 1.5, user="u1")]
     # u1 queues two, then u2 one: fair share lets u2 go second, not third
     for key, user in (("u1-a", "u1"), ("u1-b", "u1"), ("u2-a", "u2")):
         threads.append(run_in_thread(gw, f"SELECT current_cluster(), '{key}'", res, key, user=user))
@@ -79,8 +85,7 @@ def test_the_query_id_changes_at_dispatch_and_the_client_follows(fresh_clusters,
     gw = gateway_factory(capped(tmp_path, fresh_clusters))
     etl = fresh_clusters["etl-1"]
     res: dict = {}
-    blocker = run_in_thread(gw, "SELECT sleep(1), 'blocker'", res, "blocker")
-    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    blocker = start_blocker(gw, etl, res, 1)
     cur = gw.connect().cursor()
     cur.execute("SELECT n FROM numbers WHERE n <= 300 ORDER BY n")  # held first, then dispatched
     assert cur.fetchall() == [[n] for n in range(1, 301)]
@@ -105,8 +110,7 @@ queuePriority: 5
     gw = gateway_factory(capped(tmp_path, fresh_clusters, rules))
     etl = fresh_clusters["etl-1"]
     res: dict = {}
-    threads = [run_in_thread(gw, "SELECT sleep(1.5), 'blocker'", res, "blocker")]
-    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    threads = [start_blocker(gw, etl, res, 1.5)]
     for key, source in (("plain-1", "x"), ("plain-2", "x"), ("vip-1", "vip")):
         threads.append(run_in_thread(gw, f"SELECT '{key}'", res, key, user=key, source=source))
         wait_for(lambda: held_count(gw) >= len(threads) - 1, message=f"{key} held")
@@ -121,8 +125,7 @@ def test_cancel_while_held_never_reaches_the_cluster(fresh_clusters, gateway_fac
     gw = gateway_factory(capped(tmp_path, fresh_clusters))
     etl = fresh_clusters["etl-1"]
     res: dict = {}
-    blocker = run_in_thread(gw, "SELECT sleep(2), 'blocker'", res, "blocker")
-    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    blocker = start_blocker(gw, etl, res, 2)
     cur = gw.connect().cursor()
     t = threading.Thread(target=lambda: res.setdefault("held", _try(cur, "SELECT 'held-one'")))
     t.start()
@@ -147,8 +150,7 @@ def test_queue_full_and_wait_too_long_are_clear_limit_errors(fresh_clusters, gat
     gw = gateway_factory(capped(tmp_path, fresh_clusters, maxQueued=1, maxQueueWait="1s"))
     etl = fresh_clusters["etl-1"]
     res: dict = {}
-    blocker = run_in_thread(gw, "SELECT sleep(4), 'blocker'", res, "blocker")
-    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    blocker = start_blocker(gw, etl, res, 4)
     waiting = run_in_thread(gw, "SELECT 'waits'", res, "waits")
     wait_for(lambda: held_count(gw) == 1, message="one held")
     with pytest.raises(trino.exceptions.TrinoQueryError) as err:
@@ -165,8 +167,7 @@ def test_abandoned_held_query_is_dropped_and_counted(fresh_clusters, gateway_fac
     gw = gateway_factory(capped(tmp_path, fresh_clusters))
     etl = fresh_clusters["etl-1"]
     res: dict = {}
-    blocker = run_in_thread(gw, "SELECT sleep(4), 'blocker'", res, "blocker")
-    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    blocker = start_blocker(gw, etl, res, 4)
     doc = requests.post(gw.url + "/v1/statement", data=b"SELECT 'abandoned'",
                         headers={"X-Trino-User": "a"}, timeout=10).json()
     assert doc["stats"]["state"] == "QUEUED" and doc["stats"]["gatewayQueuePosition"] == 1
@@ -186,8 +187,7 @@ def test_freed_capacity_dispatches_within_one_poll(fresh_clusters, gateway_facto
     gw = gateway_factory(capped(tmp_path, fresh_clusters))
     etl = fresh_clusters["etl-1"]
     res: dict = {}
-    blocker = run_in_thread(gw, "SELECT sleep(1), 'blocker'", res, "blocker")
-    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    blocker = start_blocker(gw, etl, res, 1)
     held = run_in_thread(gw, "SELECT 'next'", res, "next")
     wait_for(lambda: held_count(gw) == 1, message="held")
     blocker.join(30)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.admission.test_admission_e2e import capped, held_count, order_on, run_in_thread
+from tests.admission.test_admission_e2e import capped, held_count, start_blocker
 from tests.conftest import REPO, wait_for
 
 CACHE = REPO / ".cache" / "js-client"
@@ -51,8 +51,7 @@ def test_js_client_follows_a_held_query_through_dispatch(js_client, fresh_cluste
     gw = gateway_factory(capped(tmp_path, fresh_clusters))
     etl = fresh_clusters["etl-1"]
     res: dict = {}
-    blocker = run_in_thread(gw, "SELECT sleep(3), 'blocker'", res, "blocker")
-    wait_for(lambda: order_on(etl, ["blocker"]), message="the blocker to run")
+    blocker = start_blocker(gw, etl, res, 3)
     proc = subprocess.Popen(["node", str(js_client), gw.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=js_client.parent,
                             env={**os.environ, "NODE_PATH": str(CACHE / "node_modules")})
