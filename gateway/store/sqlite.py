@@ -75,7 +75,7 @@ class SqliteStore(SqlStore):
                                          check_same_thread=False)
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal(timeout)
                 # With WAL, NORMAL loses at most the last transactions on power loss, never
                 # corrupts; history is not worth an fsync per batch.
                 self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -83,6 +83,25 @@ class SqliteStore(SqlStore):
             if hasattr(self, "_conn"):
                 self._conn.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    def _enable_wal(self, timeout: float) -> None:
+        # Switching a new database to WAL takes an exclusive lock, and SQLite reports
+        # "database is locked" at once, without its busy handler, when another process or
+        # thread is switching the same file at the same moment (several workers or gateways
+        # starting together). Retry until the busy timeout instead of failing the start.
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def _write(self, fn: Callable[[Cursor], T]) -> T:
         with self._lock:

@@ -79,3 +79,28 @@ def test_a_database_migrated_by_a_newer_gateway_still_opens(kind, fresh_url, mak
         assert make_store(fresh_url).migrate() == []
     assert "migrations [9999] that this gateway does not know" in caplog.text
     assert s.schema_version() == 9999
+
+
+def test_many_processes_opening_a_new_sqlite_file_together_all_succeed(tmp_path) -> None:
+    # Switching a new file to WAL reports "database is locked" at once (no busy wait) when two
+    # connections switch it at the same moment; that happened to workers starting together.
+    # One round rarely hits the window, so run many; each round is a new file.
+    n, rounds = 8, 25
+    for r in range(rounds):
+        url = f"sqlite:///{tmp_path / f'round{r}.db'}"
+        barrier = threading.Barrier(n)
+        errors: list[Exception] = []
+
+        def start() -> None:
+            try:
+                barrier.wait(timeout=10)
+                open_store(url, timeout=10.0).close()
+            except Exception as exc:   # collected and reported with the round
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors, f"round {r}: {errors}"
