@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping
 
-from gateway.routing.rules import Ruleset
+from gateway.routing.rules import RuleMatch, Ruleset
 
 __all__ = ["Decision", "decide"]
 
@@ -24,8 +24,19 @@ class Decision:
     reject: str | None                 # the message of a reject rule
     reason: str                        # human text for logs, explain and history
     queue_priority: int = 0
-    trace: list[dict[str, Any]] = field(default_factory=list, compare=False)
-    errors: dict[str, str] = field(default_factory=dict, compare=False)   # run-time errors by rule
+    # The evaluation behind the decision. Its trace and errors are built only when read
+    # (explain, the CLI): the request path routes thousands of statements a second and never does.
+    match: RuleMatch | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def trace(self) -> list[dict[str, Any]]:
+        """Each evaluated rule: ``{"rule", "priority", "matched", "error"}``, in order."""
+        return self.match.trace if self.match is not None else []
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Run-time errors by rule name."""
+        return self.match.errors if self.match is not None else {}
 
     @property
     def rejected(self) -> bool:
@@ -47,26 +58,24 @@ def decide(ruleset: Ruleset | None, ctx: Mapping[str, Any], *, groups_with_backe
     """
     match = ruleset.evaluate(ctx, explain=explain) if ruleset is not None else None
     rule = match.rule if match is not None else None
-    trace = match.trace if match is not None else []
-    errors = match.errors if match is not None else {}
     if rule is not None:
         if rule.reject is not None:
             return Decision(None, rule.name, rule.reject, f"rule {rule.name} rejects the query",
-                            rule.queue_priority, trace, errors)
+                            rule.queue_priority, match)
         group = rule.routing_group or default_group
         if group in groups_with_backends:
-            return Decision(group, rule.name, None, f"rule {rule.name}", rule.queue_priority, trace, errors)
+            return Decision(group, rule.name, None, f"rule {rule.name}", rule.queue_priority, match)
         if group in no_fallback_groups:
             return Decision(group, rule.name, None,
                             f"rule {rule.name} named group '{group}' which has no backends; "
-                            "its fallback is none", rule.queue_priority, trace, errors)
+                            "its fallback is none", rule.queue_priority, match)
         fallback, why = _fallback(ctx, groups_with_backends, default_group, allow_group_header)
         return Decision(fallback, rule.name, None,
                         f"rule {rule.name} named group '{group}' which has no backends; fell back to {why}",
-                        rule.queue_priority, trace, errors)
+                        rule.queue_priority, match)
     group, why = _fallback(ctx, groups_with_backends, default_group, allow_group_header)
     reason = "group header" if why.startswith("group header") else why
-    return Decision(group, None, None, reason, 0, trace, errors)
+    return Decision(group, None, None, reason, 0, match)
 
 
 def _fallback(ctx: Mapping[str, Any], groups_with_backends: Collection[str], default_group: str,
