@@ -360,7 +360,7 @@ class _Analyzer:
 
     def _parse(self, sql: str, word: str) -> SqlFacts:
         try:
-            trees = [t for t in sqlglot.parse(sql, read="trino") if t is not None]
+            trees = [t for t in _TRINO.parse(sql) if t is not None]
         except Exception:  # noqa: BLE001 - ParseError, TokenError and sqlglot internals alike
             return UNKNOWN_FACTS
         if not trees:
@@ -384,8 +384,9 @@ class _Analyzer:
             col = tree.this
             if isinstance(col, exp.Column):
                 f.add_table([p.name.lower() for p in col.parts][:-1])
-        ctes = {(cte.alias_or_name or "").lower() for cte in tree.find_all(exp.CTE)}
-        for table in tree.find_all(exp.Table):
+        tables, ctes_found, functions = _interesting_nodes(tree)
+        ctes = {(cte.alias_or_name or "").lower() for cte in ctes_found}
+        for table in tables:
             parts = _table_parts(table)
             if schema_stmt or not isinstance(table.this, exp.Identifier):
                 if schema_stmt or (table.this is None and table.db):
@@ -395,13 +396,56 @@ class _Analyzer:
                 continue
             f.add_table(parts)
         # TABLE(name) arguments of table functions: exclude_columns(input => TABLE(orders), ...)
-        for fn in tree.find_all(exp.Anonymous):
+        for fn in functions:
             if str(fn.this).upper() == "TABLE" and len(fn.expressions) == 1:
                 arg = fn.expressions[0]
                 if isinstance(arg, exp.Column):
                     parts = [p.name.lower() for p in arg.parts]
                     if not (len(parts) == 1 and parts[0] in ctes):
                         f.add_table(parts)
+
+
+# One shared dialect: its parse() makes a new tokenizer and parser per call (thread-safe), and
+# sqlglot.parse(read="trino") would look the dialect up and build it again each time.
+_TRINO = sqlglot.Dialect.get_or_raise("trino")
+_EXPR: type = getattr(exp, "Expr", exp.Expression)   # the node base class (Expr since sqlglot 28)
+# Nodes that never contain a table, a CTE or a function call: the walk does not enter them.
+# Identifiers, literals and columns are over half the nodes of a typical statement.
+_LEAVES = frozenset(c for c in (getattr(exp, n, None) for n in (
+    "Identifier", "Literal", "Column", "DataType", "Star", "Boolean", "Null", "Var",
+    "Parameter", "Placeholder",
+)) if isinstance(c, type))
+
+
+def _interesting_nodes(tree: exp.Expression) -> tuple[list[exp.Table], list[exp.CTE], list[exp.Anonymous]]:
+    """Tables, CTEs and anonymous function calls anywhere in ``tree``, in one walk.
+
+    One pass that skips leaves instead of three ``find_all`` walks: for a 20 KB statement that
+    is 0.4 ms instead of 3.3 ms (docs/benchmarks.md).
+    """
+    tables: list[exp.Table] = []
+    ctes: list[exp.CTE] = []
+    functions: list[exp.Anonymous] = []
+    table_t, cte_t, anon_t, base, leaves = exp.Table, exp.CTE, exp.Anonymous, _EXPR, _LEAVES
+    stack = [tree]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        t = type(node)
+        if t is table_t:
+            tables.append(node)
+        elif t is cte_t:
+            ctes.append(node)
+        elif t is anon_t:
+            functions.append(node)
+        for value in node.args.values():
+            if type(value) is list:
+                for item in value:
+                    if isinstance(item, base) and type(item) not in leaves:
+                        push(item)
+            elif isinstance(value, base) and type(value) not in leaves:
+                push(value)
+    return tables, ctes, functions
 
 
 def _table_parts(table: exp.Table) -> list[str]:
