@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.backends import Backend
@@ -288,12 +288,26 @@ _HISTORY_COLUMNS = ("query_id", "user_name", "source", "client_tags", "sql_text"
                     "error", "queued_ms")
 _HISTORY_SELECT = "SELECT " + ", ".join(_HISTORY_COLUMNS) + " FROM query_history"
 # A duplicate query id keeps the first row's values and only fills what it lacked.
-_HISTORY_INSERT = (
-    "INSERT INTO query_history (" + ", ".join(_HISTORY_COLUMNS) + ") VALUES ("
-    + ", ".join("?" for _ in _HISTORY_COLUMNS) + ") ON CONFLICT (query_id) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(query_history.{c}, excluded.{c})"
-                for c in _HISTORY_COLUMNS if c not in ("query_id", "submitted_at"))
-)
+_HISTORY_INSERT_HEAD = "INSERT INTO query_history (" + ", ".join(_HISTORY_COLUMNS) + ") VALUES "
+_HISTORY_UPSERT = (" ON CONFLICT (query_id) DO UPDATE SET "
+                   + ", ".join(f"{c} = COALESCE(query_history.{c}, excluded.{c})"
+                               for c in _HISTORY_COLUMNS if c not in ("query_id", "submitted_at")))
+_KEEP_FIRST = frozenset(i for i, c in enumerate(_HISTORY_COLUMNS) if c in ("query_id", "submitted_at"))
+# Rows per multi-row statement: 12 history columns x 250 stays far below both databases'
+# limits on bound parameters (SQLite 32,766, PostgreSQL 65,535).
+_ROWS_PER_STATEMENT = 250
+
+
+def _coalesce_history(first: tuple[Any, ...], later: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What the upsert makes of ``later`` arriving after ``first``: the first row's values,
+    with what it lacked filled in from the later one."""
+    return tuple(a if i in _KEEP_FIRST or a is not None else b
+                 for i, (a, b) in enumerate(zip(first, later)))
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 _RETENTION_BATCH = 10_000   # rows per DELETE, so retention never holds a lock for long
 
 
@@ -315,6 +329,20 @@ class SqlStore(Store):
     def _sql(self, sql: str) -> str:
         """Adapt ``?``-placeholder SQL to the driver (identity for SQLite)."""
         return sql
+
+    def _insert_many(self, cur: Cursor, head: str, tail: str, width: int,
+                     params: Sequence[tuple[Any, ...]]) -> None:
+        """``head VALUES (...), (...) tail`` with many rows per statement.
+
+        Not ``executemany``: that runs one statement per row, and SQLite's driver releases and
+        retakes the GIL around each, which slows the event loop beside it by ~15 % under load
+        (docs/benchmarks.md). Rows must have distinct keys (PostgreSQL refuses to upsert one
+        row twice in a statement).
+        """
+        row = "(" + ", ".join(["?"] * width) + ")"
+        for chunk in _chunks(params, _ROWS_PER_STATEMENT):
+            cur.execute(self._sql(head + ", ".join([row] * len(chunk)) + tail),
+                        [x for p in chunk for x in p])
 
     # backends -----------------------------------------------------------------------------
     def list_backends(self) -> list[Backend]:
@@ -379,17 +407,37 @@ class SqlStore(Store):
         # Sorted by key (stable, so duplicates keep their order): concurrent writers from
         # several processes then lock rows in the same order and cannot deadlock.
         params = sorted((_history_params(r) for r in rows), key=lambda p: p[0])
-        sql = self._sql(_HISTORY_INSERT)
-        self._write(lambda cur: cur.executemany(sql, params))
+        merged: dict[str, tuple[Any, ...]] = {}
+        for p in params:   # one row per id, as if inserted one after the other
+            first = merged.get(p[0])
+            merged[p[0]] = p if first is None else _coalesce_history(first, p)
+        self._write(lambda cur: self._insert_many(cur, _HISTORY_INSERT_HEAD, _HISTORY_UPSERT,
+                                                  len(_HISTORY_COLUMNS), list(merged.values())))
 
     def update_history_states(self, updates: Sequence[tuple[str, str, str | None]]) -> None:
         if not updates:
             return
-        sql = self._sql("UPDATE query_history SET final_state = ?, "
-                        "error = COALESCE(?, error) WHERE query_id = ?")
-        params = sorted(((_clean(state), _clean(error), qid) for qid, state, error in updates),
-                        key=lambda p: p[2])
-        self._write(lambda cur: cur.executemany(sql, params))
+        # One (id, state, error) per query as if applied in order: the last state, the last
+        # error given (a later update without one keeps the earlier).
+        latest: dict[str, tuple[str, str | None, str | None]] = {}
+        for qid, state, error in updates:
+            qid, state, error = _clean(qid), _clean(state), _clean(error)
+            before = latest.get(qid)
+            if error is None and before is not None:
+                error = before[2]
+            latest[qid] = (qid, state, error)
+        params = [latest[k] for k in sorted(latest)]
+
+        def run(cur: Cursor) -> None:
+            # UPDATE ... FROM (VALUES ...): VALUES columns are column1.. in both databases.
+            for chunk in _chunks(params, _ROWS_PER_STATEMENT):
+                values = ", ".join(["(?, ?, ?)"] * len(chunk))
+                cur.execute(self._sql(
+                    "UPDATE query_history SET final_state = v.column2, "
+                    f"error = COALESCE(v.column3, query_history.error) FROM (VALUES {values}) "
+                    "AS v WHERE query_history.query_id = v.column1"),
+                    [x for row in chunk for x in row])
+        self._write(run)
 
     def query_history(self, *, user: str | None = None, source: str | None = None,
                       group: str | None = None, backend: str | None = None,
@@ -458,12 +506,13 @@ class SqlStore(Store):
             return
         for kind, *_ in rows:
             _check_kind(kind)
-        sql = self._sql("INSERT INTO sticky (kind, key, backend, expires_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (kind, key) DO UPDATE SET backend = excluded.backend, "
-                        "expires_at = excluded.expires_at")
         params = sorted(((k, _clean(key), _clean(b), float(exp)) for k, key, b, exp in rows),
                         key=lambda p: (p[0], p[1]))
-        self._write(lambda cur: cur.executemany(sql, params))
+        latest = {(p[0], p[1]): p for p in params}   # the last mapping of a key wins
+        self._write(lambda cur: self._insert_many(
+            cur, "INSERT INTO sticky (kind, key, backend, expires_at) VALUES ",
+            " ON CONFLICT (kind, key) DO UPDATE SET backend = excluded.backend, "
+            "expires_at = excluded.expires_at", 4, list(latest.values())))
 
     def get_sticky(self, kind: str, key: str, now: float) -> str | None:
         _check_kind(kind)

@@ -144,3 +144,30 @@ def test_text_the_databases_cannot_store_is_cleaned(store) -> None:
     (got,) = store.query_history()
     assert got.sql == "SELECT 1 -- nul"
     assert got.user == "bad?user"
+
+
+def test_a_large_batch_with_duplicates_equals_writing_one_row_at_a_time(store, make_store, tmp_path) -> None:
+    # Batches are written as multi-row statements of a few hundred rows each; the result must
+    # be what inserting and updating one item at a time gives (checked against SQLite doing so).
+    import random
+    rnd = random.Random(7)
+    rows = []
+    for i in range(700):
+        qid = f"q{rnd.randrange(400):04d}"      # many ids appear several times
+        rows.append(_row(qid, float(i), user=rnd.choice([None, "alice", "bob"]),
+                         backend=rnd.choice([None, "b1", "b2"]),
+                         final_state=rnd.choice([None, None, "FINISHED"]),
+                         error=rnd.choice([None, "boom"]), queued_ms=rnd.choice([None, i])))
+    updates = [(f"q{rnd.randrange(450):04d}", rnd.choice(["FINISHED", "FAILED"]),
+                rnd.choice([None, None, f"err{i}"])) for i in range(600)]
+    store.insert_history(rows)
+    store.update_history_states(updates)
+    one_by_one = make_store(f"sqlite:///{tmp_path / 'reference.db'}")
+    for r in rows:
+        one_by_one.insert_history([r])
+    for u in updates:
+        one_by_one.update_history_states([u])
+    want = one_by_one.query_history(limit=1000)
+    assert len(want) == len({r.query_id for r in rows})
+    assert sorted(store.query_history(limit=1000), key=lambda r: r.query_id) == \
+        sorted(want, key=lambda r: r.query_id)

@@ -31,3 +31,10 @@ def test_unknown_kind_is_refused(store) -> None:
         store.put_sticky([("cookie", "k", "t1", 1.0)])
     with pytest.raises(StoreError, match="sticky kind 'cookie'"):
         store.get_sticky("cookie", "k", 0.0)
+
+
+def test_a_large_batch_keeps_the_last_mapping_of_each_key(store) -> None:
+    rows = [("query", f"q{i % 300}", f"t{i}", 100.0 + i) for i in range(900)]
+    store.put_sticky(rows)
+    for k in (0, 150, 299):
+        assert store.get_sticky("query", f"q{k}", 50.0) == f"t{600 + k}"
