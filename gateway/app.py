@@ -29,7 +29,8 @@ from gateway.routing.decision import decide
 from gateway.routing.reload import RulesWatcher
 from gateway.routing.sticky import StickyMap
 from gateway.store.base import DuplicateBackend, HistoryRow
-from gateway.store.writer import AsyncStore, HistoryWriter
+from gateway.store.process import ProcessStore
+from gateway.store.writer import AsyncStore, HistoryWriter, StoreCalls
 from gateway.monitor import Monitor
 from gateway.admission import Admission
 from gateway.server import backend_ssl_context
@@ -53,6 +54,18 @@ class Route:
     queue_priority: int = 0
 
 
+async def open_async_store(cfg: Config) -> StoreCalls:
+    """The store as the gateway uses it: in a child process (``store.process``, the default) so
+    its database work never holds the GIL the proxy needs, or on a thread of this process.
+    An in-memory SQLite database lives where it was opened, so it always stays in process."""
+    url = cfg.store.url
+    if cfg.store.process and ":memory:" not in url:
+        return await ProcessStore.open(url, pool_size=cfg.store.poolSize,
+                                       log_config={"level": cfg.logging.level,
+                                                   "format": cfg.logging.format})
+    return await AsyncStore.open(url, pool_size=cfg.store.poolSize)
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -74,7 +87,7 @@ class Gateway:
         self.monitor = Monitor(self.registry, config.monitor, self._monitor_http)
         self.admission = Admission(self)
         self.monitor.on_round(lambda *_: self.admission.monitor_round())
-        self.store: AsyncStore | None = None
+        self.store: StoreCalls | None = None
         self.writer: HistoryWriter | None = None
         self.no_forwarded: set[str] = set()  # backends that answered 406 to X-Forwarded-*
         self.shutting_down = False
@@ -92,7 +105,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
-        self.store = await AsyncStore.open(cfg.store.url, pool_size=cfg.store.poolSize)
+        self.store = await open_async_store(cfg)
         for b in cfg.backends:  # the seed list: inserted once, then the API owns them
             try:
                 await self.store.call("add_backend", Backend(

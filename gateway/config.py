@@ -86,6 +86,7 @@ class StoreConfig:
     historyMaxPending: int = 100_000   # rows kept in memory while the store is down; beyond: dropped and counted
     poolSize: int = 4
     syncInterval: float = 1.0          # how often each process reloads backends from the store
+    process: bool = True               # run database work in a child process (off the proxy's GIL)
 
 
 @dataclass

@@ -85,6 +85,11 @@ _JsonFormatter = JsonFormatter
 
 
 def setup_logging(cfg: LoggingConfig) -> None:
+    # Neither format shows the source file, thread or multiprocessing names; not looking them
+    # up saves about a third of each record's cost (a routed statement logs one line).
+    logging._srcfile = None   # type: ignore[attr-defined]  # documented: skips findCaller
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if cfg.format == "json":
         handler.setFormatter(JsonFormatter())

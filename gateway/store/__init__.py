@@ -1,8 +1,8 @@
 """The gateway's store: SQLite (embedded default) or PostgreSQL, behind one interface.
 
-``open_store(url)`` gives a synchronous ``Store``; the gateway wraps it in ``AsyncStore`` (one
-worker thread) and writes history and sticky mappings through ``HistoryWriter`` so the request
-path never waits on the database. See docs/store.md.
+``open_store(url)`` gives a synchronous ``Store``; the gateway runs it in a child process
+(``ProcessStore``) or on one thread (``AsyncStore``) and writes history and sticky mappings
+through ``HistoryWriter`` so the request path never waits on the database. See docs/store.md.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ used from the store's worker thread; a lock makes accidental use from another th
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from .base import Cursor, SqlStore, StoreError, load_migrations, migrations_dir
+
+log = logging.getLogger("gateway.store")
 
 __all__ = ["SqliteStore", "parse_sqlite_url", "split_script"]
 
@@ -79,6 +82,11 @@ class SqliteStore(SqlStore):
                 # With WAL, NORMAL loses at most the last transactions on power loss, never
                 # corrupts; history is not worth an fsync per batch.
                 self._conn.execute("PRAGMA synchronous = NORMAL")
+                # Checkpoint every ~1 MB of WAL instead of 4 MB and shrink the WAL file back
+                # to 1 MB afterwards: the database plus its WAL stay small on a small disk,
+                # and a disk that fills up leaves room to checkpoint (see _checkpoint).
+                self._conn.execute("PRAGMA wal_autocheckpoint = 256")
+                self._conn.execute("PRAGMA journal_size_limit = 1048576")
         except sqlite3.Error as exc:
             if hasattr(self, "_conn"):
                 self._conn.close()
@@ -119,12 +127,25 @@ class SqliteStore(SqlStore):
             except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error) and "full" in str(exc):
+                    self._checkpoint()
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"SQLite {self.path}: {exc}",
                                      permanent=_is_permanent(exc)) from exc
                 raise
             finally:
                 cur.close()
+
+    def _checkpoint(self) -> None:
+        # The disk filled up. Committed transactions wait in the WAL file until a checkpoint
+        # copies them into the database, and the automatic one only runs after a commit that
+        # grows the WAL further, which a full disk refuses: without this, a store on a disk
+        # that was full stays "full" after space is freed. TRUNCATE also gives the WAL's
+        # space back for the next attempt.
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.debug("checkpoint after a full disk failed: %s", exc)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
