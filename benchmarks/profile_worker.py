@@ -25,7 +25,7 @@ import load as L  # noqa: E402
 import services as S  # noqa: E402
 
 # Leaves where a thread waits (thread pool, condition, watchdog's inotify): not work, left out.
-IDLE = r"_worker \(concurrent/futures/thread\.py:8\d\)|Condition\.wait|_check_inotify_fd|Event\.wait"
+IDLE = r"_worker \(concurrent/futures/thread\.py:8\d\)|Condition\.wait|_check_inotify_fd|Event\.wait|_do_waitpid"
 # First match wins: (component, pattern on "function (file:line)").
 COMPONENTS = (
     ("epoll_wait (idle or busy polling)", r"EpollSelector\.select"),

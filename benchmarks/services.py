@@ -272,13 +272,23 @@ def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
 
 
 def worker_pids(svc: Service) -> list[int]:
-    """The gateway process itself, or its workers when it supervises several."""
-    kids = Path(f"/proc/{svc.pid}/task/{svc.pid}/children")
-    try:
-        pids = [int(p) for p in kids.read_text().split()]
-    except OSError:
-        pids = []
-    return pids or [svc.pid]
+    """The gateway process itself, or its workers when it supervises several (never the
+    store processes each of them runs, gateway/store/process.py)."""
+    def children(pid: int) -> list[int]:
+        try:
+            kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+        out = []
+        for kid in kids:
+            try:
+                cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"gateway.store.process" not in cmd:
+                out.append(kid)
+        return out
+    return children(svc.pid) or [svc.pid]
 
 
 def proc_status_kb(pid: int, field_name: str) -> int:

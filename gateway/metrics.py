@@ -8,14 +8,13 @@ them, so a scrape that lands on any worker sees the whole gateway.
 Per request the proxy handler calls ``request_started`` and ``request_done``; Tornado calls
 ``log_request`` (the application's ``log_function``) when any response finishes. A small record
 in a context variable ties these together without the handler passing it around: Tornado runs
-every request in its own asyncio task, and each task has its own copy of the context. Callbacks
-of connections opened during a request (pooled backend connections) keep a copy of that context
-too, so a record is only trusted inside the task that created it; a response finished from such
-a callback finds its record on the handler, where the backend-call wrapper leaves it.
+every request in its own asyncio task, and each task has its own copy of the context. Backend
+connections are opened in an empty context, so their callbacks (which finish responses for
+whichever request reuses the connection) see no record and use the one the backend-call wrapper
+leaves on the handler; a task that outlives its request finds the record marked done.
 """
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import os
@@ -68,22 +67,21 @@ class _Request:
     failure: str | None = None        # why the gateway failed a statement itself
     label: str | None = None
     counted: bool = False
-    task: Any = None                  # the asyncio task serving the request
+    done: bool = False                # request_done ran: the record is no longer anyone's
 
 
 _current: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("gateway_request", default=None)
 
 
 def _mine() -> _Request | None:
-    """The current request's record, if we are inside the task that serves it."""
+    """The current request's record, while that request is being served.
+
+    Tasks started while serving a request inherit its context; one that outlives the request
+    finds the record done. Backend connections are opened in an empty context
+    (gateway/proxy/client.py), so their callbacks never see the request that opened them.
+    """
     rec = _current.get()
-    if rec is None:
-        return None
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        return None
-    return rec if task is not None and rec.task is task else None
+    return rec if rec is not None and not rec.done else None
 
 
 class ActiveQueries:
@@ -222,12 +220,7 @@ class Metrics:
 
     def request_started(self, kind: str) -> None:
         self.in_flight.inc()
-        rec = _Request(kind)
-        try:
-            rec.task = asyncio.current_task()
-        except RuntimeError:
-            pass
-        _current.set(rec)
+        _current.set(_Request(kind))
 
     def request_done(self, kind: str, status: int, seconds: float) -> None:
         self.in_flight.dec()
@@ -244,6 +237,8 @@ class Metrics:
             self._count(label, "aborted", seconds)
             if rec is not None:
                 rec.counted = True
+        if rec is not None:
+            rec.done = True
 
     def statement_failed(self, reason: str) -> None:
         self.failures.labels(reason).inc()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import contextvars
 import ssl
 import time
 from typing import Any, Awaitable, Protocol
@@ -315,9 +316,13 @@ class BackendClient:
         if scheme == "https":
             ctx = self.ssl_context or ssl.create_default_context()
         loop = asyncio.get_running_loop()
+        # Connect in an empty context: a pooled connection's callbacks run in the context it
+        # was opened in, and must not carry the request that happened to open it into the
+        # requests that reuse it (gateway/metrics.py keeps a request's record there).
+        connecting = loop.create_task(loop.create_connection(lambda: _Conn(key), host, port, ssl=ctx),
+                                      context=contextvars.Context())
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Conn(key), host, port, ssl=ctx), self.connect_timeout)
+            _, conn = await asyncio.wait_for(connecting, self.connect_timeout)
         except asyncio.TimeoutError:
             raise BackendError(f"timed out connecting after {self.connect_timeout:g}s",
                                sent=False, timeout=True) from None
