@@ -305,8 +305,8 @@ class Admission:
             if not exc.sent and h.state == "DISPATCHING":
                 # nothing was created: back to the front of the line
                 h.state = "QUEUED"
-                self.queues.setdefault(h.group, FairQueue()).push(h, priority=h.priority + 1_000_000,
-                                                                  user=h.user or "")
+                self.queues.setdefault(h.group, FairQueue()).push_front(h, priority=h.priority,
+                                                                        user=h.user or "")
                 return
             h.failure = (f"Backend {backend.name} failed while accepting the held query: {exc}",
                          "GENERIC_INTERNAL_ERROR")

@@ -34,6 +34,18 @@ class FairQueue(Generic[T]):
         self._len += 1
         self._positions = None
 
+    def push_front(self, item: T, *, priority: int, user: Hashable) -> None:
+        """Put ``item`` back where it left from: first in its priority, its user's turn next
+        (a dispatch that could not reach a backend gives the query its place back)."""
+        users = self._levels.setdefault(priority, OrderedDict())
+        q = users.get(user)
+        if q is None:
+            q = users[user] = deque()
+        q.appendleft(item)
+        users.move_to_end(user, last=False)
+        self._len += 1
+        self._positions = None
+
     def peek(self) -> T | None:
         for priority in sorted(self._levels, reverse=True):
             users = self._levels[priority]

@@ -25,6 +25,7 @@ import pickle
 import signal
 import struct
 import sys
+import threading
 import time
 from typing import Any
 
@@ -214,8 +215,33 @@ class _Priority:
     STARVED, CAUGHT_UP = 1.0, 0.1     # seconds a request waited in the pipe
 
     def __init__(self) -> None:
-        self.idle = self._set(idle=True)
         self._prompt = 0
+        if self._reversible():
+            self.idle = self._set(idle=True)
+        else:
+            # Leaving the idle class needs CAP_SYS_NICE or a raised RLIMIT_NICE (containers
+            # usually have neither); stuck there, a busy machine could starve the store.
+            log.info("store process runs at nice 10, not at idle priority: this process may "
+                     "not leave the idle class again (docs/store.md, 'The store process')")
+            self.idle = self._set(idle=False)
+
+    @staticmethod
+    def _reversible() -> bool:
+        """Whether this process could step up from the idle class, tried on a throw-away
+        thread (Linux schedules each thread on its own)."""
+        ok: list[bool] = []
+
+        def probe() -> None:
+            try:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                ok.append(True)
+            except (AttributeError, OSError):
+                ok.append(False)
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join()
+        return bool(ok and ok[0])
 
     @staticmethod
     def _set(*, idle: bool) -> bool:
@@ -244,7 +270,7 @@ class _Priority:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent decides when the store closes
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    priority = _Priority()
+    priority: _Priority | None = None    # set after the open request configured logging
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr    # a stray print must never corrupt the reply stream
     store: Store | None = None
@@ -254,7 +280,8 @@ def main() -> int:
             break                               # the gateway closed the pipe (or died)
         (size,) = _HEADER.unpack(header)
         sent_at, request = pickle.loads(stdin.read(size))
-        priority.note_wait(time.monotonic() - sent_at)
+        if priority is not None:
+            priority.note_wait(time.monotonic() - sent_at)
         try:
             if request[0] == "open":
                 _, url, kwargs, log_config = request
@@ -263,6 +290,7 @@ def main() -> int:
                     from gateway.logs import setup_logging
                     setup_logging(LoggingConfig(**log_config))
                 from . import open_store
+                priority = priority or _Priority()
                 store = open_store(url, **kwargs)
                 reply: tuple[bool, Any] = (True, None)
             else:

@@ -52,3 +52,22 @@ def test_remove_and_positions_follow_changes():
     assert len(q) == 3
     assert q.pop() is items[2]  # u0 keeps its turn with its next query
     assert [q.position(it) for it in (items[1], items[3])] == [1, 2]
+
+
+def test_push_front_gives_an_item_its_place_back() -> None:
+    q: FairQueue[str] = FairQueue()
+    for item, user in (("a1", "a"), ("b1", "b"), ("a2", "a"), ("c1", "c")):
+        q.push(item, priority=0, user=user)
+    q.push("hi", priority=5, user="z")
+    assert q.pop() == "hi"
+    first = q.pop()
+    assert first == "a1"
+    # its dispatch failed: it goes back first, and the others keep their order behind it
+    q.push_front(first, priority=0, user="a")
+    assert list(q) == ["a1", "b1", "c1", "a2"]
+    assert q.position("a1") == 1 and len(q) == 4
+    # a user with nothing queued at that priority is put first too
+    q2: FairQueue[str] = FairQueue()
+    q2.push("x1", priority=1, user="x")
+    q2.push_front("y1", priority=1, user="y")
+    assert [q2.pop(), q2.pop(), q2.pop()] == ["y1", "x1", None]

@@ -234,6 +234,51 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------------------------
 # A TCP relay in front of a backend that can turn into a black hole
 
+class ClientThreads:
+    """Client threads that each repeat ``step`` until stopped (use as a context manager).
+
+    Subclasses open a thread's connections in ``setup``, run one query in ``step`` and close
+    in ``teardown``; an exception from ``step`` is recorded in ``errors`` and the loop goes on.
+    """
+
+    def __init__(self, clients: int) -> None:
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
+
+    def setup(self, c: int) -> Any:
+        return None
+
+    def step(self, state: Any, c: int, i: int) -> None:
+        raise NotImplementedError
+
+    def teardown(self, state: Any) -> None:
+        pass
+
+    def _run(self, c: int) -> None:
+        state = self.setup(c)
+        i = 0
+        while not self._stop.is_set():
+            try:
+                self.step(state, c, i)
+            except Exception as exc:   # recorded: the tests assert on what failed
+                with self._lock:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+            i += 1
+        self.teardown(state)
+
+    def __enter__(self) -> Any:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
 class BlackHoleRelay:
     """Relays TCP to ``upstream`` until ``swallow()``: from then on it accepts connections and
     reads requests but never answers (a frozen coordinator, a network partition). ``relay()``

@@ -6,13 +6,12 @@ ruleset sends it. Each fault must be reported (``GET /api/rules`` error, the log
 """
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
 
 from tests.conftest import gateway_config, wait_for
-from tests.reliability.helpers import metric, sizes
+from tests.reliability.helpers import ClientThreads, metric, sizes
 
 GOOD = """\
 name: etl-source
@@ -32,42 +31,24 @@ routingGroup: etl
 """
 
 
-class RoutingLoad:
+class RoutingLoad(ClientThreads):
     """Clients alternating sources; each answer says which cluster ran the query."""
 
     def __init__(self, gw: Any, clients: int) -> None:
+        super().__init__(clients)
         self.gw = gw
         self.seen: list[tuple[str, str]] = []
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
 
-    def _run(self, c: int) -> None:
-        conns = {s: self.gw.connect(source=s) for s in ("etl-src", "other")}
-        i = 0
-        while not self._stop.is_set():
-            source = "etl-src" if (c + i) % 2 else "other"
-            try:
-                cur = conns[source].cursor()
-                cur.execute("SELECT current_cluster()")
-                name = cur.fetchall()[0][0]
-                with self._lock:
-                    self.seen.append((source, name))
-            except Exception as exc:
-                with self._lock:
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
-            i += 1
+    def setup(self, c: int) -> Any:
+        return {s: self.gw.connect(source=s) for s in ("etl-src", "other")}
 
-    def __enter__(self) -> "RoutingLoad":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
+    def step(self, conns: Any, c: int, i: int) -> None:
+        source = "etl-src" if (c + i) % 2 else "other"
+        cur = conns[source].cursor()
+        cur.execute("SELECT current_cluster()")
+        name = cur.fetchall()[0][0]
+        with self._lock:
+            self.seen.append((source, name))
 
     def misrouted(self) -> list[tuple[str, str]]:
         with self._lock:

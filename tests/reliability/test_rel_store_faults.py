@@ -15,7 +15,6 @@ import os
 import resource
 import sqlite3
 import subprocess
-import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -25,48 +24,32 @@ import pytest
 import trino
 
 from tests.conftest import PG_URL, gateway_config, wait_for
-from tests.reliability.helpers import metric, sizes
+from tests.reliability.helpers import ClientThreads, metric, sizes
 
 ALL_ADHOC = {"adhoc-1": "adhoc", "adhoc-2": "adhoc", "etl-1": "adhoc"}
 
 
-class Load:
+class Load(ClientThreads):
     """A few official clients running small queries until stopped; counts and failures."""
 
     def __init__(self, port: int, clients: int = 4) -> None:
+        super().__init__(clients)
         self.port = port
         self.ok = 0
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
 
-    def _run(self, c: int) -> None:
-        conn = trino.dbapi.connect(host="127.0.0.1", port=self.port, user=f"store-{c}", http_scheme="http")
-        i = 0
-        while not self._stop.is_set():
-            k = 1 + (c + i) % 7
-            try:
-                cur = conn.cursor()
-                cur.execute(f"SELECT n FROM numbers WHERE n <= {k} ORDER BY n")
-                assert cur.fetchall() == [[n] for n in range(1, k + 1)]
-                with self._lock:
-                    self.ok += 1
-            except Exception as exc:
-                with self._lock:
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
-            i += 1
+    def setup(self, c: int) -> Any:
+        return trino.dbapi.connect(host="127.0.0.1", port=self.port, user=f"store-{c}", http_scheme="http")
+
+    def step(self, conn: Any, c: int, i: int) -> None:
+        k = 1 + (c + i) % 7
+        cur = conn.cursor()
+        cur.execute(f"SELECT n FROM numbers WHERE n <= {k} ORDER BY n")
+        assert cur.fetchall() == [[n] for n in range(1, k + 1)]
+        with self._lock:
+            self.ok += 1
+
+    def teardown(self, conn: Any) -> None:
         conn.close()
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
     def run_for(self, seconds: float) -> int:
         """Keep the load on for ``seconds`` (this is the fault's duration, not a wait); return

@@ -190,3 +190,21 @@ def test_an_argument_that_cannot_be_sent_fails_only_its_own_call(tmp_path) -> No
         finally:
             await ps.close()
     run(main)
+
+
+def test_without_a_way_back_from_the_idle_class_it_stays_at_nice_10(monkeypatch) -> None:
+    calls: list[bool] = []
+
+    def fake_set(*, idle: bool) -> bool:
+        calls.append(idle)
+        return idle
+    monkeypatch.setattr(_Priority, "_set", staticmethod(fake_set))
+    monkeypatch.setattr(_Priority, "_reversible", staticmethod(lambda: False))
+    p = _Priority()
+    assert not p.idle and calls == [False]
+
+
+def test_the_reversibility_probe_leaves_the_calling_thread_alone() -> None:
+    before = os.sched_getscheduler(0)
+    _Priority._reversible()
+    assert os.sched_getscheduler(0) == before
