@@ -150,15 +150,22 @@ def test_a_history_writer_writes_through_the_process(store_url) -> None:
     run(main)
 
 
-def test_priority_steps_up_when_starved_and_back_down_when_caught_up(monkeypatch) -> None:
-    # _set changes the calling process's scheduling, so it is recorded here instead: the test
-    # runner itself must not become an idle-class process.
+@pytest.fixture
+def priority_calls(monkeypatch) -> list[bool]:
+    """``_Priority._set`` changes the calling process's scheduling, so it is recorded instead:
+    the test runner itself must not become an idle-class process."""
     calls: list[bool] = []
 
     def fake_set(*, idle: bool) -> bool:
         calls.append(idle)
         return idle
     monkeypatch.setattr(_Priority, "_set", staticmethod(fake_set))
+    monkeypatch.setattr(_Priority, "_reversible", staticmethod(lambda: True))
+    return calls
+
+
+def test_priority_steps_up_when_starved_and_back_down_when_caught_up(priority_calls) -> None:
+    calls = priority_calls
     p = _Priority()
     assert p.idle and calls == [True]
     p.note_wait(0.5)                       # slow but not starved
@@ -192,16 +199,10 @@ def test_an_argument_that_cannot_be_sent_fails_only_its_own_call(tmp_path) -> No
     run(main)
 
 
-def test_without_a_way_back_from_the_idle_class_it_stays_at_nice_10(monkeypatch) -> None:
-    calls: list[bool] = []
-
-    def fake_set(*, idle: bool) -> bool:
-        calls.append(idle)
-        return idle
-    monkeypatch.setattr(_Priority, "_set", staticmethod(fake_set))
+def test_without_a_way_back_from_the_idle_class_it_stays_at_nice_10(priority_calls, monkeypatch) -> None:
     monkeypatch.setattr(_Priority, "_reversible", staticmethod(lambda: False))
     p = _Priority()
-    assert not p.idle and calls == [False]
+    assert not p.idle and priority_calls == [False]
 
 
 def test_the_reversibility_probe_leaves_the_calling_thread_alone() -> None:
