@@ -220,16 +220,20 @@ def _routing(ro: dict[str, Any]) -> list[str]:
     sizes = ro.get("sizes", {})
     lines = [f"### Routing decision per statement (`Gateway.route()`, µs; SQL of {sizes.get('200B')} B "
              f"and {sizes.get('20KB'):,} B)", "",
-             "| rules | no SQL symbols, 200 B | no SQL symbols, 20 KB | SQL symbols, new 200 B | "
-             "SQL symbols, new 20 KB | SQL symbols, repeated 200 B | repeated 20 KB |",
-             "|---|---|---|---|---|---|---|"]
+             "| rules | no SQL symbols, 200 B | no SQL symbols, 20 KB | remembered context, 200 B | "
+             "SQL symbols, new 200 B | SQL symbols, new 20 KB | SQL symbols, repeated 200 B | repeated 20 KB |",
+             "|---|---|---|---|---|---|---|---|"]
     for k, row in ro.items():
         if not k.startswith("rules="):
             continue
-        cells = [row.get(c, {}) for c in ("plain-200B", "plain-20KB", "sql-200B-new", "sql-20KB-new",
+        cells = [row.get(c, {}) for c in ("plain-200B", "plain-20KB", "plain-200B-remembered",
+                                          "sql-200B-new", "sql-20KB-new",
                                           "sql-200B-repeated", "sql-20KB-repeated")]
         lines.append(f"| {k[6:]} | " + " | ".join(
             f"p50 {c['p50_us']:,.1f} / p99 {c['p99_us']:,.0f}" if c else "–" for c in cells) + " |")
+    lines += ["", "Decisions are timed with the ruleset's remembered decisions forgotten before each "
+              "one (a context seen for the first time), except in the remembered-context column; "
+              "the SQL columns include the SQL analysis (new: a statement not seen before)."]
     an = ro.get("analysis", {})
     if an:
         lines += ["", "SQL analysis alone (`gateway.routing.sql.analyze`, µs): " + "; ".join(

@@ -64,10 +64,15 @@ def _variant(sql: str, i: int) -> bytes:
     return sql.replace("DATE '2024-01-01'", f"DATE '2024-01-01' + INTERVAL '{i}' DAY").encode()
 
 
-def _time_routes(gw: Any, bodies: list[bytes], users: list[Any]) -> list[float]:
+def _time_routes(gw: Any, bodies: list[bytes], users: list[Any], remembered: bool = False) -> list[float]:
+    """µs per ``route()``. Unless ``remembered``, the ruleset's remembered decisions are
+    forgotten before each call, so every decision evaluates the rules (the cost of a context
+    seen for the first time)."""
     out = []
     for i, body in enumerate(bodies):
         h = users[i % len(users)]
+        if not remembered:
+            gw.rules.current._decisions.clear()
         t0 = time.perf_counter()
         gw.route(h, body, "10.0.0.1")
         out.append((time.perf_counter() - t0) * 1e6)
@@ -106,6 +111,8 @@ def decision_figures(quick: bool = False) -> dict[str, Any]:
                 bodies = [sql.encode()] * n_plain
                 _time_routes(gw, bodies[:200], users)   # warm up
                 row[f"plain-{label}"] = _summary(_time_routes(gw, bodies, users))
+            row["plain-200B-remembered"] = _summary(_time_routes(gw, [sql_small.encode()] * n_plain, users,
+                                                                 remembered=True))
             row["analyses_without_sql_symbols"] = calls["n"]
             gw = _gateway(make_rules(n_rules, sql=True))
             for label, sql in (("200B", sql_small), ("20KB", sql_big)):

@@ -116,6 +116,9 @@ class RuleMatch:
         return f"RuleMatch(rule={self.rule.name if self.rule else None!r}, evaluated={len(self._evaluated)})"
 
 
+_DECISION_CACHE_SIZE = 4096   # distinct contexts remembered per ruleset
+
+
 class Ruleset:
     """An immutable compiled ruleset. Swapped as a whole on reload; safe to share across threads."""
 
@@ -131,6 +134,15 @@ class Ruleset:
                 raise ValueError(f"rule {r.name!r} has no compiled condition")
         self._active: tuple[Rule, ...] = tuple(r for r in self.rules if r.enabled)
         self.uses_sql: bool = any(r.compiled.symbols & SQL_SYMBOLS for r in self._active)  # type: ignore[union-attr]
+        # Decisions are remembered per distinct context (the values of the symbols the rules
+        # read): a dashboard or a scheduler sends the same user, source and tags again and again.
+        # Not when a condition reads the clock or $random, or the raw SQL text (too varied).
+        used: set[str] = set()
+        for r in self._active:
+            used |= r.compiled.symbols  # type: ignore[union-attr]
+        cacheable = not any(r.compiled.volatile for r in self._active) and "query" not in used  # type: ignore[union-attr]
+        self._key_symbols: tuple[str, ...] | None = tuple(sorted(used)) if cacheable else None
+        self._decisions: dict[tuple[Any, ...], RuleMatch] = {}
         self._by_name = {r.name: r for r in self.rules}
         self._build_index()
 
@@ -176,7 +188,21 @@ class Ruleset:
         """The first matching enabled rule. ``explain=True`` skips the index so the trace lists
         every rule above the decision (the decision itself is the same)."""
         thing = prepare_context(ctx)
-        positions = self._all if explain else self._candidates(thing)
+        if explain:
+            return self._evaluate(thing, self._all)
+        names = self._key_symbols
+        if names is None:
+            return self._evaluate(thing, self._candidates(thing))
+        key = tuple(tuple(sorted(thing[n].items())) if n == "headers" else thing[n] for n in names)
+        match = self._decisions.get(key)
+        if match is None:
+            match = self._evaluate(thing, self._candidates(thing))
+            if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                self._decisions.clear()   # rare: more distinct clients than entries
+            self._decisions[key] = match
+        return match
+
+    def _evaluate(self, thing: Mapping[str, Any], positions: Iterable[int]) -> RuleMatch:
         active = self._active
         evaluated: list[Rule] = []
         errs: dict[int, str] | None = None

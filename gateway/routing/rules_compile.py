@@ -61,6 +61,7 @@ class CompiledCondition:
     evaluate: Evaluator                           # raises on run-time errors (caller catches)
     fast: bool                                    # True when evaluate is the closure translation
     index_key: tuple[str, frozenset[str]] | None  # (symbol, literals): matches only if symbol in literals
+    volatile: bool = False                        # reads $now, $today or $random: not a function of the context
 
 
 def compile_condition(text: str) -> CompiledCondition:
@@ -113,7 +114,16 @@ def compile_condition(text: str) -> CompiledCondition:
     else:
         evaluate = rule.matches
     return CompiledCondition(text, frozenset(used & set(SYMBOLS)), evaluate, fast is not None,
-                             _index_key(root))
+                             _index_key(root), volatile=_reads_volatile_builtin(root))
+
+
+_VOLATILE_BUILTINS = frozenset({"now", "today", "random"})
+
+
+def _reads_volatile_builtin(node: Any) -> bool:
+    if type(node) is SymbolExpression and node.scope == "built-in" and node.name in _VOLATILE_BUILTINS:
+        return True
+    return any(_reads_volatile_builtin(child) for child in _children(node))
 
 
 def _line_of_word(text: str, word: str) -> int:

@@ -479,3 +479,49 @@ def test_unknown_builtins_are_load_errors(tmp_path):
     assert "unknown built-in '$nwo'" in str(err.value) and "r.yaml:2" in str(err.value)
     f.write_text('name: fine\ncondition: $now > $today\nroutingGroup: etl\n')
     assert load_ruleset([str(f)]).rules[0].name == "fine"
+
+
+# --- remembered decisions -----------------------------------------------------------------------
+
+def test_a_repeated_context_gets_the_remembered_decision_and_others_their_own() -> None:
+    rs = ruleset("---\n".join([
+        rule("hdr", 'headers&["x-team"] == "bi"', "g1", 3),
+        rule("tag", '"etl" in clientTags', "g2", 2),
+        rule("src", 'source =~ "air.*"', "g3", 1),
+    ]))
+    cases = [
+        (ctx(headers={"X-Team": "bi"}), "hdr"),
+        (ctx(headers={"X-Team": "ops"}, clientTags=["etl"]), "tag"),
+        (ctx(headers={"X-Team": "ops"}, source="airflow"), "src"),
+        (ctx(headers={"X-Team": "ops"}), None),
+    ]
+    for _ in range(3):                       # the second and third rounds are cache hits
+        for c, want in cases:
+            got = rs.evaluate(c)
+            assert (got.rule.name if got.rule else None) == want
+            fresh = rs.evaluate(c, explain=True)
+            assert got.rule is fresh.rule
+    assert len(rs._decisions) == len(cases)
+
+
+@pytest.mark.parametrize("condition,cached", [
+    ('user == "alice"', True),
+    ('"x" in tables', True),
+    ('query =~ ".*DROP.*"', False),                 # raw SQL text: too varied to key on
+    ('$now.hour < 6 and user == "etl"', False),      # the clock
+    ('$today > $parse_datetime("2020-01-01")', False),
+    ('$random(10) > 5', False),
+])
+def test_decisions_are_remembered_only_when_they_depend_on_the_context_alone(condition: str, cached: bool) -> None:
+    rs = ruleset(rule("r", condition))
+    assert (rs._key_symbols is not None) == cached
+
+
+def test_the_remembered_decisions_are_bounded(monkeypatch) -> None:
+    from gateway.routing import rules as rules_mod
+    monkeypatch.setattr(rules_mod, "_DECISION_CACHE_SIZE", 50)
+    rs = ruleset(rule("r", 'user == "u7"'))
+    for i in range(500):
+        m = rs.evaluate(ctx(user=f"u{i}"))
+        assert (m.rule is not None) == (i == 7)
+        assert len(rs._decisions) <= 50
