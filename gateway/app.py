@@ -22,6 +22,7 @@ from gateway import protocol as P
 from gateway.backends import Backend, Health, Registry
 from gateway.config import Config
 from gateway.metrics import Metrics
+from gateway.logs import text_lines
 from gateway.proxy.client import BackendClient, BackendError, BufferSink
 from gateway.routing.balancer import Balancer
 from gateway.routing.context import build_context
@@ -236,14 +237,18 @@ class Gateway:
         self.metrics.overhead.observe(route.decision_seconds)
         self._started(route, backend, qid, submitted_at=time.time(), queued_ms=None)
         ctx = route.context
-        route_log.info("query %s user=%s source=%s group=%s backend=%s rule=%s decision=%.3fms (%s)",
-                       qid, route.user, ctx.get("source"), backend.routingGroup, backend.name,
-                       route.rule or "-", route.decision_seconds * 1000, route.reason,
-                       extra={"event": "statement_routed", "query_id": qid, "user": route.user,
-                              "source": ctx.get("source"), "group": backend.routingGroup,
-                              "backend": backend.name, "rule": route.rule,
-                              "decision_ms": round(route.decision_seconds * 1000, 3),
-                              "reason": route.reason})
+        if not route_log.isEnabledFor(logging.INFO):
+            return
+        line = (f"query {qid} user={route.user} source={ctx.get('source')} "
+                f"group={backend.routingGroup} backend={backend.name} rule={route.rule or '-'} "
+                f"decision={route.decision_seconds * 1000:.3f}ms ({route.reason})")
+        if not text_lines.info(route_log, line):
+            route_log.info("%s", line,
+                           extra={"event": "statement_routed", "query_id": qid, "user": route.user,
+                                  "source": ctx.get("source"), "group": backend.routingGroup,
+                                  "backend": backend.name, "rule": route.rule,
+                                  "decision_ms": round(route.decision_seconds * 1000, 3),
+                                  "reason": route.reason})
 
     def statement_dispatched(self, held: Any, backend: Backend, qid: str) -> None:
         """A query held at the gateway went to ``backend`` as ``qid``: count and record it."""

@@ -144,3 +144,75 @@ def test_formatters_redact_message_extra_fields_and_tracebacks(formatter):
 def test_redact(text, secret):
     assert secret not in redact(text)
     assert "***" in redact(text)
+
+
+@pytest.fixture
+def text_setup():
+    """The gateway's own text logging, writing into a buffer; restored afterwards."""
+    import io
+    from gateway.config import LoggingConfig
+    from gateway.logs import setup_logging, text_lines
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, text_lines.handler)
+    setup_logging(LoggingConfig(level="INFO", format="text"))
+    buf = io.StringIO()
+    root.handlers[0].stream = buf
+    yield buf, text_lines
+    root.handlers[:], root.level, text_lines.handler = saved[0], saved[1], saved[2]
+
+
+def test_statement_lines_written_directly_equal_the_logging_modules_lines(text_setup):
+    buf, text_lines = text_setup
+    log = logging.getLogger("gateway.routing")
+    root = logging.getLogger()
+    pytest_handlers = root.handlers[:]
+    root.handlers[:] = [text_lines.handler]     # as in the gateway: pytest adds its own per phase
+    try:
+        _write_both(log, text_lines)
+    finally:
+        root.handlers[:] = pytest_handlers
+    _check_both(buf)
+
+
+def _write_both(log, text_lines):
+    msg = "query q1 user=alice source=None group=adhoc backend=b1 rule=- decision=0.027ms (default group)"
+    secret = "query q2 user=bob Authorization: Bearer abc.def (x)"
+    for m in (msg, secret):
+        assert text_lines.info(log, m)
+        log.info("%s", m)
+
+
+def _check_both(buf):
+    direct_1, standard_1, direct_2, standard_2 = buf.getvalue().splitlines()
+    # same line apart from the clock (the milliseconds may differ between the two calls)
+    for direct, standard in ((direct_1, standard_1), (direct_2, standard_2)):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[\d+\] INFO gateway\.routing: .*", direct)
+        assert direct.split(" ", 2)[2] == standard.split(" ", 2)[2]
+    assert "abc.def" not in direct_2 and "Bearer ***" in direct_2
+
+
+def test_any_other_logging_setup_gets_ordinary_records(text_setup):
+    buf, text_lines = text_setup
+    log = logging.getLogger("gateway.routing")
+    root = logging.getLogger()
+    pytest_handlers = root.handlers[:]
+    root.handlers[:] = [text_lines.handler]
+    try:
+        assert text_lines.info(log, "query q0")           # the gateway's own setup: direct
+        other = logging.NullHandler()
+        root.addHandler(other)                            # a second destination (e.g. caplog)
+        assert not text_lines.info(log, "query q3")
+        root.removeHandler(other)
+        nothing = logging.Filter("nothing")
+        log.addFilter(nothing)                            # a filter on the way
+        assert not text_lines.info(log, "query q4")
+        log.removeFilter(nothing)
+        logging.getLogger("gateway").addHandler(other)    # a handler on a parent logger
+        assert not text_lines.info(log, "query q5")
+        logging.getLogger("gateway").removeHandler(other)
+        handler, text_lines.handler = text_lines.handler, None   # the JSON format
+        assert not text_lines.info(log, "query q6")
+        text_lines.handler = handler
+    finally:
+        root.handlers[:] = pytest_handlers
+    assert [line.split(": ", 1)[1] for line in buf.getvalue().splitlines()] == ["query q0"]
