@@ -6,6 +6,9 @@ Text lines read ``TIME [PID] LEVEL LOGGER: message``. JSON lines are one object 
 ``rule`` and ``decision_ms``), so log pipelines can filter without parsing the message.
 Credentials (Authorization headers, passwords, passwords in URLs, UI and ID tokens) are replaced
 by ``***`` in both formats, in the message, in extra fields and in tracebacks.
+
+``text_lines.info`` writes the one line per routed statement directly when the text handler
+installed here is the only destination (see ``_TextLines``); anything else uses ``logging``.
 """
 from __future__ import annotations
 
