@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import contextvars
 import ssl
 import time
 from typing import Any, Awaitable, Protocol

@@ -349,9 +349,10 @@ class SqlStore(Store):
         """Adapt ``?``-placeholder SQL to the driver (identity for SQLite)."""
         return sql
 
-    def _insert_many(self, cur: Cursor, head: str, tail: str, width: int,
-                     params: Sequence[tuple[Any, ...]]) -> None:
-        """``head VALUES (...), (...) tail`` with many rows per statement.
+    def _rows_statements(self, cur: Cursor, head: str, tail: str, width: int,
+                         params: Sequence[tuple[Any, ...]]) -> None:
+        """``head (...), (...) tail``: many rows per statement, as ``INSERT ... VALUES`` or
+        ``UPDATE ... FROM (VALUES ...)``.
 
         Not ``executemany``: that runs one statement per row, and SQLite's driver releases and
         retakes the GIL around each, which slows the event loop beside it by ~15 % under load
@@ -430,7 +431,7 @@ class SqlStore(Store):
         for p in params:   # one row per id, as if inserted one after the other
             first = merged.get(p[0])
             merged[p[0]] = p if first is None else _coalesce_history(first, p)
-        self._write(lambda cur: self._insert_many(cur, _HISTORY_INSERT_HEAD, _HISTORY_UPSERT,
+        self._write(lambda cur: self._rows_statements(cur, _HISTORY_INSERT_HEAD, _HISTORY_UPSERT,
                                                   len(_HISTORY_COLUMNS), list(merged.values())))
 
     def update_history_states(self, updates: Sequence[tuple[str, str, str | None]]) -> None:
@@ -446,17 +447,11 @@ class SqlStore(Store):
                 error = before[2]
             latest[qid] = (qid, state, error)
         params = [latest[k] for k in sorted(latest)]
-
-        def run(cur: Cursor) -> None:
-            # UPDATE ... FROM (VALUES ...): VALUES columns are column1.. in both databases.
-            for chunk in _chunks(params, _ROWS_PER_STATEMENT):
-                values = ", ".join(["(?, ?, ?)"] * len(chunk))
-                cur.execute(self._sql(
-                    "UPDATE query_history SET final_state = v.column2, "
-                    f"error = COALESCE(v.column3, query_history.error) FROM (VALUES {values}) "
-                    "AS v WHERE query_history.query_id = v.column1"),
-                    [x for row in chunk for x in row])
-        self._write(run)
+        # VALUES columns are named column1.. in both databases.
+        self._write(lambda cur: self._rows_statements(
+            cur, "UPDATE query_history SET final_state = v.column2, "
+                 "error = COALESCE(v.column3, query_history.error) FROM (VALUES ",
+            ") AS v WHERE query_history.query_id = v.column1", 3, params))
 
     def query_history(self, *, user: str | None = None, source: str | None = None,
                       group: str | None = None, backend: str | None = None,
@@ -528,7 +523,7 @@ class SqlStore(Store):
         params = sorted(((k, _clean(key), _clean(b), float(exp)) for k, key, b, exp in rows),
                         key=lambda p: (p[0], p[1]))
         latest = {(p[0], p[1]): p for p in params}   # the last mapping of a key wins
-        self._write(lambda cur: self._insert_many(
+        self._write(lambda cur: self._rows_statements(
             cur, "INSERT INTO sticky (kind, key, backend, expires_at) VALUES ",
             " ON CONFLICT (kind, key) DO UPDATE SET backend = excluded.backend, "
             "expires_at = excluded.expires_at", 4, list(latest.values())))

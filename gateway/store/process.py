@@ -104,8 +104,7 @@ class ProcessStore(StoreCalls):
 
     async def call(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
         """``await store.<fn_name>(*args, **kwargs)`` in the child process."""
-        if fn_name.startswith("_") or not callable(getattr(Store, fn_name, None)):
-            raise AttributeError(f"the store has no method {fn_name!r}")
+        self._check_method(fn_name)
         if self._closed:
             raise StoreError("the store is closed")
         if self._proc is None:

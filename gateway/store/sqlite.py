@@ -127,9 +127,9 @@ class SqliteStore(SqlStore):
             except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error) and "full" in str(exc):
-                    self._checkpoint()
                 if isinstance(exc, sqlite3.Error):
+                    if "full" in str(exc):
+                        self._checkpoint()
                     raise StoreError(f"SQLite {self.path}: {exc}",
                                      permanent=_is_permanent(exc)) from exc
                 raise

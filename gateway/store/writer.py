@@ -43,6 +43,12 @@ class StoreCalls:
     async def call(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
+    @staticmethod
+    def _check_method(fn_name: str) -> None:
+        """Only the public ``Store`` methods may be called by name."""
+        if fn_name.startswith("_") or not callable(getattr(Store, fn_name, None)):
+            raise AttributeError(f"the store has no method {fn_name!r}")
+
     async def list_backends(self) -> list[Backend]:
         return await self.call("list_backends")
 
@@ -101,7 +107,6 @@ class StoreCalls:
         return await self.call("schema_version")
 
 
-
 class AsyncStore(StoreCalls):
     """A ``Store`` whose calls run on one worker thread and are awaited from the event loop."""
 
@@ -123,8 +128,7 @@ class AsyncStore(StoreCalls):
 
     async def call(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
         """``await store.<fn_name>(*args, **kwargs)`` on the store thread."""
-        if fn_name.startswith("_") or not callable(getattr(Store, fn_name, None)):
-            raise AttributeError(f"the store has no method {fn_name!r}")
+        self._check_method(fn_name)
         fn = functools.partial(getattr(self.store, fn_name), *args, **kwargs)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -139,7 +143,6 @@ class AsyncStore(StoreCalls):
             await self.call("close")
         finally:
             self._executor.shutdown(wait=False)
-
 
 
 class HistoryWriter:
