@@ -114,6 +114,27 @@ def test_connection_close_is_not_reused():
     run(answers(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"), t)
 
 
+def test_a_rejected_request_never_reuses_its_connection():
+    """Trino's Jetty answers 406 (X-Forwarded-*) and closes, without "Connection: close".
+
+    Found against a real coordinator: the POST retried without the headers went out on the
+    closed connection and failed as "closed before answering".
+    """
+    async def jetty_reject(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 406 Not Acceptable\r\nContent-Length: 2\r\n\r\nno")
+        await w.drain()
+        await asyncio.sleep(0.05)   # the close reaches the client after the response
+
+    async def t(base: str, stats: dict[str, int]) -> None:
+        c = BackendClient()
+        assert (await get(c, base, "POST", b"SELECT 1")).code == 406
+        # at once, as the gateway retries without the headers: the close is still on its way
+        assert (await get(c, base, "POST", b"SELECT 1")).code == 406
+        assert stats["connections"] == 2
+    run(jetty_reject, t)
+
+
 def test_an_idle_connection_the_backend_closed_is_replaced_even_for_a_post():
     async def idle_close(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await read_request(r)

@@ -114,8 +114,12 @@ class SimHandler(tornado.web.RequestHandler):
         if not self.request.path.startswith("/_sim/") and not self.cluster.control.process_forwarded:
             for name, _ in self.request.headers.get_all():
                 if name.lower().startswith("x-forwarded-"):
-                    self.send(text_reply(406, "Server configuration does not allow processing "
-                                              f"of the {name} header"))
+                    sent = self.send(text_reply(406, "Server configuration does not allow "
+                                                     f"processing of the {name} header"))
+                    # Like Trino's Jetty: the connection closes once the 406 is out, without
+                    # "Connection: close" (found against a real coordinator).
+                    stream = self.request.connection.stream  # type: ignore[union-attr]
+                    sent.add_done_callback(lambda _: stream.close())
                     return
         if self.statement_protocol:
             await self.cluster.hold()
@@ -133,7 +137,7 @@ class SimHandler(tornado.web.RequestHandler):
         return external_base(self.request.headers.get, self.request.protocol, self.request.host,
                              self.cluster.control.process_forwarded)
 
-    def send(self, reply: Reply) -> None:
+    def send(self, reply: Reply) -> "asyncio.Future[None]":
         self.set_status(reply.status)
         if reply.content_type:
             self.set_header("Content-Type", reply.content_type)
@@ -143,7 +147,7 @@ class SimHandler(tornado.web.RequestHandler):
             self.add_header(name, value)
         if reply.body and self.request.method != "HEAD":
             self.write(reply.body)
-        self.finish()
+        return self.finish()
 
     def send_json(self, doc: Any, status: int = 200) -> None:
         self.send(Reply(status, proto.dumps(doc)))

@@ -168,7 +168,8 @@ class _Conn(asyncio.Protocol):
         self.started = True
         self.code = rh.code
         tokens = [t.strip().lower() for v in rh.headers.get_list("Connection") for t in v.split(",")]
-        self.keep_alive = rh.version == "HTTP/1.1" and "close" not in tokens
+        self.keep_alive = (rh.version == "HTTP/1.1" and "close" not in tokens
+                           and rh.code not in CLOSES_AFTER)
         if self.head_only or rh.code in (204, 304):
             self.remaining = 0
         elif length == -1:
@@ -417,6 +418,13 @@ class BackendClient:
             for conn in idle:
                 conn.close()
         self._pools.clear()
+
+
+# Statuses after which a server may close the connection without saying "Connection: close".
+# Trino's Jetty does so after rejecting a request it could not accept (406 for X-Forwarded-*
+# headers, 400/413/414/431 for malformed or oversized requests): a request sent on such a
+# connection meets a closed socket. Never reuse one.
+CLOSES_AFTER = frozenset({400, 406, 408, 413, 414, 431})
 
 
 class _Timeout(Exception):

@@ -1,0 +1,152 @@
+"""Fixtures for the suite against real Trino coordinators (marker ``real``).
+
+Two coordinators start once per test session (in parallel, ~40 s on 2 cores):
+
+- ``adhoc``: the default configuration, which answers 406 to ``X-Forwarded-*`` headers;
+- ``etl``: ``http-server.process-forwarded=true``.
+
+Gateways with one and with two workers sit in front of both, with the rules in ``RULES``. Every
+check runs through a gateway and directly against the coordinator that the gateway chose, and
+compares the two. The first run downloads Trino through Maven (see tests/real/launcher.py); when
+that or a start fails, the tests skip with the reason, or fail under CI
+(``TRINO_GATEWAY_REQUIRE_REAL=1``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.conftest import GatewayProcess, gateway_config, start_gateway, wait_for
+from tests.real.launcher import CLI, JDBC, Cluster, Coordinator, LauncherError, fetch
+
+REQUIRE = os.environ.get("TRINO_GATEWAY_REQUIRE_REAL") == "1"
+
+RULES = """\
+name: etl-sources
+description: Airflow and dbt run on the ETL cluster
+priority: 20
+condition: source =~ "(airflow|dbt).*"
+routingGroup: etl
+---
+name: lineitem-sf1-to-etl
+description: a rule on SQL facts (tables, fully qualified)
+priority: 10
+condition: '"tpch.sf1.lineitem" in tables'
+routingGroup: etl
+---
+name: ddl-to-etl
+description: a rule on the query type
+priority: 10
+condition: queryType == "DATA_DEFINITION" and "memory" in catalogs
+routingGroup: etl
+---
+name: no-secrets
+priority: 100
+condition: query =~ "(?is).*secret_table.*"
+reject: secret_table is not to be queried
+"""
+
+
+def _unavailable(why: str) -> None:
+    if REQUIRE:
+        pytest.fail(f"real Trino is required (TRINO_GATEWAY_REQUIRE_REAL=1): {why}")
+    pytest.skip(f"real Trino unavailable: {why}")
+
+
+@pytest.fixture(scope="session")
+def trino(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two real coordinators: ``adhoc`` (406 for X-Forwarded-*) and ``etl`` (processes them)."""
+    cluster = Cluster(tmp_path_factory.mktemp("trino"))
+    cluster.add("adhoc")
+    cluster.add("etl", process_forwarded=True)
+    try:
+        cluster.start(say=lambda msg: print(f"\n[real trino] {msg}", flush=True))
+    except LauncherError as exc:
+        _unavailable(str(exc))
+    yield cluster
+    cluster.stop()
+
+
+def real_backends(trino: Cluster) -> list[dict[str, Any]]:
+    return [{"name": f"trino-{n}", "proxyTo": c.url, "routingGroup": n}
+            for n, c in trino.coordinators.items()]
+
+
+def real_gateway_config(tmp: Path, trino: Cluster, workers: int = 1, **overrides: Any) -> dict[str, Any]:
+    rules = tmp / "rules"
+    rules.mkdir(exist_ok=True)
+    (rules / "real.yaml").write_text(RULES)
+    cfg = gateway_config(tmp, None, rules=[str(rules)], **overrides)
+    cfg["server"]["workers"] = workers
+    cfg["backends"] = real_backends(trino)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def real_gateways(trino: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayProcess]]:
+    """Gateways with one and with two workers in front of both coordinators."""
+    gws: dict[str, GatewayProcess] = {}
+    for workers in (1, 2):
+        tmp = tmp_path_factory.mktemp(f"gw{workers}")
+        gws[f"w{workers}"] = start_gateway(tmp, real_gateway_config(tmp, trino, workers))
+    yield gws
+    for gw in gws.values():
+        gw.stop()
+
+
+@pytest.fixture(params=["w1", "w2"])
+def gw(request: pytest.FixtureRequest, real_gateways: dict[str, GatewayProcess]) -> GatewayProcess:
+    """Each test runs through the one-worker and the two-worker gateway."""
+    return real_gateways[request.param]
+
+
+@pytest.fixture
+def real_gateway_factory(trino: Cluster, tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Own gateways for tests that change settings (monitors, faults)."""
+    started: list[GatewayProcess] = []
+
+    def make(workers: int = 1, **overrides: Any) -> GatewayProcess:
+        gw = start_gateway(tmp_path, real_gateway_config(tmp_path, trino, workers, **overrides))
+        started.append(gw)
+        return gw
+
+    yield make
+    for g in started:
+        try:
+            g.stop(timeout=15)
+        except AssertionError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def jdbc_jar() -> Path:
+    try:
+        return fetch(JDBC, say=lambda m: print(f"\n[real trino] {m}", flush=True))
+    except LauncherError as exc:
+        _unavailable(str(exc))
+        raise
+
+
+@pytest.fixture(scope="session")
+def cli_jar() -> Path:
+    try:
+        return fetch(CLI, say=lambda m: print(f"\n[real trino] {m}", flush=True))
+    except LauncherError as exc:
+        _unavailable(str(exc))
+        raise
+
+
+def coordinator_of(trino: Cluster, backend: str) -> Coordinator:
+    return trino.coordinators[backend.removeprefix("trino-")]
+
+
+def history_row(gw: GatewayProcess, query_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The gateway's history row of one query (waits for the batched write)."""
+    def find() -> dict[str, Any] | None:
+        rows = gw.api("GET", "/api/queries?limit=500").json()
+        rows = rows.get("queries", rows) if isinstance(rows, dict) else rows
+        return next((r for r in rows if r.get("queryId") == query_id), None)
+    return wait_for(find, timeout=timeout, message=f"history row of {query_id}")
