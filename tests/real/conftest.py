@@ -57,9 +57,20 @@ def _unavailable(why: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def trino(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def coords(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Two real coordinators: ``adhoc`` (406 for X-Forwarded-*) and ``etl`` (processes them)."""
     cluster = Cluster(tmp_path_factory.mktemp("trino"))
+    attach = os.environ.get("TRINO_GATEWAY_REAL_ATTACH")
+    if attach:
+        # Development: reuse coordinators already running (`python3 -m tests.real.launcher start
+        # --count 2 --process-forwarded`), e.g. adhoc=http://127.0.0.1:PORT2,etl=http://127.0.0.1:PORT1.
+        # Tests that stop or kill a coordinator skip.
+        for item in attach.split(","):
+            name, _, url = item.partition("=")
+            c = cluster.add(name.strip(), port=int(url.rsplit(":", 1)[1]))
+            c.attached = True
+        yield cluster
+        return
     cluster.add("adhoc")
     cluster.add("etl", process_forwarded=True)
     try:
@@ -70,28 +81,30 @@ def trino(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster.stop()
 
 
-def real_backends(trino: Cluster) -> list[dict[str, Any]]:
+def real_backends(coords: Cluster) -> list[dict[str, Any]]:
     return [{"name": f"trino-{n}", "proxyTo": c.url, "routingGroup": n}
-            for n, c in trino.coordinators.items()]
+            for n, c in coords.coordinators.items()]
 
 
-def real_gateway_config(tmp: Path, trino: Cluster, workers: int = 1, **overrides: Any) -> dict[str, Any]:
+def real_gateway_config(tmp: Path, coords: Cluster, workers: int = 1, **overrides: Any) -> dict[str, Any]:
     rules = tmp / "rules"
     rules.mkdir(exist_ok=True)
     (rules / "real.yaml").write_text(RULES)
     cfg = gateway_config(tmp, None, rules=[str(rules)], **overrides)
     cfg["server"]["workers"] = workers
-    cfg["backends"] = real_backends(trino)
+    # Real coordinators under a loaded 2-core machine answer /v1/info slower than the simulator.
+    cfg["monitor"]["timeout"] = "5s"
+    cfg["backends"] = real_backends(coords)
     return cfg
 
 
 @pytest.fixture(scope="session")
-def real_gateways(trino: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayProcess]]:
+def real_gateways(coords: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayProcess]]:
     """Gateways with one and with two workers in front of both coordinators."""
     gws: dict[str, GatewayProcess] = {}
     for workers in (1, 2):
         tmp = tmp_path_factory.mktemp(f"gw{workers}")
-        gws[f"w{workers}"] = start_gateway(tmp, real_gateway_config(tmp, trino, workers))
+        gws[f"w{workers}"] = start_gateway(tmp, real_gateway_config(tmp, coords, workers))
     yield gws
     for gw in gws.values():
         gw.stop()
@@ -104,12 +117,12 @@ def gw(request: pytest.FixtureRequest, real_gateways: dict[str, GatewayProcess])
 
 
 @pytest.fixture
-def real_gateway_factory(trino: Cluster, tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+def real_gateway_factory(coords: Cluster, tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """Own gateways for tests that change settings (monitors, faults)."""
     started: list[GatewayProcess] = []
 
     def make(workers: int = 1, **overrides: Any) -> GatewayProcess:
-        gw = start_gateway(tmp_path, real_gateway_config(tmp_path, trino, workers, **overrides))
+        gw = start_gateway(tmp_path, real_gateway_config(tmp_path, coords, workers, **overrides))
         started.append(gw)
         return gw
 
@@ -139,8 +152,8 @@ def cli_jar() -> Path:
         raise
 
 
-def coordinator_of(trino: Cluster, backend: str) -> Coordinator:
-    return trino.coordinators[backend.removeprefix("trino-")]
+def coordinator_of(coords: Cluster, backend: str) -> Coordinator:
+    return coords.coordinators[backend.removeprefix("trino-")]
 
 
 def history_row(gw: GatewayProcess, query_id: str, timeout: float = 10) -> dict[str, Any]:

@@ -181,6 +181,7 @@ class Coordinator:
     process_forwarded: bool = False
     spooling: bool = False
     heap: str = "3G"
+    attached: bool = False      # started elsewhere: never stopped or killed from here
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -279,6 +280,8 @@ class Coordinator:
 
     def kill(self) -> None:
         """SIGKILL the JVM (a crash, for fault tests)."""
+        if self.attached:
+            raise LauncherError(f"{self.name} is attached, not started here")
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
