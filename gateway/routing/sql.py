@@ -122,6 +122,8 @@ _DDL_WORDS = {
 # Statements with nothing to analyse for tables: classify without paying for a parse.
 _NO_FACTS_DDL = {"SET", "RESET", "PREPARE", "DEALLOCATE", "START", "COMMIT", "ROLLBACK", "CALL", "DENY"}
 _TABLE_KINDS = {"TABLE", "VIEW", "MATERIALIZED"}
+_ALTER_OBJECT = re.compile(r"(TABLE|VIEW|MATERIALIZED\s+VIEW|SCHEMA)\s+(?:IF\s+EXISTS\s+)?", re.IGNORECASE)
+_CATALOG_DDL = re.compile(r"CATALOG\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?", re.IGNORECASE)
 
 
 def _skip_noise(text: str, pos: int = 0) -> int:
@@ -246,13 +248,23 @@ class _Analyzer:
         if word in ("DESCRIBE", "DESC"):
             return self._describe(sql, after, depth)
         if word == "ALTER":
-            m = re.compile(r"TABLE\s+(?:IF\s+EXISTS\s+)?", re.IGNORECASE).match(sql, after)
+            m = _ALTER_OBJECT.match(sql, after)
             if m:
+                kind = m.group(1).split()[0].upper()
                 parts, nxt = _qname_at(sql, m.end())
-                if parts and _word_at(sql, nxt)[0] == "EXECUTE":
+                verb, nxt2 = _word_at(sql, nxt)
+                if parts and kind == "TABLE" and verb == "EXECUTE":
                     f = self.facts()
                     f.add_table(parts)
                     return f.result("ALTER_TABLE_EXECUTE")
+                if parts and verb == "RENAME" and _word_at(sql, nxt2)[0] == "TO":
+                    return self._rename(kind, parts, _qname_at(sql, _word_at(sql, nxt2)[1])[0])
+        if word in ("CREATE", "DROP"):
+            m = _CATALOG_DDL.match(sql, after)
+            if m:   # CREATE CATALOG name USING connector / DROP CATALOG [IF EXISTS] name
+                f = self.facts()
+                f.add_catalog((_qname_at(sql, m.end())[0] or [None])[0])
+                return f.result("DATA_DEFINITION")
         if word == "USE":
             f = self.facts()
             parts, _ = _qname_at(sql, after)
@@ -291,6 +303,29 @@ class _Analyzer:
         parts, _ = _qname_at(sql, pos)
         text = self._prepared(parts)
         return self.run(text, depth + 1) if text is not None else UNKNOWN_FACTS
+
+    def _rename(self, kind: str, source: list[str], target: list[str]) -> SqlFacts:
+        """``ALTER TABLE|VIEW|MATERIALIZED VIEW|SCHEMA x RENAME TO y`` as Trino resolves ``y``.
+
+        Checked against a real coordinator (Trino 476): a table's new name takes its missing
+        catalog and schema from the *source* table (``ALTER TABLE memory.sa.t RENAME TO t2`` with
+        session ``tpch.tiny`` gives ``memory.sa.t2``); a view's from the *session* (the same with a
+        view fails with "View rename across catalogs is not supported"); a schema stays in its
+        catalog.
+        """
+        f = self.facts()
+        if kind == "SCHEMA":
+            f.add_schema(source[-2:])
+            catalog = source[-2] if len(source) >= 2 else self.catalog
+            f.add_schema(([catalog] if catalog else []) + target[-1:])
+            return f.result("DATA_DEFINITION")
+        f.add_table(source)
+        if kind == "TABLE" and len(target) < 3:
+            full = [*([self.catalog, self.schema][: max(0, 3 - len(source))]), *source][-3:]
+            if all(full):
+                target = full[: 3 - len(target)] + target
+        f.add_table(target)
+        return f.result("DATA_DEFINITION")
 
     def _prepared(self, parts: list[str]) -> str | None:
         if len(parts) != 1:

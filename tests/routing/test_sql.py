@@ -43,6 +43,14 @@ CASES = [
     ("CREATE VIEW v AS SELECT * FROM t", "DATA_DEFINITION", ["hive.web.t", "hive.web.v"]),
     ("DROP TABLE IF EXISTS x.y", "DATA_DEFINITION", ["hive.x.y"]),
     ("ALTER TABLE a RENAME TO b", "DATA_DEFINITION", ["hive.web.a", "hive.web.b"]),
+    # A renamed table's new name takes the catalog and schema of the source, not of the session
+    # (what a real Trino 476 coordinator does: tests/real/test_real_sql_facts.py).
+    ("ALTER TABLE cat.schem.tbl RENAME TO schem2.tbl2", "DATA_DEFINITION", ["cat.schem.tbl", "cat.schem2.tbl2"]),
+    ("ALTER TABLE raw.a RENAME TO b", "DATA_DEFINITION", ["hive.raw.a", "hive.raw.b"]),
+    ("ALTER TABLE IF EXISTS raw.a RENAME TO ice.s.b", "DATA_DEFINITION", ["hive.raw.a", "ice.s.b"]),
+    # ... while a view's new name is qualified with the session's (Trino refuses a cross-catalog one)
+    ("ALTER VIEW raw.v RENAME TO v2", "DATA_DEFINITION", ["hive.raw.v", "hive.web.v2"]),
+    ("ALTER MATERIALIZED VIEW ice.s.mv RENAME TO mv2", "DATA_DEFINITION", ["hive.web.mv2", "ice.s.mv"]),
     ("ALTER TABLE a ADD COLUMN c int", "DATA_DEFINITION", ["hive.web.a"]),
     ("ALTER TABLE iceberg.s.t EXECUTE optimize(file_size_threshold => '10MB')", "ALTER_TABLE_EXECUTE",
      ["iceberg.s.t"]),
@@ -99,6 +107,15 @@ def test_schema_level_statements_report_schema_and_catalog() -> None:
     assert analyze("CREATE SCHEMA iceberg.staging", None, None).schemas == ("iceberg.staging", "staging")
     assert analyze("USE raw", "hive", None).schemas == ("hive.raw", "raw")
     assert analyze("SHOW TABLES", "hive", "web").schemas == ("hive.web", "web")
+
+
+def test_schema_renames_and_catalog_statements_name_what_they_touch() -> None:
+    f = analyze("ALTER SCHEMA ice.s RENAME TO s4", "hive", "web")
+    assert (f.query_type, f.catalogs, f.schemas) == ("DATA_DEFINITION", ("ice",), ("ice.s", "ice.s4", "s", "s4"))
+    assert analyze("ALTER SCHEMA s RENAME TO s4", "hive", None).schemas == ("hive.s", "hive.s4", "s", "s4")
+    for sql in ("CREATE CATALOG foo USING memory", "DROP CATALOG IF EXISTS foo", "drop catalog \"FOO\""):
+        f = analyze(sql, "hive", "web")
+        assert (f.query_type, f.catalogs, f.tables) == ("DATA_DEFINITION", ("foo",), ()), sql
 
 
 def test_without_session_defaults_the_known_part_is_kept() -> None:
