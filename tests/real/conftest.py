@@ -56,7 +56,8 @@ def _unavailable(why: str) -> None:
     pytest.skip(f"real Trino unavailable: {why}")
 
 
-@pytest.fixture(scope="session")
+# Package scope: the JVMs stop when tests/real is done, so the rest of the suite runs without them.
+@pytest.fixture(scope="package")
 def coords(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Two real coordinators: ``adhoc`` (406 for X-Forwarded-*) and ``etl`` (processes them)."""
     cluster = Cluster(tmp_path_factory.mktemp("trino"))
@@ -98,7 +99,7 @@ def real_gateway_config(tmp: Path, coords: Cluster, workers: int = 1, **override
     return cfg
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real_gateways(coords: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayProcess]]:
     """Gateways with one and with two workers in front of both coordinators."""
     gws: dict[str, GatewayProcess] = {}
