@@ -14,6 +14,7 @@ that or a start fails, the tests skip with the reason, or fail under CI
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,6 +51,11 @@ reject: secret_table is not to be queried
 """
 
 
+def say(message: str) -> None:
+    """Progress of the Maven download and unpacking, shown while it happens (past pytest's capture)."""
+    print(f"\n[real trino] {message}", file=sys.__stderr__, flush=True)
+
+
 def _unavailable(why: str) -> None:
     if REQUIRE:
         pytest.fail(f"real Trino is required (TRINO_GATEWAY_REQUIRE_REAL=1): {why}")
@@ -75,7 +81,7 @@ def coords(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster.add("adhoc")
     cluster.add("etl", process_forwarded=True)
     try:
-        cluster.start(say=lambda msg: print(f"\n[real trino] {msg}", flush=True))
+        cluster.start(say=say)
     except LauncherError as exc:
         _unavailable(str(exc))
     yield cluster
@@ -138,7 +144,7 @@ def real_gateway_factory(coords: Cluster, tmp_path: Path) -> Iterator[Callable[.
 @pytest.fixture(scope="session")
 def jdbc_jar() -> Path:
     try:
-        return fetch(JDBC, say=lambda m: print(f"\n[real trino] {m}", flush=True))
+        return fetch(JDBC, say=say)
     except LauncherError as exc:
         _unavailable(str(exc))
         raise
@@ -147,7 +153,7 @@ def jdbc_jar() -> Path:
 @pytest.fixture(scope="session")
 def cli_jar() -> Path:
     try:
-        return fetch(CLI, say=lambda m: print(f"\n[real trino] {m}", flush=True))
+        return fetch(CLI, say=say)
     except LauncherError as exc:
         _unavailable(str(exc))
         raise

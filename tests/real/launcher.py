@@ -319,6 +319,8 @@ class Cluster:
     def start(self, say=print, timeout: float = 240.0) -> None:
         self.home = server_home(say)
         self.java = find_java()
+        say(f"starting {len(self.coordinators)} Trino {TRINO_VERSION} coordinator(s) with {self.java} "
+            f"(logs under {self.root})")
         for c in self.coordinators.values():
             c.start(self.home, self.java)
         try:
