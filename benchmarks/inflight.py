@@ -1,0 +1,240 @@
+"""Many queries in flight at once: direct, nginx and the gateway (1 and 2 workers) in one run.
+
+    python3 benchmarks/inflight.py --inflight 1000,5000,10000      # ~2 min per size and target
+    python3 benchmarks/inflight.py --inflight 200 --query-seconds 5-8 --targets direct,gateway1
+
+The fake coordinator (benchmarks/longpoll_backend.py) runs queries of ``--query-seconds`` made of
+long polls of ``--poll-seconds``. The client is one asyncio process that follows ``nextUri`` like
+a Trino client: one keep-alive connection per query (as separate clients have), every query
+started within ``--ramp`` seconds, each until FINISHED. While they run, a probe submits
+``select 1`` on a new connection every 0.25 s and times it to FINISHED.
+
+Per target and size it reports: failed queries (any error, non-200 answer or a last state other
+than FINISHED) and failed probes, probe latency p50/p99, the proxy's resident memory per
+in-flight query (peak minus at rest), and the proxy's CPU time per request it forwarded (all its
+processes: nginx workers, gateway workers). The descriptor limit of every process is raised to
+its hard limit (printed), since each query holds two descriptors in a proxy.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import machine  # noqa: E402
+import services as S  # noqa: E402
+
+TARGETS = ("direct", "nginx", "gateway1", "gateway2")
+
+
+@dataclass
+class Outcome:
+    started: int = 0
+    finished: int = 0
+    failed: int = 0
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    probe_ms: list[float] = field(default_factory=list)
+    probe_failed: int = 0
+
+    def fail(self, why: str) -> None:
+        self.failed += 1
+        self.errors[why] = self.errors.get(why, 0) + 1
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, target: str,
+                    host: str, body: bytes = b"") -> tuple[int, bytes]:
+    head = (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nX-Trino-User: bench\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    writer.write(head + body)
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("closed before answering")
+    code = int(status_line.split()[1])
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    return code, await reader.readexactly(length)
+
+
+async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float | None:
+    """One query to its end on one connection; the seconds it took, or None when it failed."""
+    t0 = time.monotonic()
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    except Exception as exc:  # noqa: BLE001 - counted by kind
+        out.fail(f"connect: {type(exc).__name__}")
+        return None
+    host = f"127.0.0.1:{port}"
+    try:
+        code, body = await asyncio.wait_for(_exchange(reader, writer, "POST", "/v1/statement", host, sql.encode()),
+                                            timeout)
+        out.requests += 1
+        while True:
+            if code != 200:
+                out.fail(f"http {code}")
+                return None
+            doc = json.loads(body)
+            if doc.get("error"):
+                out.fail(f"error {doc['error'].get('errorName')}")
+                return None
+            nxt = doc.get("nextUri")
+            if not nxt:
+                if doc["stats"]["state"] != "FINISHED":
+                    out.fail(f"state {doc['stats']['state']}")
+                    return None
+                return time.monotonic() - t0
+            path = nxt.split("/", 3)[3]
+            code, body = await asyncio.wait_for(_exchange(reader, writer, "GET", "/" + path, host), timeout)
+            out.requests += 1
+    except Exception as exc:  # noqa: BLE001 - counted by kind
+        out.fail(type(exc).__name__)
+        return None
+    finally:
+        writer.close()
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def _rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += S.proc_status_kb(pid, "VmRSS")
+        except (OSError, KeyError):
+            pass
+    return total
+
+
+async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float) -> dict[str, Any]:
+    out = Outcome()
+    rest_rss = _rss_kb(pids)
+    cpu0 = _cpu_seconds(pids)
+    peak = [rest_rss]
+    done = asyncio.Event()
+
+    async def sampler() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_kb(pids))
+            await asyncio.sleep(0.5)
+
+    async def prober() -> None:
+        while not done.is_set():
+            t = await run_query(port, "select 1", probe_out := Outcome(), timeout)
+            if t is None:
+                out.probe_failed += 1
+            else:
+                out.probe_ms.append(t * 1000)
+            out.requests += probe_out.requests
+            await asyncio.sleep(0.25)
+
+    async def one(delay: float) -> None:
+        await asyncio.sleep(delay)
+        out.started += 1
+        if await run_query(port, "SELECT * FROM big", out, timeout) is not None:
+            out.finished += 1
+
+    bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober())]
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(random.uniform(0, ramp)) for _ in range(n)))
+    elapsed = time.monotonic() - t0
+    done.set()
+    await asyncio.gather(*bg)
+    cpu = _cpu_seconds(pids) - cpu0
+    probes = sorted(out.probe_ms)
+    return {
+        "inflight": n, "finished": out.finished, "failed": out.failed, "errors": out.errors,
+        "requests": out.requests, "seconds": round(elapsed, 1),
+        "probe_p50_ms": round(statistics.median(probes), 1) if probes else None,
+        "probe_p99_ms": round(probes[min(len(probes) - 1, int(len(probes) * 0.99))], 1) if probes else None,
+        "probes": len(probes), "probe_failed": out.probe_failed,
+        "kb_per_query": round((peak[0] - rest_rss) / n, 1) if pids else None,
+        "cpu_us_per_request": round(cpu / max(1, out.requests) * 1e6, 1) if pids else None,
+    }
+
+
+def start_target(name: str, tmp: Path, backend: S.Service) -> tuple[S.Service | None, int, list[int]]:
+    if name == "direct":
+        return None, backend.port, []
+    if name == "nginx":
+        port = S.free_port()
+        conf = S.nginx_proxy_conf(tmp, port, backend.port).replace(
+            "worker_connections 4096;", "worker_connections 40000;").replace(
+            "worker_processes 1;", "worker_processes 1;\nworker_rlimit_nofile 65536;")
+        svc = S.start_nginx("inflight-nginx", tmp, conf, port)
+        return svc, port, S.worker_pids(svc)
+    workers = int(name.removeprefix("gateway"))
+    cfg = S.gateway_config(tmp, [("bench", backend.url)], rules=0, workers=workers, name=name)
+    cfg["monitor"]["interval"] = "2s"
+    svc = S.start_gateway(tmp, cfg, name=name)
+    return svc, svc.port, S.worker_pids(svc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--inflight", default="1000,5000,10000", help="comma-separated sizes")
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--query-seconds", default="20-30")
+    p.add_argument("--poll-seconds", default="1-5")
+    p.add_argument("--ramp", type=float, default=10.0, help="seconds over which the queries start")
+    p.add_argument("--timeout", type=float, default=60.0, help="per request, as a client would allow")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # inherited by everything started here
+    print(f"# machine: {machine.describe() if hasattr(machine, 'describe') else os.uname().nodename}; "
+          f"descriptor limit {hard} (was {soft})", flush=True)
+    tmp = S.new_tmp("tgw-inflight-")
+    backend = S._spawn_ready("longpoll", [sys.executable, str(HERE / "longpoll_backend.py"), "--port", "0",
+                                          "--query-seconds", args.query_seconds, "--poll-seconds", args.poll_seconds],
+                             tmp, tmp / "longpoll.log")
+    rows = []
+    try:
+        for target in args.targets.split(","):
+            if target == "nginx" and not S.nginx_available():
+                print("# nginx not installed: skipped", flush=True)
+                continue
+            svc, port, pids = start_target(target, tmp, backend)
+            try:
+                for n in (int(x) for x in args.inflight.split(",")):
+                    row = {"target": target, **asyncio.run(load(port, pids, n, args.ramp, args.timeout))}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            finally:
+                if svc is not None:
+                    svc.stop()
+    finally:
+        backend.stop()
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
