@@ -17,9 +17,11 @@ because they need a restart.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -42,7 +44,11 @@ def prepare_workers(config: Config) -> None:
     every worker writes and /metrics aggregates (prometheus-client reads this at import)."""
     s = config.server
     if s.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        d = s.stateDir or tempfile.mkdtemp(prefix="trino-gateway-metrics-")
+        d = s.stateDir
+        if d is None:
+            d = tempfile.mkdtemp(prefix="trino-gateway-metrics-")
+            # Ours alone: removed when the supervisor exits (workers leave with os._exit).
+            atexit.register(shutil.rmtree, d, ignore_errors=True)
         os.makedirs(d, exist_ok=True)
         for f in os.listdir(d):
             if f.endswith(".db"):
