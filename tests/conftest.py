@@ -255,6 +255,25 @@ def cluster_of(cursor: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# The package as users get it
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built once per session as ``pip wheel .`` builds it."""
+    folder = tmp_path_factory.mktemp("wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), str(REPO)]
+    try:  # a setuptools that builds wheels by itself: no need to fetch a build environment
+        import setuptools.command.bdist_wheel  # noqa: F401
+        cmd.insert(4, "--no-build-isolation")
+    except ImportError:
+        pass
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (whl,) = folder.glob("trino_gateway-*.whl")
+    return whl
+
+
+# ---------------------------------------------------------------------------------------------
 # PostgreSQL
 
 def pg_required() -> bool:

@@ -71,6 +71,12 @@ async def _demo(port: int, cluster_base_port: int, state: str) -> int:
         return 1
     gw = Gateway(cfg)
     await gw.start()
+    # The banner invites a query at once: print it once the backends have been probed, so that
+    # query finds them HEALTHY rather than failing with "no backend".
+    probed = asyncio.Event()
+    gw.monitor.on_round(lambda _monitor: probed.set())
+    if not gw.monitor.first_round_done:
+        await probed.wait()
     server = HTTPServer(make_app(gw))
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]     # --port 0: the port the system chose

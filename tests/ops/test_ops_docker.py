@@ -188,17 +188,8 @@ def test_prometheus_config_and_alerts_use_existing_metrics():
     assert _metric_names_in(doc) <= set(METRIC_NAMES), _metric_names_in(doc) - set(METRIC_NAMES)
 
 
-def test_wheel_carries_migrations_templates_static_files_and_example_rules(tmp_path):
-    # Build isolation fetches setuptools and wheel from the package index, as `docker build` does.
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)]
-    try:
-        import wheel  # noqa: F401
-        cmd.insert(4, "--no-build-isolation")
-    except ImportError:
-        pass
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (whl,) = tmp_path.glob("trino_gateway-*.whl")
+def test_wheel_carries_migrations_templates_static_files_and_example_rules(built_wheel):
+    whl = built_wheel
     names = set(zipfile.ZipFile(whl).namelist())
     for sql in (REPO / "sql").rglob("*.sql"):
         assert f"gateway/sql/{sql.relative_to(REPO / 'sql').as_posix()}" in names, sql
