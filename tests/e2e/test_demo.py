@@ -128,3 +128,11 @@ def test_a_busy_cluster_port_is_a_clear_error(tmp_path):
         f"trino-gateway demo: cannot listen on port {busy} for simulated cluster adhoc-1: Address already "
         "in use; try another --cluster-port or 0 (any free port)")
     assert "Traceback" not in res.stderr
+
+
+def test_the_readmes_backend_commands_name_the_demos_backends():
+    from gateway.demo.run import CLUSTERS
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"Manage backends at run time.*?```sh\n(.*?)```", readme, re.DOTALL).group(1)
+    named = set(re.findall(r"/(?:activate|deactivate|backends)/([\w.-]+)", block))
+    assert named and named <= {name for name, _ in CLUSTERS}, named
