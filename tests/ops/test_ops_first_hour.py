@@ -173,3 +173,19 @@ def test_healthcheck_follows_the_configured_port_and_scheme(tmp_path, tls):
         assert res.stdout.strip() == f"{scheme}://127.0.0.1:{port}/trino-gateway/livez: 200"
     finally:
         assert _stop(proc) == 0, log.read_text()[-3000:]
+
+
+def test_a_worker_that_crashes_after_starting_is_restarted(tmp_path):
+    config = _write_config(tmp_path, {"server": {"host": "127.0.0.1", "port": 0, "workers": 2},
+                                      "store": {"url": "sqlite:///gw.db"}})
+    proc, log = _start(config, tmp_path, tmp_path)
+    try:
+        _port_of(proc, log)
+        pid = int(wait_for(lambda: re.search(r"\[(\d+)\] INFO gateway\.server: worker 1 listening",
+                                             log.read_text()), message="worker 1").group(1))
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: "worker 1 exited with -9; restarting it in 0.5s" in log.read_text(),
+                 message="the restart")
+        wait_for(lambda: log.read_text().count("worker 1 listening") == 2, message="worker 1 again")
+    finally:
+        assert _stop(proc) == 0, log.read_text()[-3000:]
