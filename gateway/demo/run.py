@@ -34,6 +34,14 @@ def example_rules() -> str:
         raise SystemExit(f"trino-gateway demo: the example rules are missing from the installation: {exc}")
 
 
+async def _give_up(clusters: list, message: str) -> int:
+    """A start-up problem the user can fix: one line saying which, no traceback."""
+    print(f"trino-gateway demo: {message}", file=sys.stderr)
+    for c in clusters:
+        await c.stop()
+    return 1
+
+
 async def _demo(port: int, cluster_base_port: int, state: str) -> int:
     from gateway.demo.cluster import SimulatedCluster
     clusters = []
@@ -47,11 +55,8 @@ async def _demo(port: int, cluster_base_port: int, state: str) -> int:
         try:
             cport = await c.start(wanted)
         except OSError as exc:
-            print(f"trino-gateway demo: cannot listen on port {wanted} for simulated cluster {name}: "
-                  f"{exc.strerror}; try another --cluster-port or 0 (any free port)", file=sys.stderr)
-            for started in clusters:
-                await started.stop()
-            return 1
+            return await _give_up(clusters, f"cannot listen on port {wanted} for simulated cluster {name}: "
+                                            f"{exc.strerror}; try another --cluster-port or 0 (any free port)")
         backends.append({"name": name, "proxyTo": f"http://127.0.0.1:{cport}", "routingGroup": group})
     cfg = config_from_dict({
         "server": {"host": "127.0.0.1", "port": port},
@@ -64,11 +69,7 @@ async def _demo(port: int, cluster_base_port: int, state: str) -> int:
     try:
         sockets = bind_sockets(port, "127.0.0.1")
     except OSError as exc:
-        print(f"trino-gateway demo: cannot listen on port {port}: {exc.strerror}; "
-              f"try --port 8081", file=sys.stderr)
-        for c in clusters:
-            await c.stop()
-        return 1
+        return await _give_up(clusters, f"cannot listen on port {port}: {exc.strerror}; try another --port, or 0 (any free port)")
     gw = Gateway(cfg)
     await gw.start()
     # The banner invites a query at once: print it once the backends have been probed, so that
