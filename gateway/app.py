@@ -120,6 +120,10 @@ class Gateway:
             retention=cfg.store.historyRetention)
         self.writer.start()
         self.rules.start()
+        if not cfg.rules_configured and not any(os.path.exists(p) for p in cfg.routing.rules):
+            log.info("no rules: the default folder %s does not exist in %s; every query goes to "
+                     "routing.defaultGroup '%s' (or the X-Trino-Routing-Group it names)",
+                     ", ".join(cfg.routing.rules), os.getcwd(), cfg.routing.defaultGroup)
         self.monitor.start()
         self.admission.start()
         from gateway.admin import log_auth_mode

@@ -69,7 +69,8 @@ async def _demo(port: int, cluster_base_port: int, state: str) -> int:
     try:
         sockets = bind_sockets(port, "127.0.0.1")
     except OSError as exc:
-        return await _give_up(clusters, f"cannot listen on port {port}: {exc.strerror}; try another --port, or 0 (any free port)")
+        return await _give_up(clusters, f"cannot listen on port {port}: {exc.strerror}; "
+                                        "try another --port, or 0 (any free port)")
     gw = Gateway(cfg)
     await gw.start()
     # The banner invites a query at once: print it once the backends have been probed, so that

@@ -189,3 +189,25 @@ def test_a_worker_that_crashes_after_starting_is_restarted(tmp_path):
         wait_for(lambda: log.read_text().count("worker 1 listening") == 2, message="worker 1 again")
     finally:
         assert _stop(proc) == 0, log.read_text()[-3000:]
+
+
+def test_serve_without_a_configuration_uses_rules_from_the_working_directory_if_there(tmp_path):
+    # Without ./rules it says so (routing still works: the default group); with it, it loads it.
+    for with_rules in (False, True):
+        folder = tmp_path / f"run-{with_rules}"
+        folder.mkdir()
+        if with_rules:
+            (folder / "rules").mkdir()
+            (folder / "rules" / "r.yaml").write_text("name: r\ncondition: source == 'x'\nroutingGroup: etl\n")
+        log = folder / "log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", "0"], cwd=folder,
+                                    env=_env(tmp_path), stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            _port_of(proc, log)
+            text = log.read_text()
+            missing = f"no rules: the default folder rules/ does not exist in {folder}; every query goes to "
+            assert (missing in text) is not with_rules, text
+            assert "rules loaded: version " in text and f"{int(with_rules)} rules from" in text, text
+        finally:
+            assert _stop(proc) == 0, log.read_text()[-3000:]
