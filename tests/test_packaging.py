@@ -79,3 +79,16 @@ def test_a_postgresql_skip_says_whether_the_server_is_down():
     assert "1 skipped" in res.stdout, res.stdout[-3000:]
     assert re.search(r"SKIPPED .*PostgreSQL not reachable at postgresql://postgres@127\.0\.0\.1:\d+/postgres: "
                      r".*Connection refused", res.stdout), res.stdout[-3000:]
+
+
+def test_installed_resources_come_from_the_package_not_a_neighbour_in_site_packages(tmp_path, monkeypatch):
+    # Installed, gateway/'s parent is site-packages, where rules/ may be another distribution
+    # (a package named "rules"); only a checkout (it has pyproject.toml) keeps them at its root.
+    from gateway import resources
+    site = tmp_path / "site-packages"
+    (site / "gateway" / "rules").mkdir(parents=True)
+    (site / "rules").mkdir()
+    monkeypatch.setattr(resources, "_PACKAGE", site / "gateway")
+    assert resources.resource_dir("rules") == site / "gateway" / "rules"
+    (site / "pyproject.toml").write_text("")
+    assert resources.resource_dir("rules") == site / "rules"
