@@ -122,7 +122,8 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
         if pid == 0:
             code = 1
             try:
-                os.close(ready_r)
+                for fd in [ready_r] + [r for _, r in children.values()]:   # the supervisor's ends
+                    os.close(fd)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
 
@@ -157,12 +158,15 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
         _, status = os.waitpid(first, 0)
         os.close(children.pop(first)[1])
         _metrics_process_dead(first)
+        if stopping:                                # SIGTERM / Ctrl-C while it was starting
+            return 0
         log.error("the first worker could not start (exit code %d); stopping",
                   os.waitstatus_to_exitcode(status))
         return 1
     for i in range(1, config.server.workers):
         spawn(i)
-    log.info("supervising %d worker processes on port %d", config.server.workers, config.server.port)
+    log.info("supervising %d worker processes on port %d", config.server.workers,
+             sockets[0][0].getsockname()[1])
     worst = 0
     while children:
         try:

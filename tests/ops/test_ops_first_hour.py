@@ -180,7 +180,9 @@ def test_a_worker_that_crashes_after_starting_is_restarted(tmp_path):
                                       "store": {"url": "sqlite:///gw.db"}})
     proc, log = _start(config, tmp_path, tmp_path)
     try:
-        _port_of(proc, log)
+        port = _port_of(proc, log)
+        wait_for(lambda: f"supervising 2 worker processes on port {port}" in log.read_text(),
+                 message="the supervisor's line, with the port the system chose")
         pid = int(wait_for(lambda: re.search(r"\[(\d+)\] INFO gateway\.server: worker 1 listening",
                                              log.read_text()), message="worker 1").group(1))
         os.kill(pid, signal.SIGKILL)
