@@ -8,7 +8,8 @@ import sys
 from gateway import __version__
 from gateway.config import ConfigError, load_config, require_paths
 
-class _FORMATTER(argparse.ArgumentDefaultsHelpFormatter):
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each option's default; options without one say in their text what happens."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     s = sub.add_parser(
-        "serve", help="run the gateway", formatter_class=_FORMATTER,
+        "serve", help="run the gateway", formatter_class=_HelpFormatter,
         description="Run the gateway until SIGTERM or Ctrl-C (in-flight queries may finish: "
                     "server.shutdownGracePeriod). Without --config: listen on 0.0.0.0:8080, "
                     "SQLite store trino-gateway.db and rules from ./rules if it exists, both in the "
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser(
-        "demo", help="run simulated clusters and a gateway in front of them", formatter_class=_FORMATTER,
+        "demo", help="run simulated clusters and a gateway in front of them",
+        formatter_class=_HelpFormatter,
         description="Start three simulated Trino clusters (adhoc-1 and adhoc-2 in group adhoc, etl-1 "
                     "in group etl) and a gateway in front of them on 127.0.0.1, routing with the "
                     "example rules; print how to connect. Ctrl-C stops everything.")
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     m = sub.add_parser(
-        "migrate", help="apply store migrations and exit", formatter_class=_FORMATTER,
+        "migrate", help="apply store migrations and exit", formatter_class=_HelpFormatter,
         description="Apply the pending migrations of the store named by store.url, print which, "
                     "and exit (0: done or nothing to do, 1: the store cannot be opened or migrated, "
                     "2: bad configuration). serve also migrates at start.")
@@ -132,14 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser(
         "hash-password", help="print a password hash for auth.users.NAME.password",
-        formatter_class=_FORMATTER,
+        formatter_class=_HelpFormatter,
         description="Read a password from standard input (or prompt twice on a terminal) and print "
                     "its hash, to put in auth.users.NAME.password.")
     h.set_defaults(func=_cmd_hash_password)
 
     hc = sub.add_parser(
         "healthcheck", help="exit 0 if the local gateway is live (for container health checks)",
-        formatter_class=_FORMATTER,
+        formatter_class=_HelpFormatter,
         description="GET /trino-gateway/livez from the gateway on this machine, at the port and "
                     "scheme the configuration gives (server.port; https when server.tls serves it). "
                     "Exit 0 if it answers 200, 1 otherwise.")

@@ -108,4 +108,7 @@ async def _demo(port: int, cluster_base_port: int, state: str) -> int:
 
 def run_demo(port: int = 8080, cluster_base_port: int = 0) -> int:
     with tempfile.TemporaryDirectory(prefix="trino-gateway-demo-") as state:
-        return asyncio.run(_demo(port, cluster_base_port, state))
+        try:
+            return asyncio.run(_demo(port, cluster_base_port, state))
+        except KeyboardInterrupt:   # Ctrl-C before the demo was up (later, it stops cleanly)
+            return 130
