@@ -92,3 +92,11 @@ def test_installed_resources_come_from_the_package_not_a_neighbour_in_site_packa
     assert resources.resource_dir("rules") == site / "gateway" / "rules"
     (site / "pyproject.toml").write_text("")
     assert resources.resource_dir("rules") == site / "rules"
+
+
+def test_rule_engine_stays_below_the_major_that_changes_rule_semantics():
+    # rule-engine 5 warns (MappingAttributeLookupDeprecation) that 6.0 removes `headers.name`
+    # lookups: a library user's install must not pick 6.x up before the rules are checked with it.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (req,) = [Requirement(r) for r in project["dependencies"] if r.startswith("rule-engine")]
+    assert not req.specifier.contains("6.0.0") and req.specifier.contains(str(_pins()["rule-engine"]))
