@@ -4,7 +4,9 @@ The store's migrations live in ``sql/`` at the repository root, where the code f
 checkout; an installed package looks in ``gateway/sql/`` instead (``gateway.store.base.
 migrations_dir``). This build step copies them there, so a wheel, ``pip install .`` and the
 Docker image carry them. The same holds for the admin page templates (``templates/`` →
-``gateway/templates/``). MANIFEST.in puts both folders in the source distribution.
+``gateway/templates/``) and the example rules the demo routes with (``rules/`` →
+``gateway/rules/``; the top-level folder stays the one place to edit them, and docs and
+docker/ point at it). MANIFEST.in puts the folders in the source distribution.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 # Folders outside gateway/ that the installed package needs: source -> destination in the package.
-BUNDLED = {"sql": "sql", "templates": "templates"}
+BUNDLED = {"sql": "sql", "templates": "templates", "rules": "rules"}
 
 
 class BuildPyWithData(build_py):

@@ -80,7 +80,7 @@ class Gateway:
         self.metrics.time_backend(self.client)
         self.balancer = Balancer(config.routing.policy)
         self.rules = RulesWatcher(
-            config.routing.rules, missing_ok=not _rules_explicit(config),
+            config.routing.rules, missing_ok=not config.rules_configured,
             on_change=lambda rs: self.metrics.rule_reloads.labels("ok").inc(),
             on_error=lambda err: self.metrics.rule_reloads.labels("error").inc())
         self._monitor_http = None if backend_tls is None else AsyncHTTPClient(
@@ -120,6 +120,10 @@ class Gateway:
             retention=cfg.store.historyRetention)
         self.writer.start()
         self.rules.start()
+        if not cfg.rules_configured and not any(os.path.exists(p) for p in cfg.routing.rules):
+            log.info("no rules: the default folder %s does not exist in %s; every query goes to "
+                     "routing.defaultGroup '%s' (or the X-Trino-Routing-Group it names)",
+                     ", ".join(cfg.routing.rules), os.getcwd(), cfg.routing.defaultGroup)
         self.monitor.start()
         self.admission.start()
         from gateway.admin import log_auth_mode
@@ -385,10 +389,6 @@ class Gateway:
             if self.registry.state(backend.name).health is not Health.UNHEALTHY:
                 log.warning("backend %s marked UNHEALTHY after a failed forward: %s", backend.name, exc)
             self.registry.mark_unhealthy(backend.name, str(exc))
-
-
-def _rules_explicit(config: Config) -> bool:
-    return config.routing.rules != ["rules/"]
 
 
 def _redact_url(url: str) -> str:

@@ -20,7 +20,7 @@ import yaml
 __all__ = [
     "ConfigError", "Config", "ServerConfig", "StoreConfig", "RoutingConfig", "MonitorConfig",
     "GroupConfig", "BackendConfig", "AuthConfig", "UserConfig", "LoggingConfig", "TlsConfig", "QueryConfig",
-    "load_config", "parse_duration", "config_from_dict", "DEFAULT_GROUP_FALLBACK",
+    "load_config", "parse_duration", "config_from_dict", "require_paths", "DEFAULT_GROUP_FALLBACK",
 ]
 
 
@@ -169,6 +169,9 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     source: str = "<defaults>"         # the file this came from, for messages
+    # routing.rules was written in the configuration (not the default ``rules/``): its paths
+    # must exist (see require_paths); the default folder may be missing.
+    rules_configured: bool = False
 
     def group(self, name: str) -> GroupConfig:
         return self.groups.get(name) or GroupConfig()
@@ -283,13 +286,15 @@ def validate_name(name: Any, where: str) -> str:
     return name
 
 
-def config_from_dict(data: Any, src: str = "<dict>") -> Config:
+def config_from_dict(data: Any, src: str = "<dict>", base_dir: str | None = None) -> Config:
+    """``base_dir``: the folder relative paths in ``data`` resolve against (the configuration
+    file's folder); ``None`` leaves them relative to the working directory."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{src}: the top level must be a mapping")
     data = _substitute_env(data, src, "")
-    known = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    known = {f.name for f in dataclasses.fields(Config)} - {"source", "rules_configured"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{src}: unknown key '{key}' (known keys: {', '.join(sorted(known))})")
@@ -342,8 +347,57 @@ def config_from_dict(data: Any, src: str = "<dict>") -> Config:
                 raise ConfigError(f"{src}: auth.users.{uname}.roles: unknown role {role!r} (admin, user, api)")
         cfg.auth.users[str(uname)] = u
 
+    cfg.rules_configured = isinstance(data.get("routing"), dict) and "rules" in data["routing"]
+    if base_dir is not None:
+        _resolve_paths(cfg, data, base_dir)
     _check_values(cfg, src)
     return cfg
+
+
+def _written(data: dict[str, Any], section: str, key: str) -> bool:
+    value = data.get(section)
+    return isinstance(value, dict) and value.get(key) is not None
+
+
+def _resolve_paths(cfg: Config, data: dict[str, Any], base_dir: str) -> None:
+    """Relative paths written in a configuration file resolve against the file's folder, so a
+    gateway started from another directory (systemd, a container, cron) reads the same files.
+    Defaults that were not written (``rules/``, ``sqlite:///trino-gateway.db``) stay relative to
+    the working directory, as for ``serve`` without ``--config``."""
+    def under(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(base_dir, path)
+
+    if cfg.rules_configured:
+        cfg.routing.rules = [under(p) for p in cfg.routing.rules]
+    s = cfg.server
+    if s.tls.certFile:
+        s.tls.certFile = under(s.tls.certFile)
+    if s.tls.keyFile:
+        s.tls.keyFile = under(s.tls.keyFile)
+    if s.backendCaFile:
+        s.backendCaFile = under(s.backendCaFile)
+    if s.stateDir:
+        s.stateDir = under(s.stateDir)
+    prefix = "sqlite:///"
+    if _written(data, "store", "url") and cfg.store.url.lower().startswith(prefix):
+        path = cfg.store.url[len(prefix):]
+        if path and path != ":memory:" and not os.path.isabs(path):
+            cfg.store.url = prefix + under(path)
+
+
+def require_paths(cfg: Config) -> None:
+    """At start-up: every configured rules path and TLS file exists (ConfigError otherwise).
+
+    Not part of loading, so a configuration can be checked on a machine that lacks its files
+    (CI, the tests of docker/gateway.yaml)."""
+    src = cfg.source
+    hint = "" if src.startswith("<") else f" (relative paths resolve against the folder of {src})"
+    wanted = [("routing.rules", p) for p in cfg.routing.rules] if cfg.rules_configured else []
+    wanted += [(f"server.tls.{k}", v) for k, v in
+               (("certFile", cfg.server.tls.certFile), ("keyFile", cfg.server.tls.keyFile)) if v]
+    for key, path in wanted:
+        if not os.path.exists(path):
+            raise ConfigError(f"{src}: {key}: {path!r} does not exist{hint}")
 
 
 def _check_values(cfg: Config, src: str) -> None:
@@ -395,4 +449,4 @@ def load_config(path: str | None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return config_from_dict(data, path)
+    return config_from_dict(data, path, base_dir=os.path.dirname(os.path.abspath(path)))

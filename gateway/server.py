@@ -17,9 +17,11 @@ because they need a restart.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -42,7 +44,11 @@ def prepare_workers(config: Config) -> None:
     every worker writes and /metrics aggregates (prometheus-client reads this at import)."""
     s = config.server
     if s.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        d = s.stateDir or tempfile.mkdtemp(prefix="trino-gateway-metrics-")
+        d = s.stateDir
+        if d is None:
+            d = tempfile.mkdtemp(prefix="trino-gateway-metrics-")
+            # Ours alone: removed when the supervisor exits (workers leave with os._exit).
+            atexit.register(shutil.rmtree, d, ignore_errors=True)
         os.makedirs(d, exist_ok=True)
         for f in os.listdir(d):
             if f.endswith(".db"):
@@ -53,11 +59,16 @@ def prepare_workers(config: Config) -> None:
 def serve(config: Config, *, ready_callback: Any = None) -> int:
     setup_logging(config.logging)
     s = config.server
+    port = s.port
     try:
-        sockets = bind_sockets(s.port, s.host, reuse_port=False)
-        tls_sockets = bind_sockets(s.tls.port, s.host) if s.tls.certFile and s.tls.port else []
+        sockets = bind_sockets(port, s.host, reuse_port=False)
+        if s.tls.certFile and s.tls.port:
+            port = s.tls.port
+            tls_sockets = bind_sockets(port, s.host)
+        else:
+            tls_sockets = []
     except OSError as exc:
-        log.error("cannot listen on %s: %s", s.host, exc.strerror)
+        log.error("cannot listen on %s port %d: %s", s.host, port, exc.strerror)
         return 1
     if s.tls.certFile:
         try:
@@ -94,20 +105,40 @@ def backend_ssl_context(s: ServerConfig) -> ssl.SSLContext | None:
 
 
 def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.socket]]) -> int:
-    """Fork the workers and wait; forward signals; restart a worker that crashed."""
-    children: dict[int, int] = {}
+    """Fork the workers and wait; forward signals; restart a worker that crashed.
 
-    def spawn(i: int) -> None:
+    Worker 0 starts alone first: if it cannot start (a store that does not exist, say), no
+    other worker could either, so the supervisor exits 1 at once, the reason logged once by
+    that worker, instead of restarting workers forever while clients wait on the bound port.
+    Later, a worker that crashed is restarted; one that fails again before it is ready is
+    restarted after a growing pause (up to ``_MAX_RESTART_DELAY``).
+    """
+    children: dict[int, tuple[int, int]] = {}   # pid -> (worker number, read end of its ready pipe)
+    failed_starts: dict[int, int] = {}          # worker number -> start failures in a row
+
+    def spawn(i: int) -> int:
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            code = asyncio.run(_run_worker(config, sockets, None, worker=i))
-            os._exit(code)
-        children[pid] = i
+            code = 1
+            try:
+                for fd in [ready_r] + [r for _, r in children.values()]:   # the supervisor's ends
+                    os.close(fd)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
 
-    for i in range(config.server.workers):
-        spawn(i)
+                def ready(_gw: Any, _port: int) -> None:
+                    os.write(ready_w, b"r")
+                    os.close(ready_w)
+                code = asyncio.run(_run_worker(config, sockets, ready, worker=i))
+            except BaseException:  # noqa: BLE001 - a forked worker never returns into the supervisor
+                log.exception("worker %d failed", i)
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        children[pid] = (i, ready_r)
+        return pid
+
     stopping = False
 
     def forward(signum: int, _frame: Any) -> None:
@@ -122,7 +153,20 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    log.info("supervising %d worker processes on port %d", config.server.workers, config.server.port)
+    first = spawn(0)
+    if os.read(children[first][1], 1) != b"r":     # end of file: it exited before it was ready
+        _, status = os.waitpid(first, 0)
+        os.close(children.pop(first)[1])
+        _metrics_process_dead(first)
+        if stopping:                                # SIGTERM / Ctrl-C while it was starting
+            return 0
+        log.error("the first worker could not start (exit code %d); stopping",
+                  os.waitstatus_to_exitcode(status))
+        return 1
+    for i in range(1, config.server.workers):
+        spawn(i)
+    log.info("supervising %d worker processes on port %d", config.server.workers,
+             sockets[0][0].getsockname()[1])
     worst = 0
     while children:
         try:
@@ -131,18 +175,32 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
             break
         except InterruptedError:
             continue
-        i = children.pop(pid, None)
+        entry = children.pop(pid, None)
         code = os.waitstatus_to_exitcode(status)
         _metrics_process_dead(pid)
-        if i is None:
+        if entry is None:
             continue
+        i, ready_r = entry
+        os.set_blocking(ready_r, False)
+        try:
+            was_ready = pid == first or os.read(ready_r, 1) == b"r"
+        except BlockingIOError:
+            was_ready = False
+        os.close(ready_r)
         if not stopping and code != 0:
-            log.error("worker %d exited with %d; restarting it", i, code)
-            time.sleep(0.5)
-            spawn(i)
+            failed_starts[i] = 0 if was_ready else failed_starts.get(i, 0) + 1
+            delay = min(_MAX_RESTART_DELAY, 0.5 * 2 ** failed_starts[i])
+            log.error("worker %d exited with %d%s; restarting it in %.1fs", i, code,
+                      "" if was_ready else " before it was ready", delay)
+            time.sleep(delay)
+            if not stopping:
+                spawn(i)
         else:
             worst = max(worst, abs(code))
     return 0 if worst == 0 else 1
+
+
+_MAX_RESTART_DELAY = 10.0   # seconds between restarts of a worker that keeps failing to start
 
 
 async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], list[socket.socket]],

@@ -21,6 +21,8 @@ import requests
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# The PostgreSQL server the tests use: they create (and drop) their own databases on it through
+# its `postgres` maintenance database, so the database named here need not exist.
 PG_URL = os.environ.get("TRINO_GATEWAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -253,27 +255,65 @@ def cluster_of(cursor: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# The package as users get it
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built once per session as ``pip wheel .`` builds it."""
+    folder = tmp_path_factory.mktemp("wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), str(REPO)]
+    try:  # a setuptools that builds wheels by itself: no need to fetch a build environment
+        import setuptools.command.bdist_wheel  # noqa: F401
+        cmd.insert(4, "--no-build-isolation")
+    except ImportError:
+        pass
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (whl,) = folder.glob("trino_gateway-*.whl")
+    return whl
+
+
+# ---------------------------------------------------------------------------------------------
 # PostgreSQL
 
 def pg_required() -> bool:
     return os.environ.get("TRINO_GATEWAY_REQUIRE_PG") == "1"
 
 
+def pg_url_for(dbname: str) -> str:
+    """``PG_URL`` pointing at another database on the same server."""
+    from urllib.parse import urlsplit, urlunsplit
+    return urlunsplit(urlsplit(PG_URL)._replace(path=f"/{dbname}"))
+
+
+def pg_admin() -> Any:
+    """An autocommit connection to the test server's ``postgres`` database, for creating and
+    dropping test databases. Without one: skip (fail with TRINO_GATEWAY_REQUIRE_PG=1), saying
+    whether the server is down or answered with an error (a missing role, a password)."""
+    import psycopg
+    from gateway.store.base import redact_url
+    url = pg_url_for("postgres")
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        detail = " ".join(str(exc).split())
+        down = any(s in detail for s in ("Connection refused", "timeout expired", "could not translate host"))
+        reason = (f"PostgreSQL not reachable at {redact_url(url)}: {detail}" if down else
+                  f"PostgreSQL at {redact_url(url)} refused the tests' connection: {detail}")
+        reason += " (set TRINO_GATEWAY_TEST_PG_URL to a server where that user may create databases)"
+        if pg_required():
+            pytest.fail(f"TRINO_GATEWAY_REQUIRE_PG=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for one test; its URL. Skips (or fails in CI) without a server."""
-    try:
-        import psycopg
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        if pg_required():
-            pytest.fail(f"PostgreSQL is required (TRINO_GATEWAY_REQUIRE_PG=1) but unreachable: {exc}")
-        pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {exc}")
+    admin = pg_admin()
     name = f"tgw_e2e_{uuid.uuid4().hex[:10]}"
     admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_URL.rsplit("/", 1)[0]
     try:
-        yield f"{base}/{name}"
+        yield pg_url_for(name)
     finally:
         admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -146,3 +146,42 @@ def test_the_docs_complete_example_loads(monkeypatch):
     text = re.search(r"```yaml\n(.*?)```", example, re.DOTALL).group(1)
     cfg = C.config_from_dict(yaml.safe_load(text), "example")
     assert cfg.server.workers == 2 and cfg.groups["etl"].fallback == "none"
+
+
+def test_relative_paths_in_a_file_resolve_against_its_folder(tmp_path, monkeypatch):
+    # A service manager starts the gateway from another directory; the file means the same.
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "ca.pem").write_text("x")
+    path = folder / "gw.yaml"
+    path.write_text("server:\n  tls: {certFile: tls/c.pem, keyFile: /abs/k.pem}\n"
+                    "  backendCaFile: ca.pem\n  stateDir: state\n"
+                    "store:\n  url: sqlite:///data/gw.db\nrouting:\n  rules: [rules/, /abs/rules]\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load_config("etc/gw.yaml")           # a relative path to the file works too
+    assert cfg.routing.rules == [f"{folder}/rules/", "/abs/rules"]
+    assert cfg.server.tls.certFile == f"{folder}/tls/c.pem" and cfg.server.tls.keyFile == "/abs/k.pem"
+    assert cfg.server.backendCaFile == f"{folder}/ca.pem" and cfg.server.stateDir == f"{folder}/state"
+    assert cfg.store.url == f"sqlite:///{folder}/data/gw.db"
+    assert cfg.rules_configured
+
+
+def test_defaults_not_written_in_the_file_stay_relative_to_the_working_directory(tmp_path):
+    cfg = C.load_config(_write(tmp_path, "store:\n  url: 'sqlite:///:memory:'\n"))
+    assert cfg.routing.rules == ["rules/"] and not cfg.rules_configured
+    assert cfg.store.url == "sqlite:///:memory:"
+    assert C.load_config(_write(tmp_path, "server: {port: 1}\n")).store.url == "sqlite:///trino-gateway.db"
+
+
+def test_a_configured_path_that_does_not_exist_is_a_start_error(tmp_path):
+    path = _write(tmp_path, "routing:\n  rules: [rules/]\n")
+    cfg = C.load_config(path)                     # loading alone does not look at the disk
+    with pytest.raises(C.ConfigError, match=rf"{re.escape(path)}: routing.rules: '{tmp_path}/rules/' "
+                                            rf"does not exist \(relative paths resolve against the folder"):
+        C.require_paths(cfg)
+    (tmp_path / "rules").mkdir()
+    C.require_paths(cfg)
+    C.require_paths(C.load_config(None))          # the default rules/ may be missing
+    cfg = C.load_config(_write(tmp_path, "server:\n  tls: {certFile: c.pem, keyFile: k.pem}\n"))
+    with pytest.raises(C.ConfigError, match="server.tls.certFile: .*c.pem' does not exist"):
+        C.require_paths(cfg)

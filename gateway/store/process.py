@@ -305,8 +305,13 @@ def main() -> int:
             data = _frame(reply)
         except Exception as exc:   # noqa: BLE001 - an unpicklable result
             data = _frame((False, StoreError(f"cannot send the store's answer: {exc}")))
-        stdout.write(data)
-        stdout.flush()
+        try:
+            stdout.write(data)
+            stdout.flush()
+        except BrokenPipeError:      # the gateway is gone (e.g. stopped while it was starting)
+            # Python flushes stdout again at exit; point it at /dev/null so that is quiet too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+            break
     if store is not None:
         store.close()
     return 0

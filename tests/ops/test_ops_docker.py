@@ -4,7 +4,8 @@ The compose file parses and every file it mounts or builds from exists; the imag
 command is the `serve` command the end-to-end tests run; docker/gateway.yaml loads with the
 environment compose gives it and points at the compose services; the example rules route to
 groups that have backends; every published port is documented; the Prometheus alerts only use
-metrics that exist; a built wheel carries the store migrations, the templates and static files.
+metrics that exist; a built wheel carries the store migrations, the templates, static files and the example rules;
+every image and package is pinned; the health check follows the configuration.
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def test_trino_coordinators_process_forwarded_headers():
 def test_image_is_small_non_root_and_runs_the_serve_command_the_tests_run():
     instrs = _dockerfile()
     froms = [a for i, a in instrs if i == "FROM"]
-    assert froms and all(a.split()[0] == "python:3.11-slim" for a in froms)
+    assert froms and all(re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", a.split()[0]) for a in froms), froms
     users = [a for i, a in instrs if i == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
     entry = [a for i, a in instrs if i == "ENTRYPOINT"]
@@ -108,6 +109,31 @@ def test_image_is_small_non_root_and_runs_the_serve_command_the_tests_run():
     mounts = dict(v.split(":")[:2] for v in SERVICES["gateway"]["volumes"])
     assert args.config in mounts.values()
     assert (DOCKER / next(s for s, d in mounts.items() if d == args.config)).resolve() == DOCKER / "gateway.yaml"
+
+
+def test_every_image_and_package_is_pinned():
+    # Nothing floats: no `latest` or bare major tags in compose, a patch-level base image, and
+    # the image installs exactly constraints.txt (tests/test_packaging.py checks that file).
+    for name, svc in SERVICES.items():
+        if "image" in svc and "build" not in svc:
+            image = _interpolate(svc["image"])
+            repo, _, tag = image.rpartition(":")
+            assert repo and tag and tag != "latest", f"{name}: {image} is not pinned"
+            assert re.search(r"\d+\.\d+|^\d{3,}$", tag), f"{name}: {image} names no exact version"
+    runs = " ".join(a for i, a in _dockerfile() if i == "RUN")
+    assert "pip wheel --no-cache-dir --constraint constraints.txt" in runs
+    assert "pip install --no-cache-dir --no-index --find-links /wheels trino-gateway" in runs
+
+
+def test_the_health_check_reads_the_configuration_the_image_serves():
+    (check,) = [a for i, a in _dockerfile() if i == "HEALTHCHECK"]
+    argv = json.loads(check.split("CMD", 1)[1])
+    entry = json.loads(next(a for i, a in _dockerfile() if i == "ENTRYPOINT"))
+    assert argv[:2] == ["trino-gateway", "healthcheck"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.config == build_parser().parse_args(entry[1:]).config
+    # ... and so follows the configured port and scheme (tests/ops/test_ops_first_hour.py runs it)
+    assert "8080" not in check
 
 
 def test_gateway_yaml_loads_with_the_compose_environment(monkeypatch):
@@ -162,17 +188,8 @@ def test_prometheus_config_and_alerts_use_existing_metrics():
     assert _metric_names_in(doc) <= set(METRIC_NAMES), _metric_names_in(doc) - set(METRIC_NAMES)
 
 
-def test_wheel_carries_migrations_templates_and_static_files(tmp_path):
-    # Build isolation fetches setuptools and wheel from the package index, as `docker build` does.
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)]
-    try:
-        import wheel  # noqa: F401
-        cmd.insert(4, "--no-build-isolation")
-    except ImportError:
-        pass
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (whl,) = tmp_path.glob("trino_gateway-*.whl")
+def test_wheel_carries_migrations_templates_static_files_and_example_rules(built_wheel):
+    whl = built_wheel
     names = set(zipfile.ZipFile(whl).namelist())
     for sql in (REPO / "sql").rglob("*.sql"):
         assert f"gateway/sql/{sql.relative_to(REPO / 'sql').as_posix()}" in names, sql
@@ -180,5 +197,7 @@ def test_wheel_carries_migrations_templates_and_static_files(tmp_path):
         assert f"gateway/templates/{tpl.relative_to(REPO / 'templates').as_posix()}" in names, tpl
     for static in (REPO / "gateway" / "admin" / "static").glob("*"):
         assert f"gateway/admin/static/{static.name}" in names, static
+    for rule in (REPO / "rules").glob("*.yaml"):     # the demo's example rules
+        assert f"gateway/rules/{rule.name}" in names, rule
     assert not [n for n in names if n.startswith(("rules/", "tests/", "docker/", "benchmarks/"))]
     assert "gateway/cli.py" in names and "gateway/store/base.py" in names

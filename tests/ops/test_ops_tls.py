@@ -79,6 +79,7 @@ def test_https_beside_plain_http(fresh_clusters, gateway_factory, tmp_path, cert
 def test_a_bad_certificate_is_a_clear_start_error(tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate\n")
+    (tmp_path / "rules").mkdir()     # the configured rules folder exists: only the certificate is bad
     config = tmp_path / "gw.yaml"
     config.write_text(yaml.safe_dump(gateway_config(tmp_path, None, server={
         "tls": {"certFile": str(bad), "keyFile": str(bad)}})))

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import pytest
 import trino
 
-from tests.conftest import PG_URL, gateway_config, wait_for
+from tests.conftest import gateway_config, pg_url_for, wait_for
 from tests.reliability.helpers import ClientThreads, metric, sizes
 
 ALL_ADHOC = {"adhoc-1": "adhoc", "adhoc-2": "adhoc", "etl-1": "adhoc"}
@@ -110,7 +110,7 @@ def test_postgres_unavailable_under_load(outage, max_pending, pg_database, fresh
     cfg = gateway_config(tmp_path, fresh_clusters, groups=ALL_ADHOC, store_url=pg_database,
                          store={"historyMaxPending": max_pending})
     gw = gateway_factory(cfg)
-    admin = psycopg.connect(PG_URL, autocommit=True)
+    admin = psycopg.connect(pg_url_for("postgres"), autocommit=True)
     try:
         with Load(gw.port) as load:
             load.run_for(1.0)

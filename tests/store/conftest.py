@@ -1,32 +1,23 @@
 """Fixtures that run every store test against SQLite and PostgreSQL.
 
 PostgreSQL: ``TRINO_GATEWAY_TEST_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``)
-names the server. Each test session creates its own databases ``tgw_test_<random>`` through the
-server's ``postgres`` database and drops them at the end, so parallel runs never share data.
-An unreachable server skips the PostgreSQL tests, unless ``TRINO_GATEWAY_REQUIRE_PG=1`` (CI),
-which makes them fail.
+names the server (the database in it need not exist). Each test session creates its own
+databases ``tgw_test_<random>`` through the server's ``postgres`` database and drops them at
+the end, so parallel runs never share data. Without a server (or with one that refuses the
+connection, said apart in the reason) the PostgreSQL tests skip, unless
+``TRINO_GATEWAY_REQUIRE_PG=1`` (CI), which makes them fail.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from gateway.store import Store, open_store
-from gateway.store.base import redact_url
-
-PG_URL = os.environ.get("TRINO_GATEWAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REQUIRE_PG = os.environ.get("TRINO_GATEWAY_REQUIRE_PG") == "1"
-
-
-def pg_url_for(dbname: str) -> str:
-    """``PG_URL`` pointing at another database on the same server."""
-    return urlunsplit(urlsplit(PG_URL)._replace(path=f"/{dbname}"))
-
+from tests.conftest import pg_admin, pg_url_for
 
 class PgDatabases:
     """Creates throw-away databases on the test server; drops them all at the end."""
@@ -56,14 +47,7 @@ class PgDatabases:
 
 @pytest.fixture(scope="session")
 def pg_databases() -> Iterator[PgDatabases]:
-    try:
-        admin = psycopg.connect(pg_url_for("postgres"), autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        reason = (f"PostgreSQL not reachable at {redact_url(pg_url_for('postgres'))} "
-                  f"({str(exc).strip()}); set TRINO_GATEWAY_TEST_PG_URL")
-        if REQUIRE_PG:
-            pytest.fail(f"TRINO_GATEWAY_REQUIRE_PG=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+    admin = pg_admin()
     dbs = PgDatabases(admin)
     try:
         yield dbs

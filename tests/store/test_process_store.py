@@ -209,3 +209,19 @@ def test_the_reversibility_probe_leaves_the_calling_thread_alone() -> None:
     before = os.sched_getscheduler(0)
     _Priority._reversible()
     assert os.sched_getscheduler(0) == before
+
+
+def test_a_gateway_gone_before_the_answer_leaves_no_traceback(tmp_path) -> None:
+    # The gateway stopped (Ctrl-C, a failed start) while the child was still opening the store:
+    # the child's answer meets a closed pipe. It exits quietly instead of printing a traceback.
+    import pickle
+    import struct
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.store.process"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                     # nobody will read the answer
+    data = pickle.dumps((time.monotonic(), ("open", f"sqlite:///{tmp_path / 's.db'}", {}, None)))
+    proc.stdin.write(struct.pack("!I", len(data)) + data)
+    proc.stdin.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
