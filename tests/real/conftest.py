@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.conftest import GatewayProcess, gateway_config, start_gateway, wait_for
-from tests.real.launcher import CLI, JDBC, Cluster, Coordinator, LauncherError, fetch
+from tests.real.launcher import CLI, JDBC, Cluster, Coordinator, LauncherError, fetch, find_java
 
 REQUIRE = os.environ.get("TRINO_GATEWAY_REQUIRE_REAL") == "1"
 
@@ -147,6 +147,17 @@ def jdbc_jar() -> Path:
 def cli_jar() -> Path:
     try:
         return fetch(CLI, say=lambda m: print(f"\n[real trino] {m}", flush=True))
+    except LauncherError as exc:
+        _unavailable(str(exc))
+        raise
+
+
+@pytest.fixture(scope="session")
+def client_java() -> Path:
+    """The JDK home the JDBC and CLI checks run on: Java 17 or later (the 476 driver and CLI
+    need 11+ and 17+; users' tools such as DBeaver bundle 17 or 21)."""
+    try:
+        return find_java(17)
     except LauncherError as exc:
         _unavailable(str(exc))
         raise
