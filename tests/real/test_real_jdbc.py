@@ -28,14 +28,14 @@ SOURCE = Path(__file__).parent / "java" / "JdbcCheck.java"
 class Jdbc:
     """Runs the compiled JdbcCheck against a ``jdbc:trino://`` URL."""
 
-    def __init__(self, java_home: Path, jar: Path, classes: Path) -> None:
-        self.java = str(java_home / "bin" / "java")
+    def __init__(self, java: list[str], jar: Path, classes: Path) -> None:
+        self.java = java
         self.classpath = f"{jar}:{classes}"
 
     def command(self, mode: str, base_url: str, user: str, *props: str) -> list[str]:
         # DBeaver's URL: jdbc:trino://host:port, the user as a property, no SSL.
         url = "jdbc:trino://" + base_url.removeprefix("http://")
-        return [self.java, "-cp", self.classpath, "JdbcCheck", mode, url, user, *props]
+        return [*self.java, "-cp", self.classpath, "JdbcCheck", mode, url, user, *props]
 
     def run(self, mode: str, base_url: str, user: str = "dbeaver-user", *props: str) -> dict[str, Any]:
         proc = subprocess.run(self.command(mode, base_url, user, *props), capture_output=True,
@@ -45,10 +45,10 @@ class Jdbc:
 
 
 @pytest.fixture(scope="session")
-def jdbc(client_java: Path, jdbc_jar: Path, tmp_path_factory: pytest.TempPathFactory) -> Jdbc:
+def jdbc(client_java: list[str], jdbc_jar: Path, tmp_path_factory: pytest.TempPathFactory) -> Jdbc:
     """JdbcCheck compiled once per session (a source launch compiles on every run)."""
     classes = tmp_path_factory.mktemp("jdbc-classes")
-    proc = subprocess.run([str(client_java / "bin" / "javac"), "-cp", str(jdbc_jar), "-d", str(classes),
+    proc = subprocess.run([str(Path(client_java[0]).with_name("javac")), "-cp", str(jdbc_jar), "-d", str(classes),
                            str(SOURCE)], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"javac JdbcCheck.java failed:\n{proc.stderr[-3000:]}"
     return Jdbc(client_java, jdbc_jar, classes)
