@@ -82,26 +82,38 @@ public class JdbcCheck {
                 + "FROM tpch.tiny.nation n JOIN tpch.tiny.region r ON n.regionkey = r.regionkey "
                 + "WHERE n.nationkey < ? AND n.name LIKE ? ORDER BY n.nationkey";
         try (PreparedStatement ps = conn.prepareStatement(sql)) {
-            ps.setString(1, "it's quoted");
-            ps.setBigDecimal(2, new BigDecimal("12.30"));
-            ps.setDate(3, Date.valueOf("2024-02-29"));
-            ps.setLong(4, 20);
-            ps.setString(5, "%A%");
+            bind(ps, "it's quoted", new BigDecimal("12.30"), Date.valueOf("2024-02-29"), 20L, "%A%");
             out.put("first", rows(ps.executeQuery(), ids));
-            ps.setString(1, "second");
-            ps.setBigDecimal(2, new BigDecimal("-1.5"));
-            ps.setDate(3, Date.valueOf("1999-12-31"));
-            ps.setLong(4, 5);
-            ps.setString(5, "%");
+            bind(ps, "second", new BigDecimal("-1.5"), Date.valueOf("1999-12-31"), 5L, "%");
             out.put("second", rows(ps.executeQuery(), ids));
             out.put("parameterCount", ps.getParameterMetaData().getParameterCount());
         }
         try (PreparedStatement ps = conn.prepareStatement("SELECT count(*) FROM tpch.tiny.orders WHERE orderkey < ?")) {
-            ps.setInt(1, 1000);
+            bind(ps, 1000);
             out.put("count", rows(ps.executeQuery(), ids));
         }
         out.put("queryIds", ids);
         return out;
+    }
+
+    /** The typed setters an application calls (setString, setBigDecimal, ...), by value type. */
+    static void bind(PreparedStatement ps, Object... values) throws SQLException {
+        for (int i = 0; i < values.length; i++) {
+            Object v = values[i];
+            if (v instanceof String x) {
+                ps.setString(i + 1, x);
+            } else if (v instanceof BigDecimal x) {
+                ps.setBigDecimal(i + 1, x);
+            } else if (v instanceof Date x) {
+                ps.setDate(i + 1, x);
+            } else if (v instanceof Long x) {
+                ps.setLong(i + 1, x);
+            } else if (v instanceof Integer x) {
+                ps.setInt(i + 1, x);
+            } else {
+                throw new IllegalArgumentException("no setter for " + v);
+            }
+        }
     }
 
     static void cancel(Connection conn) throws Exception {
