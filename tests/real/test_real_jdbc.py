@@ -16,7 +16,6 @@ import pytest
 import requests
 
 from tests.conftest import GatewayProcess, wait_for
-from tests.real.conftest import history_row
 from tests.real.launcher import Cluster, Coordinator
 from tests.real.test_real_python_client import coordinator_query, error_code, routed_to
 
