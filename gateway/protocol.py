@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from tornado.httputil import HTTPHeaders
 
@@ -41,7 +41,9 @@ _PATH_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^/oauth2/token/initiate/([0-9a-fA-F]{64})$"), OAUTH_INITIATE),
     (re.compile(r"^/oauth2/token/([0-9a-fA-F-]{8,64})$"), OAUTH_TOKEN),
 )
-_INFO_PAGE_QID = re.compile(rf"^({QUERY_ID})")
+# Trino's web UI: the query page ``/ui/query.html?<qid>`` and the login page a coordinator sends
+# a browser to from there, ``/ui/login.html?/ui/query.html?<qid>``.
+_UI_PAGE_QID = re.compile(rf"^/ui/(?:query\.html\?|login\.html\?/ui/query\.html\?)({QUERY_ID})")
 _KILL_QUERY = re.compile(
     r"^\s*CALL\s+(?:\"?system\"?\s*\.\s*)?\"?runtime\"?\s*\.\s*\"?kill_query\"?\s*\(([^)]*)\)",
     re.IGNORECASE | re.DOTALL)
@@ -58,8 +60,9 @@ def is_query_id(text: str) -> bool:
     return bool(_QUERY_ID_RE.match(text))
 
 
-def classify(method: str, path: str, query: str = "") -> RequestKind:
-    """Tell what a client request is about, from its method, path and query string."""
+def classify(method: str, path: str, query: str = "", referer: str | None = None) -> RequestKind:
+    """Tell what a client request is about, from its method, path and query string, and for
+    Trino's web UI the page that made the request (its ``Referer``)."""
     if path == "/v1/statement":
         return RequestKind(STATEMENT) if method == "POST" else RequestKind(OTHER)
     for pattern, kind in _PATH_RULES:
@@ -71,13 +74,32 @@ def classify(method: str, path: str, query: str = "") -> RequestKind:
             elif kind == OAUTH_INITIATE:
                 key = key.lower()
             return RequestKind(kind, key)
-    if path == "/ui/query.html":
-        m = _INFO_PAGE_QID.match(query)
-        if m:
-            return RequestKind(QUERY, m.group(1))
+    if path.startswith("/ui/"):
+        qid = ui_page_query(path, query, referer)
+        if qid:
+            return RequestKind(QUERY, qid)
     if path == "/oauth2/callback":
         return RequestKind(OAUTH_CALLBACK)
     return RequestKind(OTHER)
+
+
+def ui_page_query(path: str, query: str, referer: str | None = None) -> str | None:
+    """The query a web-UI request belongs to: the one its own URL names (``query.html?<qid>``,
+    ``login.html?/ui/query.html?<qid>``), else the one the page that made it names.
+
+    The query page loads scripts and calls ``/ui/api/cluster`` that name no query, and its login
+    form posts to ``/ui/login``. Each coordinator signs its UI login cookie with a key of its
+    own (unless every one sets the same ``web-ui.shared-secret``), so all of these must reach the
+    coordinator that owns the query, or its login is refused there and the browser loops
+    between the query and the login page. Browsers send same-origin ``Referer``s in full."""
+    m = _UI_PAGE_QID.match(f"{path}?{unquote(query)}")
+    if m is None and referer:
+        try:
+            ref = urlsplit(referer)
+        except ValueError:
+            return None
+        m = _UI_PAGE_QID.match(f"{ref.path}?{unquote(ref.query)}")
+    return m.group(1) if m else None
 
 
 def kill_query_target(sql: str) -> str | None:

@@ -42,6 +42,36 @@ def test_classify(method, path, query, kind, key):
     assert (rk.kind, rk.key) == (kind, key)
 
 
+GW = "http://gw.example:8080"
+
+
+@pytest.mark.parametrize("method,path,query,referer,key", [
+    # the login page a coordinator redirects the query page to, and its form's POST
+    ("GET", "/ui/login.html", f"/ui/query.html?{QID}", None, QID),
+    ("GET", "/ui/login.html", f"%2Fui%2Fquery.html%3F{QID}", None, QID),
+    ("POST", "/ui/login", "", f"{GW}/ui/login.html?/ui/query.html?{QID}", QID),
+    # what the query page loads: scripts, the cluster title, the worker links
+    ("GET", "/ui/dist/query.js", "", f"{GW}/ui/query.html?{QID}", QID),
+    ("GET", "/ui/api/cluster", "", f"{GW}/ui/query.html?{QID}", QID),
+    ("GET", "/ui/vendor/bootstrap/css/bootstrap.css", "", f"{GW}/ui/login.html?/ui/query.html?{QID}", QID),
+    # the page's own id wins over its referer's
+    ("GET", "/ui/query.html", QID, f"{GW}/ui/query.html?20240101_123456_00002_zzzzz", QID),
+    # pages that name no query route as before
+    ("GET", "/ui/api/cluster", "", f"{GW}/ui/", None),
+    ("GET", "/ui/login.html", "", None, None),
+    ("POST", "/ui/login", "", f"{GW}/ui/login.html", None),
+    ("GET", "/ui/api/stats", "", "not a url [", None),
+    # only web-UI requests follow the referer
+    ("GET", "/v1/info", "", f"{GW}/ui/query.html?{QID}", None),
+    ("GET", "/ui/dist/query.js", "", f"{GW}/ui/query.html?not_a_query_id", None),
+])
+def test_classify_web_ui_by_the_page_that_asks(method, path, query, referer, key):
+    """Every request of a query's UI page reaches the coordinator that owns the query: each
+    coordinator signs its UI login with its own key (found with real Trino, tests/real)."""
+    rk = P.classify(method, path, query, referer)
+    assert (rk.kind, rk.key) == ((P.QUERY, key) if key else (P.OTHER, None))
+
+
 @pytest.mark.parametrize("sql,target", [
     (f"CALL system.runtime.kill_query(query_id => '{QID}', message => 'x')", QID),
     (f"call system.runtime.kill_query('{QID}')", QID),

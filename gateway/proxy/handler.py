@@ -103,7 +103,7 @@ class ProxyHandler(LeanHandler):
             limit = self.gw.config.server.maxBodySize
             return self._plain(413, f"Request body exceeds the gateway limit of {limit} bytes\n")
         req = self.request
-        kind = self._kind = P.classify(req.method or "GET", req.path, req.query)
+        kind = self._kind = P.classify(req.method or "GET", req.path, req.query, req.headers.get("Referer"))
         self.gw.metrics.request_started(kind.kind)
         self.gw.in_flight += 1
         try:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.conftest import GatewayProcess, gateway_config, start_gateway, wait_for
-from tests.real.launcher import CLI, JDBC, Cluster, Coordinator, LauncherError, fetch
+from tests.real.launcher import CLI, JDBC, Cluster, Coordinator, LauncherError, fetch, find_java
+from tests.real.launcher import _java_major as java_major
 
 REQUIRE = os.environ.get("TRINO_GATEWAY_REQUIRE_REAL") == "1"
 
@@ -157,6 +158,23 @@ def cli_jar() -> Path:
     except LauncherError as exc:
         _unavailable(str(exc))
         raise
+
+
+@pytest.fixture(scope="session")
+def client_java() -> list[str]:
+    """The command that starts the JDBC and CLI checks' JVM: Java 17 or later (the 476 driver
+    and CLI need 11+ and 17+; tools such as DBeaver bundle 17 or 21). Short-lived clients on a
+    busy 2-core machine: the C1 compiler and the serial collector halve their start-up CPU."""
+    try:
+        home = find_java(17)
+    except LauncherError as exc:
+        _unavailable(str(exc))
+        raise
+    cmd = [str(home / "bin" / "java"), "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+    if (java_major(home) or 0) >= 22:
+        # The CLI's terminal library loads native code; newer JDKs warn on stderr unless told.
+        cmd.append("--enable-native-access=ALL-UNNAMED")
+    return cmd
 
 
 def coordinator_of(coords: Cluster, backend: str) -> Coordinator:
