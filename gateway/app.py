@@ -35,6 +35,7 @@ from gateway.store.writer import AsyncStore, HistoryWriter, StoreCalls
 from gateway.monitor import Monitor
 from gateway.admission import Admission
 from gateway.server import backend_ssl_context
+from gateway.unfinished import UnfinishedQueries
 
 log = logging.getLogger("gateway")
 _MAX_STORE_WAITERS = 16  # sticky lookups that may wait for another process's flush at once
@@ -101,6 +102,8 @@ class Gateway:
         self._store_waiters = 0
         self.strict_groups = frozenset(g for g, c in config.groups.items() if c.fallback == "none")
         self._seen: dict[str, int] = {}
+        # Queries routed and not seen finishing, per backend, from the shared history.
+        self.unfinished = UnfinishedQueries(window=config.store.historyRetention)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -165,6 +168,8 @@ class Gateway:
                 self.refresh_gauges()  # every process keeps its metrics current, not only the scraped one
             except Exception:  # noqa: BLE001 - metrics must never stop the sync loop
                 log.exception("cannot refresh metrics")
+            if self.store is not None and self.config.store.historyEnabled:
+                await self.unfinished.refresh(self.store)
             try:
                 await self.sync_backends()
                 self.sticky.expire()
@@ -364,8 +369,11 @@ class Gateway:
             st = self.registry.state(b.name)
             m.backend_health.labels(b.name, b.routingGroup).set(1 if st.health is Health.HEALTHY else 0)
             m.backend_active.labels(b.name, b.routingGroup).set(1 if b.active else 0)
-            m.backend_queued.labels(b.name).set(st.queued)
-            m.backend_running.labels(b.name).set(st.running)
+            # NaN, not 0, while the monitor cannot count (info-api, noop): 0 would be a lie.
+            m.backend_queued.labels(b.name).set(st.queued if st.counts_known else float("nan"))
+            m.backend_running.labels(b.name).set(st.running if st.counts_known else float("nan"))
+            n = self.unfinished.of(b.name)
+            m.backend_unfinished.labels(b.name).set(float("nan") if n is None else n)
         rs = self.rules.current
         m.set_ruleset(rs.version if rs is not None else None)
         m.rules_error.set(1 if self.rules.last_error else 0)

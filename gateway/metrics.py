@@ -187,6 +187,10 @@ class Metrics:
                                     "Queued queries the monitor saw", ["backend"], **mx, **kw)
         self.backend_running = Gauge("trino_gateway_backend_running_queries",
                                      "Running queries the monitor saw", ["backend"], **mx, **kw)
+        self.backend_unfinished = Gauge(
+            "trino_gateway_backend_unfinished_queries",
+            "Queries the gateway routed to the backend and has not seen finish (from the shared "
+            "query history; all workers and replicas)", ["backend"], **mx, **kw)
         self.rule_reloads = Counter("trino_gateway_rule_reloads_total",
                                     "Rules reloads by outcome (each worker process reloads)",
                                     ["outcome"], **kw)
@@ -359,7 +363,8 @@ METRIC_NAMES = (
     "trino_gateway_statement_failures_total", "trino_gateway_requests_in_flight",
     "trino_gateway_queries_in_flight", "trino_gateway_backend_healthy",
     "trino_gateway_backend_active", "trino_gateway_backend_queued_queries",
-    "trino_gateway_backend_running_queries", "trino_gateway_rule_reloads_total",
+    "trino_gateway_backend_running_queries", "trino_gateway_backend_unfinished_queries",
+    "trino_gateway_rule_reloads_total",
     "trino_gateway_ruleset_loaded", "trino_gateway_rules_error",
     "trino_gateway_store_write_failures_total", "trino_gateway_history_rows_dropped_total",
     "trino_gateway_admission_queued_queries", "trino_gateway_admission_wait_seconds",

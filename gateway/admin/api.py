@@ -223,6 +223,11 @@ class PublicBackendsHandler(ApiHandler):
                 return self.send_json(backend.to_json())
             st = gw.registry.state(name).to_json()
             st["name"] = name
+            # Beside the monitor's counts (null when it cannot count): the queries the gateway
+            # routed here and has not seen finish, from the shared history (null: unknown).
+            if gw.store is not None and gw.config.store.historyEnabled:
+                await gw.unfinished.refresh(gw.store)
+            st["unfinished"] = gw.unfinished.of(name)
             self.send_json(st)
         await self.run(False, go)
 

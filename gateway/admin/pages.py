@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
+from markupsafe import Markup
 from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
@@ -72,6 +73,14 @@ def fmt_ago(ts: float | None, now: float | None = None) -> str:
     return f"{int(d // 86400)} days ago"
 
 
+def count_or_unknown(n: int | None) -> Markup:
+    """A count, or a marked "unknown" (never a 0 the gateway does not know)."""
+    if n is None:
+        return Markup('<span class="unknown" title="not known: the monitor cannot count '
+                      'queries on this cluster (see docs/operations.md)">unknown</span>')
+    return Markup(str(int(n)))
+
+
 _env: jinja2.Environment | None = None
 
 
@@ -84,6 +93,7 @@ def template_env() -> jinja2.Environment:
                                  undefined=jinja2.StrictUndefined)
         env.filters["time"] = fmt_time
         env.filters["ago"] = fmt_ago
+        env.filters["count_or_unknown"] = count_or_unknown
         env.filters["urlquote"] = lambda s: quote(str(s), safe="")
         env.globals["BASE"] = BASE
         _env = env

@@ -3,9 +3,9 @@
 Changes go through the same validation as the REST API (``api.parse_backend``) and the same
 order: the store first, then this process's registry; other processes follow the store. A
 deactivated backend takes no new queries but finishes what it runs; the page shows how many
-queries it still has: the monitor's running/queued counts when the monitor reports them
-(``ui-api``, ``metrics``), and the queries this gateway routed there in the last hour and has
-not yet seen finish.
+queries it still has: the queries the gateway routed there and has not seen finish (from the
+shared history, ``gateway.unfinished``), and the monitor's running/queued counts when the
+monitor reports them (``ui-api``, ``metrics``).
 """
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.admin")
 
 ACTIONS = ("add", "update", "delete", "activate", "deactivate")
-UNFINISHED_WINDOW = 3600.0
-_COUNTING_MONITORS = ("ui-api", "metrics")
 
 
 def backend_from_form(form: dict[str, str], default_group: str) -> Backend:
@@ -65,41 +63,33 @@ async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: st
 
 @dataclass
 class ClusterRow(BackendView):
-    unfinished: int | None = None     # routed here, not seen finishing (inactive backends only)
-    counting: bool = False            # the monitor reports running/queued counts
-
     @property
     def still_running(self) -> int | None:
-        """Queries an inactive backend still has, by the best source available."""
+        """Queries an inactive backend still has, by the best sources available: the queries
+        the gateway routed there and has not seen finish, and the monitor's running + queued
+        count when the monitor can count (ui-api, metrics). None: neither is known."""
         if self.backend.active:
             return None
-        counts = [self.unfinished or 0]
-        if self.counting:
+        counts = [] if self.unfinished is None else [self.unfinished]
+        if self.state.counts_known:
             counts.append(self.state.running + self.state.queued)
-        return max(counts)
+        return max(counts) if counts else None
 
     @property
     def drain_state(self) -> str | None:
+        if self.backend.active:
+            return None
         n = self.still_running
-        return None if n is None else ("draining" if n > 0 else "drained")
+        if n is None:
+            return "draining"        # nothing says it is empty: never claim "drained"
+        return "draining" if n > 0 else "drained"
 
 
 async def cluster_rows(gw: "Gateway") -> list[ClusterRow]:
-    counting = gw.config.monitor.type in _COUNTING_MONITORS
-    rows = [ClusterRow(b, gw.registry.state(b.name), counting=counting)
+    if gw.store is not None and gw.config.store.historyEnabled:
+        await gw.unfinished.refresh(gw.store)
+    return [ClusterRow(b, gw.registry.state(b.name), gw.unfinished.of(b.name))
             for b in sorted(gw.registry.all(), key=lambda b: (b.routingGroup, b.name))]
-    if gw.store is None:
-        return rows
-    since = time.time() - UNFINISHED_WINDOW
-    for r in rows:
-        if r.backend.active:
-            continue
-        try:
-            recent = await gw.store.call("query_history", backend=r.backend.name, since=since, limit=1000)
-        except Exception:  # noqa: BLE001 - history is a nice-to-have here
-            continue
-        r.unfinished = sum(1 for q in recent if q.final_state is None)
-    return rows
 
 
 class ClustersHandler(PageHandler):
@@ -114,7 +104,6 @@ class ClustersHandler(PageHandler):
                          groups=sorted(self.gw.registry.groups() | set(self.gw.config.groups)
                                        | {self.gw.config.routing.defaultGroup}),
                          default_group=self.gw.config.routing.defaultGroup,
-                         counting=self.gw.config.monitor.type in _COUNTING_MONITORS,
                          error=error, form=form or {"active": "on"})
 
     async def post(self) -> None:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 HOURS_CHOICES = (1, 3, 6, 24)
+COUNTS_TITLE = {"info-api": "The info-api monitor cannot count a cluster's queries",
+                "noop": "The noop monitor does not probe clusters"}
 DEFAULT_HOURS = 3
 
 
@@ -25,6 +27,7 @@ DEFAULT_HOURS = 3
 class BackendView:
     backend: Backend
     state: BackendState
+    unfinished: int | None = None   # routed by the gateway, not seen finishing (None: unknown)
 
     @property
     def status(self) -> str:
@@ -52,12 +55,17 @@ class GroupView:
         return sum(1 for b in self.backends if b.backend.active and b.state.health is Health.HEALTHY)
 
     @property
-    def queued(self) -> int:
-        return sum(b.state.queued for b in self.backends)
+    def queued(self) -> int | None:
+        """The monitor's count; None when it cannot count some backend (info-api, noop)."""
+        return _sum_known([b.state.known_queued for b in self.backends])
 
     @property
-    def running(self) -> int:
-        return sum(b.state.running for b in self.backends)
+    def running(self) -> int | None:
+        return _sum_known([b.state.known_running for b in self.backends])
+
+    @property
+    def unfinished(self) -> int | None:
+        return _sum_known([b.unfinished for b in self.backends])
 
     @property
     def css(self) -> str:
@@ -65,6 +73,17 @@ class GroupView:
             return "bad"
         h = self.healthy
         return "ok" if h == len(self.backends) else ("bad" if h == 0 else "warn")
+
+
+def _sum_known(values: list[int | None]) -> int | None:
+    """The sum, or None if any part is unknown (a partial sum would read as the total)."""
+    if any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
+
+
+def backend_view(gw: "Gateway", b: Backend) -> BackendView:
+    return BackendView(b, gw.registry.state(b.name), gw.unfinished.of(b.name))
 
 
 def group_views(gw: "Gateway") -> list[GroupView]:
@@ -75,7 +94,7 @@ def group_views(gw: "Gateway") -> list[GroupView]:
     for name in sorted(names, key=lambda n: (n != default, n)):
         bs = sorted(gw.registry.in_group(name), key=lambda b: b.name)
         queue = gw.admission.queues.get(name)
-        out.append(GroupView(name, [BackendView(b, gw.registry.state(b.name)) for b in bs],
+        out.append(GroupView(name, [backend_view(gw, b) for b in bs],
                              is_default=name == default,
                              held=len(queue) if queue is not None else (0 if gw.admission.capped(name) else None)))
     return out
@@ -105,6 +124,8 @@ async def dashboard_context(gw: "Gateway", hours: int) -> dict[str, Any]:
     error = None
     per_minute: list[tuple[float, int]] = []
     by_backend: dict[str, int] = {}
+    if store is not None and gw.config.store.historyEnabled:
+        await gw.unfinished.refresh(store)
     if store is not None:
         try:
             per_minute = await store.call("history_per_minute", since)
@@ -123,6 +144,7 @@ async def dashboard_context(gw: "Gateway", hours: int) -> dict[str, Any]:
         "total": sum(by_backend.values()),
         "history_error": error,
         "monitor_type": gw.config.monitor.type,
+        "counts_title": COUNTS_TITLE.get(gw.config.monitor.type, ""),
         "monitor_rounds": getattr(gw.monitor, "rounds", None),
         "rules_version": rules.version if rules else None,
         "rules_error": gw.rules.last_error,

@@ -271,6 +271,9 @@ class Store(abc.ABC):
     def history_by_backend(self, since: float) -> dict[str, int]: ...
     @abc.abstractmethod
     def delete_history_before(self, ts: float) -> int: ...
+    @abc.abstractmethod
+    def unfinished_by_backend(self, since: float) -> dict[str, int]:
+        """Queries submitted since ``since`` whose final state is not recorded, per backend."""
 
     # sticky mappings
     @abc.abstractmethod
@@ -498,6 +501,13 @@ class SqlStore(Store):
     def history_by_backend(self, since: float) -> dict[str, int]:
         rows = self._read("SELECT backend, count(*) FROM query_history WHERE submitted_at >= ? "
                           "AND backend IS NOT NULL GROUP BY backend", [float(since)])
+        return {b: int(c) for b, c in rows}
+
+    def unfinished_by_backend(self, since: float) -> dict[str, int]:
+        # The index on (final_state, submitted_at, ...) serves this: only unfinished rows are read.
+        rows = self._read("SELECT backend, count(*) FROM query_history WHERE final_state IS NULL "
+                          "AND submitted_at >= ? AND backend IS NOT NULL GROUP BY backend",
+                          [float(since)])
         return {b: int(c) for b, c in rows}
 
     def delete_history_before(self, ts: float) -> int:
