@@ -278,7 +278,7 @@ class Gateway:
         self.admission.finished(query_id)
         self.metrics.queries.ended(query_id)
         if self.writer is not None and self.config.store.historyEnabled:
-            self.writer.update_state(query_id, state, error)
+            self.writer.update_state(query_id, state, error, time.time())
 
     # -- sticky routing ----------------------------------------------------------------------
 
