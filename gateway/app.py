@@ -90,6 +90,8 @@ class Gateway:
         self.admission = Admission(self)
         self.monitor.on_round(lambda *_: self.admission.monitor_round())
         self.store: StoreCalls | None = None
+        self._search_store: StoreCalls | None = None
+        self._search_opening: asyncio.Lock | None = None
         self.writer: HistoryWriter | None = None
         self.no_forwarded: set[str] = set()  # backends that answered 406 to X-Forwarded-*
         self.shutting_down = False
@@ -141,6 +143,8 @@ class Gateway:
         self.rules.stop()
         if self.writer is not None:
             await self.writer.stop()
+        if self._search_store is not None and self._search_store is not self.store:
+            await self._search_store.close()
         if self.store is not None:
             await self.store.close()
         self.client.close()
@@ -151,6 +155,26 @@ class Gateway:
         """SIGHUP: reload what can change safely at run time (today: the rules files)."""
         log.info("SIGHUP: reloading rules")
         self.rules.trigger()
+
+    async def search_store(self) -> StoreCalls:
+        """The store for history searches and downloads: a store process of their own, opened
+        on first use, so a slow search waits only behind other searches, never in front of the
+        dashboard's, the clusters page's or the history writer's calls (the store process
+        serves one call at a time). An in-process store (in-memory SQLite, ``store.process:
+        false``) is shared."""
+        assert self.store is not None
+        if not isinstance(self.store, ProcessStore):
+            return self.store
+        if self._search_store is None:
+            if self._search_opening is None:
+                self._search_opening = asyncio.Lock()
+            async with self._search_opening:
+                if self._search_store is None:
+                    cfg = self.config
+                    self._search_store = await ProcessStore.open(
+                        cfg.store.url, pool_size=cfg.store.poolSize,
+                        log_config={"level": cfg.logging.level, "format": cfg.logging.format})
+        return self._search_store
 
     async def sync_backends(self) -> None:
         """Reload backends from the store when they changed (API calls in any process)."""

@@ -327,7 +327,8 @@ class QueriesHandler(ApiHandler):
     async def get(self) -> None:
         async def go() -> None:
             args = {k: self.get_argument(k, None) for k in
-                    ("user", "source", "group", "backend", "rule", "state", "text")}
+                    ("user", "source", "group", "backend", "rule", "state", "text", "tag")}
+            args["query_id"] = self.get_argument("queryId", None)
             try:
                 limit = int(self.get_argument("limit", "100"))
             except ValueError:
@@ -339,8 +340,8 @@ class QueriesHandler(ApiHandler):
             if args["text"] and not sql_visible(None, self.user, self.roles, auth_enabled=self.auth.enabled,
                                                 show_all=auth.showAllQueries):
                 args["user"] = self.user or ""  # searching SQL text: only in SQL this caller may see
-            rows = await self.gw.store.call("query_history", limit=limit,
-                                            **{k: v for k, v in args.items() if v})
+            store = await self.gw.search_store()
+            rows = await store.call("query_history", limit=limit, **{k: v for k, v in args.items() if v})
             out = []
             for r in rows:
                 doc = r.to_json()
