@@ -36,6 +36,7 @@ from gateway.monitor import Monitor
 from gateway.admission import Admission
 from gateway.server import backend_ssl_context
 from gateway.unfinished import UnfinishedQueries
+from gateway.metrics_history import MetricsSampler
 
 log = logging.getLogger("gateway")
 _MAX_STORE_WAITERS = 16  # sticky lookups that may wait for another process's flush at once
@@ -106,6 +107,7 @@ class Gateway:
         self._seen: dict[str, int] = {}
         # Queries routed and not seen finishing, per backend, from the shared history.
         self.unfinished = UnfinishedQueries(window=config.store.historyRetention)
+        self.sampler = MetricsSampler(self, config.store.metricsInterval, config.store.metricsRetention)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class Gateway:
         self.rules.start()
         self.monitor.start()
         self.admission.start()
+        self.sampler.start()
         from gateway.admin import log_auth_mode
         log_auth_mode(self)
         self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
@@ -140,6 +143,7 @@ class Gateway:
             t.cancel()
         await self.monitor.stop()
         await self.admission.stop()
+        await self.sampler.stop()
         self.rules.stop()
         if self.writer is not None:
             await self.writer.stop()

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                CONTENT_TYPE_LATEST)
 from prometheus_client import multiprocess
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["Metrics", "ActiveQueries", "request_kind", "METRIC_NAMES", "QUERY_IDLE_SECONDS"]
 
@@ -339,6 +340,14 @@ class Metrics:
         if version is not None:
             self.ruleset_info.labels(version).set(1)
         self._ruleset_version = version
+
+    def described(self) -> list[tuple[str, str, str]]:
+        """(name, type, help) of every metric defined here, sampled or not."""
+        out = []
+        for value in vars(self).values():
+            for fam in value.describe() if isinstance(value, MetricWrapperBase) else ():
+                out.append((fam.name, fam.type, fam.documentation))
+        return out
 
     def render(self) -> tuple[bytes, str]:
         self.queries.sweep()

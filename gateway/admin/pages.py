@@ -283,7 +283,8 @@ class NotFoundHandler(PageHandler):
 
 
 def routes(gw: "Gateway") -> list[Any]:
-    from gateway.admin import pages_clusters, pages_dashboard, pages_history, pages_rules
+    from gateway.admin import (pages_clusters, pages_dashboard, pages_history, pages_metrics,
+                               pages_rules)
     a = {"gateway": gw}
     return [
         (BASE + r"/static/(.*)", StaticFileHandler, {"path": STATIC}),
@@ -293,5 +294,6 @@ def routes(gw: "Gateway") -> list[Any]:
         *pages_clusters.routes(gw),
         *pages_history.routes(gw),
         *pages_rules.routes(gw),
+        *pages_metrics.routes(gw),
         (BASE + r"(?:/.*)?", NotFoundHandler, a),
     ]
