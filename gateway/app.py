@@ -37,6 +37,7 @@ from gateway.admission import Admission
 from gateway.server import backend_ssl_context
 from gateway.unfinished import UnfinishedQueries
 from gateway.metrics_history import MetricsSampler
+from gateway.resolver import Resolver
 
 log = logging.getLogger("gateway")
 _MAX_STORE_WAITERS = 16  # sticky lookups that may wait for another process's flush at once
@@ -108,6 +109,7 @@ class Gateway:
         # Queries routed and not seen finishing, per backend, from the shared history.
         self.unfinished = UnfinishedQueries(window=config.store.historyRetention)
         self.sampler = MetricsSampler(self, config.store.metricsInterval, config.store.metricsRetention)
+        self.resolver = Resolver(self, config.store.resolveAfter)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -130,6 +132,8 @@ class Gateway:
         self.monitor.start()
         self.admission.start()
         self.sampler.start()
+        if cfg.store.historyEnabled:
+            self.resolver.start()
         from gateway.admin import log_auth_mode
         log_auth_mode(self)
         self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
@@ -144,6 +148,7 @@ class Gateway:
         await self.monitor.stop()
         await self.admission.stop()
         await self.sampler.stop()
+        await self.resolver.stop()
         self.rules.stop()
         if self.writer is not None:
             await self.writer.stop()
@@ -301,6 +306,24 @@ class Gateway:
                 client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
                 routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
                 submitted_at=submitted_at, queued_ms=queued_ms))
+
+    def statement_refused(self, route: Route | None, query_id: str, state: str, message: str, *,
+                          submitted_at: float | None = None) -> None:
+        """A statement the gateway answered itself without a cluster's query (a reject rule,
+        no backend, admission limits: ``REJECTED``; maxQueueWait: ``QUEUED_TIMEOUT``; a held
+        query cancelled or abandoned by its client: ``CANCELED``): its history row, final at
+        once, with the reason as the error."""
+        if self.writer is None or not self.config.store.historyEnabled:
+            return
+        ctx = route.context if route is not None else {}
+        now = time.time()
+        self.writer.add(HistoryRow(
+            query_id=query_id, user=route.user if route is not None else None,
+            source=ctx.get("source"), client_tags=tuple(ctx.get("clientTags") or ()),
+            sql=ctx.get("query"), routing_group=route.group if route is not None else None,
+            backend=None, rule=route.rule if route is not None else None,
+            submitted_at=submitted_at if submitted_at is not None else now,
+            final_state=state, error=message, finished_at=now))
 
     def query_finished(self, query_id: str, state: str, error: str | None) -> None:
         self.admission.finished(query_id)

@@ -509,18 +509,23 @@ class SqlStore(Store):
             at = float(u[3]) if len(u) > 3 and u[3] is not None else None
             before = latest.get(qid)
             if before is not None:
+                if before[1] == "CANCELED":
+                    continue       # a cancel is final (see the UPDATE below)
                 error = error if error is not None else before[2]
                 at = at if at is not None else before[3]
             latest[qid] = (qid, state, error, at)
         params = [latest[k] for k in sorted(latest)]
         # VALUES columns are named column1.. in both databases; the CAST because PostgreSQL
         # cannot type a VALUES column of NULLs.
+        # A query recorded CANCELED stays so: after a client's cancel the cluster's last page
+        # says FAILED (USER_CANCELED), which must not replace it.
         self._write(lambda cur: self._rows_statements(
             cur, "UPDATE query_history SET final_state = v.column2, "
                  "error = COALESCE(v.column3, query_history.error), "
                  f"finished_at = COALESCE(CAST(v.column4 AS {self.REAL}), query_history.finished_at) "
                  "FROM (VALUES ",
-            ") AS v WHERE query_history.query_id = v.column1", 4, params))
+            ") AS v WHERE query_history.query_id = v.column1 AND "
+            "(query_history.final_state IS NULL OR query_history.final_state <> 'CANCELED')", 4, params))
 
     def _filter(self, filters: dict[str, Any]) -> tuple[str, list[Any]]:
         known = {"user", "source", "group", "backend", "rule", "state", "since", "until", "text",

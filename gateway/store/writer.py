@@ -197,6 +197,8 @@ class HistoryWriter:
         """Queue a query's final state; folded into its row if that is still queued."""
         row = self._pending_by_id.get(query_id)
         if row is not None:
+            if row.final_state == "CANCELED":
+                return          # a cancel is final (SqlStore.update_history_states)
             row.final_state = state
             if error is not None:
                 row.error = error

@@ -122,3 +122,12 @@ def test_sqlite_text_search_uses_the_fts_index(tmp_path) -> None:
         "ORDER BY submitted_at DESC, query_id DESC", params))
     assert "query_history_user_ci" in plan, plan
     store.close()
+
+
+def test_a_cancel_is_final(store) -> None:
+    store.insert_history([_row("q1", 1.0), _row("q2", 1.0)])
+    store.update_history_states([("q1", "CANCELED", "by the client", 2.0)])
+    store.update_history_states([("q1", "FAILED", "USER_CANCELED", 3.0),
+                                 ("q2", "CANCELED", None, 2.0), ("q2", "FAILED", "x", 3.0)])
+    got = {r.query_id: (r.final_state, r.error, r.finished_at) for r in store.query_history()}
+    assert got == {"q1": ("CANCELED", "by the client", 2.0), "q2": ("CANCELED", None, 2.0)}

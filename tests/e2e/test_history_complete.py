@@ -1,0 +1,81 @@
+"""Every statement reaches the query history: refused ones as REJECTED with the reason,
+cancelled ones as CANCELED, and queries whose client went away resolved by asking their
+cluster instead of staying "not finished"."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+import trino
+
+from gateway.resolver import decide
+from tests.conftest import gateway_config, wait_for
+
+RULES = ('name: no-drop\ncondition: query =~ "(?i)\\\\s*drop.*"\nreject: "DROP is frozen until Monday"\n'
+         '---\nname: to-ghost\ncondition: source == "ghost"\nroutingGroup: ghost\n')
+
+
+def _row(gw, **params):
+    rows = gw.api("GET", "/api/queries", params=params).json()
+    return rows[0] if rows and rows[0]["finalState"] else None
+
+
+def test_cluster_answers_decide_the_recorded_state() -> None:
+    assert decide("b", 200, b'{"state": "RUNNING"}') is None
+    assert decide("b", 503, b"") is None
+    state, error = decide("b", 200, b'{"state": "FINISHED"}')
+    assert state == "FINISHED" and "final state from b" in error
+    state, error = decide("b", 200, b'{"state": "FAILED", "errorCode": {"name": "USER_CANCELED"}}')
+    assert state == "CANCELED" and error.startswith("USER_CANCELED")
+    state, error = decide("b", 200, b'{"state": "FAILED", "failureInfo": {"message": "boom"}}')
+    assert state == "FAILED" and error.startswith("boom")
+    assert decide("b", 410, b"gone")[0] == "UNKNOWN"
+
+
+def test_refused_statements_are_recorded_as_rejected(fresh_clusters, gateway_factory, tmp_path):
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "rules" / "r.yaml").write_text(RULES)
+    cfg = gateway_config(tmp_path, fresh_clusters, groups={"adhoc-1": "adhoc"})
+    gw = gateway_factory(dict(cfg, groups={"ghost": {"fallback": "none"}}))
+    with pytest.raises(trino.exceptions.TrinoUserError):
+        gw.connect(user="dropper").cursor().execute("DROP TABLE nation")
+    row = wait_for(lambda: _row(gw, user="dropper"), message="the rejected statement's row")
+    assert row["finalState"] == "REJECTED" and row["rule"] == "no-drop" and row["backend"] is None
+    assert "DROP is frozen until Monday" in row["error"] and row["sql"] == "DROP TABLE nation"
+    # no backend in a strict group: refused with the reason, recorded the same way
+    with pytest.raises(trino.exceptions.TrinoQueryError, match="strict isolation"):
+        gw.connect(user="ghostly", source="ghost").cursor().execute("SELECT 1")
+    row = wait_for(lambda: _row(gw, user="ghostly"), message="the no-backend row")
+    assert row["finalState"] == "REJECTED" and "ghost" in row["error"]
+    # the history page offers exactly the states that are written
+    page = gw.api("GET", "/trino-gateway/history", params={"state": "REJECTED"}).text
+    assert "dropper" in page and "ghostly" in page
+
+
+def test_cancelled_query_is_recorded_as_canceled(gateway):
+    cur = gateway.connect(user="canceller").cursor()
+    t = threading.Thread(target=lambda: pytest.raises(Exception, cur.execute, "SELECT sleep(5)"))
+    t.start()
+    wait_for(lambda: cur.query_id, message="the query id")
+    wait_for(lambda: gateway.api("GET", "/api/queries", params={"user": "canceller"}).json(),
+             message="the running query's row")
+    cur.cancel()
+    t.join(20)
+    row = wait_for(lambda: _row(gateway, user="canceller"), message="the cancelled row")
+    assert row["finalState"] == "CANCELED" and "canceled" in row["error"].lower()
+
+
+def test_a_query_whose_client_went_away_is_resolved_by_its_cluster(fresh_clusters, gateway_factory, tmp_path):
+    gw = gateway_factory(gateway_config(tmp_path, fresh_clusters, groups={"adhoc-1": "adhoc"},
+                                        store={"resolveAfter": "4s"}))
+    fresh_clusters["adhoc-1"].control(client_timeout=1)     # Trino abandons silent queries
+    r = requests.post(gw.url + "/v1/statement", data="SELECT sleep(1)",
+                      headers={"X-Trino-User": "leaver"}, timeout=10)
+    qid = r.json()["id"]                                     # ... and the client never polls again
+    state = "/api/public/backends/adhoc-1/state"
+    wait_for(lambda: gw.api("GET", state).json()["unfinished"] == 1, message="counted as unfinished")
+    row = wait_for(lambda: _row(gw, user="leaver"), timeout=20, message="the resolved row")
+    assert row["queryId"] == qid and row["finalState"] == "FAILED"
+    assert "ABANDONED_QUERY" in row["error"] and "client went away" in row["error"]
+    wait_for(lambda: gw.api("GET", state).json()["unfinished"] == 0, message="no longer holds a drain")
