@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.admin")
 
 ACTIONS = ("add", "update", "delete", "activate", "deactivate")
+# Actions that take effect only once confirmed, and the question asked.
+CONFIRM = {
+    "deactivate": "Deactivate {name}? It takes no new queries and finishes those it runs.",
+    "delete": "Delete {name}? Queries it still runs lose their route through the gateway.",
+}
 
 
 def backend_from_form(form: dict[str, str], default_group: str) -> Backend:
@@ -47,7 +52,14 @@ async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: st
     if action in ("add", "update"):
         b = backend_from_form(form, gw.config.routing.defaultGroup)
         if action == "add":
-            await backend_ops.add_backend(gw, b, who)
+            try:
+                await backend_ops.add_backend(gw, b, who)
+            except ApiError as exc:
+                if exc.code != 409:
+                    raise
+                # the REST API's message names its update path; here the page's own fields
+                raise ApiError(409, f"A backend named {b.name!r} already exists. Choose another "
+                                    f"Name, or use Edit on its row to change it.") from None
         else:
             await backend_ops.update_backend(gw, b, who, insert_missing=False)
         return f"Backend {b.name} {'added' if action == 'add' else 'saved'}."
@@ -112,6 +124,11 @@ class ClustersHandler(PageHandler):
         form = {k: self.get_body_argument(k, "") for k in
                 ("name", "proxyTo", "externalUrl", "routingGroup", "active")}
         action = self.get_body_argument("action", "")
+        if action in CONFIRM and self.get_body_argument("confirmed", "") != "yes":
+            # Without script (the script asks in a dialog and sends confirmed=yes): a page
+            # that asks, whose button sends the same action confirmed.
+            return self.render_page("cluster_confirm.html", action=action, name=form["name"],
+                                    question=CONFIRM[action].format(name=form["name"]))
         try:
             message = await apply_action(self.gw, action, form, self.who())
         except ApiError as exc:

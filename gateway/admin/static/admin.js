@@ -20,10 +20,14 @@
     });
   }
 
-  // Forms with data-confirm ask first (deactivate, delete).
+  // Forms with data-confirm ask first (deactivate, delete); once answered here, the server
+  // needs no confirmation page (without this script it shows one).
   document.addEventListener("submit", function (ev) {
     var msg = ev.target.getAttribute && ev.target.getAttribute("data-confirm");
-    if (msg && !window.confirm(msg)) ev.preventDefault();
+    if (!msg) return;
+    if (!window.confirm(msg)) { ev.preventDefault(); return; }
+    var c = ev.target.querySelector('input[name="confirmed"]');
+    if (c) c.value = "yes";
   }, true);
 
   // Dashboard: swap in a freshly rendered body every few seconds while the tab is visible.
