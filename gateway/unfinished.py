@@ -8,8 +8,9 @@ every worker process and replica, so the count is the whole gateway's, and it is
 blue/green drain waits for (docs/operations.md). It lags by the history flush interval; queries
 whose client went away are resolved by ``gateway.resolver`` instead of counting forever.
 
-The request path never reads the store: a background task refreshes ``counts`` and readers
-take the last snapshot.
+The request path never reads the store: a background task refreshes ``counts`` every couple of
+seconds; the pages and the state API read it afresh (``force``), since a stale snapshot taken
+before a query's row was written would call a draining backend drained.
 """
 from __future__ import annotations
 

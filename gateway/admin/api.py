@@ -226,7 +226,7 @@ class PublicBackendsHandler(ApiHandler):
             # Beside the monitor's counts (null when it cannot count): the queries the gateway
             # routed here and has not seen finish, from the shared history (null: unknown).
             if gw.store is not None and gw.config.store.historyEnabled:
-                await gw.unfinished.refresh(gw.store)
+                await gw.unfinished.refresh(gw.store, force=True)
             st["unfinished"] = gw.unfinished.of(name)
             self.send_json(st)
         await self.run(False, go)

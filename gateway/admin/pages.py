@@ -58,6 +58,14 @@ def fmt_time(ts: float | None) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def time_tag(ts: float | None) -> Markup:
+    """A time for the page body: UTC text the script may show in the browser's zone instead."""
+    if ts is None:
+        return Markup("–")
+    iso = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="seconds")
+    return Markup('<time datetime="{}" data-ts="{}">{}</time>').format(iso, f"{ts:.3f}", fmt_time(ts))
+
+
 def fmt_ago(ts: float | None, now: float | None = None) -> str:
     if ts is None:
         return "never"
@@ -93,6 +101,7 @@ def template_env() -> jinja2.Environment:
                                  undefined=jinja2.StrictUndefined)
         env.filters["time"] = fmt_time
         env.filters["ago"] = fmt_ago
+        env.filters["ts"] = time_tag
         env.filters["count_or_unknown"] = count_or_unknown
         env.filters["urlquote"] = lambda s: quote(str(s), safe="")
         env.globals["BASE"] = BASE

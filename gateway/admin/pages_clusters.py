@@ -99,7 +99,7 @@ class ClusterRow(BackendView):
 
 async def cluster_rows(gw: "Gateway") -> list[ClusterRow]:
     if gw.store is not None and gw.config.store.historyEnabled:
-        await gw.unfinished.refresh(gw.store)
+        await gw.unfinished.refresh(gw.store, force=True)
     return [ClusterRow(b, gw.registry.state(b.name), gw.unfinished.of(b.name))
             for b in sorted(gw.registry.all(), key=lambda b: (b.routingGroup, b.name))]
 
@@ -112,7 +112,9 @@ class ClustersHandler(PageHandler):
 
     async def show(self, status: int = 200, error: str | None = None,
                    form: dict[str, str] | None = None) -> None:
-        self.render_page("clusters.html", status=status, rows=await cluster_rows(self.gw),
+        rows = await cluster_rows(self.gw)
+        self.render_page("clusters.html", status=status, rows=rows,
+                         draining=any(r.drain_state == "draining" for r in rows),
                          groups=sorted(self.gw.registry.groups() | set(self.gw.config.groups)
                                        | {self.gw.config.routing.defaultGroup}),
                          default_group=self.gw.config.routing.defaultGroup,

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
-from gateway.admin.charts import bucket_counts, bucket_seconds, distribution_chart, queries_chart
+from gateway.admin.charts import (PALETTE, bucket_counts, bucket_seconds, distribution_chart,
+                                  line_chart, queries_chart)
 from gateway.admin.pages import BASE, PageHandler
 from gateway.backends import Backend, BackendState, Health
 
@@ -117,29 +118,78 @@ def parse_refresh(value: str | None) -> int:
     return min(300, max(1, r))
 
 
+@dataclass
+class Summary:
+    """The dashboard's first row: backends by status, queries per hour and per minute now."""
+    healthy: int
+    unhealthy: int
+    pending: int
+    inactive: int
+    last_hour: int | None          # queries submitted in the last hour (None: no history)
+    per_minute: float | None       # average over the last 5 minutes
+
+
+def summarize(groups: list[GroupView], per_minute: list[tuple[float, int]] | None,
+              now: float) -> Summary:
+    views = [v for g in groups for v in g.backends]
+    active = [v for v in views if v.backend.active]
+    last_hour = per_minute_now = None
+    if per_minute is not None:
+        last_hour = sum(c for ts, c in per_minute if ts >= now - 3600)
+        # whole minutes: the current one has only just started
+        start = (now // 60) * 60 - 5 * 60
+        per_minute_now = round(sum(c for ts, c in per_minute if start <= ts < start + 300) / 5, 1)
+    return Summary(healthy=sum(1 for v in active if v.state.health is Health.HEALTHY),
+                   unhealthy=sum(1 for v in active if v.state.health is Health.UNHEALTHY),
+                   pending=sum(1 for v in active if v.state.health not in (Health.HEALTHY, Health.UNHEALTHY)),
+                   inactive=len(views) - len(active), last_hour=last_hour, per_minute=per_minute_now)
+
+
+def backend_series(rows: list[tuple[float, str, int]], since: float, now: float,
+                   bucket: int) -> list[tuple[str, list[tuple[float, float]]]]:
+    """Per backend, its queries per bucket (gaps as 0), for the line chart."""
+    names = sorted({b for _, b, _ in rows})
+    out = []
+    for name in names:
+        buckets = bucket_counts([(m, c) for m, b, c in rows if b == name], since, now, bucket)
+        out.append((name, [(ts + bucket / 2, float(c)) for ts, c in buckets]))
+    return out
+
+
 async def dashboard_context(gw: "Gateway", hours: int) -> dict[str, Any]:
     now = time.time()
     since = now - hours * 3600
     store = gw.store
     error = None
-    per_minute: list[tuple[float, int]] = []
-    by_backend: dict[str, int] = {}
+    per_minute: list[tuple[float, int]] | None = None
+    per_backend: list[tuple[float, str, int]] = []
     if store is not None and gw.config.store.historyEnabled:
-        await gw.unfinished.refresh(store)
+        await gw.unfinished.refresh(store, force=True)
     if store is not None:
         try:
             per_minute = await store.call("history_per_minute", since)
-            by_backend = await store.call("history_by_backend", since)
+            per_backend = await store.call("history_per_minute_by_backend", since)
         except Exception as exc:  # the store may be down; the live part still shows
             error = f"Query history is unavailable: {exc}"
+    by_backend: dict[str, int] = {}
+    for _, b, c in per_backend:
+        by_backend[b] = by_backend.get(b, 0) + c
     bucket = bucket_seconds(hours)
-    buckets = bucket_counts(per_minute, since, now, bucket)
+    buckets = bucket_counts(per_minute or [], since, now, bucket)
+    series = backend_series(per_backend, since, now, bucket)
+    per = f"{bucket // 60} min" if bucket < 3600 else f"{bucket // 3600} h"
     rules = gw.rules.current
+    groups = group_views(gw)
     return {
-        "groups": group_views(gw),
+        "groups": groups,
+        "summary": summarize(groups, per_minute, now),
         "hours": hours,
         "hours_choices": HOURS_CHOICES,
         "chart": Markup(queries_chart(buckets, bucket)),
+        "backend_chart": Markup(line_chart(series, since, now, title=f"Queries per {per} and backend"))
+        if series else None,
+        "backend_legend": [(name, PALETTE[i % len(PALETTE)]) for i, (name, _) in enumerate(series)],
+        "bucket_label": per,
         "distribution": Markup(distribution_chart(by_backend)),
         "total": sum(by_backend.values()),
         "history_error": error,
@@ -159,7 +209,9 @@ class DashboardHandler(PageHandler):
         hours = parse_hours(self.get_argument("hours", None))
         refresh = parse_refresh(self.get_argument("refresh", None))
         ctx = await dashboard_context(self.gw, hours)
+        given = self.get_argument("refresh", None)
         self.render_page("dashboard.html", refresh=refresh,
+                         period_suffix=f"&refresh={refresh}" if given else "",
                          fragment_url=f"{BASE}/dashboard/fragment?hours={hours}", **ctx)
 
 

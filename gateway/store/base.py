@@ -330,6 +330,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def history_by_backend(self, since: float) -> dict[str, int]: ...
     @abc.abstractmethod
+    def history_per_minute_by_backend(self, since: float) -> list[tuple[float, str, int]]:
+        """(minute, backend, queries) since ``since``: the dashboard's per-backend chart."""
+    @abc.abstractmethod
     def delete_history_before(self, ts: float) -> int: ...
     @abc.abstractmethod
     def unfinished_by_backend(self, since: float) -> dict[str, int]:
@@ -630,6 +633,12 @@ class SqlStore(Store):
         rows = self._read("SELECT backend, count(*) FROM query_history WHERE submitted_at >= ? "
                           "AND backend IS NOT NULL GROUP BY backend", [float(since)])
         return {b: int(c) for b, c in rows}
+
+    def history_per_minute_by_backend(self, since: float) -> list[tuple[float, str, int]]:
+        rows = self._read(f"SELECT {self.MINUTE} AS minute, backend, count(*) FROM query_history "
+                          "WHERE submitted_at >= ? AND backend IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+                          [float(since)])
+        return [(float(m), b, int(c)) for m, b, c in rows]
 
     def unfinished_by_backend(self, since: float) -> dict[str, int]:
         # The index on (final_state, submitted_at, ...) serves this: only unfinished rows are read.

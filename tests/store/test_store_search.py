@@ -131,3 +131,9 @@ def test_a_cancel_is_final(store) -> None:
                                  ("q2", "CANCELED", None, 2.0), ("q2", "FAILED", "x", 3.0)])
     got = {r.query_id: (r.final_state, r.error, r.finished_at) for r in store.query_history()}
     assert got == {"q1": ("CANCELED", "by the client", 2.0), "q2": ("CANCELED", None, 2.0)}
+
+
+def test_queries_per_minute_and_backend(store) -> None:
+    store.insert_history([_row("a", 60.0, backend="b1"), _row("b", 61.0, backend="b1"),
+                          _row("c", 125.0, backend="b2"), _row("d", 130.0), _row("e", 10.0, backend="b1")])
+    assert store.history_per_minute_by_backend(60.0) == [(60.0, "b1", 2), (120.0, "b2", 1)]
