@@ -153,6 +153,7 @@
     problems.forEach(function (p) {
       var li = document.createElement("li");
       li.setAttribute("data-line", p.line || "");
+      if (p.line) li.tabIndex = 0;   // Enter on it jumps to the line, like a click
       li.textContent = (p.file !== file ? p.file + " " : "") + (p.line ? "line " + p.line + ": " : "") + p.message;
       list.appendChild(li);
     });
@@ -174,13 +175,26 @@
   }
 
   ed.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(check, 250); });
+  // Tab indents and Shift+Tab outdents (documented beside the editor); Esc hands Tab back to
+  // the browser for the next key press, so the keyboard can always leave the editor.
+  var escaped = false;
   ed.addEventListener("keydown", function (ev) {
-    if (ev.key === "Tab" && !ev.shiftKey && !ed.readOnly) {
-      ev.preventDefault();
-      var s = ed.selectionStart;
+    if (ev.key === "Escape") { escaped = true; return; }
+    if (ev.key !== "Tab" || escaped || ed.readOnly) { escaped = false; return; }
+    ev.preventDefault();
+    var s = ed.selectionStart;
+    if (!ev.shiftKey) {
       ed.setRangeText("  ", s, ed.selectionEnd, "end");
-      ed.dispatchEvent(new Event("input"));
+    } else {
+      var lineStart = ed.value.lastIndexOf("\n", s - 1) + 1;
+      var n = ed.value.substr(lineStart, 2) === "  " ? 2 : (ed.value[lineStart] === " " ? 1 : 0);
+      if (n) ed.setRangeText("", lineStart, lineStart + n, "preserve");
     }
+    ed.dispatchEvent(new Event("input"));
+  });
+  ed.addEventListener("blur", function () { escaped = false; });
+  list.addEventListener("keydown", function (ev) {
+    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); ev.target.click(); }
   });
   list.addEventListener("click", function (ev) {
     var line = parseInt(ev.target.getAttribute("data-line"), 10);
