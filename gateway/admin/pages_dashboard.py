@@ -186,7 +186,8 @@ async def dashboard_context(gw: "Gateway", hours: int) -> dict[str, Any]:
         "hours": hours,
         "hours_choices": HOURS_CHOICES,
         "chart": Markup(queries_chart(buckets, bucket)),
-        "backend_chart": Markup(line_chart(series, since, now, title=f"Queries per {per} and backend"))
+        "backend_chart": Markup(line_chart(series, since, now, title=f"Queries per {per} and backend",
+                                           width=1300, height=220))
         if series else None,
         "backend_legend": [(name, PALETTE[i % len(PALETTE)]) for i, (name, _) in enumerate(series)],
         "bucket_label": per,

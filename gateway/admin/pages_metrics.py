@@ -106,8 +106,8 @@ class MetricHandler(PageHandler):
             pts = [(p[0], p[1]) for p in s["points"]]
             lines.append((label_text(s["labels"]), rates(pts) if cumulative else pts))
         unit = "per second (increase between samples)" if cumulative else "value"
-        chart = line_chart(lines, now - hours * 3600, now,
-                           title=f"{name}, {unit}, last {hours} h") if any(p for _, p in lines) else ""
+        chart = line_chart(lines, now - hours * 3600, now, title=f"{name}, {unit}, last {hours} h",
+                           width=1300, height=260) if any(p for _, p in lines) else ""
         current = [(label_text(lb), v) for n, lb, v in fam.samples if n == name]
         self.render_page("metric.html", name=name, family=fam, hours=hours,
                          hours_choices=HOURS_CHOICES, chart=Markup(chart), unit=unit,
