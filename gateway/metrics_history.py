@@ -13,7 +13,6 @@ Parsing uses prometheus-client's own parser of the text format.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.periodic import Periodic
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -99,16 +100,17 @@ def instance_name(gw: "Gateway") -> str:
     return f"{socket.gethostname()}:{gw.config.server.port}"
 
 
-class MetricsSampler:
+class MetricsSampler(Periodic):
     """Writes the gateway's metrics to the store every ``interval`` seconds."""
+
+    what = "metrics sampling"
 
     def __init__(self, gw: "Gateway", interval: float, retention: float) -> None:
         self.gw = gw
-        self.interval = interval
+        self.interval = self.every = interval
         self.retention = retention
         self.instance = instance_name(gw)
         self.written = 0
-        self._task: asyncio.Task[None] | None = None
 
     async def sample_once(self, now: float | None = None) -> int:
         """Sample now (rounded down to the interval); the rows written (0: another worker did)."""
@@ -123,25 +125,12 @@ class MetricsSampler:
         self.written += n
         return n
 
-    async def _run(self) -> None:
-        while True:
-            now = time.time()
-            # just after the next interval boundary, so every worker samples the same time
-            await asyncio.sleep(self.interval - now % self.interval + 0.05)
-            try:
-                await self.sample_once()
-            except Exception as exc:  # noqa: BLE001 - the store may be down; try next time
-                log.debug("cannot sample metrics: %s", exc)
+    async def tick(self) -> int:
+        return await self.sample_once()
 
-    def start(self) -> None:
-        if self.interval > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    def delay(self) -> float:
+        # just after the next interval boundary, so every worker samples the same time
+        return self.interval - time.time() % self.interval + 0.05
 
 
 def series_doc(name: str, instance: str, hours: int, interval: float,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.httputil import HTTPHeaders
 
+from gateway.periodic import Periodic
 from gateway.proxy.client import BackendError, BufferSink
 from gateway.store.base import HistoryRow
 
@@ -70,12 +71,14 @@ def decide(backend: str, code: int, body: bytes) -> tuple[str, str | None] | Non
     return state, f"{message} ({note})" if message else note
 
 
-class Resolver:
+class Resolver(Periodic):
+    what = "resolving unfinished queries"
+
     def __init__(self, gw: "Gateway", after: float) -> None:
         self.gw = gw
         self.after = after
+        self.every = max(1.0, after / 2) if after > 0 else 0.0
         self.resolved = 0
-        self._task: asyncio.Task[None] | None = None
 
     async def resolve_once(self, now: float | None = None) -> int:
         """One round; the number of rows given a final state."""
@@ -119,21 +122,5 @@ class Resolver:
             return None
         return decide(backend.name, code, bytes(sink.body))
 
-    async def _run(self) -> None:
-        every = max(1.0, self.after / 2)
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.resolve_once()
-            except Exception as exc:  # noqa: BLE001 - the store may be down; next round
-                log.debug("cannot resolve unfinished queries: %s", exc)
-
-    def start(self) -> None:
-        if self.after > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def tick(self) -> int:
+        return await self.resolve_once()

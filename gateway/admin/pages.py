@@ -226,6 +226,18 @@ class PageHandler(RequestHandler):
             log.exception("cannot render the error page")
             self.finish(f"{status_code}: {message}")
 
+    def send_download(self, filename: str, fmt: str, doc: Any, to_csv: Any) -> None:
+        """``doc`` as a file to save: JSON, or CSV made by ``to_csv(doc)``; the name gets a
+        UTC time stamp and the extension."""
+        import json
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.set_header("Content-Disposition", f'attachment; filename="{filename}-{stamp}.{fmt}"')
+        if fmt == "json":
+            self.set_header("Content-Type", "application/json")
+            return self.finish(json.dumps(doc, separators=(",", ":")))
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.finish(to_csv(doc))
+
     def compute_etag(self) -> None:  # type: ignore[override]
         return None
 

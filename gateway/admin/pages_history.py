@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
-import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -227,13 +226,7 @@ class HistoryDownloadHandler(HistoryHandler):
             if not self.sql_visible(r):
                 doc["sql"] = None        # role `user` sees only its own queries' SQL
             docs.append(doc)
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.set_header("Content-Disposition", f'attachment; filename="query-history-{stamp}.{fmt}"')
-        if fmt == "json":
-            self.set_header("Content-Type", "application/json")
-            return self.finish(json.dumps(docs, separators=(",", ":")))
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.finish(history_csv(docs))
+        self.send_download("query-history", fmt, docs, history_csv)
 
 
 CSV_COLUMNS = ("queryId", "submittedAt", "finishedAt", "durationMs", "queuedMs", "user", "source",

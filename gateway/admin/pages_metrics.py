@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -125,13 +124,7 @@ class MetricDownloadHandler(MetricHandler):
         self.family_of(name)
         hours = parse_hours(self.get_argument("hours", None))
         doc = await self.series(name, hours)
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.set_header("Content-Disposition", f'attachment; filename="{name}-{hours}h-{stamp}.{fmt}"')
-        if fmt == "json":
-            self.set_header("Content-Type", "application/json")
-            return self.finish(json.dumps(doc, separators=(",", ":")))
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.finish(series_csv(doc))
+        self.send_download(f"{name}-{hours}h", fmt, doc, series_csv)
 
 
 def routes(gw: "Gateway") -> list[Any]:
