@@ -79,6 +79,9 @@ class Resolver(Periodic):
         self.after = after
         self.every = max(1.0, after / 2) if after > 0 else 0.0
         self.resolved = 0
+        # Where the next round starts: long queries still running (asked again every pass)
+        # must not keep the rounds from reaching abandoned ones behind them.
+        self._cursor: tuple[float, str] | None = None
 
     async def resolve_once(self, now: float | None = None) -> int:
         """One round; the number of rows given a final state."""
@@ -86,7 +89,9 @@ class Resolver(Periodic):
         if gw.store is None or gw.writer is None:
             return 0
         now = time.time() if now is None else now
-        rows: list[HistoryRow] = await gw.store.call("unresolved_history", now - self.after, BATCH)
+        rows: list[HistoryRow] = await gw.store.call("unresolved_history", now - self.after, BATCH,
+                                                     after=self._cursor)
+        self._cursor = (rows[-1].submitted_at, rows[-1].query_id) if len(rows) == BATCH else None
         results = await asyncio.gather(*(self._ask(r) for r in rows))
         n = 0
         for row, result in zip(rows, results):

@@ -313,8 +313,10 @@ class Store(abc.ABC):
     def count_history(self, *, cap: int | None = None, **filters: Any) -> int:
         """Rows matching; with ``cap``, counting stops after ``cap + 1`` ("more than cap")."""
     @abc.abstractmethod
-    def unresolved_history(self, before: float, limit: int) -> list[HistoryRow]:
-        """Rows without a final state submitted before ``before``, oldest first."""
+    def unresolved_history(self, before: float, limit: int,
+                           after: tuple[float, str] | None = None) -> list[HistoryRow]:
+        """Rows without a final state submitted before ``before``, oldest first, from just
+        after the (submitted_at, query_id) position ``after``."""
     @abc.abstractmethod
     def insert_metric_samples(self, instance: str, ts: float,
                               samples: Sequence[tuple[str, str, float]], keep_after: float) -> int:
@@ -590,9 +592,14 @@ class SqlStore(Store):
         return int(self._read(f"SELECT count(*) FROM (SELECT 1 FROM query_history WHERE {where} "
                               "LIMIT ?) AS c", [*params, int(cap) + 1])[0][0])
 
-    def unresolved_history(self, before: float, limit: int) -> list[HistoryRow]:
-        rows = self._read(f"{_HISTORY_SELECT} WHERE final_state IS NULL AND submitted_at < ? "
-                          "ORDER BY submitted_at, query_id LIMIT ?", [float(before), int(limit)])
+    def unresolved_history(self, before: float, limit: int,
+                           after: tuple[float, str] | None = None) -> list[HistoryRow]:
+        where, params = "final_state IS NULL AND submitted_at < ?", [float(before)]
+        if after is not None:
+            where += " AND (submitted_at, query_id) > (?, ?)"
+            params += [float(after[0]), str(after[1])]
+        rows = self._read(f"{_HISTORY_SELECT} WHERE {where} ORDER BY submitted_at, query_id LIMIT ?",
+                          [*params, int(limit)])
         return [self._history_row(r) for r in rows]
 
     # metric samples -----------------------------------------------------------------------

@@ -79,3 +79,41 @@ def test_a_query_whose_client_went_away_is_resolved_by_its_cluster(fresh_cluster
     assert row["queryId"] == qid and row["finalState"] == "FAILED"
     assert "ABANDONED_QUERY" in row["error"] and "client went away" in row["error"]
     wait_for(lambda: gw.api("GET", state).json()["unfinished"] == 0, message="no longer holds a drain")
+
+
+def test_long_running_queries_do_not_hide_abandoned_ones_from_the_resolver() -> None:
+    """More queries still running than one round asks about: the next round goes on after
+    them, so an abandoned query behind them is resolved too."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from gateway import resolver as R
+    from gateway.backends import Backend, Registry
+    from gateway.config import MonitorConfig
+    from gateway.store import HistoryRow
+    from gateway.store.writer import AsyncStore, HistoryWriter
+
+    async def run() -> list[tuple[str, str | None]]:
+        store = await AsyncStore.open("sqlite:///:memory:")
+        running = [HistoryRow(f"q{i:03d}", float(i), backend="b1") for i in range(R.BATCH + 5)]
+        gone = HistoryRow("q999", 500.0, backend="b1")
+        await store.call("insert_history", [*running, gone])
+
+        class Client:
+            async def fetch(self, base, method, target, headers, body, sink, **kw):
+                qid = target.rsplit("/", 1)[1]
+                sink.on_chunk(b'{"state": "FINISHED"}' if qid == "q999" else b'{"state": "RUNNING"}')
+                return 200
+
+        writer = HistoryWriter(store)
+        gw = SimpleNamespace(store=store, writer=writer, registry=Registry([Backend("b1", "http://x:1")]),
+                             client=Client(), config=SimpleNamespace(monitor=MonitorConfig()))
+        res = R.Resolver(gw, after=60.0)
+        assert await res.resolve_once(now=10_000.0) == 0          # the first 50: all still running
+        assert await res.resolve_once(now=10_000.0) == 1          # then the ones after them
+        rows = await store.call("query_history", query_id="q999")
+        await store.close()
+        return [(r.final_state, r.error) for r in rows]
+
+    [(state, error)] = asyncio.run(run())
+    assert state == "FINISHED" and "client went away" in error

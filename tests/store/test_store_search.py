@@ -137,3 +137,8 @@ def test_queries_per_minute_and_backend(store) -> None:
     store.insert_history([_row("a", 60.0, backend="b1"), _row("b", 61.0, backend="b1"),
                           _row("c", 125.0, backend="b2"), _row("d", 130.0), _row("e", 10.0, backend="b1")])
     assert store.history_per_minute_by_backend(60.0) == [(60.0, "b1", 2), (120.0, "b2", 1)]
+
+
+def test_unresolved_rows_page_on(store) -> None:
+    store.insert_history([_row(f"q{i}", float(i)) for i in range(5)])
+    assert _ids(store.unresolved_history(10.0, 2, after=(1.0, "q1"))) == ["q2", "q3"]
