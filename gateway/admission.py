@@ -192,10 +192,12 @@ class Admission:
         if len(queue) >= cfg.maxQueued:
             self.rejected += 1
             self.gw.metrics.admission_rejected.labels(group, "maxQueued").inc()
-            return P.failed_query(
-                f"Routing group '{group}' is at capacity and its gateway queue is full "
-                f"(maxQueued {cfg.maxQueued}); try again later", gateway_base=base,
-                error_name="QUERY_QUEUE_FULL")
+            message = (f"Routing group '{group}' is at capacity and its gateway queue is full "
+                       f"(maxQueued {cfg.maxQueued}); try again later")
+            qid = P.new_query_id()
+            self.gw.statement_refused(route, qid, "REJECTED", message)
+            return P.failed_query(message, gateway_base=base, error_name="QUERY_QUEUE_FULL",
+                                  query_id=qid)
         now = time.time()
         h = Held(P.new_query_id(now).rsplit("_", 1)[0] + HELD_ID_SUFFIX, group, route.user,
                  route.queue_priority, body, list(headers.get_all()), remote_ip, route, now, base,
@@ -235,6 +237,8 @@ class Admission:
             h.finished_at = time.time()
             h.changed.set()
             log.info("held query %s canceled by its client after %.1fs", h.id, h.waited)
+            self.gw.statement_refused(h.route, h.id, "CANCELED", "Canceled by the client while "
+                                      "held at the gateway", submitted_at=h.enqueued)
         elif h.state == "DISPATCHING":
             h.cancel_requested = True  # _send cancels it on the cluster once it exists
         elif h.state == "DISPATCHED" and h.response is not None:
@@ -353,6 +357,9 @@ class Admission:
             if h.state == "QUEUED":
                 wait_cap = self.gw.config.group(h.group).maxQueueWait
                 if now - h.last_poll > timeout:
+                    # recorded before cancel(), whose own row would say "canceled by the client"
+                    self.gw.statement_refused(h.route, h.id, "CANCELED", "Held at the gateway; its "
+                                              "client stopped polling", submitted_at=h.enqueued)
                     self.cancel(h)
                     h.state = "ABANDONED"
                     self.dropped += 1
@@ -370,6 +377,8 @@ class Admission:
                                  f"{wait_cap:.0f}s", "EXCEEDED_TIME_LIMIT")
                     self.rejected += 1
                     self.gw.metrics.admission_rejected.labels(h.group, "maxQueueWait").inc()
+                    self.gw.statement_refused(h.route, h.id, "QUEUED_TIMEOUT", h.failure[0],
+                                              submitted_at=h.enqueued)
                     h.changed.set()
             elif h.finished_at is not None and now - max(h.finished_at, h.last_poll) > 60:
                 del self.held[h.id]  # delivered or ended a minute ago: forget it

@@ -35,6 +35,9 @@ from gateway.store.writer import AsyncStore, HistoryWriter, StoreCalls
 from gateway.monitor import Monitor
 from gateway.admission import Admission
 from gateway.server import backend_ssl_context
+from gateway.unfinished import UnfinishedQueries
+from gateway.metrics_history import MetricsSampler
+from gateway.resolver import Resolver
 
 log = logging.getLogger("gateway")
 _MAX_STORE_WAITERS = 16  # sticky lookups that may wait for another process's flush at once
@@ -89,6 +92,8 @@ class Gateway:
         self.admission = Admission(self)
         self.monitor.on_round(lambda *_: self.admission.monitor_round())
         self.store: StoreCalls | None = None
+        self._search_store: StoreCalls | None = None
+        self._search_opening: asyncio.Lock | None = None
         self.writer: HistoryWriter | None = None
         self.no_forwarded: set[str] = set()  # backends that answered 406 to X-Forwarded-*
         self.shutting_down = False
@@ -101,6 +106,10 @@ class Gateway:
         self._store_waiters = 0
         self.strict_groups = frozenset(g for g, c in config.groups.items() if c.fallback == "none")
         self._seen: dict[str, int] = {}
+        # Queries routed and not seen finishing, per backend, from the shared history.
+        self.unfinished = UnfinishedQueries(window=config.store.historyRetention)
+        self.sampler = MetricsSampler(self, config.store.metricsInterval, config.store.metricsRetention)
+        self.resolver = Resolver(self, config.store.resolveAfter)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -126,6 +135,9 @@ class Gateway:
                      ", ".join(cfg.routing.rules), os.getcwd(), cfg.routing.defaultGroup)
         self.monitor.start()
         self.admission.start()
+        self.sampler.start()
+        if cfg.store.historyEnabled:
+            self.resolver.start()
         from gateway.admin import log_auth_mode
         log_auth_mode(self)
         self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
@@ -139,9 +151,13 @@ class Gateway:
             t.cancel()
         await self.monitor.stop()
         await self.admission.stop()
+        await self.sampler.stop()
+        await self.resolver.stop()
         self.rules.stop()
         if self.writer is not None:
             await self.writer.stop()
+        if self._search_store is not None and self._search_store is not self.store:
+            await self._search_store.close()
         if self.store is not None:
             await self.store.close()
         self.client.close()
@@ -152,6 +168,26 @@ class Gateway:
         """SIGHUP: reload what can change safely at run time (today: the rules files)."""
         log.info("SIGHUP: reloading rules")
         self.rules.trigger()
+
+    async def search_store(self) -> StoreCalls:
+        """The store for history searches and downloads: a store process of their own, opened
+        on first use, so a slow search waits only behind other searches, never in front of the
+        dashboard's, the clusters page's or the history writer's calls (the store process
+        serves one call at a time). An in-process store (in-memory SQLite, ``store.process:
+        false``) is shared."""
+        assert self.store is not None
+        if not isinstance(self.store, ProcessStore):
+            return self.store
+        if self._search_store is None:
+            if self._search_opening is None:
+                self._search_opening = asyncio.Lock()
+            async with self._search_opening:
+                if self._search_store is None:
+                    cfg = self.config
+                    self._search_store = await ProcessStore.open(
+                        cfg.store.url, pool_size=cfg.store.poolSize,
+                        log_config={"level": cfg.logging.level, "format": cfg.logging.format})
+        return self._search_store
 
     async def sync_backends(self) -> None:
         """Reload backends from the store when they changed (API calls in any process)."""
@@ -169,6 +205,8 @@ class Gateway:
                 self.refresh_gauges()  # every process keeps its metrics current, not only the scraped one
             except Exception:  # noqa: BLE001 - metrics must never stop the sync loop
                 log.exception("cannot refresh metrics")
+            if self.store is not None and self.config.store.historyEnabled:
+                await self.unfinished.refresh(self.store)
             try:
                 await self.sync_backends()
                 self.sticky.expire()
@@ -273,11 +311,29 @@ class Gateway:
                 routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
                 submitted_at=submitted_at, queued_ms=queued_ms))
 
+    def statement_refused(self, route: Route | None, query_id: str, state: str, message: str, *,
+                          submitted_at: float | None = None) -> None:
+        """A statement the gateway answered itself without a cluster's query (a reject rule,
+        no backend, admission limits: ``REJECTED``; maxQueueWait: ``QUEUED_TIMEOUT``; a held
+        query cancelled or abandoned by its client: ``CANCELED``): its history row, final at
+        once, with the reason as the error."""
+        if self.writer is None or not self.config.store.historyEnabled:
+            return
+        ctx = route.context if route is not None else {}
+        now = time.time()
+        self.writer.add(HistoryRow(
+            query_id=query_id, user=route.user if route is not None else None,
+            source=ctx.get("source"), client_tags=tuple(ctx.get("clientTags") or ()),
+            sql=ctx.get("query"), routing_group=route.group if route is not None else None,
+            backend=None, rule=route.rule if route is not None else None,
+            submitted_at=submitted_at if submitted_at is not None else now,
+            final_state=state, error=message, finished_at=now))
+
     def query_finished(self, query_id: str, state: str, error: str | None) -> None:
         self.admission.finished(query_id)
         self.metrics.queries.ended(query_id)
         if self.writer is not None and self.config.store.historyEnabled:
-            self.writer.update_state(query_id, state, error)
+            self.writer.update_state(query_id, state, error, time.time())
 
     # -- sticky routing ----------------------------------------------------------------------
 
@@ -368,8 +424,11 @@ class Gateway:
             st = self.registry.state(b.name)
             m.backend_health.labels(b.name, b.routingGroup).set(1 if st.health is Health.HEALTHY else 0)
             m.backend_active.labels(b.name, b.routingGroup).set(1 if b.active else 0)
-            m.backend_queued.labels(b.name).set(st.queued)
-            m.backend_running.labels(b.name).set(st.running)
+            # NaN, not 0, while the monitor cannot count (info-api, noop): 0 would be a lie.
+            m.backend_queued.labels(b.name).set(st.queued if st.counts_known else float("nan"))
+            m.backend_running.labels(b.name).set(st.running if st.counts_known else float("nan"))
+            n = self.unfinished.of(b.name)
+            m.backend_unfinished.labels(b.name).set(float("nan") if n is None else n)
         rs = self.rules.current
         m.set_ruleset(rs.version if rs is not None else None)
         m.rules_error.set(1 if self.rules.last_error else 0)

@@ -59,12 +59,24 @@ class BackendState:
     user_routed_since_probe: dict[str, int] = field(default_factory=dict)
     consecutive_ok: int = 0
     consecutive_bad: int = 0
+    # True once a probe reported queued/running counts (ui-api, metrics). The info-api and
+    # noop monitors never do: their ``queued``/``running`` stay 0 for the balancer, but no
+    # page or API may show that 0 as a fact (``known_queued``/``known_running`` are None).
+    counts_known: bool = False
+
+    @property
+    def known_queued(self) -> int | None:
+        return self.queued if self.counts_known else None
+
+    @property
+    def known_running(self) -> int | None:
+        return self.running if self.counts_known else None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "health": self.health.value,
-            "queued": self.queued,
-            "running": self.running,
+            "queued": self.known_queued,
+            "running": self.known_running,
             "workers": self.workers,
             "userQueued": dict(self.user_queued),
             "lastProbe": self.last_probe,

@@ -87,6 +87,9 @@ class StoreConfig:
     poolSize: int = 4
     syncInterval: float = 1.0          # how often each process reloads backends from the store
     process: bool = True               # run database work in a child process (off the proxy's GIL)
+    metricsInterval: float = 30.0      # how often the metrics page's history is sampled (0: never)
+    metricsRetention: float = 86400.0  # how long those samples are kept
+    resolveAfter: float = 120.0        # unfinished queries this old are checked with their cluster (0: never)
 
 
 @dataclass
@@ -182,6 +185,7 @@ _DURATION_KEYS = {
     "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout",
     "shutdownGracePeriod", "historyRetention", "historyFlushInterval", "syncInterval", "stickyTtl",
     "interval", "timeout", "maxQueueWait", "sessionTtl", "clientTimeout",
+    "metricsInterval", "metricsRetention", "resolveAfter",
 }
 _POLICIES = ("least-queued", "round-robin", "random", "user-hash")
 _MONITORS = ("info-api", "ui-api", "metrics", "noop")

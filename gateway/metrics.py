@@ -25,6 +25,7 @@ from typing import Any, Callable
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                CONTENT_TYPE_LATEST)
 from prometheus_client import multiprocess
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["Metrics", "ActiveQueries", "request_kind", "METRIC_NAMES", "QUERY_IDLE_SECONDS"]
 
@@ -187,6 +188,10 @@ class Metrics:
                                     "Queued queries the monitor saw", ["backend"], **mx, **kw)
         self.backend_running = Gauge("trino_gateway_backend_running_queries",
                                      "Running queries the monitor saw", ["backend"], **mx, **kw)
+        self.backend_unfinished = Gauge(
+            "trino_gateway_backend_unfinished_queries",
+            "Queries the gateway routed to the backend and has not seen finish (from the shared "
+            "query history; all workers and replicas)", ["backend"], **mx, **kw)
         self.rule_reloads = Counter("trino_gateway_rule_reloads_total",
                                     "Rules reloads by outcome (each worker process reloads)",
                                     ["outcome"], **kw)
@@ -336,6 +341,14 @@ class Metrics:
             self.ruleset_info.labels(version).set(1)
         self._ruleset_version = version
 
+    def described(self) -> list[tuple[str, str, str]]:
+        """(name, type, help) of every metric defined here, sampled or not."""
+        out = []
+        for value in vars(self).values():
+            for fam in value.describe() if isinstance(value, MetricWrapperBase) else ():
+                out.append((fam.name, fam.type, fam.documentation))
+        return out
+
     def render(self) -> tuple[bytes, str]:
         self.queries.sweep()
         if self.multiprocess:
@@ -359,7 +372,8 @@ METRIC_NAMES = (
     "trino_gateway_statement_failures_total", "trino_gateway_requests_in_flight",
     "trino_gateway_queries_in_flight", "trino_gateway_backend_healthy",
     "trino_gateway_backend_active", "trino_gateway_backend_queued_queries",
-    "trino_gateway_backend_running_queries", "trino_gateway_rule_reloads_total",
+    "trino_gateway_backend_running_queries", "trino_gateway_backend_unfinished_queries",
+    "trino_gateway_rule_reloads_total",
     "trino_gateway_ruleset_loaded", "trino_gateway_rules_error",
     "trino_gateway_store_write_failures_total", "trino_gateway_history_rows_dropped_total",
     "trino_gateway_admission_queued_queries", "trino_gateway_admission_wait_seconds",

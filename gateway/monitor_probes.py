@@ -283,6 +283,8 @@ def apply_probe(name: str, state: BackendState, result: ProbeResult, cfg: Monito
         state.queued = result.queued
     if result.running is not None:
         state.running = result.running
+    if result.queued is not None or result.running is not None:
+        state.counts_known = True
     if result.workers is not None:
         state.workers = result.workers
     if result.user_queued is not None:

@@ -223,6 +223,11 @@ class PublicBackendsHandler(ApiHandler):
                 return self.send_json(backend.to_json())
             st = gw.registry.state(name).to_json()
             st["name"] = name
+            # Beside the monitor's counts (null when it cannot count): the queries the gateway
+            # routed here and has not seen finish, from the shared history (null: unknown).
+            if gw.store is not None and gw.config.store.historyEnabled:
+                await gw.unfinished.refresh(gw.store, force=True)
+            st["unfinished"] = gw.unfinished.of(name)
             self.send_json(st)
         await self.run(False, go)
 
@@ -322,7 +327,8 @@ class QueriesHandler(ApiHandler):
     async def get(self) -> None:
         async def go() -> None:
             args = {k: self.get_argument(k, None) for k in
-                    ("user", "source", "group", "backend", "rule", "state", "text")}
+                    ("user", "source", "group", "backend", "rule", "state", "text", "tag")}
+            args["query_id"] = self.get_argument("queryId", None)
             try:
                 limit = int(self.get_argument("limit", "100"))
             except ValueError:
@@ -334,8 +340,8 @@ class QueriesHandler(ApiHandler):
             if args["text"] and not sql_visible(None, self.user, self.roles, auth_enabled=self.auth.enabled,
                                                 show_all=auth.showAllQueries):
                 args["user"] = self.user or ""  # searching SQL text: only in SQL this caller may see
-            rows = await self.gw.store.call("query_history", limit=limit,
-                                            **{k: v for k, v in args.items() if v})
+            store = await self.gw.search_store()
+            rows = await store.call("query_history", limit=limit, **{k: v for k, v in args.items() if v})
             out = []
             for r in rows:
                 doc = r.to_json()

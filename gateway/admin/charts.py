@@ -10,7 +10,7 @@ import math
 from html import escape
 from typing import Iterable
 
-__all__ = ["bucket_counts", "bucket_seconds", "queries_chart", "distribution_chart"]
+__all__ = ["bucket_counts", "bucket_seconds", "queries_chart", "distribution_chart", "line_chart", "PALETTE"]
 
 
 def bucket_seconds(hours: float, max_bars: int = 180) -> int:
@@ -112,5 +112,66 @@ def distribution_chart(counts: dict[str, int], *, width: int = 760, row: int = 2
                    f'<title>{escape(name)}: {c}</title></rect>')
         out.append(f'<text class="value" x="{label_w + w + 6:.1f}" y="{y + row * 0.68:.1f}">'
                    f'{c} ({pct:.0f}%)</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# Colours for line charts: distinguishable, and at least 3:1 against white.
+PALETTE = ("#1f4fd1", "#c4320a", "#16794c", "#7a2ec2", "#a15c07", "#0e7490", "#be185d",
+           "#4d5b7c", "#65730d", "#9f1239", "#1e6091", "#6b4f1d")
+
+
+def _fmt_value(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.0f}"
+    if abs(v) >= 0.01:
+        return f"{v:.2f}".rstrip("0").rstrip(".")
+    return f"{v:.2g}"
+
+
+def line_chart(series: list[tuple[str, list[tuple[float, float]]]], since: float, now: float, *,
+               title: str, width: int = 760, height: int = 220) -> str:
+    """One line per series (label, [(ts, value)]) over [since, now], UTC time axis."""
+    left, right, top, bottom = 56, 10, 10, 24
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [v for _, pts in series for _, v in pts]
+    lo = min(0.0, min(values, default=0.0))
+    hi = max(values, default=0.0)
+    if hi <= lo:
+        hi = lo + 1
+    span = max(now - since, 1.0)
+
+    def x(ts: float) -> float:
+        return left + plot_w * (ts - since) / span
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - (v - lo) / (hi - lo))
+
+    out = [f'<svg class="chart lines" viewBox="0 0 {width} {height}" width="100%" role="img" '
+           f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+           f'<title>{escape(title)}</title>']
+    for frac in (0, 0.5, 1):
+        v = lo + (hi - lo) * frac
+        out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}"/>')
+        out.append(f'<text class="axis" x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">'
+                   f'{_fmt_value(v)}</text>')
+    for i in range(6):
+        ts = since + span * i / 6
+        out.append(f'<text class="axis" x="{x(ts):.1f}" y="{height - 6}" text-anchor="start">'
+                   f'{_hhmm(ts)}</text>')
+    for i, (label, pts) in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        if len(pts) == 1:
+            ts, v = pts[0]
+            out.append(f'<circle cx="{x(ts):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}">'
+                       f'<title>{escape(label)}: {_fmt_value(v)}</title></circle>')
+            continue
+        path = " ".join(f"{x(ts):.1f},{y(v):.1f}" for ts, v in pts)
+        out.append(f'<polyline class="line" stroke="{colour}" points="{path}">'
+                   f'<title>{escape(label)}</title></polyline>')
     out.append("</svg>")
     return "".join(out)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
+from markupsafe import Markup
 from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
@@ -57,6 +58,14 @@ def fmt_time(ts: float | None) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def time_tag(ts: float | None) -> Markup:
+    """A time for the page body: UTC text the script may show in the browser's zone instead."""
+    if ts is None:
+        return Markup("–")
+    iso = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="seconds")
+    return Markup('<time datetime="{}" data-ts="{}">{}</time>').format(iso, f"{ts:.3f}", fmt_time(ts))
+
+
 def fmt_ago(ts: float | None, now: float | None = None) -> str:
     if ts is None:
         return "never"
@@ -72,6 +81,14 @@ def fmt_ago(ts: float | None, now: float | None = None) -> str:
     return f"{int(d // 86400)} days ago"
 
 
+def count_or_unknown(n: int | None) -> Markup:
+    """A count, or a marked "unknown" (never a 0 the gateway does not know)."""
+    if n is None:
+        return Markup('<span class="unknown" title="not known: the monitor cannot count '
+                      'queries on this cluster (see docs/operations.md)">unknown</span>')
+    return Markup(str(int(n)))
+
+
 _env: jinja2.Environment | None = None
 
 
@@ -84,6 +101,8 @@ def template_env() -> jinja2.Environment:
                                  undefined=jinja2.StrictUndefined)
         env.filters["time"] = fmt_time
         env.filters["ago"] = fmt_ago
+        env.filters["ts"] = time_tag
+        env.filters["count_or_unknown"] = count_or_unknown
         env.filters["urlquote"] = lambda s: quote(str(s), safe="")
         env.globals["BASE"] = BASE
         _env = env
@@ -207,6 +226,18 @@ class PageHandler(RequestHandler):
             log.exception("cannot render the error page")
             self.finish(f"{status_code}: {message}")
 
+    def send_download(self, filename: str, fmt: str, doc: Any, to_csv: Any) -> None:
+        """``doc`` as a file to save: JSON, or CSV made by ``to_csv(doc)``; the name gets a
+        UTC time stamp and the extension."""
+        import json
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.set_header("Content-Disposition", f'attachment; filename="{filename}-{stamp}.{fmt}"')
+        if fmt == "json":
+            self.set_header("Content-Type", "application/json")
+            return self.finish(json.dumps(doc, separators=(",", ":")))
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.finish(to_csv(doc))
+
     def compute_etag(self) -> None:  # type: ignore[override]
         return None
 
@@ -273,7 +304,8 @@ class NotFoundHandler(PageHandler):
 
 
 def routes(gw: "Gateway") -> list[Any]:
-    from gateway.admin import pages_clusters, pages_dashboard, pages_history, pages_rules
+    from gateway.admin import (pages_clusters, pages_dashboard, pages_history, pages_metrics,
+                               pages_rules)
     a = {"gateway": gw}
     return [
         (BASE + r"/static/(.*)", StaticFileHandler, {"path": STATIC}),
@@ -283,5 +315,6 @@ def routes(gw: "Gateway") -> list[Any]:
         *pages_clusters.routes(gw),
         *pages_history.routes(gw),
         *pages_rules.routes(gw),
+        *pages_metrics.routes(gw),
         (BASE + r"(?:/.*)?", NotFoundHandler, a),
     ]

@@ -3,9 +3,9 @@
 Changes go through the same validation as the REST API (``api.parse_backend``) and the same
 order: the store first, then this process's registry; other processes follow the store. A
 deactivated backend takes no new queries but finishes what it runs; the page shows how many
-queries it still has: the monitor's running/queued counts when the monitor reports them
-(``ui-api``, ``metrics``), and the queries this gateway routed there in the last hour and has
-not yet seen finish.
+queries it still has: the queries the gateway routed there and has not seen finish (from the
+shared history, ``gateway.unfinished``), and the monitor's running/queued counts when the
+monitor reports them (``ui-api``, ``metrics``).
 """
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.admin")
 
 ACTIONS = ("add", "update", "delete", "activate", "deactivate")
-UNFINISHED_WINDOW = 3600.0
-_COUNTING_MONITORS = ("ui-api", "metrics")
+# Actions that take effect only once confirmed, and the question asked.
+CONFIRM = {
+    "deactivate": "Deactivate {name}? It takes no new queries and finishes those it runs.",
+    "delete": "Delete {name}? Queries it still runs lose their route through the gateway.",
+}
 
 
 def backend_from_form(form: dict[str, str], default_group: str) -> Backend:
@@ -49,7 +52,14 @@ async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: st
     if action in ("add", "update"):
         b = backend_from_form(form, gw.config.routing.defaultGroup)
         if action == "add":
-            await backend_ops.add_backend(gw, b, who)
+            try:
+                await backend_ops.add_backend(gw, b, who)
+            except ApiError as exc:
+                if exc.code != 409:
+                    raise
+                # the REST API's message names its update path; here the page's own fields
+                raise ApiError(409, f"A backend named {b.name!r} already exists. Choose another "
+                                    f"Name, or use Edit on its row to change it.") from None
         else:
             await backend_ops.update_backend(gw, b, who, insert_missing=False)
         return f"Backend {b.name} {'added' if action == 'add' else 'saved'}."
@@ -65,41 +75,33 @@ async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: st
 
 @dataclass
 class ClusterRow(BackendView):
-    unfinished: int | None = None     # routed here, not seen finishing (inactive backends only)
-    counting: bool = False            # the monitor reports running/queued counts
-
     @property
     def still_running(self) -> int | None:
-        """Queries an inactive backend still has, by the best source available."""
+        """Queries an inactive backend still has, by the best sources available: the queries
+        the gateway routed there and has not seen finish, and the monitor's running + queued
+        count when the monitor can count (ui-api, metrics). None: neither is known."""
         if self.backend.active:
             return None
-        counts = [self.unfinished or 0]
-        if self.counting:
+        counts = [] if self.unfinished is None else [self.unfinished]
+        if self.state.counts_known:
             counts.append(self.state.running + self.state.queued)
-        return max(counts)
+        return max(counts) if counts else None
 
     @property
     def drain_state(self) -> str | None:
+        if self.backend.active:
+            return None
         n = self.still_running
-        return None if n is None else ("draining" if n > 0 else "drained")
+        if n is None:
+            return "draining"        # nothing says it is empty: never claim "drained"
+        return "draining" if n > 0 else "drained"
 
 
 async def cluster_rows(gw: "Gateway") -> list[ClusterRow]:
-    counting = gw.config.monitor.type in _COUNTING_MONITORS
-    rows = [ClusterRow(b, gw.registry.state(b.name), counting=counting)
+    if gw.store is not None and gw.config.store.historyEnabled:
+        await gw.unfinished.refresh(gw.store, force=True)
+    return [ClusterRow(b, gw.registry.state(b.name), gw.unfinished.of(b.name))
             for b in sorted(gw.registry.all(), key=lambda b: (b.routingGroup, b.name))]
-    if gw.store is None:
-        return rows
-    since = time.time() - UNFINISHED_WINDOW
-    for r in rows:
-        if r.backend.active:
-            continue
-        try:
-            recent = await gw.store.call("query_history", backend=r.backend.name, since=since, limit=1000)
-        except Exception:  # noqa: BLE001 - history is a nice-to-have here
-            continue
-        r.unfinished = sum(1 for q in recent if q.final_state is None)
-    return rows
 
 
 class ClustersHandler(PageHandler):
@@ -110,11 +112,12 @@ class ClustersHandler(PageHandler):
 
     async def show(self, status: int = 200, error: str | None = None,
                    form: dict[str, str] | None = None) -> None:
-        self.render_page("clusters.html", status=status, rows=await cluster_rows(self.gw),
+        rows = await cluster_rows(self.gw)
+        self.render_page("clusters.html", status=status, rows=rows,
+                         draining=any(r.drain_state == "draining" for r in rows),
                          groups=sorted(self.gw.registry.groups() | set(self.gw.config.groups)
                                        | {self.gw.config.routing.defaultGroup}),
                          default_group=self.gw.config.routing.defaultGroup,
-                         counting=self.gw.config.monitor.type in _COUNTING_MONITORS,
                          error=error, form=form or {"active": "on"})
 
     async def post(self) -> None:
@@ -123,6 +126,11 @@ class ClustersHandler(PageHandler):
         form = {k: self.get_body_argument(k, "") for k in
                 ("name", "proxyTo", "externalUrl", "routingGroup", "active")}
         action = self.get_body_argument("action", "")
+        if action in CONFIRM and self.get_body_argument("confirmed", "") != "yes":
+            # Without script (the script asks in a dialog and sends confirmed=yes): a page
+            # that asks, whose button sends the same action confirmed.
+            return self.render_page("cluster_confirm.html", action=action, name=form["name"],
+                                    question=CONFIRM[action].format(name=form["name"]))
         try:
             message = await apply_action(self.gw, action, form, self.who())
         except ApiError as exc:

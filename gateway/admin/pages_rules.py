@@ -89,8 +89,20 @@ class RulesHandler(PageHandler):
 
 
 class ExplainHandler(RulesHandler):
+    """Explain from the form. The form is sent with GET (explaining changes nothing), so a
+    result has a URL to bookmark or share; POST is still accepted."""
+
+    def get(self) -> None:
+        form = {k: self.get_argument(k, "", strip=k not in ("query", "headers")) for k in EXPLAIN_FIELDS}
+        if not any(form.values()):
+            return self.show()
+        self.explain_form(form)
+
     def post(self) -> None:
-        form = {k: self.get_body_argument(k, "", strip=k not in ("query", "headers")) for k in EXPLAIN_FIELDS}
+        self.explain_form({k: self.get_body_argument(k, "", strip=k not in ("query", "headers"))
+                           for k in EXPLAIN_FIELDS})
+
+    def explain_form(self, form: dict[str, str]) -> None:
         try:
             result = explain(self.gw, explain_request(form), self.request.remote_ip or "")
         except (ApiError, ValueError) as exc:

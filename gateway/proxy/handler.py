@@ -151,10 +151,10 @@ class ProxyHandler(LeanHandler):
         route = gw.route(headers, body, self.request.remote_ip or "")
         if route.reject is not None:
             gw.metrics.rejected(route.rule)
-            return self._failed(route.reject, base, "PERMISSION_DENIED")
+            return self._failed(route.reject, base, "PERMISSION_DENIED", route=route)
         if not route.backends:
             gw.metrics.statement_failed("no-backend")
-            return self._failed(route.reason, base, "NO_NODES_AVAILABLE")
+            return self._failed(route.reason, base, "NO_NODES_AVAILABLE", route=route)
         if gw.admission.capped(route.group):
             # Admission control (gateway/admission.py): a slot on a backend, or wait in line.
             backend, lease = await gw.admission.try_admit(route)
@@ -168,10 +168,14 @@ class ProxyHandler(LeanHandler):
             return
         await self._send_statement(route.backends, body, base, route=route)
 
-    def _failed(self, message: str, base: str, error_name: str, query_id: str | None = None) -> None:
+    def _failed(self, message: str, base: str, error_name: str, query_id: str | None = None,
+                route: Any = None) -> None:
         self.clear()
         self.set_status(200)
         self.set_header("Content-Type", "application/json")
+        query_id = query_id or P.new_query_id()
+        if route is not None:   # a statement the gateway refused: recorded as REJECTED
+            self.gw.statement_refused(route, query_id, "REJECTED", message)
         self.finish(P.failed_query(message, gateway_base=base, error_name=error_name, query_id=query_id))
 
     def _query_lost(self, kind: P.RequestKind, exc: BackendError) -> bool:
@@ -214,7 +218,7 @@ class ProxyHandler(LeanHandler):
         group = route.group if route is not None else candidates[0].routingGroup
         gw.metrics.statement_failed("unreachable")
         self._failed(f"No backend of routing group '{group}' could be reached ({'; '.join(tried)})",
-                     base, "NO_NODES_AVAILABLE")
+                     base, "NO_NODES_AVAILABLE", route=route)
 
     # -- follow-ups --------------------------------------------------------------------------
 
@@ -271,7 +275,7 @@ class ProxyHandler(LeanHandler):
             return
         code = self.get_status()
         if req.method == "DELETE" and code == 204 and "/partialCancel/" not in req.path:
-            self.gw.query_finished(kind.key or "", "FAILED", "Query was canceled by the client")
+            self.gw.query_finished(kind.key or "", "CANCELED", "Query was canceled by the client")
         elif req.method == "GET" and code == 200 and self._rewriter is not None:
             state, error = self._rewriter.final_state()
             if state is not None:

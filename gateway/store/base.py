@@ -85,13 +85,22 @@ class HistoryRow:
     final_state: str | None = None       # None until the gateway sees the query finish
     error: str | None = None
     queued_ms: int | None = None         # time spent in the gateway's admission queue
+    finished_at: float | None = None     # when the final state was seen (unix seconds)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from submission (or from entering the gateway queue) to the final state."""
+        if self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.submitted_at)
 
     def __reduce__(self) -> Any:
         # Pickled as a plain tuple: 8x faster than the dataclass default, which matters for the
         # batches the gateway sends to its store process.
         return (HistoryRow, (self.query_id, self.submitted_at, self.user, self.source,
                              self.client_tags, self.sql, self.routing_group, self.backend,
-                             self.rule, self.final_state, self.error, self.queued_ms))
+                             self.rule, self.final_state, self.error, self.queued_ms,
+                             self.finished_at))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +116,7 @@ class HistoryRow:
             "finalState": self.final_state,
             "error": self.error,
             "queuedMs": self.queued_ms,
+            "finishedAt": self.finished_at,
         }
 
 
@@ -157,20 +167,37 @@ def load_migrations(directory: Path) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+def escape_like(text: str) -> str:
+    """``text`` as a LIKE pattern that matches itself (``\\`` is the escape character)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def history_filter_sql(*, user: str | None = None, source: str | None = None,
                        group: str | None = None, backend: str | None = None,
                        rule: str | None = None, state: str | None = None,
                        since: float | None = None, until: float | None = None,
-                       text: str | None = None, like: str = "LIKE") -> tuple[str, list[Any]]:
+                       text: str | None = None, query_id: str | None = None,
+                       tag: str | None = None, like: str = "LIKE",
+                       text_sql: Callable[[str, str], tuple[str, list[Any]]] | None = None,
+                       id_prefix_sql: Callable[[str], tuple[str, list[Any]]] | None = None,
+                       ) -> tuple[str, list[Any]]:
     """The WHERE clause (``?`` placeholders) and parameters for a history filter.
 
-    Equality filters are exact; ``since`` is inclusive and ``until`` exclusive; ``text`` is a
-    case-insensitive substring of the SQL (``%`` and ``_`` in it match themselves).
+    ``user`` and ``source`` match case-insensitively (through the ``lower(...)`` indexes);
+    the other equality filters are exact; ``since`` is inclusive and ``until`` exclusive;
+    ``text`` is a case-insensitive substring of the SQL and ``tag`` one of the client tags
+    (``%`` and ``_`` in them match themselves); ``query_id`` is a full id or a prefix.
+    ``text_sql(column, text)`` and ``id_prefix_sql(prefix)`` let a dialect use its own index
+    for those (default: LIKE alone).
     """
     clauses: list[str] = []
     params: list[Any] = []
-    for column, value in (("user_name", user), ("source", source), ("routing_group", group),
-                          ("backend", backend), ("rule", rule), ("final_state", state)):
+    for column, value in (("user_name", user), ("source", source)):
+        if value is not None:
+            clauses.append(f"lower({column}) = lower(?)")
+            params.append(value)
+    for column, value in (("routing_group", group), ("backend", backend), ("rule", rule),
+                          ("final_state", state)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
@@ -181,11 +208,29 @@ def history_filter_sql(*, user: str | None = None, source: str | None = None,
             except (TypeError, ValueError):
                 raise StoreError(f"history '{name}' must be unix seconds, got {value!r}") from None
             clauses.append(f"submitted_at {op} ?")
-    if text:
-        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        clauses.append(f"sql_text {like} ? ESCAPE '\\'")
-        params.append(f"%{escaped}%")
+    if query_id:
+        sql, p = (id_prefix_sql or _like_prefix)(query_id)
+        clauses.append(sql)
+        params += p
+    for column, value, whole in (("sql_text", text, False), ("client_tags", tag, True)):
+        if not value:
+            continue
+        if text_sql is not None:
+            sql, p = text_sql(column, value)
+            if p:
+                clauses.append(sql)
+                params += p
+        if whole:   # one whole tag of the comma-joined list
+            clauses.append(f"(',' || {column} || ',') {like} ? ESCAPE '\\'")
+            params.append(f"%,{escape_like(value)},%")
+        else:
+            clauses.append(f"{column} {like} ? ESCAPE '\\'")
+            params.append(f"%{escape_like(value)}%")
     return (" AND ".join(clauses) or "1=1"), params
+
+
+def _like_prefix(prefix: str) -> tuple[str, list[Any]]:
+    return "query_id LIKE ? ESCAPE '\\'", [escape_like(prefix) + "%"]
 
 
 def _clean(value: str | None) -> str | None:
@@ -211,7 +256,8 @@ def _history_params(r: HistoryRow) -> tuple[Any, ...]:
         return (_clean(r.query_id), _clean(r.user), _clean(r.source),
                 _clean(",".join(r.client_tags)) if r.client_tags else None, _clean(r.sql),
                 _clean(r.routing_group), _clean(r.backend), _clean(r.rule),
-                float(r.submitted_at), _clean(r.final_state), _clean(r.error), queued_ms)
+                float(r.submitted_at), _clean(r.final_state), _clean(r.error), queued_ms,
+                None if r.finished_at is None else float(r.finished_at))
     except (TypeError, ValueError, OverflowError) as exc:
         raise StoreError(f"invalid history row {r.query_id!r}: {exc}", permanent=True) from None
 
@@ -255,22 +301,44 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def insert_history(self, rows: Sequence[HistoryRow]) -> None: ...
     @abc.abstractmethod
-    def update_history_states(self, updates: Sequence[tuple[str, str, str | None]]) -> None: ...
+    def update_history_states(self, updates: Sequence[tuple[Any, ...]]) -> None:
+        """(query_id, state, error) or (query_id, state, error, finished_at) per query."""
     @abc.abstractmethod
-    def query_history(self, *, user: str | None = None, source: str | None = None,
-                      group: str | None = None, backend: str | None = None,
-                      rule: str | None = None, state: str | None = None,
-                      since: float | None = None, until: float | None = None,
-                      text: str | None = None, limit: int = 100,
-                      before: tuple[float, str] | None = None) -> list[HistoryRow]: ...
+    def query_history(self, *, limit: int = 100, before: tuple[float, str] | None = None,
+                      after: tuple[float, str] | None = None,
+                      **filters: Any) -> list[HistoryRow]:
+        """Newest first; ``before``/``after`` page older/newer than a (submitted_at, query_id)
+        position; filters as ``history_filter_sql``."""
     @abc.abstractmethod
-    def count_history(self, **filters: Any) -> int: ...
+    def count_history(self, *, cap: int | None = None, **filters: Any) -> int:
+        """Rows matching; with ``cap``, counting stops after ``cap + 1`` ("more than cap")."""
+    @abc.abstractmethod
+    def unresolved_history(self, before: float, limit: int,
+                           after: tuple[float, str] | None = None) -> list[HistoryRow]:
+        """Rows without a final state submitted before ``before``, oldest first, from just
+        after the (submitted_at, query_id) position ``after``."""
+    @abc.abstractmethod
+    def insert_metric_samples(self, instance: str, ts: float,
+                              samples: Sequence[tuple[str, str, float]], keep_after: float) -> int:
+        """Store (name, labels JSON, value) samples taken at ``ts`` unless this instance already
+        has that time; delete samples older than ``keep_after``. Returns rows written."""
+    @abc.abstractmethod
+    def metric_series(self, instance: str, name: str, since: float) -> list[tuple[str, float, float]]:
+        """(labels JSON, ts, value) of one metric since ``since``, in time order."""
+    @abc.abstractmethod
+    def metric_instances(self, since: float) -> list[str]: ...
     @abc.abstractmethod
     def history_per_minute(self, since: float) -> list[tuple[float, int]]: ...
     @abc.abstractmethod
     def history_by_backend(self, since: float) -> dict[str, int]: ...
     @abc.abstractmethod
+    def history_per_minute_by_backend(self, since: float) -> list[tuple[float, str, int]]:
+        """(minute, backend, queries) since ``since``: the dashboard's per-backend chart."""
+    @abc.abstractmethod
     def delete_history_before(self, ts: float) -> int: ...
+    @abc.abstractmethod
+    def unfinished_by_backend(self, since: float) -> dict[str, int]:
+        """Queries submitted since ``since`` whose final state is not recorded, per backend."""
 
     # sticky mappings
     @abc.abstractmethod
@@ -304,7 +372,7 @@ Cursor = Any  # a DB-API cursor (sqlite3.Cursor or psycopg.Cursor)
 
 _HISTORY_COLUMNS = ("query_id", "user_name", "source", "client_tags", "sql_text",
                     "routing_group", "backend", "rule", "submitted_at", "final_state",
-                    "error", "queued_ms")
+                    "error", "queued_ms", "finished_at")
 _HISTORY_SELECT = "SELECT " + ", ".join(_HISTORY_COLUMNS) + " FROM query_history"
 # A duplicate query id keeps the first row's values and only fills what it lacked.
 _HISTORY_INSERT_HEAD = "INSERT INTO query_history (" + ", ".join(_HISTORY_COLUMNS) + ") VALUES "
@@ -312,7 +380,7 @@ _HISTORY_UPSERT = (" ON CONFLICT (query_id) DO UPDATE SET "
                    + ", ".join(f"{c} = COALESCE(query_history.{c}, excluded.{c})"
                                for c in _HISTORY_COLUMNS if c not in ("query_id", "submitted_at")))
 _KEEP_FIRST = frozenset(i for i, c in enumerate(_HISTORY_COLUMNS) if c in ("query_id", "submitted_at"))
-# Rows per multi-row statement: 12 history columns x 250 stays far below both databases'
+# Rows per multi-row statement: 13 history columns x 250 stays far below both databases'
 # limits on bound parameters (SQLite 32,766, PostgreSQL 65,535).
 _ROWS_PER_STATEMENT = 250
 
@@ -334,6 +402,7 @@ class SqlStore(Store):
     """All ``Store`` methods over ``_write`` / ``_read``; subclasses supply the dialect."""
 
     LIKE = "LIKE"                      # the case-insensitive LIKE operator
+    REAL = "REAL"                      # the floating-point type's name
     DIFFERS = "IS NOT"                 # null-safe inequality
     MINUTE = "CAST(submitted_at / 60 AS INTEGER) * 60"
 
@@ -434,49 +503,77 @@ class SqlStore(Store):
         self._write(lambda cur: self._rows_statements(cur, _HISTORY_INSERT_HEAD, _HISTORY_UPSERT,
                                                   len(_HISTORY_COLUMNS), list(merged.values())))
 
-    def update_history_states(self, updates: Sequence[tuple[str, str, str | None]]) -> None:
+    def update_history_states(self, updates: Sequence[tuple[Any, ...]]) -> None:
         if not updates:
             return
-        # One (id, state, error) per query as if applied in order: the last state, the last
-        # error given (a later update without one keeps the earlier).
-        latest: dict[str, tuple[str, str | None, str | None]] = {}
-        for qid, state, error in updates:
-            qid, state, error = _clean(qid), _clean(state), _clean(error)
+        # One (id, state, error, finished_at) per query as if applied in order: the last
+        # state, the last error and time given (a later update without one keeps the earlier).
+        latest: dict[str, tuple[Any, ...]] = {}
+        for u in updates:
+            qid, state, error = _clean(u[0]), _clean(u[1]), _clean(u[2])
+            at = float(u[3]) if len(u) > 3 and u[3] is not None else None
             before = latest.get(qid)
-            if error is None and before is not None:
-                error = before[2]
-            latest[qid] = (qid, state, error)
+            if before is not None:
+                if before[1] == "CANCELED":
+                    continue       # a cancel is final (see the UPDATE below)
+                error = error if error is not None else before[2]
+                at = at if at is not None else before[3]
+            latest[qid] = (qid, state, error, at)
         params = [latest[k] for k in sorted(latest)]
-        # VALUES columns are named column1.. in both databases.
+        # VALUES columns are named column1.. in both databases; the CAST because PostgreSQL
+        # cannot type a VALUES column of NULLs.
+        # A query recorded CANCELED stays so: after a client's cancel the cluster's last page
+        # says FAILED (USER_CANCELED), which must not replace it.
         self._write(lambda cur: self._rows_statements(
             cur, "UPDATE query_history SET final_state = v.column2, "
-                 "error = COALESCE(v.column3, query_history.error) FROM (VALUES ",
-            ") AS v WHERE query_history.query_id = v.column1", 3, params))
+                 "error = COALESCE(v.column3, query_history.error), "
+                 f"finished_at = COALESCE(CAST(v.column4 AS {self.REAL}), query_history.finished_at) "
+                 "FROM (VALUES ",
+            ") AS v WHERE query_history.query_id = v.column1 AND "
+            "(query_history.final_state IS NULL OR query_history.final_state <> 'CANCELED')", 4, params))
 
-    def query_history(self, *, user: str | None = None, source: str | None = None,
-                      group: str | None = None, backend: str | None = None,
-                      rule: str | None = None, state: str | None = None,
-                      since: float | None = None, until: float | None = None,
-                      text: str | None = None, limit: int = 100,
-                      before: tuple[float, str] | None = None) -> list[HistoryRow]:
+    def _filter(self, filters: dict[str, Any]) -> tuple[str, list[Any]]:
+        known = {"user", "source", "group", "backend", "rule", "state", "since", "until", "text",
+                 "query_id", "tag"}
+        unknown = sorted(set(filters) - known)
+        if unknown:
+            raise StoreError(f"unknown history filter(s) {', '.join(unknown)}", permanent=True)
+        return history_filter_sql(like=self.LIKE, text_sql=self._text_sql,
+                                  id_prefix_sql=self._id_prefix_sql, **filters)
+
+    def _text_sql(self, column: str, text: str) -> tuple[str, list[Any]]:
+        """An indexed pre-filter for a substring of ``column`` (SQLite: FTS5; PostgreSQL needs
+        none, its trigram index serves ILIKE). No parameters: no pre-filter."""
+        return "1=1", []
+
+    def _id_prefix_sql(self, prefix: str) -> tuple[str, list[Any]]:
+        return _like_prefix(prefix)
+
+    def query_history(self, *, limit: int = 100, before: tuple[float, str] | None = None,
+                      after: tuple[float, str] | None = None,
+                      **filters: Any) -> list[HistoryRow]:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
             raise StoreError(f"history limit must be an integer from 1 to {MAX_HISTORY_LIMIT}, "
                              f"got {limit!r}")
-        where, params = history_filter_sql(user=user, source=source, group=group,
-                                           backend=backend, rule=rule, state=state, since=since,
-                                           until=until, text=text, like=self.LIKE)
-        if before is not None:
+        where, params = self._filter(filters)
+        order = "DESC"
+        for position, op, name in ((before, "<", "before"), (after, ">", "after")):
+            if position is None:
+                continue
             try:
-                b_at, b_id = float(before[0]), str(before[1])
+                at, qid = float(position[0]), str(position[1])
             except (TypeError, ValueError, IndexError):
-                raise StoreError(f"history 'before' must be (submittedAt, queryId), got {before!r}") from None
+                raise StoreError(f"history '{name}' must be (submittedAt, queryId), got {position!r}") from None
             # Keyset pagination: the index on (…, submitted_at, query_id) serves this directly,
             # so page 1000 costs what page 1 costs.
-            where += " AND (submitted_at, query_id) < (?, ?)"
-            params += [b_at, b_id]
+            where += f" AND (submitted_at, query_id) {op} (?, ?)"
+            params += [at, qid]
+            if name == "after":
+                order = "ASC"   # the page just newer than the position, then reversed
         rows = self._read(f"{_HISTORY_SELECT} WHERE {where} "
-                          "ORDER BY submitted_at DESC, query_id DESC LIMIT ?", [*params, limit])
-        return [self._history_row(r) for r in rows]
+                          f"ORDER BY submitted_at {order}, query_id {order} LIMIT ?", [*params, limit])
+        out = [self._history_row(r) for r in rows]
+        return out[::-1] if order == "ASC" else out
 
     @staticmethod
     def _history_row(r: Sequence[Any]) -> HistoryRow:
@@ -484,11 +581,55 @@ class SqlStore(Store):
         return HistoryRow(query_id=r[0], user=r[1], source=r[2], client_tags=tags, sql=r[4],
                           routing_group=r[5], backend=r[6], rule=r[7],
                           submitted_at=float(r[8]), final_state=r[9], error=r[10],
-                          queued_ms=None if r[11] is None else int(r[11]))
+                          queued_ms=None if r[11] is None else int(r[11]),
+                          finished_at=None if r[12] is None else float(r[12]))
 
-    def count_history(self, **filters: Any) -> int:
-        where, params = history_filter_sql(like=self.LIKE, **filters)
-        return int(self._read(f"SELECT count(*) FROM query_history WHERE {where}", params)[0][0])
+    def count_history(self, *, cap: int | None = None, **filters: Any) -> int:
+        where, params = self._filter(filters)
+        if cap is None:
+            return int(self._read(f"SELECT count(*) FROM query_history WHERE {where}", params)[0][0])
+        # Stop after cap + 1 rows: "more than cap" costs at most that many index entries.
+        return int(self._read(f"SELECT count(*) FROM (SELECT 1 FROM query_history WHERE {where} "
+                              "LIMIT ?) AS c", [*params, int(cap) + 1])[0][0])
+
+    def unresolved_history(self, before: float, limit: int,
+                           after: tuple[float, str] | None = None) -> list[HistoryRow]:
+        where, params = "final_state IS NULL AND submitted_at < ?", [float(before)]
+        if after is not None:
+            where += " AND (submitted_at, query_id) > (?, ?)"
+            params += [float(after[0]), str(after[1])]
+        rows = self._read(f"{_HISTORY_SELECT} WHERE {where} ORDER BY submitted_at, query_id LIMIT ?",
+                          [*params, int(limit)])
+        return [self._history_row(r) for r in rows]
+
+    # metric samples -----------------------------------------------------------------------
+    def insert_metric_samples(self, instance: str, ts: float,
+                              samples: Sequence[tuple[str, str, float]], keep_after: float) -> int:
+        rows = sorted({(instance, n, float(ts), lb, float(v)) for n, lb, v in samples},
+                      key=lambda r: (r[1], r[3]))
+        have = self._sql("SELECT 1 FROM metric_samples WHERE instance = ? AND ts = ? LIMIT 1")
+        prune = self._sql("DELETE FROM metric_samples WHERE ts < ?")
+
+        def run(cur: Cursor) -> int:
+            cur.execute(have, (instance, float(ts)))
+            if cur.fetchone() is not None:
+                return 0          # another worker of this gateway sampled this time already
+            self._rows_statements(cur, "INSERT INTO metric_samples (instance, name, ts, labels, "
+                                  "value) VALUES ", " ON CONFLICT DO NOTHING", 5, rows)
+            cur.execute(prune, (float(keep_after),))
+            return len(rows)
+        return self._write(run)
+
+    def metric_series(self, instance: str, name: str, since: float) -> list[tuple[str, float, float]]:
+        rows = self._read("SELECT labels, ts, value FROM metric_samples WHERE instance = ? "
+                          "AND name = ? AND ts >= ? ORDER BY ts, labels",
+                          [instance, name, float(since)])
+        return [(r[0], float(r[1]), float(r[2])) for r in rows]
+
+    def metric_instances(self, since: float) -> list[str]:
+        rows = self._read("SELECT DISTINCT instance FROM metric_samples WHERE ts >= ? "
+                          "ORDER BY instance", [float(since)])
+        return [r[0] for r in rows]
 
     def history_per_minute(self, since: float) -> list[tuple[float, int]]:
         rows = self._read(f"SELECT {self.MINUTE} AS minute, count(*) FROM query_history "
@@ -498,6 +639,19 @@ class SqlStore(Store):
     def history_by_backend(self, since: float) -> dict[str, int]:
         rows = self._read("SELECT backend, count(*) FROM query_history WHERE submitted_at >= ? "
                           "AND backend IS NOT NULL GROUP BY backend", [float(since)])
+        return {b: int(c) for b, c in rows}
+
+    def history_per_minute_by_backend(self, since: float) -> list[tuple[float, str, int]]:
+        rows = self._read(f"SELECT {self.MINUTE} AS minute, backend, count(*) FROM query_history "
+                          "WHERE submitted_at >= ? AND backend IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+                          [float(since)])
+        return [(float(m), b, int(c)) for m, b, c in rows]
+
+    def unfinished_by_backend(self, since: float) -> dict[str, int]:
+        # The index on (final_state, submitted_at, ...) serves this: only unfinished rows are read.
+        rows = self._read("SELECT backend, count(*) FROM query_history WHERE final_state IS NULL "
+                          "AND submitted_at >= ? AND backend IS NOT NULL GROUP BY backend",
+                          [float(since)])
         return {b: int(c) for b, c in rows}
 
     def delete_history_before(self, ts: float) -> int:

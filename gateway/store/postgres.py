@@ -34,6 +34,7 @@ def _is_permanent(exc: psycopg.Error) -> bool:
 
 class PostgresStore(SqlStore):
     LIKE = "ILIKE"
+    REAL = "double precision"
     DIFFERS = "IS DISTINCT FROM"
     MINUTE = "floor(submitted_at / 60) * 60"
 
@@ -92,6 +93,11 @@ class PostgresStore(SqlStore):
                 return conn.execute(self._sql(sql), tuple(params)).fetchall()
         except psycopg.Error as exc:
             raise self._error(exc) from exc
+
+    def _id_prefix_sql(self, prefix: str) -> tuple[str, list[Any]]:
+        # LIKE 'prefix%' (case-sensitive) uses the text_pattern_ops index of migration 0004.
+        from .base import escape_like
+        return "query_id LIKE ?", [escape_like(prefix) + "%"]
 
     def _lock_group(self, cur: Cursor, group: str) -> None:
         # count-then-insert must not interleave across replicas: one lock per routing group

@@ -155,6 +155,21 @@ class SqliteStore(SqlStore):
                 raise StoreError(f"SQLite {self.path}: {exc}",
                                  permanent=_is_permanent(exc)) from exc
 
+    def _text_sql(self, column: str, text: str) -> tuple[str, list[Any]]:
+        # The FTS5 trigram index (migration 0004) finds rows containing any 3+ character
+        # substring, case-insensitively; the LIKE beside it keeps the exact meaning. Shorter
+        # texts have no trigram and are matched by LIKE alone.
+        if len(text) < 3:
+            return "1=1", []
+        phrase = '"' + text.replace('"', '""') + '"'
+        return ("query_history.rowid IN (SELECT rowid FROM query_history_fts "
+                "WHERE query_history_fts MATCH ?)", [f"{{{column}}} : {phrase}"])
+
+    def _id_prefix_sql(self, prefix: str) -> tuple[str, list[Any]]:
+        # A range of the primary key (BINARY order): LIKE is case-insensitive here and
+        # could not use the index.
+        return "query_id >= ? AND query_id < ?", [prefix, prefix + "\U0010ffff"]
+
     def _has_schema_table(self) -> bool:
         return bool(self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' "
                                "AND name = 'schema_version'"))

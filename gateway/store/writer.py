@@ -70,7 +70,7 @@ class StoreCalls:
     async def insert_history(self, rows: Sequence[HistoryRow]) -> None:
         await self.call("insert_history", rows)
 
-    async def update_history_states(self, updates: Sequence[tuple[str, str, str | None]]) -> None:
+    async def update_history_states(self, updates: Sequence[tuple[Any, ...]]) -> None:
         await self.call("update_history_states", updates)
 
     async def query_history(self, **filters: Any) -> list[HistoryRow]:
@@ -169,7 +169,7 @@ class HistoryWriter:
         self.log_interval = log_interval
         self._rows: deque[HistoryRow] = deque()
         self._pending_by_id: dict[str, HistoryRow] = {}   # queued rows, for folding updates in
-        self._updates: deque[tuple[str, str, str | None]] = deque()
+        self._updates: deque[tuple[str, str, str | None, float | None]] = deque()
         self._sticky: deque[tuple[str, str, str, float]] = deque()
         self.dropped = 0          # items dropped because max_pending was reached (or at stop)
         self.rejected = 0         # items the database refused as invalid (never retried)
@@ -192,17 +192,22 @@ class HistoryWriter:
         self._push(self._rows, row)
         self._pending_by_id[row.query_id] = row
 
-    def update_state(self, query_id: str, state: str, error: str | None = None) -> None:
+    def update_state(self, query_id: str, state: str, error: str | None = None,
+                     finished_at: float | None = None) -> None:
         """Queue a query's final state; folded into its row if that is still queued."""
         row = self._pending_by_id.get(query_id)
         if row is not None:
+            if row.final_state == "CANCELED":
+                return          # a cancel is final (SqlStore.update_history_states)
             row.final_state = state
             if error is not None:
                 row.error = error
+            if finished_at is not None:
+                row.finished_at = finished_at
             return
         # Its row is written or being written; the flush writes rows before updates, so the
         # update never reaches the database ahead of its row.
-        self._push(self._updates, (query_id, state, error))
+        self._push(self._updates, (query_id, state, error, finished_at))
 
     def add_sticky(self, kind: str, key: str, backend: str, expires_at: float) -> None:
         if kind not in STICKY_KINDS:

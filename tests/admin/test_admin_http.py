@@ -100,8 +100,13 @@ def test_state_changes_need_the_csrf_token(gw):
     r = s.post(url, data={"action": "deactivate", "name": "adhoc-1", "_csrf": token},
                headers={"Origin": "http://evil.example"}, allow_redirects=False)
     assert r.status_code == 403
-    # and with the token from the same site it works
+    # with the token from the same site it asks first (a second page: no script needed) ...
     r = s.post(url, data={"action": "deactivate", "name": "adhoc-1", "_csrf": token}, allow_redirects=False)
+    assert r.status_code == 200 and "Deactivate adhoc-1?" in r.text and 'name="confirmed" value="yes"' in r.text
+    assert gw.api("GET", "/api/public/backends/adhoc-1").json()["active"] is True
+    # ... and the confirmation's button does it
+    r = s.post(url, data={"action": "deactivate", "name": "adhoc-1", "_csrf": token, "confirmed": "yes"},
+               allow_redirects=False)
     assert r.status_code == 302
     assert gw.api("GET", "/api/public/backends/adhoc-1").json()["active"] is False
     r = s.post(url, data={"action": "activate", "name": "adhoc-1", "_csrf": token}, allow_redirects=False)
@@ -182,7 +187,7 @@ def test_plain_users_see_only_their_own_sql(gw):
     assert f"analyst-{mark}" in page and f"bob-{mark}" not in page
     assert "hidden (another user" in page
     page = s.get(gw.url + BASE + "/history", params={"text": f"bob-{mark}"}).text
-    table = page.split('<table class="data history">', 1)[1]
+    table = page.split('<table class="data history', 1)[1]
     assert f"bob-{mark}" not in table and "No queries match" in table and "your own queries only" in page
     ops, _ = login(gw, "ops")
     page = ops.get(gw.url + BASE + "/history", params={"text": mark}).text
@@ -214,6 +219,50 @@ def test_history_pages_with_keyset_cursor(gw):
     ids2 = re.findall(r'data-query-id="([^"]+)"', second)
     assert len(ids1) == 50 and len(ids2) == 5 and not set(ids1) & set(ids2)
     assert 'rel="next"' not in second and "Newest" in second
+    assert 'data-total="55"' in first and "55 queries match" in first
+    newer = re.search(r'href="([^"]+)" rel="prev"', second).group(1).replace("&amp;", "&")
+    back = s.get(gw.url + newer).text
+    assert re.findall(r'data-query-id="([^"]+)"', back) == ids1          # the same first page
+    assert 'rel="prev"' not in back and 'rel="next"' in back
+
+
+def test_history_finds_ids_users_tags_and_downloads(gw):
+    mark = uuid.uuid4().hex[:10]
+    ids = {}
+    for user, tags in (("Carol", "team-a,nightly"), ("dave", "")):
+        cur = gw.connect(user=user, client_tags=[t for t in tags.split(",") if t]).cursor()
+        cur.execute(f"SELECT '{user}-{mark}' FROM region")
+        cur.fetchall()
+        ids[user] = cur.query_id
+    wait_for(lambda: len(gw.api("GET", "/api/queries", params={"text": mark}, auth=basic("ops")).json()) == 2,
+             message="both queries in the history")
+    s, _ = login(gw, "ops")
+
+    def found(**params):
+        page = s.get(gw.url + BASE + "/history", params=params).text
+        return re.findall(r'data-query-id="([^"]+)"', page)
+
+    assert found(text=ids["dave"]) == [ids["dave"]]                 # a pasted id
+    assert found(query_id=ids["dave"][:-3], text=mark) == [ids["dave"]]         # a prefix
+    assert found(user="carol", text=mark) == [ids["Carol"]]         # case-insensitive
+    assert found(tag="team-a", text=mark) == [ids["Carol"]]
+    page = s.get(gw.url + BASE + "/history", params={"text": mark}).text
+    assert '?tag=nightly"' in page and 'data-duration="' in page
+    row = page.split(f'data-query-id="{ids["dave"]}"', 1)[1].split("</tr>", 1)[0]
+    assert re.search(r'data-duration="[0-9.]+"', row)              # finished: it has a duration
+    csv = s.get(gw.url + BASE + "/history.csv", params={"text": mark})
+    assert csv.status_code == 200 and csv.headers["Content-Type"].startswith("text/csv")
+    assert "attachment" in csv.headers["Content-Disposition"]
+    lines = csv.text.strip().splitlines()
+    assert lines[0].startswith("queryId,submittedAt,finishedAt,durationMs") and len(lines) == 3
+    assert ids["Carol"] in csv.text and '"team-a,nightly"' in csv.text
+    doc = s.get(gw.url + BASE + "/history.json", params={"user": "DAVE", "text": mark}).json()
+    assert [d["queryId"] for d in doc] == [ids["dave"]] and doc[0]["finishedAt"] >= doc[0]["submittedAt"]
+    # a plain user downloads other users' rows without their SQL, as on the page
+    a, _ = login(gw, "analyst")
+    doc = a.get(gw.url + BASE + "/history.json", params={"query_id": ids["dave"]}).json()
+    assert [d["sql"] for d in doc] == [None]
+    assert gw.api("GET", BASE + "/history.csv").status_code == 401       # no login, no download
 
 
 def test_rules_save_refuses_paths_outside_the_rules(gw):
@@ -262,7 +311,7 @@ def test_without_users_pages_are_read_only_and_writes_loopback_only(clusters, ga
     page = s.get(gw.url + BASE + "/clusters")
     assert "Add a backend" in page.text
     r = s.post(gw.url + BASE + "/clusters", allow_redirects=False,
-               data={"action": "deactivate", "name": "adhoc-1", "_csrf": token})
+               data={"action": "deactivate", "name": "adhoc-1", "_csrf": token, "confirmed": "yes"})
     assert r.status_code == 302
     assert gw.api("GET", "/api/public/backends/adhoc-1").json()["active"] is False
     assert s.post(gw.url + BASE + "/clusters", data={"action": "activate", "name": "adhoc-1"}).status_code == 403
@@ -307,4 +356,55 @@ def test_forms_work_without_javascript(gw):
     r = s.post(gw.url + BASE + "/rules/explain", data={"_csrf": token, "user": "formuser", "query": "SELECT 1"})
     assert r.status_code == 200
     assert re.search(r'id="explain-rule">\s*f\s*<', r.text) and 'id="explain-group"><strong>etl<' in r.text
+    # the form sends GET: a result has a URL of its own, and it carries no form token
+    page = s.get(gw.url + BASE + "/rules").text
+    assert re.search(r'<form method="get" action="[^"]*/rules/explain#explain"', page)
+    assert "_csrf" not in page.split('id="explain-form"', 1)[1].split("</form>", 1)[0]
+    link = s.get(gw.url + BASE + "/rules/explain", params={"user": "formuser", "query": "SELECT 1"})
+    assert link.status_code == 200 and 'id="explain-group"><strong>etl<' in link.text
     Path(file).unlink()
+
+
+def test_page_errors_name_the_pages_fields_and_a_favicon(gw):
+    s, token = login(gw, "ops")
+    r = s.post(gw.url + BASE + "/clusters", data={"_csrf": token, "action": "add", "name": "adhoc-1",
+                                                   "proxyTo": "http://127.0.0.1:9"})
+    assert r.status_code == 409 and "already exists" in r.text
+    assert "Choose another Name" in r.text and "/gateway/backend" not in r.text
+    page = s.get(gw.url + BASE + "/").text
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', page).group(1)
+    got = s.get(gw.url + icon)
+    assert got.status_code == 200 and got.headers["Content-Type"].startswith("image/svg") and b"<svg" in got.content
+
+
+def _store_children(pid: int) -> list[int]:
+    """The gateway's store processes (python -m gateway.store.process), oldest first."""
+    import subprocess
+    out = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid=,args="], capture_output=True,
+                         text=True, check=False).stdout
+    return sorted(int(line.split()[0]) for line in out.splitlines() if "gateway.store.process" in line)
+
+
+def test_a_stuck_history_search_does_not_hold_up_other_pages(gw):
+    import os
+    import signal
+    import threading
+    s, _ = login(gw, "ops")
+    assert s.get(gw.url + BASE + "/history", params={"text": "warm-up"}).status_code == 200
+    children = _store_children(gw.proc.pid)
+    assert len(children) == 2, children            # searches have a store process of their own
+    searchers = children[1:]                       # started on the first search, after the main one
+    os.kill(searchers[0], signal.SIGSTOP)                 # a search that takes forever
+    try:
+        result: list[int] = []
+        t = threading.Thread(target=lambda: result.append(
+            s.get(gw.url + BASE + "/history", params={"text": "stuck"}, timeout=30).status_code))
+        t.start()
+        for path in ("/", "/clusters", "/dashboard/fragment"):
+            assert s.get(gw.url + BASE + path, timeout=5).status_code == 200, path
+        assert gw.api("GET", "/api/public/backends/adhoc-1/state").json()["unfinished"] is not None
+        assert not result                                  # the search still waits
+    finally:
+        os.kill(searchers[0], signal.SIGCONT)
+    t.join(30)
+    assert result == [200]

@@ -63,6 +63,7 @@ def admin_gw(clusters: dict[str, ClusterProcess], tmp_path_factory: Any) -> Iter
     chosen = {n: clusters[n] for n in ("adhoc-1", "etl-1")}
     for c in chosen.values():
         c.reset()
-    gw = start_gateway(tmp, admin_config(tmp, chosen, {"adhoc-1": "adhoc", "etl-1": "etl"}))
+    gw = start_gateway(tmp, admin_config(tmp, chosen, {"adhoc-1": "adhoc", "etl-1": "etl"},
+                                         store={"metricsInterval": "1s"}))
     yield gw
     gw.stop()

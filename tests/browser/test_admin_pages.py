@@ -196,6 +196,7 @@ def test_refused_without_the_right_role(page, admin_gw):
 def test_screenshots_script_captures_every_page(page, admin_gw, tmp_path):
     from tests.browser.screenshots import take_screenshots
     files = take_screenshots(page, admin_gw.url, tmp_path)
-    assert sorted(f.name for f in files) == ["clusters.png", "dashboard.png", "history.png", "login.png", "rules.png"]
+    names = ["clusters", "dashboard", "history", "login", "metric", "metrics", "rules"]
+    assert sorted(f.name for f in files) == sorted([f"{n}.png" for n in names] + [f"{n}-phone.png" for n in names])
     for f in files:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 10_000

@@ -50,6 +50,30 @@ def test_state_api(gateway):
     assert st["lastProbe"] is not None
 
 
+def test_state_api_says_unknown_not_zero_and_counts_what_the_gateway_routed(gateway, fresh_clusters):
+    """info-api cannot count a cluster's queries: the state API says null, never 0, and the
+    queries the gateway routed there and has not seen finish are what it knows instead."""
+    conn = gateway.connect()
+    slow = conn.cursor()
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (slow.execute("SELECT sleep(3)"), slow.fetchall(), done.set()))
+    t.start()
+    wait_for(lambda: slow.query_id, message="the slow query id")
+    owner = wait_for(lambda: [c.name for c in fresh_clusters.values()
+                              if any(q["queryId"] == slow.query_id for q in c.queries())],
+                     message="the owner")[0]
+    st = wait_for(lambda: (lambda s: s if s["unfinished"] == 1 else None)(
+        gateway.api("GET", f"/api/public/backends/{owner}/state").json()),
+        message="the running query counted as unfinished")
+    assert not done.is_set()
+    assert st["running"] is None and st["queued"] is None   # unknown, not 0
+    assert st["health"] == "HEALTHY" and st["name"] == owner
+    t.join(20)
+    assert done.is_set()
+    wait_for(lambda: gateway.api("GET", f"/api/public/backends/{owner}/state").json()["unfinished"] == 0,
+             message="the finished query no longer counted")
+
+
 def test_writes_from_other_hosts_are_refused_without_users(fresh_clusters, gateway_factory, tmp_path):
     gw = gateway_factory(gateway_config(tmp_path, fresh_clusters, server={"trustForwardedHeaders": True}))
     r = gw.api("POST", "/gateway/backend/deactivate/adhoc-1", headers={"X-Forwarded-For": "10.1.2.3"})
@@ -74,7 +98,13 @@ def test_drain_keeps_running_queries_and_takes_no_new_ones(gateway, fresh_cluste
     assert gateway.api("POST", f"/gateway/backend/deactivate/{owner}").status_code == 200
     cur = gateway.connect().cursor()
     assert {cluster_of(cur) for _ in range(10)} == {other}
-    t.join(20)
+    # the drain procedure of docs/operations.md: wait for "unfinished": 0; by then the query is done
+    state = f"/api/public/backends/{owner}/state"
+    wait_for(lambda: gateway.api("GET", state).json()["unfinished"] == 1, message="the query counted")
+    assert not result
+    wait_for(lambda: gateway.api("GET", f"/api/public/backends/{owner}/state").json()["unfinished"] == 0,
+             timeout=20, message="the drained backend to have no unfinished query")
+    t.join(5)
     assert result and result[0][1] == owner  # the drained backend finished its query
     assert gateway.api("POST", f"/gateway/backend/activate/{owner}").status_code == 200
     wait_for(lambda: cluster_of(gateway.connect().cursor()) == owner, message="reactivated backend used again")
@@ -119,6 +149,7 @@ def test_overloaded_cluster_stops_receiving_work(fresh_clusters, gateway_factory
     fresh_clusters["adhoc-1"].control(queued=40, running=10)
     wait_for(lambda: gw.api("GET", "/api/public/backends/adhoc-1/state").json()["queued"] == 40,
              message="the monitor to see the queue")
+    assert gw.api("GET", "/api/public/backends/adhoc-1/state").json()["running"] == 10  # ui-api counts
     cur = gw.connect().cursor()
     assert {cluster_of(cur) for _ in range(10)} == {"adhoc-2"}
     fresh_clusters["adhoc-1"].control(queued=0, running=0)

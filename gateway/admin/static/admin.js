@@ -20,31 +20,118 @@
     });
   }
 
-  // Forms with data-confirm ask first (deactivate, delete).
+  // Forms with data-confirm ask first (deactivate, delete); once answered here, the server
+  // needs no confirmation page (without this script it shows one).
   document.addEventListener("submit", function (ev) {
     var msg = ev.target.getAttribute && ev.target.getAttribute("data-confirm");
-    if (msg && !window.confirm(msg)) ev.preventDefault();
+    if (!msg) return;
+    if (!window.confirm(msg)) { ev.preventDefault(); return; }
+    var c = ev.target.querySelector('input[name="confirmed"]');
+    if (c) c.value = "yes";
   }, true);
 
-  // Dashboard: swap in a freshly rendered body every few seconds while the tab is visible.
+  // Times: UTC by default; the browser's own zone on request (remembered in this browser).
+  var tzKey = "tgw-timezone";
+  function tzChoice() { try { return localStorage.getItem(tzKey) || "utc"; } catch (e) { return "utc"; } }
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function applyTz(root) {
+    var local = tzChoice() === "local";
+    var zone = "";
+    try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { zone = ""; }
+    root.querySelectorAll("time[data-ts]").forEach(function (el) {
+      if (!el.hasAttribute("data-utc")) el.setAttribute("data-utc", el.textContent);
+      if (!local) { el.textContent = el.getAttribute("data-utc"); return; }
+      var d = new Date(parseFloat(el.getAttribute("data-ts")) * 1000);
+      el.textContent = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+        pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + " " + (zone || "local");
+    });
+  }
+  var who = document.querySelector("header.top .who");
+  if (who) {
+    var label = document.createElement("label");
+    label.className = "tz";
+    label.appendChild(document.createTextNode("Times "));
+    var sel = document.createElement("select");
+    sel.id = "timezone";
+    [["utc", "UTC"], ["local", "Local (this browser)"]].forEach(function (o) {
+      var opt = document.createElement("option");
+      opt.value = o[0]; opt.textContent = o[1];
+      sel.appendChild(opt);
+    });
+    sel.value = tzChoice();
+    sel.addEventListener("change", function () {
+      try { localStorage.setItem(tzKey, sel.value); } catch (e) { /* private mode: this page only */ }
+      applyTz(document);
+    });
+    label.appendChild(sel);
+    who.insertBefore(label, who.firstChild);
+  }
+  applyTz(document);
+
+  // Something the user is in the middle of: a text selection or a focused form field.
+  function busyUser(root) {
+    var sel = window.getSelection && window.getSelection();
+    if (sel && !sel.isCollapsed && root.contains(sel.anchorNode)) return true;
+    var a = document.activeElement;
+    return !!(a && root.contains(a) && /^(INPUT|TEXTAREA|SELECT)$/.test(a.tagName));
+  }
+  // How to find the focused element again in a fresh copy of the content.
+  function focusKey(el) {
+    if (el.id) return "#" + CSS.escape(el.id);
+    var href = el.getAttribute && el.getAttribute("href");
+    if (href) return el.tagName.toLowerCase() + '[href="' + CSS.escape(href) + '"]';
+    return null;
+  }
+
+  // Dashboard: swap in a freshly rendered body every few seconds while the tab is visible,
+  // keeping keyboard focus, and not while text in it is selected. When refreshes fail, say
+  // so: a dead dashboard must not look live.
   var dash = document.querySelector("[data-refresh-url]");
   if (dash) {
-    var busy = false;
+    var busy = false, lastOk = Date.now(), failing = null;
+    var stale = document.getElementById("stale");
     var every = Math.max(1, parseInt(dash.getAttribute("data-refresh-seconds"), 10) || 5) * 1000;
+    var showStale = function () {
+      if (!stale) return;
+      if (!failing) { stale.hidden = true; dash.classList.remove("stale"); return; }
+      stale.textContent = "Stale — last update " + Math.round((Date.now() - lastOk) / 1000) +
+        " s ago (" + failing + "); retrying every " + every / 1000 + " s.";
+      stale.hidden = false;
+      dash.classList.add("stale");
+    };
+    setInterval(showStale, 1000);
     setInterval(function () {
-      if (busy || document.hidden) return;
+      if (busy || document.hidden || busyUser(dash)) return;
       busy = true;
       fetch(dash.getAttribute("data-refresh-url"), { credentials: "same-origin" })
         .then(function (r) {
           if (r.status === 401 || r.status === 403) { window.location.reload(); return null; }
-          return r.ok ? r.text() : null;
+          if (!r.ok) { failing = "HTTP " + r.status; return null; }
+          return r.text();
         })
         .then(function (html) {
-          if (html !== null) { dash.innerHTML = html; dash.classList.remove("stale"); }
+          if (html === null || busyUser(dash)) return;
+          var a = document.activeElement;
+          var key = a && dash.contains(a) ? focusKey(a) : null;
+          dash.innerHTML = html;
+          applyTz(dash);
+          if (key) { var again = dash.querySelector(key); if (again) again.focus(); }
+          lastOk = Date.now();
+          failing = null;
         })
-        .catch(function () { dash.classList.add("stale"); })
-        .then(function () { busy = false; });
+        .catch(function () { failing = "the gateway does not answer"; })
+        .then(function () { busy = false; showStale(); });
     }, every);
+  }
+
+  // Clusters page while a backend drains: reload every few seconds, unless the operator is
+  // typing or selecting.
+  var draining = document.querySelector("[data-reload-seconds]");
+  if (draining) {
+    var wait = Math.max(1, parseInt(draining.getAttribute("data-reload-seconds"), 10) || 5) * 1000;
+    setInterval(function () {
+      if (!document.hidden && !busyUser(document.body)) window.location.reload();
+    }, wait);
   }
 
   // Rules editor: check as you type, save over the API, then watch the reload happen.
@@ -66,6 +153,7 @@
     problems.forEach(function (p) {
       var li = document.createElement("li");
       li.setAttribute("data-line", p.line || "");
+      if (p.line) li.tabIndex = 0;   // Enter on it jumps to the line, like a click
       li.textContent = (p.file !== file ? p.file + " " : "") + (p.line ? "line " + p.line + ": " : "") + p.message;
       list.appendChild(li);
     });
@@ -87,13 +175,26 @@
   }
 
   ed.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(check, 250); });
+  // Tab indents and Shift+Tab outdents (documented beside the editor); Esc hands Tab back to
+  // the browser for the next key press, so the keyboard can always leave the editor.
+  var escaped = false;
   ed.addEventListener("keydown", function (ev) {
-    if (ev.key === "Tab" && !ev.shiftKey && !ed.readOnly) {
-      ev.preventDefault();
-      var s = ed.selectionStart;
+    if (ev.key === "Escape") { escaped = true; return; }
+    if (ev.key !== "Tab" || escaped || ed.readOnly) { escaped = false; return; }
+    ev.preventDefault();
+    var s = ed.selectionStart;
+    if (!ev.shiftKey) {
       ed.setRangeText("  ", s, ed.selectionEnd, "end");
-      ed.dispatchEvent(new Event("input"));
+    } else {
+      var lineStart = ed.value.lastIndexOf("\n", s - 1) + 1;
+      var n = ed.value.substr(lineStart, 2) === "  " ? 2 : (ed.value[lineStart] === " " ? 1 : 0);
+      if (n) ed.setRangeText("", lineStart, lineStart + n, "preserve");
     }
+    ed.dispatchEvent(new Event("input"));
+  });
+  ed.addEventListener("blur", function () { escaped = false; });
+  list.addEventListener("keydown", function (ev) {
+    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); ev.target.click(); }
   });
   list.addEventListener("click", function (ev) {
     var line = parseInt(ev.target.getAttribute("data-line"), 10);
