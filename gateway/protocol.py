@@ -380,6 +380,7 @@ def rewrite_www_authenticate(value: str, gateway_base: str,
             ids.append(t.group(1))
         if route is not None:
             return m.group(1) + gateway_base + route.prefix(path) + path + '"'
+        return m.group(1) + gateway_base + path + '"'
     return _AUTH_SERVER.sub(sub, value), ids
 
 

@@ -90,11 +90,15 @@ class Forwarder:
         ``sink.begin(backend)`` (if it has one) runs before each attempt. A failure is noted for
         passive health and raised as ``BackendError``."""
         begin = getattr(sink, "begin", None)
+        if not isinstance(client_headers, list):
+            client_headers = list(client_headers)   # read again after a 406
         while True:
             headers, forwarded = self.headers_for(backend, client_headers, base=base, remote_ip=remote_ip)
             if begin is not None:
                 begin(backend)
             relay: Any = _Refused406(sink) if forwarded else sink
+            if self.timing is not None:
+                self.timing.backend_start(sink)
             t0 = time.perf_counter()
             try:
                 code = await self.client.fetch(backend.proxyTo, method, uri, headers, body, relay)
@@ -112,7 +116,7 @@ class Forwarder:
 
     def _timed(self, sink: Any, t0: float, error: str | None) -> None:
         if self.timing is not None:
-            self.timing.backend_time(sink, time.perf_counter() - t0, error)
+            self.timing.backend_end(sink, time.perf_counter() - t0, error)
 
     async def submit(self, candidates: Sequence[Backend], uri: str,
                      client_headers: Sequence[tuple[str, str]], body: bytes, sink: ResponseSink,
@@ -122,6 +126,8 @@ class Forwarder:
 
         The backend that answered; ``StatementLost`` or ``NoBackendReached`` otherwise."""
         tried: list[str] = []
+        if not isinstance(client_headers, list):
+            client_headers = list(client_headers)
         for backend in candidates:
             try:
                 await self.send(backend, "POST", uri, client_headers, body, sink, base=base,
