@@ -303,6 +303,10 @@ def config_from_dict(data: Any, src: str = "<dict>") -> Config:
         if k is not None and len(k.encode()) < 16:
             where = "routing.tokenKey" if i == 0 else f"routing.previousTokenKeys[{i - 1}]"
             raise ConfigError(f"{src}: {where}: a routing token key must be at least 16 bytes")
+    keys = [k for k in [cfg.routing.tokenKey] + cfg.routing.previousTokenKeys if k is not None]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{src}: routing.previousTokenKeys: lists the same key twice, or the "
+                          f"current routing.tokenKey")
     cfg.monitor = _section(MonitorConfig, data.get("monitor"), src, "monitor")
     cfg.logging = _section(LoggingConfig, data.get("logging"), src, "logging")
     cfg.query = _section(QueryConfig, data.get("query"), src, "query")
