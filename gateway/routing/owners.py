@@ -35,7 +35,7 @@ __all__ = ["OwnerLookup", "BackendProbe", "SOURCES"]
 
 log = logging.getLogger("gateway.routing")
 
-SOURCES = ("token", "memory", "probe", "store", "none")
+SOURCES = ("token", "memory", "probe", "store", "none", "refused")  # refused: a bad token
 _MAX_WAITING_KEYS = 256   # distinct keys that may wait for the store at once (shared waits)
 _PROBE_USER = "trino-gateway"
 
