@@ -37,6 +37,7 @@ __all__ = ["PREFIX", "TokenError", "TokenKeys", "split_path", "key_id"]
 PREFIX = "/_r/"            # path prefix that carries a token: /_r/<token>/<the backend's path>
 _MAC_BYTES = 12            # 96-bit MAC: forging one takes ~2^96 tries, each a request to us
 _SEP = "."
+_CACHE_MAX = 8192          # tokens remembered per direction: a poll repeats its query's token
 
 
 class TokenError(ValueError):
@@ -62,7 +63,7 @@ def key_id(key: bytes) -> str:
 class TokenKeys:
     """The current key (signs new tokens) and previous ones (still accepted)."""
 
-    __slots__ = ("current", "previous", "_by_id", "_current_id")
+    __slots__ = ("current", "previous", "_by_id", "_current_id", "_encoded", "_verified")
 
     def __init__(self, current: bytes, previous: Sequence[bytes] = ()) -> None:
         if len(current) < 16 or any(len(p) < 16 for p in previous):
@@ -75,6 +76,10 @@ class TokenKeys:
         self.previous = tuple(previous)
         self._by_id = dict(zip(ids, keys))   # key id -> key; read for every follow-up
         self._current_id = ids[0]
+        # Every poll of a query writes and brings back the same token: remember the last few
+        # thousand answers (plain strings as keys, so the garbage collector never walks them).
+        self._encoded: dict[str, str] = {}
+        self._verified: dict[str, str] = {}
 
     @classmethod
     def from_text(cls, current: str, previous: Sequence[str] = ()) -> "TokenKeys":
@@ -88,12 +93,30 @@ class TokenKeys:
     def encode(self, backend: str, kind: str, scope: str) -> str:
         """The token routing requests of ``kind`` about ``scope`` (a query id, a segment id,
         an auth id) to ``backend``."""
-        mac = self._mac(self.current, backend, kind, scope)
-        return _SEP.join((self._current_id, _b64(backend.encode()), mac))
+        memo = f"{backend}\x00{kind}\x00{scope}"
+        token = self._encoded.get(memo)
+        if token is None:
+            mac = self._mac(self.current, backend, kind, scope)
+            token = _SEP.join((self._current_id, _b64(backend.encode()), mac))
+            if len(self._encoded) >= _CACHE_MAX:
+                self._encoded.clear()
+            self._encoded[memo] = token
+        return token
 
     def verify(self, token: str, kind: str, scope: str) -> str:
         """The backend a token names, if it is valid for a request of ``kind`` about ``scope``;
         ``TokenError`` otherwise."""
+        memo = f"{token}\x00{kind}\x00{scope}"
+        backend = self._verified.get(memo)
+        if backend is not None:
+            return backend
+        backend = self._verify(token, kind, scope)
+        if len(self._verified) >= _CACHE_MAX:
+            self._verified.clear()
+        self._verified[memo] = backend
+        return backend
+
+    def _verify(self, token: str, kind: str, scope: str) -> str:
         parts = token.split(_SEP)
         if len(parts) != 3:
             raise TokenError("routing token is malformed")

@@ -97,3 +97,17 @@ def test_split_path():
     assert split_path("/v1/statement") is None
     assert split_path("/_r/tok") is None
     assert split_path("/_r//v1/x") is None
+
+
+def test_remembered_answers_never_widen_what_a_token_routes():
+    keys = TokenKeys(K1)
+    tok = keys.encode("adhoc-1", "query", QID)
+    for _ in range(3):   # the second and third answers come from memory
+        assert keys.verify(tok, "query", QID) == "adhoc-1"
+    with pytest.raises(TokenError):
+        keys.verify(tok, "query", "20240101_123456_00009_abcde")
+    with pytest.raises(TokenError):
+        keys.verify(tok[:-1] + ("A" if tok[-1] != "A" else "B"), "query", QID)
+    for i in range(9000):   # the memory is bounded
+        keys.encode("b", "spool", f"s{i}")
+    assert len(keys._encoded) <= 8192
