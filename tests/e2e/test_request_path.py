@@ -8,12 +8,15 @@
 5. A statement held in the gateway queue is answered through the one forwarding path.
 6. Explain does not move the live balancer.
 Plus: tampered tokens are refused, a token naming a removed backend gets a Trino-shaped error,
-and clients treat token URIs as opaque (the Python client here; the CLI in test_cli_tokens).
+and clients treat token URIs as opaque (the Python and JavaScript clients here; the Java CLI
+in test_cli_tokens).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +24,8 @@ import requests
 import trino
 
 from gateway.demo.sim_http import make_oauth_token
+from tests.admission.test_admission_js import CACHE as JS_CACHE
+from tests.admission.test_admission_js import js_client  # noqa: F401  (a fixture)
 from tests.conftest import gateway_config, spawn_cluster, wait_for
 
 CLOSE = {"X-Trino-User": "alice", "Connection": "close"}   # every request on a new connection
@@ -274,3 +279,16 @@ def test_tampered_tokens_are_refused_and_a_removed_backend_gets_a_trino_error(
     body = wait_for(removed_answer, message="the removed-backend error")
     assert body["error"]["errorName"] == "NO_NODES_AVAILABLE" and owner in body["error"]["message"]
     assert body["stats"]["state"] == "FAILED" and "nextUri" not in body
+
+
+def test_the_javascript_client_follows_token_uris_across_two_workers(
+        js_client, fresh_clusters, gateway_factory, tmp_path):
+    gw = two_workers(gateway_factory, tmp_path, fresh_clusters)
+    before = owner_lookups(gw).get("token", 0)
+    for _ in range(3):
+        out = subprocess.run(["node", str(js_client), gw.url], capture_output=True, text=True, timeout=60,
+                             cwd=js_client.parent, env={**os.environ, "NODE_PATH": str(JS_CACHE / "node_modules")})
+        assert out.returncode == 0, out.stdout + out.stderr
+        doc = json.loads(out.stdout.strip().splitlines()[-1])
+        assert doc["error"] is None and doc["rows"] == [[n] for n in range(1, 251)], doc
+    assert owner_lookups(gw).get("token", 0) - before >= 3 * 2   # its polls came back with tokens
