@@ -29,10 +29,13 @@ from tornado.httputil import HTTPHeaders
 from gateway import protocol as P
 from gateway.admission_queue import FairQueue
 from gateway.backends import Backend
+from gateway.lifecycle import Started
+from gateway.proxy import exchange as X
 from gateway.proxy.client import BackendError, BufferSink
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway, Route
+    from gateway.app import Gateway
+    from gateway.routing.router import Route
 
 log = logging.getLogger("gateway.admission")
 
@@ -68,6 +71,11 @@ class Held:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     finished_at: float | None = None
     cancel_requested: bool = False
+
+    @property
+    def transaction(self) -> str | None:
+        return P.transaction_id(next((v for n, v in self.headers
+                                      if n.lower() == "x-trino-transaction-id"), None))
 
     @property
     def waited(self) -> float:
@@ -289,21 +297,12 @@ class Admission:
 
     async def _send(self, h: Held, backend: Backend, lease_id: str | None) -> None:
         gw = self.gw
-        forwarded = gw.config.server.xForwardedFor and backend.name not in gw.no_forwarded
-        headers = P.forward_headers(h.headers, remote_ip=h.remote_ip, base=h.base, forwarded=forwarded,
-                                    trust_forwarded=gw.config.server.trustForwardedHeaders)
         sink = BufferSink(limit=16 << 20)
         try:
-            code = await gw.client.fetch(backend.proxyTo, "POST", "/v1/statement", headers, h.body, sink)
-            if code == 406 and forwarded:
-                # the coordinator does not process X-Forwarded-* (nothing was created): again without
-                gw.no_forwarded.add(backend.name)
-                headers = P.forward_headers(h.headers, remote_ip=h.remote_ip, base=h.base, forwarded=False,
-                                            trust_forwarded=gw.config.server.trustForwardedHeaders)
-                sink = BufferSink(limit=16 << 20)
-                code = await gw.client.fetch(backend.proxyTo, "POST", "/v1/statement", headers, h.body, sink)
+            # The same forwarding path as the proxy handler's (406 retry, failure notes).
+            code = await gw.forwarder.send(backend, "POST", "/v1/statement", h.headers, h.body, sink,
+                                           base=h.base, remote_ip=h.remote_ip)
         except BackendError as exc:
-            self.gw.note_forward_failure(backend, exc)
             if lease_id:
                 self._release_soon(lease_id)
             if not exc.sent and h.state == "DISPATCHING":
@@ -329,12 +328,17 @@ class Admission:
         h.state = "DISPATCHED"
         h.finished_at = time.time()
         self.dispatched += 1
-        self.gw.metrics.admission_dispatched.labels(h.group).inc()
-        self.gw.metrics.admission_wait.labels(h.group).observe(h.waited)
+        gw.metrics.admission_dispatched.labels(h.group).inc()
+        gw.metrics.admission_wait.labels(h.group).observe(h.waited)
         self.admitted(lease_id, qid, h.group)
+        # What the answer teaches (a transaction started, an OAuth2 exchange), as for any response.
+        taught = X.translate_response_headers(
+            sink.headers.get_all(), backend_base=backend.proxyTo, gateway_base=h.base,
+            request_transaction=h.transaction, route=None)
+        gw.taught(taught, backend.name)
         if qid:
-            self.gw.learn(P.QUERY, qid, backend.name)
-            self.gw.statement_dispatched(h, backend, qid)
+            gw.learn(P.QUERY, qid, backend.name)
+            gw.lifecycle.started(Started(qid, backend, h.route, h.enqueued, int(h.waited * 1000)))
         log.info("held query %s dispatched to %s as %s after %.1fs", h.id, backend.name, qid, h.waited)
         if h.cancel_requested:
             self.cancel(h)

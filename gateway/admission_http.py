@@ -15,6 +15,7 @@ from tornado.web import RequestHandler
 
 from gateway import protocol as P
 from gateway.admission import HELD_ID_SUFFIX, Held
+from gateway.proxy import exchange as X
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -77,14 +78,18 @@ class HeldQueryHandler(RequestHandler):
         self.finish(body)
 
     def _deliver(self, h: Held, base: str) -> None:
-        """The cluster's first answer, pointed at the gateway like any proxied response."""
+        """The cluster's first answer, pointed at the gateway like any proxied response (the
+        same header and URI rewriting, routing tokens included, as gateway/proxy/exchange.py)."""
         code, _, headers, body = h.response  # type: ignore[misc]
+        assert h.backend is not None
         self.set_status(code)
-        for name, value in headers.get_all():
-            if name.lower() in P.RESPONSE_DROP:
-                continue
+        minter = X.TokenMinter(self.gw.tokens, h.backend.name) if self.gw.tokens is not None else None
+        out = X.translate_response_headers(
+            headers.get_all(), backend_base=h.backend.proxyTo, gateway_base=base,
+            request_transaction=h.transaction, route=minter, connection=headers.get_list("Connection"))
+        for name, value in out.headers:
             self.add_header(name, value)
-        rw = P.UriRewriter(base)
+        rw = P.UriRewriter(base, minter)
         self.finish(rw.feed(body) + rw.finish())
 
     def head(self, qid: str, slug: str, token: str) -> None:

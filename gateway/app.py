@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.web
@@ -23,12 +21,15 @@ from gateway.backends import Backend, Health, Registry
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.logs import text_lines
-from gateway.proxy.client import BackendClient, BackendError, BufferSink
+from gateway.lifecycle import Lifecycle, Started
+from gateway.proxy.client import BackendClient, BackendError
+from gateway.proxy.forward import Forwarder
 from gateway.routing.balancer import Balancer
-from gateway.routing.context import build_context
-from gateway.routing.decision import decide
+from gateway.routing.owners import BackendProbe, OwnerLookup
 from gateway.routing.reload import RulesWatcher
+from gateway.routing.router import Route, Router
 from gateway.routing.sticky import StickyMap
+from gateway.routing.tokens import TokenKeys
 from gateway.store.base import DuplicateBackend, HistoryRow
 from gateway.store.process import ProcessStore
 from gateway.store.writer import AsyncStore, HistoryWriter, StoreCalls
@@ -40,22 +41,9 @@ from gateway.metrics_history import MetricsSampler
 from gateway.resolver import Resolver
 
 log = logging.getLogger("gateway")
-_MAX_STORE_WAITERS = 16  # sticky lookups that may wait for another process's flush at once
 route_log = logging.getLogger("gateway.routing")
 
-
-@dataclass
-class Route:
-    """What routing decided for one new statement."""
-    group: str | None
-    backends: list[Backend]
-    reject: str | None = None
-    rule: str | None = None
-    reason: str = ""
-    user: str | None = None
-    context: dict[str, Any] = field(default_factory=dict)
-    decision_seconds: float = 0.0
-    queue_priority: int = 0
+__all__ = ["Gateway", "Route", "make_app", "open_async_store"]
 
 
 async def open_async_store(cfg: Config) -> StoreCalls:
@@ -71,6 +59,13 @@ async def open_async_store(cfg: Config) -> StoreCalls:
 
 
 class Gateway:
+    """Composition: builds the parts from the configuration and wires them together.
+
+    The request path uses narrow parts: ``router`` (rules, fallbacks, balancer, explain),
+    ``owners`` (who owns a query id a client brought), ``forwarder`` (the one way to a backend),
+    ``lifecycle`` (started / seen / finished events for history, metrics, admission) and
+    ``tokens`` (the routing-token keys shared by every worker and replica)."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry = Registry()
@@ -80,42 +75,79 @@ class Gateway:
         self.client = BackendClient(connect_timeout=config.server.backendConnectTimeout,
                                     request_timeout=config.server.backendRequestTimeout,
                                     ssl_context=backend_tls)
-        self.metrics.time_backend(self.client)
         self.balancer = Balancer(config.routing.policy)
         self.rules = RulesWatcher(
             config.routing.rules, missing_ok=not config.rules_configured,
             on_change=lambda rs: self.metrics.rule_reloads.labels("ok").inc(),
             on_error=lambda err: self.metrics.rule_reloads.labels("error").inc())
+        self.router = Router(config, self.registry, self.balancer, lambda: self.rules.current)
+        self.forwarder = Forwarder(self.client, x_forwarded=config.server.xForwardedFor,
+                                   trust_forwarded=config.server.trustForwardedHeaders,
+                                   on_failure=self.note_forward_failure, timing=self.metrics)
+        mon = config.monitor
+        self.owners = OwnerLookup(
+            self.sticky, self.registry,
+            probe=BackendProbe(self.client, self.registry, timeout=mon.timeout,
+                               username=mon.username, password=mon.password),
+            count=self.metrics.owner_lookup, flush_interval=config.store.historyFlushInterval)
+        self.lifecycle = Lifecycle()
         self._monitor_http = None if backend_tls is None else AsyncHTTPClient(
             force_instance=True, max_clients=256, defaults={"ssl_options": backend_tls})
         self.monitor = Monitor(self.registry, config.monitor, self._monitor_http)
         self.admission = Admission(self)
         self.monitor.on_round(lambda *_: self.admission.monitor_round())
+        self.lifecycle.on_started(self._record_started)
+        self.lifecycle.on_seen(self._query_seen)
+        self.lifecycle.on_finished(self._record_finished)
         self.store: StoreCalls | None = None
         self._search_store: StoreCalls | None = None
         self._search_opening: asyncio.Lock | None = None
         self.writer: HistoryWriter | None = None
-        self.no_forwarded: set[str] = set()  # backends that answered 406 to X-Forwarded-*
         self.shutting_down = False
         self.oauth_cookie_ttl = 600.0
-        self.cookie_secret = config.routing.cookieSecret or secrets.token_hex(32)
+        # Shared by every worker and replica: from the configuration, else from the store (start()).
+        self.cookie_secret = config.routing.cookieSecret or ""
+        self.tokens: TokenKeys | None = (TokenKeys.from_text(config.routing.tokenKey,
+                                                             config.routing.previousTokenKeys)
+                                         if config.routing.tokenKey else None)
         self._tasks: list[asyncio.Task[Any]] = []
         self._backends_stamp: str | None = None
         self.started_at = time.time()
         self.in_flight = 0
-        self._store_waiters = 0
-        self.strict_groups = frozenset(g for g, c in config.groups.items() if c.fallback == "none")
         self._seen: dict[str, int] = {}
         # Queries routed and not seen finishing, per backend, from the shared history.
         self.unfinished = UnfinishedQueries(window=config.store.historyRetention)
         self.sampler = MetricsSampler(self, config.store.metricsInterval, config.store.metricsRetention)
         self.resolver = Resolver(self, config.store.resolveAfter)
 
+    @property
+    def no_forwarded(self) -> set[str]:
+        """Backends that answered 406 to X-Forwarded-* (the forwarder learns it)."""
+        return self.forwarder.no_forwarded
+
+    @property
+    def strict_groups(self) -> frozenset[str]:
+        return self.router.strict_groups
+
+    async def _shared_secrets(self) -> None:
+        """Keys every process of the deployment must agree on: configured, or created once
+        and kept in the store (the first process to start stores its candidate)."""
+        assert self.store is not None
+        now = time.time()
+        if self.tokens is None:
+            key = await self.store.call("shared_secret", "routing-token-key", secrets.token_hex(32), now)
+            prev = self.config.routing.previousTokenKeys
+            self.tokens = TokenKeys.from_text(key, [p for p in prev if p != key])
+        if not self.cookie_secret:
+            self.cookie_secret = await self.store.call("shared_secret", "oauth-cookie-key",
+                                                       secrets.token_hex(32), now)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
         self.store = await open_async_store(cfg)
+        await self._shared_secrets()
         for b in cfg.backends:  # the seed list: inserted once, then the API owns them
             try:
                 await self.store.call("add_backend", Backend(
@@ -128,6 +160,7 @@ class Gateway:
             batch_size=cfg.store.historyBatchSize, max_pending=cfg.store.historyMaxPending,
             retention=cfg.store.historyRetention)
         self.writer.start()
+        self.owners.store, self.owners.writer = self.store, self.writer
         self.rules.start()
         if not cfg.rules_configured and not any(os.path.exists(p) for p in cfg.routing.rules):
             log.info("no rules: the default folder %s does not exist in %s; every query goes to "
@@ -225,61 +258,33 @@ class Gateway:
         return f"{request.protocol}://{host}"
 
     def groups_with_backends(self) -> set[str]:
-        return {b.routingGroup for b in self.registry.all() if b.active}
+        return self.router.groups_with_backends()
 
-    def route(self, headers: HTTPHeaders, body: bytes, remote_ip: str) -> Route:
-        t0 = time.perf_counter()
-        cfg = self.config.routing
-        ruleset = self.rules.current
-        ctx = build_context(headers, body, remote_ip,
-                            analyze_sql=bool(ruleset is not None and ruleset.uses_sql),
-                            max_sql_bytes=cfg.maxSqlBytes)
-        decision = decide(ruleset, ctx, groups_with_backends=self.groups_with_backends(),
-                          default_group=cfg.defaultGroup, allow_group_header=cfg.allowGroupHeader,
-                          no_fallback_groups=self.strict_groups)
-        user = ctx.get("user")
-        if decision.reject is not None:
-            return Route(None, [], reject=decision.reject, rule=decision.rule, reason=decision.reason,
-                         user=user, context=ctx)
-        group = decision.routing_group or cfg.defaultGroup
-        reason = decision.reason
-        available = self.registry.available(group)
-        if not available and group != cfg.defaultGroup:
-            if self.config.group(group).fallback == "none":
-                return Route(group, [], rule=decision.rule, user=user, context=ctx,
-                             reason=f"No healthy backend in routing group '{group}' "
-                                    f"(strict isolation: this group does not fall back)")
-            reason = f"{reason}; no healthy backend in '{group}', fell back to default group"
-            group = cfg.defaultGroup
-            available = self.registry.available(group)
-        if not available:
-            total = len(self.registry.in_group(group))
-            why = (f"No healthy backend in routing group '{group}' "
-                   f"({total} configured, none active and HEALTHY)" if total else
-                   f"No backend is configured for routing group '{group}'")
-            return Route(group, [], rule=decision.rule, reason=why, user=user, context=ctx)
-        first = self.balancer.pick(available, self.registry.states, user)
-        assert first is not None
-        candidates = [first] + [b for b in available if b is not first]
-        return Route(group, candidates, rule=decision.rule, reason=reason, user=user, context=ctx,
-                     decision_seconds=time.perf_counter() - t0,
-                     queue_priority=getattr(decision, "queue_priority", 0))
+    def route(self, headers: HTTPHeaders, body: bytes, remote_ip: str, **kw: Any) -> Route:
+        return self.router.route(headers, body, remote_ip, **kw)
 
     def any_backend(self) -> Backend | None:
-        """For requests tied to no query (/v1/info, the Trino UI): a backend of the default group."""
-        group = self.config.routing.defaultGroup
-        avail = self.registry.available(group) or [
-            b for b in self.registry.all() if b.active and self.registry.state(b.name).health is Health.HEALTHY]
-        return avail[0] if avail else None
+        return self.router.any_backend()
 
-    def statement_routed(self, handler: Any, backend: Backend, route: Route, rewriter: P.UriRewriter | None) -> None:
-        qid = rewriter.query_id if rewriter is not None else None
-        if qid is None or handler.get_status() != 200:
-            return
-        self.metrics.overhead.observe(route.decision_seconds)
-        self._started(route, backend, qid, submitted_at=time.time(), queued_ms=None)
+    # -- lifecycle subscribers -------------------------------------------------------------
+
+    def _record_started(self, ev: Started) -> None:
+        """A query now exists on a backend: balancer counts, metrics, history row, route log."""
+        route, backend, qid = ev.route, ev.backend, ev.query_id
         ctx = route.context
-        if not route_log.isEnabledFor(logging.INFO):
+        if not route.pinned:
+            self.balancer.note_routed(backend.name, route.user, self.registry.states)
+            if ev.queued_ms is None:
+                self.metrics.overhead.observe(route.decision_seconds)
+        self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
+        self.metrics.queries.started(qid)
+        if self.writer is not None and self.config.store.historyEnabled:
+            self.writer.add(HistoryRow(
+                query_id=qid, user=route.user, source=ctx.get("source"),
+                client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
+                routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
+                submitted_at=ev.submitted_at, queued_ms=ev.queued_ms))
+        if ev.queued_ms is not None or not route_log.isEnabledFor(logging.INFO):
             return
         line = (f"query {qid} user={route.user} source={ctx.get('source')} "
                 f"group={backend.routingGroup} backend={backend.name} rule={route.rule or '-'} "
@@ -292,24 +297,9 @@ class Gateway:
                                   "decision_ms": round(route.decision_seconds * 1000, 3),
                                   "reason": route.reason})
 
-    def statement_dispatched(self, held: Any, backend: Backend, qid: str) -> None:
-        """A query held at the gateway went to ``backend`` as ``qid``: count and record it."""
-        self._started(held.route, backend, qid, submitted_at=held.enqueued,
-                      queued_ms=int(held.waited * 1000))
-
-    def _started(self, route: Route, backend: Backend, qid: str, *, submitted_at: float,
-                 queued_ms: int | None) -> None:
-        """A query now exists on ``backend``: balancer counts, metrics and its history row."""
-        ctx = route.context
-        self.balancer.note_routed(backend.name, route.user, self.registry.states)
-        self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
-        self.metrics.queries.started(qid)
-        if self.writer is not None and self.config.store.historyEnabled:
-            self.writer.add(HistoryRow(
-                query_id=qid, user=route.user, source=ctx.get("source"),
-                client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
-                routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
-                submitted_at=submitted_at, queued_ms=queued_ms))
+    def _query_seen(self, query_id: str) -> None:
+        self.admission.touch(query_id)       # a follow-up keeps its admission lease
+        self.metrics.queries.seen(query_id)  # and the query counts as in flight
 
     def statement_refused(self, route: Route | None, query_id: str, state: str, message: str, *,
                           submitted_at: float | None = None) -> None:
@@ -329,93 +319,36 @@ class Gateway:
             submitted_at=submitted_at if submitted_at is not None else now,
             final_state=state, error=message, finished_at=now))
 
-    def query_finished(self, query_id: str, state: str, error: str | None) -> None:
+    def _record_finished(self, query_id: str, state: str, error: str | None) -> None:
         self.admission.finished(query_id)
         self.metrics.queries.ended(query_id)
         if self.writer is not None and self.config.store.historyEnabled:
             self.writer.update_state(query_id, state, error, time.time())
 
-    # -- sticky routing ----------------------------------------------------------------------
+    def query_finished(self, query_id: str, state: str, error: str | None) -> None:
+        self.lifecycle.finished(query_id, state, error)
+
+    # -- sticky routing (id-keyed; token-carrying follow-ups never get here) -----------------
 
     def learn(self, kind: str, key: str, backend: str) -> None:
-        if self.sticky.get(kind, key) == backend:
-            return
-        self.sticky.put(kind, key, backend)
-        if self.writer is not None:
-            self.writer.add_sticky(kind, key, backend, time.time() + self.sticky.ttl)
+        self.owners.learn(kind, key, backend)
 
     def forget(self, kind: str, key: str) -> None:
-        self.sticky.discard(kind, key)
+        self.owners.forget(kind, key)
+
+    def taught(self, response: Any, backend: str) -> None:
+        """Apply what a response's headers taught (``exchange.ResponseHeaders``)."""
+        for kind, key in response.learn:
+            self.owners.learn(kind, key, backend)
+        for kind, key in response.forget:
+            self.owners.forget(kind, key)
 
     async def owner(self, kind: str, key: str, headers: HTTPHeaders) -> str | None:
-        """The backend owning a query/transaction/segment/exchange: memory, then probe, then store."""
-        if kind == P.QUERY:
-            self.admission.touch(key)       # a follow-up keeps its admission lease
-        name = self.sticky.get(kind, key)
-        if name is not None and self.registry.get(name) is not None:
-            if kind == P.QUERY:
-                self.metrics.queries.seen(key)  # a follow-up: the query is still in flight
-            return name
-        if kind == P.QUERY:
-            name = await self._probe_query(key, headers)
-        if name is None:
-            name = await self._store_lookup(kind, key)
-        if name is not None:
-            self.sticky.put(kind, key, name)
-            if kind == P.QUERY:
-                self.metrics.queries.seen(key)
+        """The backend owning a query/transaction/segment/exchange a client named by id."""
+        name = await self.owners.owner(kind, key, headers)
+        if name is not None and kind == P.QUERY:
+            self.lifecycle.seen(key)
         return name
-
-    async def _probe_query(self, query_id: str, headers: HTTPHeaders) -> str | None:
-        """Ask every backend at once whether it knows the query (another replica or a restarted
-        gateway took the POST); the owner answers 200, the others 404/410."""
-        backends = self.registry.all()
-        if not backends:
-            return None
-        probe_headers = {k: v for k, v in (("X-Trino-User", headers.get("X-Trino-User")),
-                                           ("Authorization", headers.get("Authorization")))
-                         if v}
-
-        async def ask(b: Backend) -> str | None:
-            sink = BufferSink(limit=0)
-            h = HTTPHeaders(probe_headers)
-            try:
-                code = await self.client.fetch(b.proxyTo, "GET", f"/v1/query/{query_id}", h, None, sink,
-                                               request_timeout=self.config.monitor.timeout)
-            except BackendError:
-                return None
-            return b.name if code == 200 else None
-
-        for name in await asyncio.gather(*(ask(b) for b in backends)):
-            if name is not None:
-                return name
-        return None
-
-    async def _store_lookup(self, kind: str, key: str) -> str | None:
-        if self.store is None:
-            return None
-        # A mapping learned by another process reaches the store within a flush interval, so
-        # wait that long for it; but only a few lookups wait at once, so a flood of made-up ids
-        # costs one store read each instead of tying up the store thread.
-        waiting = kind != P.QUERY and self._store_waiters < _MAX_STORE_WAITERS
-        deadline = time.monotonic() + (2 * self.config.store.historyFlushInterval + 0.5 if waiting else 0)
-        if waiting:
-            self._store_waiters += 1
-        try:
-            while True:
-                try:
-                    name = await self.store.call("get_sticky", kind, key, time.time())
-                except Exception as exc:
-                    log.warning("store lookup of %s %s failed: %s", kind, key, exc)
-                    return None
-                if name is not None and self.registry.get(name) is not None:
-                    return name
-                if time.monotonic() >= deadline:
-                    return None
-                await asyncio.sleep(0.1)
-        finally:
-            if waiting:
-                self._store_waiters -= 1
 
     def refresh_gauges(self) -> None:
         """Copy monitor state into the backend gauges (called when /metrics is scraped)."""
@@ -463,7 +396,8 @@ def make_app(gw: Gateway) -> tornado.web.Application:
     # Statement submissions and result pages first: they are most requests, and matching them
     # against every admin route before the catch-all cost more than routing them (no admin or
     # held-query path lies under these two).
-    handlers: list[Any] = [(r"/v1/statement(?:/executing/.*)?", proxy)]
+    from gateway.routing.tokens import PREFIX
+    handlers: list[Any] = [(r"/v1/statement(?:/executing/.*)?", proxy), (PREFIX + ".*", proxy)]
     handlers += admin_routes(gw)
     handlers.append((HELD_PATH, HeldQueryHandler, {"gateway": gw}))
     handlers.append((r".*", proxy))

@@ -100,7 +100,9 @@ class RoutingConfig:
     rules: list[str] = field(default_factory=lambda: ["rules/"])
     maxSqlBytes: int = 1024 * 1024     # body bytes read for SQL analysis
     stickyTtl: float = 86400.0          # how long query/transaction/spool ids stay pinned
-    cookieSecret: str | None = None     # signs the OAuth2 callback routing cookie; default: random per start
+    cookieSecret: str | None = None     # signs the OAuth2 callback routing cookie; default: kept in the store
+    tokenKey: str | None = None         # signs routing tokens in URIs; default: created once, kept in the store
+    previousTokenKeys: list[str] = field(default_factory=list)  # still accepted (key rotation)
 
 
 @dataclass
@@ -306,6 +308,14 @@ def config_from_dict(data: Any, src: str = "<dict>", base_dir: str | None = None
     cfg.server = _section(ServerConfig, data.get("server"), src, "server")
     cfg.store = _section(StoreConfig, data.get("store"), src, "store")
     cfg.routing = _section(RoutingConfig, data.get("routing"), src, "routing")
+    for i, k in enumerate([cfg.routing.tokenKey] + cfg.routing.previousTokenKeys):
+        if k is not None and len(k.encode()) < 16:
+            where = "routing.tokenKey" if i == 0 else f"routing.previousTokenKeys[{i - 1}]"
+            raise ConfigError(f"{src}: {where}: a routing token key must be at least 16 bytes")
+    keys = [k for k in [cfg.routing.tokenKey] + cfg.routing.previousTokenKeys if k is not None]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{src}: routing.previousTokenKeys: lists the same key twice, or the "
+                          f"current routing.tokenKey")
     cfg.monitor = _section(MonitorConfig, data.get("monitor"), src, "monitor")
     cfg.logging = _section(LoggingConfig, data.get("logging"), src, "logging")
     cfg.query = _section(QueryConfig, data.get("query"), src, "query")

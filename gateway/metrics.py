@@ -10,8 +10,8 @@ Per request the proxy handler calls ``request_started`` and ``request_done``; To
 in a context variable ties these together without the handler passing it around: Tornado runs
 every request in its own asyncio task, and each task has its own copy of the context. Backend
 connections are opened in an empty context, so their callbacks (which finish responses for
-whichever request reuses the connection) see no record and use the one the backend-call wrapper
-leaves on the handler; a task that outlives its request finds the record marked done.
+whichever request reuses the connection) see no record and use the one the forwarder
+(``backend_start``) leaves on the handler; a task that outlives its request finds the record marked done.
 """
 from __future__ import annotations
 
@@ -216,6 +216,12 @@ class Metrics:
                                           ["group", "limit"], **kw)
         self.admission_dropped = Counter("trino_gateway_admission_dropped_total",
                                          "Held queries whose client stopped polling", ["group"], **kw)
+        self.owner_lookups = Counter(
+            "trino_gateway_owner_lookups_total",
+            "Follow-ups routed to the backend owning their query, segment, transaction or OAuth2 "
+            "exchange, by how the owner was found: token (from the URI, no lookup), memory, probe "
+            "(asking every backend), store, none (not found)", ["source"], **kw)
+        self._owner_sources: dict[str, Any] = {}
         self.queries = ActiveQueries(gauge=self.queries_in_flight)
         self._ruleset_version: str | None = None
         self._kinds: dict[tuple[str, str], Any] = {}
@@ -257,36 +263,31 @@ class Metrics:
         if rec is not None:
             rec.failure = f"rejected by rule {rule or '-'}"
 
-    def time_backend(self, client: Any) -> None:
-        """Wrap ``client.fetch`` so the time spent on backends is known per request."""
-        fetch = client.fetch
+    def backend_start(self, sink: Any) -> None:
+        """A forward into ``sink`` begins (called by gateway/proxy/forward.py, the one place
+        that sends client requests to backends)."""
+        rec = _mine()
+        if rec is not None and hasattr(sink, "request"):   # the proxy handler, not a buffer
+            rec.forwarded = True
+            sink._gateway_metrics = rec   # see the module docstring
 
-        async def timed_fetch(*args: Any, **kwargs: Any) -> int:
-            rec = _mine()
-            if rec is None:
-                return await fetch(*args, **kwargs)
-            # The forward itself streams into the handler; other calls (asking every backend
-            # whether it knows a query) count as backend time but say nothing about the answer.
-            sink = args[5] if len(args) > 5 else kwargs.get("sink")
-            forward = hasattr(sink, "request")   # the proxy handler, not a buffer
-            if forward:
-                rec.forwarded = True
-                sink._gateway_metrics = rec   # type: ignore[union-attr]  # see the module docstring
-            t0 = time.perf_counter()
-            try:
-                code = await fetch(*args, **kwargs)
-                if forward:
-                    rec.backend_answered = True
-                return code
-            except Exception as exc:
-                if forward:
-                    rec.backend_answered = False
-                    rec.backend_error = f"{args[0] if args else '?'}: {exc}"
-                raise
-            finally:
-                rec.backend_seconds += time.perf_counter() - t0
+    def backend_end(self, sink: Any, seconds: float, error: str | None) -> None:
+        """The forward took ``seconds`` (connect, send, relay); ``error`` if it failed."""
+        rec = _mine()
+        if rec is None:
+            return
+        if hasattr(sink, "request"):
+            rec.backend_answered = error is None
+            if error is not None:
+                rec.backend_error = error
+        rec.backend_seconds += seconds
 
-        client.fetch = timed_fetch
+    def owner_lookup(self, source: str) -> None:
+        """How the owner of a follow-up was found (token, memory, probe, store, none)."""
+        c = self._owner_sources.get(source)
+        if c is None:
+            c = self._owner_sources[source] = self.owner_lookups.labels(source)
+        c.inc()
 
     def log_request(self, handler: Any) -> None:
         """Tornado's ``log_function``: count every finished response, log gateway errors."""
@@ -378,5 +379,5 @@ METRIC_NAMES = (
     "trino_gateway_store_write_failures_total", "trino_gateway_history_rows_dropped_total",
     "trino_gateway_admission_queued_queries", "trino_gateway_admission_wait_seconds",
     "trino_gateway_admission_dispatched_total", "trino_gateway_admission_rejected_total",
-    "trino_gateway_admission_dropped_total",
+    "trino_gateway_admission_dropped_total", "trino_gateway_owner_lookups_total",
 )

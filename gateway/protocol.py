@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 from tornado.httputil import HTTPHeaders
@@ -31,6 +31,7 @@ SPOOL = "spool"                # /v1/spooled/{download,ack}/<id>
 OAUTH_TOKEN = "oauth"          # /oauth2/token/<authId>
 OAUTH_INITIATE = "oauth-initiate"  # /oauth2/token/initiate/<sha256hex(authId)>
 OAUTH_CALLBACK = "oauth-callback"  # /oauth2/callback (no id: routed by a signed cookie)
+TRANSACTION = "transaction"    # X-Trino-Transaction-Id of a statement (never in a path)
 OTHER = "other"                # not tied to a query: any backend of the default group
 
 _PATH_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -234,12 +235,17 @@ class UriRewriter:
     being held in memory. Learns, on the way, the spooled segment ids (to pin their downloads),
     whether the page had a ``nextUri`` and, for the last page, the query's final state.
     Pre-signed object-store URLs in segments are left alone (their signatures would break).
+
+    ``route`` (a ``gateway.proxy.exchange.TokenMinter``) gives the routing-token prefix for a
+    path, so that every follow-up URI says which backend owns it; ``infoUri`` gets none (the
+    Trino web UI it opens loads its pages and API calls by absolute, token-less paths).
     """
 
     __slots__ = ("_base", "_carry", "spool_ids", "saw_next_uri", "_tail", "query_id", "_recent",
-                 "_recent_len", "_head")
+                 "_recent_len", "_head", "_route")
 
-    def __init__(self, gateway_base: str) -> None:
+    def __init__(self, gateway_base: str, route: PathRoute | None = None) -> None:
+        self._route = route
         self._base = gateway_base.rstrip("/").encode()
         self._carry = b""
         self._tail = b""
@@ -261,6 +267,8 @@ class UriRewriter:
                 self.spool_ids.append(sid)
         elif key == b"nextUri":
             self.saw_next_uri = True
+        if self._route is not None and key != b"infoUri":
+            return b'"' + key + b'":"' + self._base + self._route.prefix_bytes(path) + path + b'"'
         return b'"' + key + b'":"' + self._base + path + b'"'
 
     def feed(self, chunk: bytes) -> bytes:
@@ -352,11 +360,26 @@ class UriRewriter:
         return state, error
 
 
-def rewrite_location(location: str, backend_base: str, gateway_base: str) -> str:
+class PathRoute:
+    """What the rewriters ask of a routing-token minter (``gateway.proxy.exchange``)."""
+
+    __slots__ = ()
+
+    def prefix(self, path: str) -> str:
+        """The routing-token prefix for a coordinator path ("" when it needs none)."""
+        raise NotImplementedError
+
+    def prefix_bytes(self, path: bytes) -> bytes:
+        raise NotImplementedError
+
+
+def rewrite_location(location: str, backend_base: str, gateway_base: str,
+                     route: PathRoute | None = None) -> str:
     """Point a coordinator-hosted Location at the gateway; leave any other host (an identity
     provider, a pre-signed object-store URL) untouched."""
     if location.startswith(backend_base + "/") or location == backend_base:
-        return gateway_base + location[len(backend_base):]
+        path = location[len(backend_base):]
+        return gateway_base + (route.prefix(path) if route is not None else "") + path
     return location
 
 
@@ -364,9 +387,10 @@ _AUTH_SERVER = re.compile(r'(x_(?:redirect|token)_server\s*=\s*")(https?://[^/"]
 _TOKEN_ID = re.compile(r"/oauth2/token/([0-9a-fA-F-]{8,64})(?:[/?]|$)")
 
 
-def rewrite_www_authenticate(value: str, gateway_base: str) -> tuple[str, list[str]]:
-    """Point OAuth2 ``x_*_server`` URIs of a 401 challenge at the gateway (§6) and return the
-    auth ids they carry, so the token exchange reaches the same backend."""
+def rewrite_www_authenticate(value: str, gateway_base: str,
+                             route: PathRoute | None = None) -> tuple[str, list[str]]:
+    """Point OAuth2 ``x_*_server`` URIs of a 401 challenge at the gateway (§6), with a routing
+    token when ``route`` is given, and return the auth ids they carry."""
     ids: list[str] = []
 
     def sub(m: re.Match[str]) -> str:
@@ -376,6 +400,8 @@ def rewrite_www_authenticate(value: str, gateway_base: str) -> tuple[str, list[s
         t = _TOKEN_ID.search(path)
         if t and not path.startswith("/oauth2/token/initiate/"):
             ids.append(t.group(1))
+        if route is not None:
+            return m.group(1) + gateway_base + route.prefix(path) + path + '"'
         return m.group(1) + gateway_base + path + '"'
     return _AUTH_SERVER.sub(sub, value), ids
 

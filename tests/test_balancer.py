@@ -285,3 +285,14 @@ def test_pick_takes_a_few_microseconds_for_ten_backends(policy: str) -> None:
     n = 20000
     per_pick = min(timeit.repeat(lambda: bal.pick(backends, st, "alice"), number=n, repeat=3)) / n
     assert per_pick < 20e-6, f"{policy}: {per_pick * 1e6:.1f} µs per pick"
+
+
+def test_a_dry_run_answers_the_next_pick_and_changes_nothing():
+    """Finding 6 of issue 14: explain went through the live balancer and moved round-robin on."""
+    cands = [Backend(n, f"http://{n}:1", None, "g", True) for n in ("a", "b", "c")]
+    bal = Balancer("round-robin")
+    assert bal.pick(cands, {}, "u").name == "a"
+    for _ in range(5):
+        assert bal.pick(cands, {}, "u", dry_run=True).name == "b"   # always the next one
+    assert bal.pick(cands, {}, "u").name == "b"                     # the live position did not move
+    assert bal.pick(cands, {}, "u").name == "c"

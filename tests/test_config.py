@@ -50,6 +50,10 @@ def test_empty_file_is_all_defaults(tmp_path):
     ("store:\n  url: mysql://x\n", "store.url"),
     ("logging:\n  format: xml\n", "logging.format"),
     ("server: {port: 1\n", "invalid YAML"),
+    ("routing:\n  tokenKey: short\n", "routing.tokenKey: a routing token key must be at least 16 bytes"),
+    ("routing:\n  previousTokenKeys: [tiny]\n", "routing.previousTokenKeys[0]: a routing token key"),
+    ("routing:\n  tokenKey: aaaaaaaaaaaaaaaaaaaa\n  previousTokenKeys: [aaaaaaaaaaaaaaaaaaaa]\n",
+     "routing.previousTokenKeys: lists the same key twice"),
 ])
 def test_bad_values_are_clear_errors_naming_key_and_file(tmp_path, text, needle):
     path = _write(tmp_path, text)

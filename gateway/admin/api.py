@@ -19,8 +19,6 @@ from gateway.admin.errors import ApiError
 from gateway.auth import Authenticator, is_loopback, parse_basic, sql_visible
 from gateway.backends import Backend
 from gateway.config import ConfigError, validate_name, validate_url
-from gateway.routing.context import build_context
-from gateway.routing.decision import decide
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -294,14 +292,10 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
     if not isinstance(query, str):
         raise ApiError(400, "query must be a string")
     t0 = time.perf_counter()
-    route = gw.route(headers, query.encode(), remote_ip)
-    ruleset = gw.rules.current
-    ctx = build_context(headers, query.encode(), remote_ip, analyze_sql=True,
-                        max_sql_bytes=gw.config.routing.maxSqlBytes)
-    decision = decide(ruleset, ctx, groups_with_backends=gw.groups_with_backends(),
-                      default_group=gw.config.routing.defaultGroup,
-                      allow_group_header=gw.config.routing.allowGroupHeader,
-                      no_fallback_groups=gw.strict_groups, explain=True)
+    # dry_run: what a real statement would get, without moving the live balancer on
+    route = gw.router.route(headers, query.encode(), remote_ip, dry_run=True)
+    ctx = gw.router.context(headers, query.encode(), remote_ip, analyze_sql=True)
+    decision = gw.router.decide(ctx, explain=True)
     return {
         "routingGroup": route.group,
         "rule": route.rule,

@@ -1,23 +1,30 @@
 """The proxy handler: every Trino client request enters here.
 
-A new statement is routed (context → rules → group → balancer → backend) and forwarded; every
-other request is forwarded to the backend that owns its query, transaction, spooled segment or
-OAuth2 exchange. The handler only wires pure decisions (``gateway.protocol``,
-``gateway.routing``) to sockets; bytes stream through with back-pressure.
+A new statement is routed (``gateway.routing.router``: context → rules → group → balancer) and
+forwarded; a follow-up that carries a routing token goes to the backend the token names (no
+lookup); any other request naming a query, transaction, segment or OAuth2 exchange goes to its
+owner (``gateway.routing.owners``). Forwarding is ``gateway.proxy.forward``; what a response
+means (headers, URIs, what it teaches, whether the query ended) is ``gateway.proxy.exchange``;
+the handler wires them to sockets, and bytes stream through with back-pressure.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Awaitable
 
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
 from gateway import protocol as P
 from gateway.backends import Backend
+from gateway.lifecycle import Started
+from gateway.proxy import exchange as X
 from gateway.proxy.client import BackendError
+from gateway.proxy.forward import NoBackendReached, StatementLost
 from gateway.proxy.lean import HandlerRoute, LeanHandler
+from gateway.routing.router import Route
+from gateway.routing.tokens import TokenError
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -26,7 +33,6 @@ log = logging.getLogger("gateway.proxy")
 
 _OAUTH_COOKIE = "trino-gateway-oauth"
 _FLUSH_AT = 256 * 1024  # bytes buffered for the client before we wait for it to drain
-_STATEMENT_PATH = "/v1/statement/"
 
 
 class ProxyHandler(LeanHandler):
@@ -45,8 +51,10 @@ class ProxyHandler(LeanHandler):
         self._buffered = 0
         self._kind: P.RequestKind | None = None
         self._started = 0.0
-        self._sent_forwarded = False
         self._client_gone = False
+        self._path = self.request.path       # without a routing-token prefix
+        self._uri = self.request.uri or "/"
+        self._base = ""
 
     # -- request body -----------------------------------------------------------------------
 
@@ -103,14 +111,30 @@ class ProxyHandler(LeanHandler):
             limit = self.gw.config.server.maxBodySize
             return self._plain(413, f"Request body exceeds the gateway limit of {limit} bytes\n")
         req = self.request
-        kind = self._kind = P.classify(req.method or "GET", req.path, req.query, req.headers.get("Referer"))
+        method = req.method or "GET"
+        token_route: X.TokenRoute | None = None
+        try:
+            if self.gw.tokens is not None:
+                token_route = X.resolve_token(self.gw.tokens, method, req.path, req.query)
+        except TokenError as exc:
+            self.gw.metrics.request_started(P.OTHER)
+            self.gw.metrics.owner_lookup("refused")
+            self._plain(400, f"{exc}; the URI was changed or does not come from this gateway\n")
+            self.gw.metrics.request_done(P.OTHER, 400, time.perf_counter() - self._started)
+            return
+        if token_route is not None:
+            kind = token_route.kind
+            self._path, self._uri = token_route.path, token_route.uri
+        else:
+            kind = P.classify(method, req.path, req.query, req.headers.get("Referer"))
+        self._kind = kind
         self.gw.metrics.request_started(kind.kind)
         self.gw.in_flight += 1
         try:
             if kind.kind == P.STATEMENT:
                 await self._statement()
             else:
-                await self._follow_up(kind)
+                await self._follow_up(kind, token_route)
         except StreamClosedError:
             if not self._client_gone:
                 raise
@@ -123,7 +147,7 @@ class ProxyHandler(LeanHandler):
 
     async def _statement(self) -> None:
         gw = self.gw
-        base = gw.base_url(self.request)
+        base = self._base = gw.base_url(self.request)
         if gw.shutting_down:
             gw.metrics.statement_failed("shutting-down")
             return self._failed("The gateway is shutting down; submit the query again",
@@ -131,42 +155,39 @@ class ProxyHandler(LeanHandler):
         body = bytes(self._body)
         headers = self.request.headers
         # Statements that belong to a backend already: kill_query of a known query, and any
-        # statement inside a transaction.
+        # statement inside a transaction. They still meet the rules (a reject still rejects)
+        # and are recorded like any other; only the backend is given.
         pinned: str | None = None
-        sql_head = body[:4096].decode("utf-8", "replace")
-        target = P.kill_query_target(sql_head)
+        target = P.kill_query_target(body[:4096].decode("utf-8", "replace"))
         if target:
             pinned = await gw.owner(P.QUERY, target, headers)
         txn = P.transaction_id(headers.get("X-Trino-Transaction-Id"))
         if pinned is None and txn:
-            pinned = await gw.owner("transaction", txn, headers)
-        if pinned is not None:
-            backend = gw.registry.get(pinned)
-            if backend is None:
-                return self._failed(f"Backend {pinned} that owns this query or transaction was removed",
-                                    base, "NO_NODES_AVAILABLE")
-            await self._send_statement([backend], body, base, route=None)
-            return
-
-        route = gw.route(headers, body, self.request.remote_ip or "")
+            pinned = await gw.owner(P.TRANSACTION, txn, headers)
+        pinned_backend = gw.registry.get(pinned) if pinned is not None else None
+        route = gw.router.route(headers, body, self.request.remote_ip or "", pinned=pinned_backend)
         if route.reject is not None:
             gw.metrics.rejected(route.rule)
             return self._failed(route.reject, base, "PERMISSION_DENIED", route=route)
+        if pinned is not None and pinned_backend is None:
+            gw.metrics.statement_failed("no-backend")
+            return self._failed(f"Backend {pinned} that owns this query or transaction was removed",
+                                base, "NO_NODES_AVAILABLE", route=route)
         if not route.backends:
             gw.metrics.statement_failed("no-backend")
             return self._failed(route.reason, base, "NO_NODES_AVAILABLE", route=route)
-        if gw.admission.capped(route.group):
+        if not route.pinned and gw.admission.capped(route.group):
             # Admission control (gateway/admission.py): a slot on a backend, or wait in line.
             backend, lease = await gw.admission.try_admit(route)
             if backend is None:
                 self.set_header("Content-Type", "application/json")
                 return self.finish(gw.admission.hold(route, body, headers, self.request.remote_ip or "", base))
-            await self._send_statement([backend], body, base, route=route)
+            await self._send_statement([backend], body, base, route)
             rw = self._rewriter
             gw.admission.admitted(lease, rw.query_id if rw is not None and self.get_status() == 200 else None,
                                   route.group or "")
             return
-        await self._send_statement(route.backends, body, base, route=route)
+        await self._send_statement(route.backends, body, base, route)
 
     def _failed(self, message: str, base: str, error_name: str, query_id: str | None = None,
                 route: Any = None) -> None:
@@ -180,54 +201,47 @@ class ProxyHandler(LeanHandler):
 
     def _query_lost(self, kind: P.RequestKind, exc: BackendError) -> bool:
         """A result-page poll whose backend refuses connections (not a timeout, which may pass)."""
-        req = self.request
-        return (kind.kind == P.QUERY and req.method == "GET" and req.path.startswith(_STATEMENT_PATH)
-                and not exc.sent and not exc.timeout)
+        return (kind.kind == P.QUERY and self.request.method == "GET"
+                and self._path.startswith(X.STATEMENT_PATH) and not exc.sent and not exc.timeout)
 
-    async def _send_statement(self, candidates: list[Backend], body: bytes, base: str, route: Any) -> None:
-        """Forward a POST; on a connection that never opened, try the next candidate."""
+    async def _send_statement(self, candidates: list[Backend], body: bytes, base: str, route: Route) -> None:
+        """Forward a POST; on a connection that never opened, the next candidate (forward.py)."""
         gw = self.gw
-        tried: list[str] = []
-        for backend in candidates:
-            for _ in (0, 1):  # second pass only after a 406 for X-Forwarded-* headers
-                headers = self._forward_headers(backend, base)
-                self._begin(backend, base)
-                try:
-                    await gw.client.fetch(backend.proxyTo, "POST", self.request.uri or "/v1/statement",
-                                          headers, body, self)
-                except BackendError as exc:
-                    if exc.sent and self._headers_written:
-                        self._abort(exc)
-                        return
-                    if exc.sent:
-                        # It may have created the query: never send it again (§7.3).
-                        gw.note_forward_failure(backend, exc)
-                        gw.metrics.statement_failed("backend-lost")
-                        return self._failed(
-                            f"Backend {backend.name} (group {backend.routingGroup}) failed while "
-                            f"accepting the query: {exc}. The query may or may not have started.",
-                            base, "GENERIC_INTERNAL_ERROR")
-                    gw.note_forward_failure(backend, exc)
-                    tried.append(f"{backend.name}: {exc}")
-                    break
-                if self._retry_without_forwarded:
-                    continue
-                if route is not None:
-                    gw.statement_routed(self, backend, route, self._rewriter)
-                return
-        group = route.group if route is not None else candidates[0].routingGroup
-        gw.metrics.statement_failed("unreachable")
-        self._failed(f"No backend of routing group '{group}' could be reached ({'; '.join(tried)})",
-                     base, "NO_NODES_AVAILABLE", route=route)
+        try:
+            backend = await gw.forwarder.submit(candidates, self._uri or "/v1/statement",
+                                                self.request.headers.get_all(), body, self,
+                                                base=base, remote_ip=self.request.remote_ip or "")
+        except StatementLost as lost:
+            if self._headers_written:
+                return self._abort(lost.exc)
+            b = lost.backend
+            gw.metrics.statement_failed("backend-lost")
+            return self._failed(
+                f"Backend {b.name} (group {b.routingGroup}) failed while accepting the query: "
+                f"{lost.exc}. The query may or may not have started.", base, "GENERIC_INTERNAL_ERROR")
+        except NoBackendReached as none:
+            gw.metrics.statement_failed("unreachable")
+            return self._failed(f"No backend of routing group '{route.group}' could be reached "
+                                f"({'; '.join(none.tried)})", base, "NO_NODES_AVAILABLE", route=route)
+        rw = self._rewriter
+        if rw is not None and rw.query_id is not None and self.get_status() == 200:
+            gw.lifecycle.started(Started(rw.query_id, backend, route, time.time(), None))
 
     # -- follow-ups --------------------------------------------------------------------------
 
-    async def _follow_up(self, kind: P.RequestKind) -> None:
+    async def _follow_up(self, kind: P.RequestKind, token_route: X.TokenRoute | None) -> None:
         gw = self.gw
         req = self.request
-        base = gw.base_url(req)
+        base = self._base = gw.base_url(req)
         backend: Backend | None = None
-        if kind.kind == P.OTHER:
+        if token_route is not None:
+            gw.metrics.owner_lookup("token")
+            backend = gw.registry.get(token_route.backend)
+            if kind.kind == P.QUERY:
+                gw.lifecycle.seen(kind.key or "")
+            if backend is None:
+                return self._owner_removed(kind, token_route.backend, base)
+        elif kind.kind == P.OTHER:
             backend = gw.any_backend()
             if backend is None:
                 return self._plain(503, "No healthy backend is available\n")
@@ -243,59 +257,44 @@ class ProxyHandler(LeanHandler):
             if backend is None:
                 what = "Query" if kind.kind == P.QUERY else "Resource"
                 return self._plain(404, f"{what} {kind.key} is not known to the gateway or any backend\n")
-        for _ in (0, 1):
-            headers = self._forward_headers(backend, base)
-            self._begin(backend, base)
-            body = bytes(self._body) if self._body or req.method in ("POST", "PUT", "PATCH") else None
-            try:
-                await gw.client.fetch(backend.proxyTo, req.method or "GET", req.uri or "/", headers, body, self)
-            except BackendError as exc:
-                gw.note_forward_failure(backend, exc)
-                if self._headers_written:
-                    return self._abort(exc)
-                if self._query_lost(kind, exc):
-                    # The coordinator refuses connections: it is down and its queries died with
-                    # it. A FAILED document ends the query with a message every client shows;
-                    # a 502 would be retried and then shown as a bare "bad gateway".
-                    message = (f"Backend {backend.name} (group {backend.routingGroup}) that ran query "
-                               f"{kind.key} cannot be reached ({exc}); the query is lost, submit it again")
-                    gw.query_finished(kind.key or "", "FAILED", message)
-                    return self._failed(message, base, "GENERIC_INTERNAL_ERROR", query_id=kind.key)
-                code = 504 if exc.timeout else 502
-                return self._plain(code, f"Backend {backend.name} did not answer: {exc}\n")
-            if not self._retry_without_forwarded:
-                break
-        if kind.kind == P.OAUTH_INITIATE:
-            pass  # cookie set in on_headers
-        self._after_follow_up(kind, backend)
+        body = bytes(self._body) if self._body or req.method in ("POST", "PUT", "PATCH") else None
+        try:
+            await gw.forwarder.send(backend, req.method or "GET", self._uri, req.headers.get_all(), body,
+                                    self, base=base, remote_ip=req.remote_ip or "")
+        except BackendError as exc:
+            if self._headers_written:
+                return self._abort(exc)
+            if self._query_lost(kind, exc):
+                # The coordinator refuses connections: it is down and its queries died with
+                # it. A FAILED document ends the query with a message every client shows;
+                # a 502 would be retried and then shown as a bare "bad gateway".
+                message = (f"Backend {backend.name} (group {backend.routingGroup}) that ran query "
+                           f"{kind.key} cannot be reached ({exc}); the query is lost, submit it again")
+                gw.query_finished(kind.key or "", "FAILED", message)
+                return self._failed(message, base, "GENERIC_INTERNAL_ERROR", query_id=kind.key)
+            code = 504 if exc.timeout else 502
+            return self._plain(code, f"Backend {backend.name} did not answer: {exc}\n")
+        rw = self._rewriter
+        ended = X.query_end(kind, req.method or "GET", self._path, self.get_status(),
+                            rw.final_state() if rw is not None else (None, None))
+        if ended is not None:
+            gw.query_finished(kind.key or "", *ended)
 
-    def _after_follow_up(self, kind: P.RequestKind, backend: Backend) -> None:
-        req = self.request
-        if kind.kind != P.QUERY or not req.path.startswith(_STATEMENT_PATH):
-            return
-        code = self.get_status()
-        if req.method == "DELETE" and code == 204 and "/partialCancel/" not in req.path:
-            self.gw.query_finished(kind.key or "", "CANCELED", "Query was canceled by the client")
-        elif req.method == "GET" and code == 200 and self._rewriter is not None:
-            state, error = self._rewriter.final_state()
-            if state is not None:
-                self.gw.query_finished(kind.key or "", state, error)
+    def _owner_removed(self, kind: P.RequestKind, name: str, base: str) -> None:
+        """A routing token names a backend that is no longer configured."""
+        message = f"Backend {name} that owns this {kind.kind} was removed from the gateway"
+        if kind.kind == P.QUERY and self.request.method == "GET" and self._path.startswith(X.STATEMENT_PATH):
+            self.gw.query_finished(kind.key or "", "FAILED", message)
+            return self._failed(message + "; submit the query again", base, "NO_NODES_AVAILABLE",
+                                query_id=kind.key)
+        return self._plain(404, message + "\n")
 
     # -- forwarding plumbing -----------------------------------------------------------------
 
-    def _forward_headers(self, backend: Backend, base: str) -> list[tuple[str, str]]:
-        forwarded = self.gw.config.server.xForwardedFor and backend.name not in self.gw.no_forwarded
-        self._sent_forwarded = forwarded
-        return P.forward_header_pairs(self.request.headers.get_all(), remote_ip=self.request.remote_ip or "",
-                                 base=base, forwarded=forwarded,
-                                 trust_forwarded=self.gw.config.server.trustForwardedHeaders)
-
-    def _begin(self, backend: Backend, base: str) -> None:
+    def begin(self, backend: Backend) -> None:
+        """Before each attempt of the forwarder: a fresh response state for ``backend``."""
         self._backend = backend
-        self._base = base
         self._rewriter = None
-        self._retry_without_forwarded = False
-        self._skip_body = False
         self._buffered = 0
 
     # ResponseSink: the backend's answer streams through these three methods.
@@ -303,45 +302,22 @@ class ProxyHandler(LeanHandler):
     def on_headers(self, code: int, reason: str, headers: HTTPHeaders) -> None:
         backend = self._backend
         assert backend is not None
-        if code == 406 and self._sent_forwarded:
-            # The coordinator does not process forwarded headers (§0): remember that, send the
-            # request again without them (a 406 means nothing was created) and rewrite URIs.
-            self.gw.no_forwarded.add(backend.name)
-            log.warning("backend %s refuses X-Forwarded-* headers (406); sending without them "
-                        "and rewriting URIs instead", backend.name)
-            self._retry_without_forwarded = True
-            self._skip_body = True
-            return
+        gw = self.gw
         self.set_status(code, reason or None)
         out = self._headers = HTTPHeaders()
-        drop = P.RESPONSE_DROP
-        conn = headers.get_list("Connection")
-        if conn:
-            drop = drop | P.connection_tokens(conn)
-        ctype = headers.get("Content-Type", "")
-        if "json" in ctype and self.request.method != "HEAD":
-            self._rewriter = P.UriRewriter(self._base)
-        elif self.request.method != "HEAD" and "Content-Length" in headers:
+        method = self.request.method
+        minter = X.TokenMinter(gw.tokens, backend.name) if gw.tokens is not None else None
+        if "json" in headers.get("Content-Type", "") and method != "HEAD":
+            self._rewriter = P.UriRewriter(self._base, minter)
+        elif method != "HEAD" and "Content-Length" in headers:
             self.set_header("Content-Length", headers["Content-Length"])
-        gw = self.gw
-        for name, value in headers.get_all():
-            lname = name.lower()
-            if lname in drop:
-                continue
-            if lname == "location":
-                value = P.rewrite_location(value, backend.proxyTo, self._base)
-            elif lname == "www-authenticate":
-                value, ids = P.rewrite_www_authenticate(value, self._base)
-                for auth_id in ids:
-                    gw.learn(P.OAUTH_TOKEN, auth_id, backend.name)
-                    gw.learn(P.OAUTH_INITIATE, P.auth_initiate_key(auth_id), backend.name)
-            elif lname in ("x-trino-started-transaction-id", "x-presto-started-transaction-id"):
-                gw.learn("transaction", value.strip(), backend.name)
-            elif lname in ("x-trino-clear-transaction-id", "x-presto-clear-transaction-id"):
-                txn = P.transaction_id(self.request.headers.get("X-Trino-Transaction-Id"))
-                if txn:
-                    gw.forget("transaction", txn)
+        translated = X.translate_response_headers(
+            headers.get_all(), backend_base=backend.proxyTo, gateway_base=self._base,
+            request_transaction=P.transaction_id(self.request.headers.get("X-Trino-Transaction-Id")),
+            route=minter, connection=headers.get_list("Connection"))
+        for name, value in translated.headers:
             P.put_header(out, name, value)
+        gw.taught(translated, backend.name)
         if self._kind is not None and self._kind.kind == P.OAUTH_INITIATE:
             self.set_signed_cookie(_OAUTH_COOKIE, backend.name, expires_days=None,
                                    path="/oauth2", httponly=True, samesite="Lax",
@@ -350,8 +326,6 @@ class ProxyHandler(LeanHandler):
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         # Synchronous on purpose: the backend client calls it for every chunk and only waits
         # when we hand back the flush of a full buffer (back-pressure from a slow client).
-        if self._skip_body:
-            return None
         if self._client_gone:
             raise StreamClosedError()   # stop reading a page nobody will receive
         rw = self._rewriter
@@ -360,7 +334,8 @@ class ProxyHandler(LeanHandler):
             chunk = rw.feed(chunk)
             if had_id is None and rw.query_id is not None and self._kind is not None \
                     and self._kind.kind == P.STATEMENT and self._backend is not None:
-                # Pin before the client can see the id and poll (§7.2).
+                # Remember the id before the client can see it, for what clients bring by id
+                # alone (kill_query, /v1/query/<id>, the web UI); follow-ups carry a token.
                 self.gw.learn(P.QUERY, rw.query_id, self._backend.name)
             if not chunk:
                 return None
@@ -372,18 +347,18 @@ class ProxyHandler(LeanHandler):
         return None
 
     def on_end(self) -> None:
-        if self._skip_body:
-            return
-        if self._rewriter is not None:
-            tail = self._rewriter.finish()
-            if self._rewriter.query_id and self._kind is not None and self._kind.kind == P.STATEMENT \
+        rw = self._rewriter
+        if rw is not None:
+            tail = rw.finish()
+            if rw.query_id and self._kind is not None and self._kind.kind == P.STATEMENT \
                     and self._backend is not None:
-                self.gw.learn(P.QUERY, self._rewriter.query_id, self._backend.name)
+                self.gw.learn(P.QUERY, rw.query_id, self._backend.name)
             if tail:
                 self.write(tail)
-            for sid in self._rewriter.spool_ids:
-                assert self._backend is not None
-                self.gw.learn(P.SPOOL, sid, self._backend.name)
+            if self.gw.tokens is None:   # without tokens, segments are found by id
+                for sid in rw.spool_ids:
+                    assert self._backend is not None
+                    self.gw.learn(P.SPOOL, sid, self._backend.name)
         self.finish()
 
     def _abort(self, exc: BackendError) -> None:

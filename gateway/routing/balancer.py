@@ -66,12 +66,19 @@ class Balancer:
         }[policy]
 
     def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
-             user: str | None) -> Backend | None:
-        """The backend for a new query of ``user``, or None when there is no candidate."""
+             user: str | None, *, dry_run: bool = False) -> Backend | None:
+        """The backend for a new query of ``user``, or None when there is no candidate.
+
+        ``dry_run`` (explain) answers what the next real pick would be and changes nothing:
+        neither the round-robin position nor the live random generator."""
         if not candidates:
             return None
         if len(candidates) == 1:
             return candidates[0]
+        if dry_run:
+            shadow = Balancer(self.policy, random.Random())
+            shadow._turn = dict(self._turn)
+            return shadow._pick(candidates, states, user)
         return self._pick(candidates, states, user)
 
     @staticmethod

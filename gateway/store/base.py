@@ -362,6 +362,11 @@ class Store(abc.ABC):
     def delete_expired_sticky(self, now: float) -> int: ...
 
     @abc.abstractmethod
+    def shared_secret(self, name: str, candidate: str, now: float) -> str:
+        """The deployment's secret ``name``: ``candidate`` if this call created it, else the
+        value the first process stored (every worker and replica gets the same)."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers."""
     @abc.abstractmethod
@@ -695,6 +700,13 @@ class SqlStore(Store):
             cur.execute(sql, (float(now),))
             return cur.rowcount
         return self._write(run)
+
+    # shared secrets -----------------------------------------------------------------------
+    def shared_secret(self, name: str, candidate: str, now: float) -> str:
+        insert = self._sql("INSERT INTO shared_secrets (name, value, created_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (name) DO NOTHING")
+        self._write(lambda cur: cur.execute(insert, (name, candidate, float(now))))
+        return str(self._read("SELECT value FROM shared_secrets WHERE name = ?", [name])[0][0])
 
     # admission leases ---------------------------------------------------------------------
     def _lock_group(self, cur: Cursor, group: str) -> None:

@@ -97,6 +97,9 @@ class StoreCalls:
     async def delete_expired_sticky(self, now: float) -> int:
         return await self.call("delete_expired_sticky", now)
 
+    async def shared_secret(self, name: str, candidate: str, now: float) -> str:
+        return await self.call("shared_secret", name, candidate, now)
+
     async def ping(self) -> None:
         await self.call("ping")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -31,7 +32,9 @@ def test_uris_point_at_the_gateway_for_both_coordinator_settings(gateway, fresh_
                           headers={"X-Trino-User": "alice"}, timeout=10)
         assert r.status_code == 200, r.text
         doc = r.json()
-        assert doc["nextUri"].startswith(gateway.url + "/v1/statement/queued/")
+        # a routing token names the owning backend (docs/sticky-routing.md), then Trino's path
+        assert re.match(re.escape(gateway.url) + r"/_r/[\w-]{4}\.[\w-]+\.[\w-]{16}/v1/statement/queued/",
+                        doc["nextUri"]), doc["nextUri"]
         assert doc["infoUri"].startswith(gateway.url + "/ui/query.html?")
         while "nextUri" in doc:
             assert doc["nextUri"].startswith(gateway.url + "/"), doc["nextUri"]

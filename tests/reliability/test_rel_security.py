@@ -370,7 +370,9 @@ def _start_login(gw: Any) -> tuple[requests.Response, str]:
     r = requests.post(gw.url + "/v1/statement", data=b"SELECT 1", headers={"X-Trino-User": "alice"}, timeout=10)
     assert r.status_code == 401, r.text
     m = re.search(r'x_redirect_server="([^"]+)"', r.headers["WWW-Authenticate"])
-    assert m and m.group(1).startswith(gw.url + "/oauth2/token/initiate/"), r.headers["WWW-Authenticate"]
+    # on the gateway, with a routing token naming the backend (docs/sticky-routing.md)
+    assert m and re.match(re.escape(gw.url) + r"/_r/[^/]+/oauth2/token/initiate/", m.group(1)), \
+        r.headers["WWW-Authenticate"]
     init = requests.get(m.group(1), allow_redirects=False, timeout=10)
     assert init.status_code == 303, init.text
     return init, init.headers["Location"]

@@ -38,3 +38,10 @@ def test_a_large_batch_keeps_the_last_mapping_of_each_key(store) -> None:
     store.put_sticky(rows)
     for k in (0, 150, 299):
         assert store.get_sticky("query", f"q{k}", 50.0) == f"t{600 + k}"
+
+
+def test_a_shared_secret_is_created_once_and_then_only_read(store) -> None:
+    # every worker and replica proposes its own random value; the first one stored wins
+    assert store.shared_secret("routing-token-key", "first", 1.0) == "first"
+    assert store.shared_secret("routing-token-key", "second", 2.0) == "first"
+    assert store.shared_secret("oauth-cookie-key", "other", 3.0) == "other"   # names are separate

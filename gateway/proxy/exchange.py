@@ -1,0 +1,145 @@
+"""The decisions of one client ↔ backend exchange, as pure code (no sockets, no Tornado app).
+
+The proxy handler (``gateway.proxy.handler``), the gateway queue (``gateway.admission``) and the
+forwarder (``gateway.proxy.forward``) only move bytes; what to do with them is decided here:
+
+- ``resolve_token``: which backend a follow-up that carries a routing token belongs to.
+- ``TokenMinter``: the routing-token prefix for every URI written into a response.
+- ``translate_response_headers``: which response headers reach the client, rewritten how, and
+  what they teach (transactions started or cleared, OAuth2 exchanges).
+- ``query_end``: whether a response ended its query, and how.
+
+Like the sans-IO protocol layers of mitmproxy or h11: inputs in, decisions out, so every rule
+has an exact unit test (``tests/test_exchange.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from gateway import protocol as P
+from gateway.routing.tokens import PREFIX, TokenError, TokenKeys, split_path
+
+__all__ = ["ROUTABLE", "TokenRoute", "TokenMinter", "resolve_token", "ResponseHeaders",
+           "translate_response_headers", "query_end", "STATEMENT_PATH"]
+
+# Request kinds whose URIs carry a routing token (they name the resource the token is bound to).
+ROUTABLE = frozenset({P.QUERY, P.SPOOL, P.OAUTH_TOKEN, P.OAUTH_INITIATE})
+STATEMENT_PATH = "/v1/statement/"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRoute:
+    """A follow-up routed by its token: the backend, and the request as the backend sees it."""
+    backend: str
+    kind: P.RequestKind
+    path: str          # the path without the token prefix
+    uri: str           # path and query string, to send to the backend
+
+
+def resolve_token(keys: TokenKeys, method: str, path: str, query: str) -> TokenRoute | None:
+    """The route a token-carrying path names; None when the path carries no token.
+
+    Raises ``TokenError`` for a token that is not valid for the request behind it (tampered,
+    signed with an unknown key, or taken from another query): such a request is never routed.
+    """
+    parts = split_path(path)
+    if parts is None:
+        return None
+    token, inner = parts
+    kind = P.classify(method, inner, query)
+    if kind.kind not in ROUTABLE or kind.key is None:
+        raise TokenError("a routing token only routes follow-ups of a query, a spooled segment "
+                         "or an OAuth2 exchange")
+    backend = keys.verify(token, kind.kind, kind.key)
+    return TokenRoute(backend, kind, inner, inner + ("?" + query if query else ""))
+
+
+class TokenMinter(P.PathRoute):
+    """Routing-token prefixes for the URIs of one backend's response.
+
+    A response names one query (or segment set, or auth exchange) many times; the last token
+    is cached, so a page costs one HMAC per distinct resource."""
+
+    __slots__ = ("_keys", "_backend", "_last_scope", "_last_prefix")
+
+    def __init__(self, keys: TokenKeys, backend: str) -> None:
+        self._keys = keys
+        self._backend = backend
+        self._last_scope: tuple[str, str] | None = None
+        self._last_prefix = ""
+
+    def prefix(self, path: str) -> str:
+        path = path.split("?", 1)[0].split("#", 1)[0]
+        kind = P.classify("GET", path)
+        if kind.kind not in ROUTABLE or kind.key is None:
+            return ""
+        scope = (kind.kind, kind.key)
+        if scope != self._last_scope:
+            self._last_prefix = PREFIX + self._keys.encode(self._backend, kind.kind, kind.key)
+            self._last_scope = scope
+        return self._last_prefix
+
+    def prefix_bytes(self, path: bytes) -> bytes:
+        text = path.decode("utf-8", "replace").replace("\\/", "/")
+        return self.prefix(text).encode()
+
+
+@dataclass
+class ResponseHeaders:
+    """The client's copy of a backend's response headers, and what they taught."""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    learn: list[tuple[str, str]] = field(default_factory=list)    # (kind, key) now owned by the backend
+    forget: list[tuple[str, str]] = field(default_factory=list)   # (kind, key) no longer owned
+
+
+def translate_response_headers(headers: Iterable[tuple[str, str]], *, backend_base: str,
+                               gateway_base: str, request_transaction: str | None,
+                               route: P.PathRoute | None, connection: Iterable[str] = ()
+                               ) -> ResponseHeaders:
+    """Which response header lines go to the client and what they teach the gateway.
+
+    Hop-by-hop lines (and those the Connection header lists) are dropped; ``Location`` and
+    OAuth2 ``WWW-Authenticate`` challenges are pointed at the gateway with a routing token;
+    ``X-Trino-Started-Transaction-Id`` pins the transaction to the backend, and
+    ``X-Trino-Clear-Transaction-Id`` forgets the request's transaction."""
+    drop = P.RESPONSE_DROP
+    conn = list(connection)
+    if conn:
+        drop = drop | P.connection_tokens(conn)
+    out = ResponseHeaders()
+    for name, value in headers:
+        lname = name.lower()
+        if lname in drop:
+            continue
+        if lname == "location":
+            value = P.rewrite_location(value, backend_base, gateway_base, route)
+        elif lname == "www-authenticate":
+            value, ids = P.rewrite_www_authenticate(value, gateway_base, route)
+            for auth_id in ids:
+                out.learn.append((P.OAUTH_TOKEN, auth_id))
+                out.learn.append((P.OAUTH_INITIATE, P.auth_initiate_key(auth_id)))
+        elif lname in ("x-trino-started-transaction-id", "x-presto-started-transaction-id"):
+            out.learn.append((P.TRANSACTION, value.strip()))
+        elif lname in ("x-trino-clear-transaction-id", "x-presto-clear-transaction-id"):
+            if request_transaction:
+                out.forget.append((P.TRANSACTION, request_transaction))
+        out.headers.append((name, value))
+    return out
+
+
+def query_end(kind: P.RequestKind, method: str, path: str, status: int,
+              final_state: tuple[str | None, str | None]) -> tuple[str, str | None] | None:
+    """(state, error) when this answer ended its query, else None.
+
+    A DELETE of a result URI answered 204 cancelled it; a result page without ``nextUri``
+    (``final_state`` read from its tail by the rewriter) finished it."""
+    if kind.kind != P.QUERY or not path.startswith(STATEMENT_PATH):
+        return None
+    if method == "DELETE" and status == 204 and "/partialCancel/" not in path:
+        return "CANCELED", "Query was canceled by the client"
+    if method == "GET" and status == 200:
+        state, error = final_state
+        if state is not None:
+            return state, error
+    return None

@@ -1,0 +1,141 @@
+"""The one forwarding path: every request the gateway sends to a backend on a client's behalf.
+
+Statements from the proxy handler, statements the gateway queue dispatches later
+(``gateway.admission``), follow-ups, the repeat after a 406 for ``X-Forwarded-*`` headers, and
+the next candidate after a backend that could not be reached (failover): all go through
+``Forwarder.send`` / ``Forwarder.submit``. Response handling (headers, URIs, what an answer
+teaches) is one pure function set, ``gateway.proxy.exchange``, applied by the sinks.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable, Sequence
+
+from tornado.httputil import HTTPHeaders
+
+from gateway import protocol as P
+from gateway.backends import Backend
+from gateway.proxy.client import BackendClient, BackendError, ResponseSink
+
+__all__ = ["Forwarder", "StatementLost", "NoBackendReached"]
+
+log = logging.getLogger("gateway.proxy")
+
+
+class StatementLost(Exception):
+    """The backend failed after the statement was sent: it may exist; never send it again."""
+
+    def __init__(self, backend: Backend, exc: BackendError) -> None:
+        super().__init__(str(exc))
+        self.backend = backend
+        self.exc = exc
+
+
+class NoBackendReached(Exception):
+    """No candidate backend could be connected to (nothing was sent)."""
+
+    def __init__(self, tried: list[str]) -> None:
+        super().__init__("; ".join(tried))
+        self.tried = tried
+
+
+class _Refused406:
+    """Passes a response to the sink, unless it is the 406 a coordinator gives for
+    ``X-Forwarded-*`` headers it does not process (then nothing was created: send again)."""
+
+    __slots__ = ("sink", "refused")
+
+    def __init__(self, sink: ResponseSink) -> None:
+        self.sink = sink
+        self.refused = False
+
+    def on_headers(self, code: int, reason: str, headers: HTTPHeaders) -> Awaitable[None] | None:
+        if code == 406:
+            self.refused = True
+            return None
+        return self.sink.on_headers(code, reason, headers)
+
+    def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
+        return None if self.refused else self.sink.on_chunk(chunk)
+
+    def on_end(self) -> Awaitable[None] | None:
+        return None if self.refused else self.sink.on_end()
+
+
+class Forwarder:
+    """Sends client requests to backends; owns which backends refuse ``X-Forwarded-*``."""
+
+    def __init__(self, client: BackendClient, *, x_forwarded: bool, trust_forwarded: bool,
+                 on_failure: Callable[[Backend, BackendError], None],
+                 timing: Any = None) -> None:
+        self.client = client
+        self.x_forwarded = x_forwarded
+        self.trust_forwarded = trust_forwarded
+        self.on_failure = on_failure
+        self.timing = timing                  # Metrics: backend time per request
+        self.no_forwarded: set[str] = set()   # backends that answered 406 to X-Forwarded-*
+
+    def headers_for(self, backend: Backend, client_headers: Sequence[tuple[str, str]], *,
+                    base: str, remote_ip: str) -> tuple[list[tuple[str, str]], bool]:
+        forwarded = self.x_forwarded and backend.name not in self.no_forwarded
+        return P.forward_header_pairs(client_headers, remote_ip=remote_ip, base=base, forwarded=forwarded,
+                                      trust_forwarded=self.trust_forwarded), forwarded
+
+    async def send(self, backend: Backend, method: str, uri: str,
+                   client_headers: Sequence[tuple[str, str]], body: bytes | None, sink: ResponseSink,
+                   *, base: str, remote_ip: str) -> int:
+        """Forward one request and stream the answer into ``sink``; the status code.
+
+        ``sink.begin(backend)`` (if it has one) runs before each attempt. A failure is noted for
+        passive health and raised as ``BackendError``."""
+        begin = getattr(sink, "begin", None)
+        if not isinstance(client_headers, list):
+            client_headers = list(client_headers)   # read again after a 406
+        while True:
+            headers, forwarded = self.headers_for(backend, client_headers, base=base, remote_ip=remote_ip)
+            if begin is not None:
+                begin(backend)
+            relay: Any = _Refused406(sink) if forwarded else sink
+            if self.timing is not None:
+                self.timing.backend_start(sink)
+            t0 = time.perf_counter()
+            try:
+                code = await self.client.fetch(backend.proxyTo, method, uri, headers, body, relay)
+            except BackendError as exc:
+                self._timed(sink, t0, f"{backend.proxyTo}: {exc}")
+                self.on_failure(backend, exc)
+                raise
+            self._timed(sink, t0, None)
+            if forwarded and relay.refused:
+                self.no_forwarded.add(backend.name)
+                log.warning("backend %s refuses X-Forwarded-* headers (406); sending without them "
+                            "and rewriting URIs instead", backend.name)
+                continue
+            return code
+
+    def _timed(self, sink: Any, t0: float, error: str | None) -> None:
+        if self.timing is not None:
+            self.timing.backend_end(sink, time.perf_counter() - t0, error)
+
+    async def submit(self, candidates: Sequence[Backend], uri: str,
+                     client_headers: Sequence[tuple[str, str]], body: bytes, sink: ResponseSink,
+                     *, base: str, remote_ip: str) -> Backend:
+        """POST a new statement to the first candidate that can be reached (failover only while
+        nothing was sent: a POST that reached a backend may have created the query, §7.3).
+
+        The backend that answered; ``StatementLost`` or ``NoBackendReached`` otherwise."""
+        tried: list[str] = []
+        if not isinstance(client_headers, list):
+            client_headers = list(client_headers)
+        for backend in candidates:
+            try:
+                await self.send(backend, "POST", uri, client_headers, body, sink, base=base,
+                                remote_ip=remote_ip)
+            except BackendError as exc:
+                if exc.sent:
+                    raise StatementLost(backend, exc) from exc
+                tried.append(f"{backend.name}: {exc}")
+                continue
+            return backend
+        raise NoBackendReached(tried)

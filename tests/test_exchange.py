@@ -1,0 +1,232 @@
+"""The decisions of an exchange (gateway/proxy/exchange.py) and the one forwarding path
+(gateway/proxy/forward.py), without sockets: finding 7 of issue 14."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from tornado.httputil import HTTPHeaders
+
+from gateway import protocol as P
+from gateway.backends import Backend
+from gateway.proxy import exchange as X
+from gateway.proxy.client import BackendError, BufferSink
+from gateway.proxy.forward import Forwarder, NoBackendReached, StatementLost
+from gateway.routing.tokens import TokenError, TokenKeys
+
+KEYS = TokenKeys(b"0123456789abcdef0123456789abcdef")
+QID = "20240101_123456_00001_abcde"
+QID2 = "20240101_123456_00002_abcde"
+GW = "http://gw:8080"
+COORD = "http://coord:8080"
+
+
+def _prefix(backend: str, kind: str, key: str) -> str:
+    return "/_r/" + KEYS.encode(backend, kind, key)
+
+
+# -- resolve_token ----------------------------------------------------------------------------
+
+def test_a_token_route_names_the_backend_and_the_path_the_backend_gets():
+    path = _prefix("b1", P.QUERY, QID) + f"/v1/statement/executing/{QID}/yslug/3"
+    r = X.resolve_token(KEYS, "GET", path, "maxWait=1s")
+    assert r == X.TokenRoute("b1", P.RequestKind(P.QUERY, QID), f"/v1/statement/executing/{QID}/yslug/3",
+                             f"/v1/statement/executing/{QID}/yslug/3?maxWait=1s")
+
+
+def test_paths_without_a_token_are_not_token_routes():
+    assert X.resolve_token(KEYS, "GET", f"/v1/statement/executing/{QID}/y/1", "") is None
+
+
+def test_a_token_of_one_query_does_not_route_another():
+    path = _prefix("b1", P.QUERY, QID) + f"/v1/statement/executing/{QID2}/yslug/3"
+    with pytest.raises(TokenError):
+        X.resolve_token(KEYS, "GET", path, "")
+
+
+@pytest.mark.parametrize("inner", ["/v1/statement", "/v1/info", "/ui/", "/oauth2/callback"])
+def test_a_token_never_routes_a_new_statement_or_a_request_tied_to_nothing(inner):
+    # even with a valid token for some query: a token only routes the resource it names
+    path = _prefix("b1", P.QUERY, QID) + inner
+    with pytest.raises(TokenError, match="only routes follow-ups"):
+        X.resolve_token(KEYS, "POST" if inner == "/v1/statement" else "GET", path, "")
+
+
+def test_a_tampered_token_is_refused():
+    good = _prefix("b1", P.SPOOL, "seg-1")
+    bad = good[:-1] + ("A" if good[-1] != "A" else "B")
+    with pytest.raises(TokenError):
+        X.resolve_token(KEYS, "GET", bad + "/v1/spooled/download/seg-1", "")
+
+
+# -- TokenMinter and the URI rewriter -------------------------------------------------------
+
+def test_the_minter_binds_each_uri_to_its_resource():
+    m = X.TokenMinter(KEYS, "b1")
+    assert m.prefix(f"/v1/statement/queued/{QID}/y/1") == _prefix("b1", P.QUERY, QID)
+    assert m.prefix(f"/v1/statement/executing/partialCancel/{QID}/0/y/1") == _prefix("b1", P.QUERY, QID)
+    assert m.prefix("/v1/spooled/ack/seg-9?x=1") == _prefix("b1", P.SPOOL, "seg-9")
+    auth = "0b6ad3c1-7d4e-4a5f-9a0b-1234567890ab"
+    assert m.prefix(f"/oauth2/token/{auth}") == _prefix("b1", P.OAUTH_TOKEN, auth)
+    assert m.prefix("/oauth2/token/initiate/" + "a" * 64) == _prefix("b1", P.OAUTH_INITIATE, "a" * 64)
+    for untouched in ("/ui/query.html", "/v1/info", "/oauth2/callback", "/ui/login.html"):
+        assert m.prefix(untouched) == ""
+
+
+def test_result_pages_get_token_uris_and_info_uri_stays_plain():
+    page = {"id": QID, "infoUri": f"{COORD}/ui/query.html?{QID}",
+            "nextUri": f"{COORD}/v1/statement/executing/{QID}/yslug/2",
+            "partialCancelUri": f"{COORD}/v1/statement/executing/partialCancel/{QID}/0/yslug/2",
+            "data": {"encoding": "json", "segments": [
+                {"type": "spooled", "uri": f"{COORD}/v1/spooled/download/s1",
+                 "ackUri": f"{COORD}/v1/spooled/ack/s1", "metadata": {}},
+                {"type": "spooled", "uri": "https://bucket.s3.example.com/s2?X-Amz-Signature=abc",
+                 "metadata": {}}]}}
+    rw = P.UriRewriter(GW, X.TokenMinter(KEYS, "b1"))
+    raw = json.dumps(page).encode()
+    out = json.loads(rw.feed(raw[:100]) + rw.feed(raw[100:]) + rw.finish())
+    q = _prefix("b1", P.QUERY, QID)
+    assert out["nextUri"] == f"{GW}{q}/v1/statement/executing/{QID}/yslug/2"
+    assert out["partialCancelUri"] == f"{GW}{q}/v1/statement/executing/partialCancel/{QID}/0/yslug/2"
+    assert out["infoUri"] == f"{GW}/ui/query.html?{QID}"
+    s = _prefix("b1", P.SPOOL, "s1")
+    seg = out["data"]["segments"]
+    assert seg[0]["uri"] == f"{GW}{s}/v1/spooled/download/s1"
+    assert seg[0]["ackUri"] == f"{GW}{s}/v1/spooled/ack/s1"
+    assert seg[1]["uri"] == page["data"]["segments"][1]["uri"]   # pre-signed: never touched
+    # and each rewritten URI routes back to b1 from any process holding the keys
+    for uri in (out["nextUri"], out["partialCancelUri"], seg[0]["uri"], seg[0]["ackUri"]):
+        path = uri[len(GW):]
+        assert X.resolve_token(KEYS, "GET", path, "").backend == "b1"
+
+
+# -- response headers -----------------------------------------------------------------------
+
+def test_response_headers_drop_hop_by_hop_and_connection_listed_lines():
+    out = X.translate_response_headers(
+        [("Connection", "keep-alive, X-Secret"), ("X-Secret", "1"), ("Keep-Alive", "timeout=5"),
+         ("Content-Length", "10"), ("X-Trino-Set-Session", "a=1"), ("Set-Cookie", "a=1"),
+         ("Set-Cookie", "b=2")],
+        backend_base=COORD, gateway_base=GW, request_transaction=None, route=None,
+        connection=["keep-alive, X-Secret"])
+    assert out.headers == [("X-Trino-Set-Session", "a=1"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+    assert out.learn == [] and out.forget == []
+
+
+def test_location_points_at_the_gateway_with_a_token_and_idp_redirects_are_untouched():
+    m = X.TokenMinter(KEYS, "b1")
+    out = X.translate_response_headers(
+        [("Location", f"{COORD}/v1/statement/executing/{QID}/y/1")], backend_base=COORD,
+        gateway_base=GW, request_transaction=None, route=m)
+    assert out.headers == [("Location", f"{GW}{_prefix('b1', P.QUERY, QID)}/v1/statement/executing/{QID}/y/1")]
+    out = X.translate_response_headers(
+        [("Location", f"{COORD}/ui/login.html"), ("Location", "https://idp.example.com/auth?x=1")],
+        backend_base=COORD, gateway_base=GW, request_transaction=None, route=m)
+    assert out.headers == [("Location", f"{GW}/ui/login.html"), ("Location", "https://idp.example.com/auth?x=1")]
+
+
+def test_an_oauth2_challenge_gets_token_uris_and_teaches_the_exchange():
+    auth = "0b6ad3c1-7d4e-4a5f-9a0b-1234567890ab"
+    h = (f'Bearer x_redirect_server="{COORD}/oauth2/token/initiate/{P.auth_initiate_key(auth)}", '
+         f'x_token_server="{COORD}/oauth2/token/{auth}"')
+    out = X.translate_response_headers([("WWW-Authenticate", h)], backend_base=COORD, gateway_base=GW,
+                                       request_transaction=None, route=X.TokenMinter(KEYS, "b1"))
+    value = out.headers[0][1]
+    init = _prefix("b1", P.OAUTH_INITIATE, P.auth_initiate_key(auth))
+    assert f'x_redirect_server="{GW}{init}/oauth2/token/initiate/' in value
+    assert f'x_token_server="{GW}{_prefix("b1", P.OAUTH_TOKEN, auth)}/oauth2/token/{auth}"' in value
+    assert out.learn == [(P.OAUTH_TOKEN, auth), (P.OAUTH_INITIATE, P.auth_initiate_key(auth))]
+
+
+def test_transactions_are_learned_when_started_and_forgotten_when_cleared():
+    out = X.translate_response_headers([("X-Trino-Started-Transaction-Id", " tx-1 ")], backend_base=COORD,
+                                       gateway_base=GW, request_transaction=None, route=None)
+    assert out.learn == [(P.TRANSACTION, "tx-1")]
+    out = X.translate_response_headers([("X-Trino-Clear-Transaction-Id", "true")], backend_base=COORD,
+                                       gateway_base=GW, request_transaction="tx-1", route=None)
+    assert out.forget == [(P.TRANSACTION, "tx-1")]
+
+
+# -- when a query ended ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,path,status,final,expected", [
+    ("DELETE", f"/v1/statement/executing/{QID}/y/1", 204, (None, None),
+     ("CANCELED", "Query was canceled by the client")),
+    ("DELETE", f"/v1/statement/executing/partialCancel/{QID}/0/y/1", 204, (None, None), None),
+    ("GET", f"/v1/statement/executing/{QID}/y/9", 200, ("FINISHED", None), ("FINISHED", None)),
+    ("GET", f"/v1/statement/executing/{QID}/y/9", 200, ("FAILED", "boom"), ("FAILED", "boom")),
+    ("GET", f"/v1/statement/executing/{QID}/y/2", 200, (None, None), None),   # nextUri: not over
+    ("GET", f"/v1/statement/executing/{QID}/y/2", 410, ("FINISHED", None), None),
+    ("GET", f"/v1/query/{QID}", 200, ("FINISHED", None), None),              # info, not results
+])
+def test_query_end(method, path, status, final, expected):
+    assert X.query_end(P.RequestKind(P.QUERY, QID), method, path, status, final) == expected
+
+
+# -- the one forwarding path ----------------------------------------------------------------
+
+class FakeClient:
+    """Answers per backend from a script: a status, or a BackendError to raise."""
+
+    def __init__(self, script: dict[str, list[object]]) -> None:
+        self.script = script
+        self.calls: list[tuple[str, str, list[tuple[str, str]]]] = []
+
+    async def fetch(self, base, method, target, headers, body, sink, **kw):
+        self.calls.append((base, method, list(headers)))
+        step = self.script[base].pop(0)
+        if isinstance(step, BackendError):
+            raise step
+        code = int(step)  # type: ignore[call-overload]
+        sink.on_headers(code, "", HTTPHeaders({"Content-Type": "text/plain"}))
+        sink.on_chunk(f"answer {code}".encode())
+        sink.on_end()
+        return code
+
+
+def _backend(name: str) -> Backend:
+    return Backend(name, f"http://{name}:8080", None, "adhoc", True)
+
+
+def _forwarder(client: FakeClient, failures: list[str]) -> Forwarder:
+    return Forwarder(client, x_forwarded=True, trust_forwarded=False,  # type: ignore[arg-type]
+                     on_failure=lambda b, exc: failures.append(b.name))
+
+
+def test_a_406_for_forwarded_headers_is_sent_again_without_them_and_remembered():
+    client = FakeClient({"http://b1:8080": [406, 200, 200]})
+    fw = _forwarder(client, [])
+    sink = BufferSink()
+    code = asyncio.run(fw.send(_backend("b1"), "POST", "/v1/statement", [("X-Trino-User", "u")], b"SELECT 1",
+                               sink, base=GW, remote_ip="10.0.0.1"))
+    assert code == 200 and sink.code == 200 and bytes(sink.body) == b"answer 200"   # not the 406 body
+    sent = [{n for n, _ in headers} for _, _, headers in client.calls]
+    assert "X-Forwarded-Host" in sent[0] and "X-Forwarded-Host" not in sent[1]
+    assert fw.no_forwarded == {"b1"}
+    asyncio.run(fw.send(_backend("b1"), "GET", "/v1/info", [], None, BufferSink(), base=GW, remote_ip="x"))
+    assert "X-Forwarded-Host" not in {n for n, _ in client.calls[2][2]}   # remembered: no third 406
+
+
+def test_failover_only_while_nothing_was_sent():
+    failures: list[str] = []
+    client = FakeClient({"http://b1:8080": [BackendError("refused", sent=False)],
+                         "http://b2:8080": [200]})
+    fw = _forwarder(client, failures)
+    sink = BufferSink()
+    chosen = asyncio.run(fw.submit([_backend("b1"), _backend("b2")], "/v1/statement", [], b"q", sink,
+                                   base=GW, remote_ip="x"))
+    assert chosen.name == "b2" and failures == ["b1"] and sink.code == 200
+
+    client = FakeClient({"http://b1:8080": [BackendError("reset after send", sent=True)],
+                         "http://b2:8080": [200]})
+    with pytest.raises(StatementLost) as lost:
+        asyncio.run(_forwarder(client, []).submit([_backend("b1"), _backend("b2")], "/v1/statement", [],
+                                                  b"q", BufferSink(), base=GW, remote_ip="x"))
+    assert lost.value.backend.name == "b1"
+    assert [c[0] for c in client.calls] == ["http://b1:8080"]     # never sent twice (§7.3)
+
+    client = FakeClient({"http://b1:8080": [BackendError("refused", sent=False)]})
+    with pytest.raises(NoBackendReached, match="b1: refused"):
+        asyncio.run(_forwarder(client, []).submit([_backend("b1")], "/v1/statement", [], b"q",
+                                                  BufferSink(), base=GW, remote_ip="x"))
