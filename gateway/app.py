@@ -25,7 +25,9 @@ from gateway.metrics import Metrics
 from gateway.logs import text_lines
 from gateway.proxy.client import BackendClient, BackendError, BufferSink
 from gateway.routing.balancer import Balancer
-from gateway.routing.context import build_context
+from gateway.routing.context import build_context, sql_inputs
+from gateway.routing.sql import SqlFacts
+from gateway.offload import Offload, PasswordChecks
 from gateway.routing.decision import decide
 from gateway.routing.reload import RulesWatcher
 from gateway.routing.sticky import StickyMap
@@ -53,6 +55,12 @@ class Route:
     context: dict[str, Any] = field(default_factory=dict)
     decision_seconds: float = 0.0
     queue_priority: int = 0
+    note: str | None = None        # e.g. SQL facts unknown because analysis ran out of budget
+
+    @property
+    def history_rule(self) -> str | None:
+        """The rule as history shows it: with the note when the decision was made without SQL facts."""
+        return f"{self.rule or '-'} [{self.note}]" if self.note else self.rule
 
 
 async def open_async_store(cfg: Config) -> StoreCalls:
@@ -87,6 +95,8 @@ class Gateway:
             force_instance=True, max_clients=256, defaults={"ssl_options": backend_tls})
         self.monitor = Monitor(self.registry, config.monitor, self._monitor_http)
         self.admission = Admission(self)
+        self.offload = Offload()              # SQL analysis and rules checks, with a time budget
+        self.passwords = PasswordChecks()     # PBKDF2 off the event loop
         self.monitor.on_round(lambda *_: self.admission.monitor_round())
         self.store: StoreCalls | None = None
         self.writer: HistoryWriter | None = None
@@ -107,6 +117,7 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         self.store = await open_async_store(cfg)
+        self.offload.start()
         for b in cfg.backends:  # the seed list: inserted once, then the API owns them
             try:
                 await self.store.call("add_backend", Backend(
@@ -141,6 +152,8 @@ class Gateway:
         if self.store is not None:
             await self.store.close()
         self.client.close()
+        await self.offload.close()
+        self.passwords.close()
         if self._monitor_http is not None:
             self._monitor_http.close()
 
@@ -185,13 +198,40 @@ class Gateway:
     def groups_with_backends(self) -> set[str]:
         return {b.routingGroup for b in self.registry.all() if b.active}
 
-    def route(self, headers: HTTPHeaders, body: bytes, remote_ip: str) -> Route:
+    async def sql_facts(self, headers: HTTPHeaders, body: bytes) -> tuple[SqlFacts, str | None]:
+        """SQL facts of a statement, computed off the event loop within ``routing.analysisTimeout``;
+        the note says why they are unknown when the budget ran out."""
+        sql, catalog, schema, prepared = sql_inputs(headers, body, self.config.routing.maxSqlBytes)
+        return await self.offload.sql_facts(sql, catalog, schema, prepared,
+                                            budget=self.config.routing.analysisTimeout)
+
+    async def route_statement(self, headers: HTTPHeaders, body: bytes, remote_ip: str) -> Route:
+        """``route`` for a new statement, with its SQL facts (when the rules use them) from
+        ``sql_facts``: the event loop never parses a large statement."""
+        ruleset = self.rules.current
+        if ruleset is None or not ruleset.uses_sql:
+            return self.route(headers, body, remote_ip)
+        t0 = time.perf_counter()
+        facts, note = await self.sql_facts(headers, body)
+        route = self.route(headers, body, remote_ip, facts=facts, note=note)
+        route.decision_seconds = time.perf_counter() - t0
+        return route
+
+    def route(self, headers: HTTPHeaders, body: bytes, remote_ip: str, *,
+              facts: SqlFacts | None = None, note: str | None = None) -> Route:
+        route = self._route(headers, body, remote_ip, facts)
+        if note:
+            route.note = note
+            route.reason = f"{route.reason}; {note}" if route.reason else note
+        return route
+
+    def _route(self, headers: HTTPHeaders, body: bytes, remote_ip: str, facts: SqlFacts | None) -> Route:
         t0 = time.perf_counter()
         cfg = self.config.routing
         ruleset = self.rules.current
         ctx = build_context(headers, body, remote_ip,
                             analyze_sql=bool(ruleset is not None and ruleset.uses_sql),
-                            max_sql_bytes=cfg.maxSqlBytes)
+                            max_sql_bytes=cfg.maxSqlBytes, facts=facts)
         decision = decide(ruleset, ctx, groups_with_backends=self.groups_with_backends(),
                           default_group=cfg.defaultGroup, allow_group_header=cfg.allowGroupHeader,
                           no_fallback_groups=self.strict_groups)
@@ -266,7 +306,7 @@ class Gateway:
             self.writer.add(HistoryRow(
                 query_id=qid, user=route.user, source=ctx.get("source"),
                 client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
-                routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
+                routing_group=backend.routingGroup, backend=backend.name, rule=route.history_rule,
                 submitted_at=submitted_at, queued_ms=queued_ms))
 
     def query_finished(self, query_id: str, state: str, error: str | None) -> None:

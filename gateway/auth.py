@@ -39,6 +39,31 @@ def hash_password(password: str, *, iterations: int = _ITERATIONS) -> str:
     return f"{_ALGO}${iterations}${salt}${base64.b64encode(digest).decode()}"
 
 
+_MAX_ITERATIONS = 10_000_000   # beyond this one check would stall a thread for many seconds
+
+
+def password_hash_problem(stored: str) -> str | None:
+    """Why ``stored`` is not a hash ``hash_password`` could have made, or None when it is.
+
+    A plaintext password or a placeholder loaded silently before and every login then failed.
+    """
+    parts = stored.split("$")
+    if len(parts) != 4 or parts[0] != _ALGO:
+        return f"not a {_ALGO}$ITERATIONS$SALT$DIGEST hash"
+    _, iterations, salt, digest = parts
+    if not iterations.isdigit() or not 1 <= int(iterations) <= _MAX_ITERATIONS:
+        return f"the iteration count must be a number from 1 to {_MAX_ITERATIONS:,}"
+    if not salt or not salt.isascii() or not salt.isprintable():
+        return "the salt is missing or not printable ASCII"
+    try:
+        raw = base64.b64decode(digest, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != hashlib.sha256().digest_size:
+        return "the digest is not the base64 of a SHA-256 value"
+    return None
+
+
 def verify_password(password: str, stored: str) -> bool:
     try:
         algo, iterations, salt, expected = stored.split("$", 3)

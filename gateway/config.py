@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV = re.compile(r"\$\{ENV:([A-Za-z_][A-Za-z0-9_]*)\}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DEFAULT_GROUP_FALLBACK = "default"
 
@@ -96,6 +97,8 @@ class RoutingConfig:
     allowGroupHeader: bool = True
     rules: list[str] = field(default_factory=lambda: ["rules/"])
     maxSqlBytes: int = 1024 * 1024     # body bytes read for SQL analysis
+    analysisTimeout: float = 1.0        # SQL analysis of one statement (off the loop); beyond: facts unknown
+    rulesCheckTimeout: float = 10.0     # a rules check or save through the API or the rules page
     stickyTtl: float = 86400.0          # how long query/transaction/spool ids stay pinned
     cookieSecret: str | None = None     # signs the OAuth2 callback routing cookie; default: random per start
 
@@ -179,6 +182,7 @@ _DURATION_KEYS = {
     "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout",
     "shutdownGracePeriod", "historyRetention", "historyFlushInterval", "syncInterval", "stickyTtl",
     "interval", "timeout", "maxQueueWait", "sessionTtl", "clientTimeout",
+    "analysisTimeout", "rulesCheckTimeout",
 }
 _POLICIES = ("least-queued", "round-robin", "random", "user-hash")
 _MONITORS = ("info-api", "ui-api", "metrics", "noop")
@@ -265,7 +269,13 @@ _NESTED: dict[str, Any] = {"TlsConfig": TlsConfig}
 
 
 def validate_url(url: str, where: str) -> str:
-    parts = urlsplit(url)
+    if _CONTROL.search(url):
+        # urlsplit drops CR/LF/TAB silently; stored, they broke log lines and every probe
+        raise ConfigError(f"{where}: control characters (CR, LF, NUL ...) are not allowed in a URL, got {url!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:   # e.g. "http://[::1" (unbalanced IPv6 brackets)
+        raise ConfigError(f"{where}: not a valid URL ({exc}): {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}: expected an http:// or https:// URL, got {url!r}")
     try:
@@ -335,11 +345,21 @@ def config_from_dict(data: Any, src: str = "<dict>") -> Config:
     cfg.auth = _section(AuthConfig, auth_rest, src, "auth")
     if not isinstance(users, dict):
         raise ConfigError(f"{src}: auth.users: expected a mapping of user name to settings")
+    from gateway.auth import password_hash_problem   # auth imports this module
+    from gateway.limits import MAX_USER_CHARS
     for uname, udata in users.items():
         u = _section(UserConfig, udata, src, f"auth.users.{uname}")
+        if not isinstance(uname, str) or not uname or len(uname) > MAX_USER_CHARS \
+                or ":" in uname or _CONTROL.search(uname):
+            raise ConfigError(f"{src}: auth.users: {uname!r} is not a user name (1-{MAX_USER_CHARS} "
+                              "characters, no ':' and no control characters)")
         for role in u.roles:
             if role not in ("admin", "user", "api"):
                 raise ConfigError(f"{src}: auth.users.{uname}.roles: unknown role {role!r} (admin, user, api)")
+        problem = password_hash_problem(u.password)
+        if problem:
+            raise ConfigError(f"{src}: auth.users.{uname}.password: {problem}; put the hash printed by "
+                              "`trino-gateway hash-password` here, never the password itself")
         cfg.auth.users[str(uname)] = u
 
     _check_values(cfg, src)

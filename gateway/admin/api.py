@@ -11,7 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, HTTPInputError
 from tornado.web import RequestHandler
 
 from gateway.admin import backend_ops
@@ -19,6 +19,7 @@ from gateway.admin.errors import ApiError
 from gateway.auth import Authenticator, is_loopback, parse_basic, sql_visible
 from gateway.backends import Backend
 from gateway.config import ConfigError, validate_name, validate_url
+from gateway.limits import control_chars, loads_json
 from gateway.routing.context import build_context
 from gateway.routing.decision import decide
 
@@ -128,7 +129,7 @@ class ApiHandler(RequestHandler):
 
     def json_body(self) -> Any:
         try:
-            return json.loads(self.request.body or b"null")
+            return loads_json(self.request.body or b"null")
         except ValueError as exc:
             raise ApiError(400, f"Body is not valid JSON: {exc}") from None
 
@@ -148,7 +149,8 @@ def parse_backend(data: Any, default_group: str) -> Backend:
         proxy_to = validate_url(data["proxyTo"], "proxyTo")
         external = data.get("externalUrl")
         if external is not None:
-            if not isinstance(external, str) or not external.startswith(("http://", "https://")):
+            if not isinstance(external, str) or not external.startswith(("http://", "https://")) \
+                    or control_chars(external):
                 raise ConfigError(f"externalUrl: expected an http(s) URL, got {external!r}")
             external = external.rstrip("/")
         group = data.get("routingGroup") or default_group
@@ -193,7 +195,7 @@ def _name_from_body(body: bytes) -> str:
     text = (body or b"").decode("utf-8", "replace").strip()
     if text.startswith(("{", '"')):
         try:
-            data = json.loads(text)
+            data = loads_json(text)
         except ValueError:
             raise ApiError(400, "Body must be the backend's name (text or JSON)") from None
         text = data.get("name") if isinstance(data, dict) else data
@@ -259,7 +261,7 @@ def rules_json(gw: "Gateway") -> dict[str, Any]:
     return doc
 
 
-def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
+async def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
     """What routing would do for a described request, without sending anything."""
     if not isinstance(data, dict):
         raise ApiError(400, "Body must be a JSON object")
@@ -272,7 +274,10 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
     if not isinstance(extra, dict):
         raise ApiError(400, "headers must be an object of name to value")
     for k, v in extra.items():
-        headers.add(str(k), str(v))
+        try:
+            headers.add(str(k), str(v))
+        except HTTPInputError as exc:   # a header name no HTTP request could carry
+            raise ApiError(400, f"headers: {exc}") from None
     for key, header in (("user", "X-Trino-User"), ("source", "X-Trino-Source"),
                         ("catalog", "X-Trino-Catalog"), ("schema", "X-Trino-Schema"),
                         ("clientInfo", "X-Trino-Client-Info")):
@@ -289,10 +294,12 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
     if not isinstance(query, str):
         raise ApiError(400, "query must be a string")
     t0 = time.perf_counter()
-    route = gw.route(headers, query.encode(), remote_ip)
+    body = query.encode("utf-8", "replace")   # lone surrogates from JSON escapes
+    facts, note = await gw.sql_facts(headers, body)   # off the event loop, within its budget
+    route = gw.route(headers, body, remote_ip, facts=facts, note=note)
     ruleset = gw.rules.current
-    ctx = build_context(headers, query.encode(), remote_ip, analyze_sql=True,
-                        max_sql_bytes=gw.config.routing.maxSqlBytes)
+    ctx = build_context(headers, body, remote_ip, analyze_sql=True,
+                        max_sql_bytes=gw.config.routing.maxSqlBytes, facts=facts)
     decision = decide(ruleset, ctx, groups_with_backends=gw.groups_with_backends(),
                       default_group=gw.config.routing.defaultGroup,
                       allow_group_header=gw.config.routing.allowGroupHeader,
@@ -303,6 +310,7 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
         "reject": route.reject,
         "backend": route.backends[0].name if route.backends else None,
         "reason": route.reason,
+        "sqlFacts": note or "analysed",
         "queuePriority": route.queue_priority,
         "trace": list(decision.trace),
         "context": {k: (list(v) if isinstance(v, (tuple, frozenset, set)) else v)
@@ -314,7 +322,7 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
 class ExplainHandler(ApiHandler):
     async def post(self) -> None:
         async def go() -> None:
-            self.send_json(explain(self.gw, self.json_body(), self.request.remote_ip or ""))
+            self.send_json(await explain(self.gw, self.json_body(), self.request.remote_ip or ""))
         await self.run(False, go)
 
 

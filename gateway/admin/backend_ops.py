@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from gateway.admin.errors import ApiError
 from gateway.backends import Backend
+from gateway.config import ConfigError, validate_name
 from gateway.store.base import DuplicateBackend
 
 if TYPE_CHECKING:
@@ -39,8 +40,18 @@ async def update_backend(gw: "Gateway", b: Backend, who: str, *, insert_missing:
     log.info("backend %s updated by %s: %s group=%s active=%s", b.name, who, b.proxyTo, b.routingGroup, b.active)
 
 
+def _known_name(name: str) -> str:
+    """A name no backend can have (control characters, lone surrogates, ...) is simply
+    unknown: it must not reach the store, whose encoders would raise."""
+    try:
+        return validate_name(name, "name")
+    except ConfigError:
+        raise ApiError(404, f"Backend {name!r} does not exist") from None
+
+
 async def delete_backend(gw: "Gateway", name: str, who: str) -> None:
     assert gw.store is not None
+    _known_name(name)
     if not await gw.store.call("delete_backend", name):
         raise ApiError(404, f"Backend {name!r} does not exist")
     gw.registry.remove(name)
@@ -50,6 +61,7 @@ async def delete_backend(gw: "Gateway", name: str, who: str) -> None:
 async def set_active(gw: "Gateway", name: str, active: bool, who: str) -> Backend:
     """Activate, or deactivate (drain: no new queries; running ones finish where they are)."""
     assert gw.store is not None
+    _known_name(name)
     current = gw.registry.get(name)
     if current is None or not await gw.store.call("set_backend_active", name, active):
         raise ApiError(404, f"Backend {name!r} does not exist")

@@ -28,6 +28,7 @@ from gateway.admin.session import (
     own_hosts, sessions_for, tokens_equal,
 )
 from gateway.auth import Access, is_cross_site, is_loopback, page_access
+from gateway.limits import MAX_USER_CHARS, control_chars
 from gateway.resources import resource_dir
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ def safe_next(target: str | None) -> str:
     if not target:
         return BASE + "/"
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith(BASE + "/") or "\\" in target:
+    if parts.scheme or parts.netloc or not parts.path.startswith(BASE + "/") or "\\" in target \
+            or control_chars(target):
         return BASE + "/"
     return target
 
@@ -221,6 +223,8 @@ class LoginHandler(PageHandler):
 
     async def post(self) -> None:
         user = self.get_body_argument("user", "").strip()
+        too_long = len(user) > MAX_USER_CHARS   # no configured user has such a name
+        user = user[:MAX_USER_CHARS]
         password = self.get_body_argument("password", "", strip=False)
         nxt = safe_next(self.get_body_argument("next", None))
         if not self.sessions.enabled:
@@ -236,7 +240,8 @@ class LoginHandler(PageHandler):
                                     error=f"Too many failed logins. Try again in {seconds} s.")
         auth = self.sessions.authenticator
         # PBKDF2 takes a good part of a second: not on the event loop.
-        roles = await IOLoop.current().run_in_executor(None, auth.check, user, password) if user else None
+        roles = await IOLoop.current().run_in_executor(None, auth.check, user, password) \
+            if user and not too_long else None
         if roles is None:
             n = limiter.failed(user, ip)
             known = user in self.gw.config.auth.users

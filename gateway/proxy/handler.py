@@ -16,6 +16,7 @@ from tornado.iostream import StreamClosedError
 
 from gateway import protocol as P
 from gateway.backends import Backend
+from gateway.limits import utf8
 from gateway.proxy.client import BackendError
 from gateway.proxy.lean import HandlerRoute, LeanHandler
 
@@ -130,6 +131,9 @@ class ProxyHandler(LeanHandler):
                                 base, "SERVER_SHUTTING_DOWN")
         body = bytes(self._body)
         headers = self.request.headers
+        if not utf8(body):   # no cluster can run it; say so the Trino way (not a 400/500)
+            gw.metrics.statement_failed("not-utf8")
+            return self._failed("The SQL text is not valid UTF-8", base, "SYNTAX_ERROR")
         # Statements that belong to a backend already: kill_query of a known query, and any
         # statement inside a transaction.
         pinned: str | None = None
@@ -148,7 +152,7 @@ class ProxyHandler(LeanHandler):
             await self._send_statement([backend], body, base, route=None)
             return
 
-        route = gw.route(headers, body, self.request.remote_ip or "")
+        route = await gw.route_statement(headers, body, self.request.remote_ip or "")
         if route.reject is not None:
             gw.metrics.rejected(route.rule)
             return self._failed(route.reject, base, "PERMISSION_DENIED")

@@ -1,0 +1,73 @@
+"""Bounds on what one client can make the gateway hold or parse (see docs/security.md).
+
+Small pure helpers the request path, the REST API and the admin pages share:
+
+- ``cap_user``: user names are cut to ``MAX_USER_CHARS`` before they key a limiter, a cache or
+  a queue count, so a 20 MB "user name" costs 256 characters of memory, not 20 MB per try;
+- ``loads_json``: ``json.loads`` that refuses deeply nested documents with a ``ValueError``
+  (the C decoder raises ``RecursionError`` around 1,000 levels, which was a 500);
+- ``control_chars``: CR, LF, NUL and the other C0/DEL characters have no place in a URL or a
+  name; one in a stored ``proxyTo`` broke the audit log line and every probe.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["MAX_USER_CHARS", "MAX_JSON_DEPTH", "cap_user", "loads_json", "control_chars", "utf8"]
+
+MAX_USER_CHARS = 256
+MAX_JSON_DEPTH = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def cap_user(user: str | None) -> str | None:
+    """The user name as limiters, caches and queue counts key it: at most ``MAX_USER_CHARS``."""
+    if user is None or len(user) <= MAX_USER_CHARS:
+        return user
+    return user[:MAX_USER_CHARS]
+
+
+def utf8(data: bytes) -> bool:
+    """True when ``data`` is valid UTF-8 (a statement that is not cannot be SQL)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def control_chars(text: str) -> bool:
+    """True when ``text`` holds a C0 control character or DEL (CR, LF, NUL, TAB ...)."""
+    return _CONTROL.search(text) is not None
+
+
+def _depth(text: str) -> int:
+    """Deepest bracket nesting outside strings (a cheap scan; strings are skipped roughly by
+    removing their contents first)."""
+    if "[" not in text and "{" not in text:
+        return 0
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    depth = deepest = 0
+    for m in _BRACKETS.finditer(stripped):
+        if m.group() in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads_json(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for input from clients: ``ValueError`` for bad JSON, including JSON nested
+    deeper than ``max_depth`` (no API document of the gateway nests more than a few levels)."""
+    text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    if _depth(text) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
