@@ -80,12 +80,15 @@ class Offload:
         if root not in site_dirs():
             env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            self._proc = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.offload", stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, env=env)
-        except OSError as exc:   # e.g. out of descriptors: tasks are over budget until it works
+            await self._read(proc)    # "ready": its imports are done
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            # e.g. out of descriptors: tasks are over budget until a later start works
             log.warning("cannot start the offload process: %s", exc)
-            self._proc = None
+            return
+        self._proc = proc
 
     async def run(self, task: str, *args: Any, budget: float) -> Any:
         """Run ``task`` in the child; ``OverBudget`` when it takes longer than ``budget`` seconds
@@ -244,6 +247,9 @@ def main() -> int:
         pass
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr    # a stray print must never corrupt the reply stream
+    import gateway.admin.rules_files  # noqa: F401 - imported before "ready", not on a task's budget
+    stdout.write(_frame((True, "ready")))
+    stdout.flush()
     while True:
         header = stdin.read(_HEADER.size)
         if len(header) < _HEADER.size:

@@ -32,6 +32,7 @@ from gateway.proxy.server import HTTPServer  # Tornado's interface, faster HTTP/
 from tornado.netutil import bind_sockets
 
 from gateway.config import Config, ConfigError, ServerConfig, load_config
+from gateway.limits import bound_allocator
 from gateway.logs import setup_logging
 
 log = logging.getLogger("gateway.server")
@@ -149,6 +150,7 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
                       ready_callback: Any,
                       worker: int = 0) -> int:
     from gateway.app import Gateway, make_app  # after prepare_workers (metrics mode)
+    bound_allocator()   # large request bodies are given back to the system when freed
     gw = Gateway(config)
     try:
         await gw.start()

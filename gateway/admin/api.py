@@ -20,6 +20,7 @@ from gateway.auth import Authenticator, is_loopback, parse_basic, sql_visible
 from gateway.backends import Backend
 from gateway.config import ConfigError, validate_name, validate_url
 from gateway.limits import control_chars, loads_json
+from gateway.offload import Busy
 from gateway.routing.context import build_context
 from gateway.routing.decision import decide
 
@@ -60,7 +61,7 @@ class ApiHandler(RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message}))
 
-    def authorize(self, write: bool) -> None:
+    async def authorize(self, write: bool) -> None:
         """Who may call: HTTP Basic, or a logged-in admin page session with its CSRF token.
 
         Writes need role admin/api (or, with no users configured, a loopback caller) and are
@@ -105,7 +106,11 @@ class ApiHandler(RequestHandler):
             if wait > 0:
                 self.set_header("Retry-After", str(max(1, int(wait + 0.999))))
                 raise ApiError(429, "Too many failed logins; try again later")
-            roles = self.auth.check(*creds)
+            try:   # PBKDF2 on a thread: 40 wrong passwords cost the event loop ~4 s before
+                roles = await self.gw.passwords.run(self.auth.check, *creds)
+            except Busy:
+                self.set_header("Retry-After", "1")
+                raise ApiError(503, "Too many password checks at once; try again in a second") from None
             if roles is None:
                 sessions.limiter.failed(creds[0], ip)
                 log.warning("API authentication failed for %s from %s",
@@ -120,7 +125,7 @@ class ApiHandler(RequestHandler):
 
     async def run(self, write: bool, fn: Callable[[], Awaitable[Any]]) -> None:
         try:
-            self.authorize(write)
+            await self.authorize(write)
             await fn()
         except ApiError as exc:
             self.set_status(exc.code)

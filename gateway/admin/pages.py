@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
-from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from gateway.admin.session import (
@@ -29,6 +28,7 @@ from gateway.admin.session import (
 )
 from gateway.auth import Access, is_cross_site, is_loopback, page_access
 from gateway.limits import MAX_USER_CHARS, control_chars
+from gateway.offload import Busy
 from gateway.resources import resource_dir
 
 if TYPE_CHECKING:
@@ -239,9 +239,13 @@ class LoginHandler(PageHandler):
             return self.render_page("login.html", status=429, next=nxt, user=user,
                                     error=f"Too many failed logins. Try again in {seconds} s.")
         auth = self.sessions.authenticator
-        # PBKDF2 takes a good part of a second: not on the event loop.
-        roles = await IOLoop.current().run_in_executor(None, auth.check, user, password) \
-            if user and not too_long else None
+        # PBKDF2 takes a good part of a second: not on the event loop (gateway.offload).
+        try:
+            roles = await self.gw.passwords.run(auth.check, user, password) if user and not too_long else None
+        except Busy:
+            self.set_header("Retry-After", "1")
+            return self.render_page("login.html", status=503, next=nxt, user=user,
+                                    error="Too many logins at once. Try again in a second.")
         if roles is None:
             n = limiter.failed(user, ip)
             known = user in self.gw.config.auth.users

@@ -401,6 +401,7 @@ class ProxyHandler(LeanHandler):
         # request whose body was still streaming in, which would otherwise wait (and hold its
         # buffered body) forever.
         self._client_gone = True
+        self._body = bytearray()   # a body cut short is never used: free it now
         super().on_connection_close()
 
 
