@@ -28,6 +28,7 @@ from gateway.routing.balancer import Balancer
 from gateway.routing.context import build_context, sql_inputs
 from gateway.routing.sql import SqlFacts
 from gateway.offload import Offload, PasswordChecks
+from gateway.limits import mask_credentials
 from gateway.routing.decision import decide
 from gateway.routing.reload import RulesWatcher
 from gateway.routing.sticky import StickyMap
@@ -432,8 +433,7 @@ def _rules_explicit(config: Config) -> bool:
 
 
 def _redact_url(url: str) -> str:
-    import re
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+    return mask_credentials(url)
 
 
 def make_app(gw: Gateway) -> tornado.web.Application:

@@ -109,3 +109,13 @@ def trim_memory() -> None:
     libc = _glibc()
     if libc:
         libc.malloc_trim(0)
+
+
+# -- credentials in URLs ---------------------------------------------------------------------
+
+_USERINFO = re.compile(r"//([^:/@\s]+):[^@/\s]*@")
+
+
+def mask_credentials(text: str) -> str:
+    """``http://user:secret@host`` → ``http://user:***@host`` wherever it occurs in ``text``."""
+    return _USERINFO.sub(r"//\1:***@", text) if "@" in text else text

@@ -47,6 +47,9 @@ class ApiHandler(RequestHandler):
     def check_xsrf_cookie(self) -> None:
         return None  # API calls carry no cookie session; the admin pages check CSRF themselves
 
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")   # answers carry SQL, users, backend URLs
+
     def compute_etag(self) -> None:  # type: ignore[override]
         return None
 
@@ -70,7 +73,7 @@ class ApiHandler(RequestHandler):
         session must send ``X-CSRF-Token`` on every call other than GET/HEAD.
         """
         from gateway.admin.session import (
-            CSRF_HEADER, SESSION_COOKIE, own_hosts, sessions_for, tokens_equal,
+            CSRF_HEADER, SESSION_COOKIE, host_is_ours, own_hosts, sessions_for, tokens_equal,
         )
         from gateway.auth import is_cross_site
         req = self.request
@@ -98,6 +101,10 @@ class ApiHandler(RequestHandler):
             if write and not is_loopback(req.remote_ip):
                 raise ApiError(403, "No admin users are configured: state changes are accepted "
                                     "only from the gateway's own host (loopback)")
+            if write and not host_is_ours(self.gw, req):
+                raise ApiError(403, f"Host {req.host!r} is not a name of this gateway: with no admin "
+                                    "users configured, state changes must name it by IP address, "
+                                    "localhost, its host name or server.publicUrl")
             return
         roles = None
         ip = req.remote_ip or ""
@@ -355,6 +362,7 @@ class QueriesHandler(ApiHandler):
                 if not sql_visible(r.user, self.user, self.roles, auth_enabled=self.auth.enabled,
                                    show_all=auth.showAllQueries):
                     doc["sql"] = None  # role `user` sees only its own queries' SQL
+                    doc["error"] = None  # error messages quote tables and SQL
                 out.append(doc)
             self.send_json(out)
         await self.run(False, go)

@@ -24,10 +24,10 @@ from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from gateway.admin.session import (
     COOKIE_PATH, CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, FLASH_COOKIE, SESSION_COOKIE, Session,
-    own_hosts, sessions_for, tokens_equal,
+    host_is_ours, own_hosts, sessions_for, tokens_equal,
 )
 from gateway.auth import Access, is_cross_site, is_loopback, page_access
-from gateway.limits import MAX_USER_CHARS, control_chars
+from gateway.limits import MAX_USER_CHARS, control_chars, mask_credentials
 from gateway.offload import Busy
 from gateway.resources import resource_dir
 
@@ -86,6 +86,7 @@ def template_env() -> jinja2.Environment:
         env.filters["time"] = fmt_time
         env.filters["ago"] = fmt_ago
         env.filters["urlquote"] = lambda s: quote(str(s), safe="")
+        env.filters["masked"] = lambda s: mask_credentials(str(s)) if s else s
         env.globals["BASE"] = BASE
         _env = env
     return _env
@@ -126,6 +127,10 @@ class PageHandler(RequestHandler):
                                   is_loopback(self.request.remote_ip))
         if self.request.method not in ("GET", "HEAD"):
             self.check_csrf()
+            if not self.sessions.enabled and not host_is_ours(self.gw, self.request):
+                raise HTTPError(403, reason="Host is not a name of this gateway (with no admin users, "
+                                            "changes must name it by IP address, localhost, its host "
+                                            "name or server.publicUrl)")
         if self.need == "none":
             return
         if not self.access.read:

@@ -17,6 +17,7 @@ CSRF: every state-changing form carries ``_csrf`` and every cookie-authenticated
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -236,6 +237,37 @@ def sessions_for(gw: "Gateway") -> SessionManager:
     if mgr is None:
         mgr = _managers[gw] = SessionManager(gw.config.auth)
     return mgr
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_names() -> tuple[str, ...]:
+    """This machine's names (looked up once: getfqdn may ask DNS)."""
+    import socket
+    return tuple({socket.gethostname().lower(), socket.getfqdn().lower()})
+
+
+def host_is_ours(gw: "Gateway", request: "HTTPServerRequest") -> bool:
+    """Whether the ``Host`` a request names can only be this gateway: an IP address, a
+    ``localhost`` name, this machine's host name, ``server.host`` or the ``publicUrl`` host.
+
+    In the no-users mode a loopback caller may change things; a web page whose name the
+    attacker re-points at 127.0.0.1 (DNS rebinding) is such a caller, with a matching Origin,
+    but its requests name the attacker's host.
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+    host = urlsplit("//" + (request.host or "")).hostname or ""
+    host = host.rstrip(".").lower()
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    cfg = gw.config.server
+    names = {"localhost", cfg.host.lower(), *_machine_names()}
+    if cfg.publicUrl:
+        names.add((urlsplit(cfg.publicUrl).hostname or "").lower())
+    return host in names or host.endswith(".localhost")
 
 
 def own_hosts(gw: "Gateway", request: "HTTPServerRequest") -> set[str]:

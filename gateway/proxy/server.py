@@ -56,13 +56,15 @@ class _Context:
         self.trusted_downstream = trusted
 
     def apply_xheaders(self, headers: HTTPHeaders) -> None:
-        """Tornado's ``_HTTPRequestContext._apply_xheaders``: the client behind a load balancer."""
+        """Tornado's ``_HTTPRequestContext._apply_xheaders``: the client behind a load balancer,
+        as the nearest hop saw it (the last ``X-Forwarded-For`` entry). Unlike Tornado,
+        ``X-Real-IP`` is ignored: a client could send it through a load balancer that appends
+        to ``X-Forwarded-For`` and so pass for loopback (hardening finding 6)."""
         ip = headers.get("X-Forwarded-For", self.remote_ip)
         for cand in reversed(ip.split(",")):
             ip = cand.strip()
             if ip not in self.trusted_downstream:
                 break
-        ip = headers.get("X-Real-Ip", ip)
         if netutil.is_valid_ip(ip):
             self.remote_ip = ip
         proto = headers.get("X-Scheme", headers.get("X-Forwarded-Proto", self.protocol))
@@ -132,6 +134,8 @@ class _Request:
     def write_headers(self, start_line: ResponseStartLine | RequestStartLine, headers: HTTPHeaders,
                       chunk: bytes | None = None) -> "asyncio.Future[None]":
         assert isinstance(start_line, ResponseStartLine)
+        if headers.get("Server", "").startswith("TornadoServer"):
+            del headers["Server"]   # Tornado's default names its version: nothing a client needs
         code = start_line.code
         no_body = self.method == "HEAD" or code in (204, 304) or 100 <= code < 200
         has_length = "Content-Length" in headers

@@ -11,7 +11,7 @@ import pytest
 from gateway import auth as A
 from gateway.admin.session import LoginLimiter
 from gateway.config import AuthConfig, UserConfig
-from gateway.limits import MAX_USER_CHARS
+MAX_USER_CHARS = 256   # gateway.limits.MAX_USER_CHARS
 from tests.conftest import gateway_config, wait_for
 from tests.reliability.helpers import rss_mb, sizes
 from tests.security.support import csrf_session
@@ -62,7 +62,7 @@ def test_an_unknown_user_costs_the_same_hashing_as_a_known_one(monkeypatch):
     assert rounds == [123_456, 123_456]
 
 
-@pytest.mark.parametrize("logins", sizes(12, 40))
+@pytest.mark.parametrize("logins", sizes(6, 40))
 def test_logins_with_20_mb_user_names_leave_no_memory_behind(logins, fresh_clusters, gateway_factory, tmp_path):
     """Before: 40 such logins took the process from 76 MB to ~2 GB, still held a minute later."""
     cfg = gateway_config(tmp_path, fresh_clusters)
