@@ -123,6 +123,8 @@ class GroupConfig:
     maxRunningQueries: int | None = None
     maxQueriesPerUser: int | None = None
     maxQueued: int = 1000
+    maxQueuedPerUser: int = 100        # held statements of one user (anonymous ones count as one user)
+    maxQueuedPerAddress: int = 200     # held statements from one client address
     maxQueueWait: float = 1800.0
 
 
@@ -319,6 +321,9 @@ def config_from_dict(data: Any, src: str = "<dict>") -> Config:
         cfg.groups[gname] = _section(GroupConfig, gdata, src, f"groups.{gname}")
         if cfg.groups[gname].fallback not in ("default", "none"):
             raise ConfigError(f"{src}: groups.{gname}.fallback: expected 'default' or 'none'")
+        for key in ("maxQueued", "maxQueuedPerUser", "maxQueuedPerAddress"):
+            if getattr(cfg.groups[gname], key) < 0:
+                raise ConfigError(f"{src}: groups.{gname}.{key}: cannot be negative")
 
     backends = data.get("backends") or []
     if not isinstance(backends, list):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Iterable
 
 __all__ = ["MAX_USER_CHARS", "MAX_JSON_DEPTH", "cap_user", "loads_json", "control_chars", "utf8"]
 
@@ -119,3 +119,32 @@ _USERINFO = re.compile(r"//([^:/@\s]+):[^@/\s]*@")
 def mask_credentials(text: str) -> str:
     """``http://user:secret@host`` → ``http://user:***@host`` wherever it occurs in ``text``."""
     return _USERINFO.sub(r"//\1:***@", text) if "@" in text else text
+
+
+# -- the gateway queue -----------------------------------------------------------------------
+
+def queue_refusal(held: Iterable[Any], user: str | None, address: str, group: str,
+                  cfg: Any) -> tuple[str, str] | None:
+    """Why a new statement of ``user`` from ``address`` may not join ``group``'s gateway queue,
+    as (the limit's name, the message for the client), or None when it may.
+
+    Statements are held before any cluster authenticates them, so without these caps 1,001
+    anonymous statements filled a group's queue and the next legitimate user got
+    ``QUERY_QUEUE_FULL``. Anonymous statements count as one user. ``held`` are the queued
+    items (``.user``, ``.remote_ip``); counting them costs one pass over at most ``maxQueued``.
+    """
+    per_user, per_address = cfg.maxQueuedPerUser, cfg.maxQueuedPerAddress
+    mine = from_there = 0
+    for h in held:
+        mine += h.user == user
+        from_there += h.remote_ip == address
+    if mine >= per_user:
+        who = f"User '{cap_user(user)}'" if user else "Statements without a user"
+        return ("maxQueuedPerUser", f"{who} already ha{'s' if user else 've'} {mine} queries waiting in "
+                f"the gateway queue of routing group '{group}' (maxQueuedPerUser {per_user}); "
+                "try again when some have run")
+    if from_there >= per_address:
+        return ("maxQueuedPerAddress", f"Client address {address} already has {from_there} queries "
+                f"waiting in the gateway queue of routing group '{group}' (maxQueuedPerAddress "
+                f"{per_address}); try again when some have run")
+    return None
