@@ -68,6 +68,11 @@ class ServerConfig:
     backendConnectTimeout: float = 5.0            # seconds to open a connection to a backend
     backendRequestTimeout: float = 60.0           # seconds for a backend to answer (headers)
     idleConnectionTimeout: float = 300.0          # client connections idle longer are closed
+    headerTimeout: float = 10.0                   # time to send a request head (from connect / first byte)
+    bodyProgressTimeout: float = 30.0             # a request body with no new bytes this long is dropped
+    maxConnections: int | None = None             # client connections per worker; null: descriptor limit - reserve
+    maxConnectionsPerAddress: int = 256           # client connections per worker from one address; 0: no cap
+    reservedDescriptors: int = 128                # kept for backends, the monitor, the store, rules reloads
     shutdownGracePeriod: float = 30.0             # SIGTERM: how long in-flight requests may finish
     xForwardedFor: bool = True                    # add X-Forwarded-For / -Proto / -Host and Via
     trustForwardedHeaders: bool = False           # honour X-Forwarded-Proto/Host from a load balancer
@@ -181,7 +186,8 @@ class Config:
 
 # Keys whose values are durations (seconds internally).
 _DURATION_KEYS = {
-    "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout",
+    "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout", "headerTimeout",
+    "bodyProgressTimeout",
     "shutdownGracePeriod", "historyRetention", "historyFlushInterval", "syncInterval", "stickyTtl",
     "interval", "timeout", "maxQueueWait", "sessionTtl", "clientTimeout",
     "analysisTimeout", "rulesCheckTimeout",
@@ -388,6 +394,15 @@ def _check_values(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: server.backendCaFile: {s.backendCaFile!r} is not a readable file")
     if s.maxBodySize < 1:
         raise ConfigError(f"{src}: server.maxBodySize: must be positive")
+    if s.headerTimeout <= 0:
+        raise ConfigError(f"{src}: server.headerTimeout: must be positive")
+    for key in ("maxConnectionsPerAddress", "reservedDescriptors"):
+        if getattr(s, key) < 0:
+            raise ConfigError(f"{src}: server.{key}: cannot be negative")
+    if s.maxConnections is not None and s.maxConnections < 1:
+        raise ConfigError(f"{src}: server.maxConnections: must be at least 1 (or null: automatic)")
+    if s.publicUrl and _CONTROL.search(s.publicUrl):
+        raise ConfigError(f"{src}: server.publicUrl: control characters are not allowed in a URL")
     if cfg.routing.policy not in _POLICIES:
         raise ConfigError(f"{src}: routing.policy: {cfg.routing.policy!r} is not one of {', '.join(_POLICIES)}")
     validate_name(cfg.routing.defaultGroup, f"{src}: routing.defaultGroup")

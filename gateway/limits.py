@@ -148,3 +148,100 @@ def queue_refusal(held: Iterable[Any], user: str | None, address: str, group: st
                 f"waiting in the gateway queue of routing group '{group}' (maxQueuedPerAddress "
                 f"{per_address}); try again when some have run")
     return None
+
+
+# -- client connections ----------------------------------------------------------------------
+
+def descriptor_limit() -> int | None:
+    """This process's limit of open files, raised to the hard limit first (Linux/Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _open_descriptors() -> int | None:
+    try:
+        import os
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+class ConnectionLimits:
+    """How many client connections one worker process accepts, in all and per client address,
+    keeping ``reserve`` descriptors for everything else (backend connections, the monitor's
+    probes, the store and offload processes, rules reloads).
+
+    400 half-open connections from one client under a 300-descriptor limit once made the
+    gateway unreachable and its monitor mark the backend UNHEALTHY ("too many open files").
+    ``admit`` answers why a new connection is refused (the server sends a 503 and closes it).
+    Below half the descriptor limit it only counts; above, it also counts the process's open
+    descriptors (at most every 0.2 s), since backend connections use them too.
+    """
+
+    def __init__(self, *, max_connections: int | None, per_address: int, reserve: int,
+                 descriptor_limit: int | None, clock: Any = None,
+                 open_descriptors: Any = _open_descriptors) -> None:
+        import time
+        self.max_connections = max_connections or 0
+        self.per_address = per_address
+        self.reserve = reserve
+        self.fd_limit = descriptor_limit
+        self.by_address: dict[str, int] = {}
+        self.open = 0
+        self.refused = 0
+        self._clock = clock or time.monotonic
+        self._fds = open_descriptors
+        self._fds_seen = 0
+        self._fds_at = -1.0
+        self._opened_since = 0
+
+    def _descriptors_short(self) -> bool:
+        limit = self.fd_limit
+        if limit is None:
+            return False
+        if self.open + self.reserve < limit // 2:
+            return False
+        now = self._clock()
+        if now - self._fds_at >= 0.2:
+            seen = self._fds()
+            self._fds_seen = seen if seen is not None else self.open + self.reserve
+            self._fds_at = now
+            self._opened_since = 0
+        return self._fds_seen + self._opened_since + self.reserve >= limit
+
+    def admit(self, address: str) -> str | None:
+        """None (and the connection counted) or why it is refused."""
+        if self.per_address and self.by_address.get(address, 0) >= self.per_address:
+            self.refused += 1
+            return (f"too many connections from {address} (server.maxConnectionsPerAddress "
+                    f"{self.per_address})")
+        if self.max_connections and self.open >= self.max_connections:
+            self.refused += 1
+            return f"too many open connections (server.maxConnections {self.max_connections})"
+        if self._descriptors_short():
+            self.refused += 1
+            return (f"too many open connections for the descriptor limit {self.fd_limit} "
+                    f"(server.reservedDescriptors {self.reserve} are kept for backends, the "
+                    "monitor and the store)")
+        self.open += 1
+        self._opened_since += 1
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        return None
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        n = self.by_address.get(address, 0) - 1
+        if n > 0:
+            self.by_address[address] = n
+        else:
+            self.by_address.pop(address, None)
