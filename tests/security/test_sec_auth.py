@@ -81,3 +81,14 @@ def test_logins_with_20_mb_user_names_leave_no_memory_behind(logins, fresh_clust
     after = rss_mb(gw.proc.pid)
     print(f"MEMORY {logins} logins with 20 MB names in {time.monotonic() - t0:.1f}s: RSS {before:.1f} -> {after:.1f} MB")
     assert after - before <= 20, f"RSS grew {after - before:.0f} MB"
+
+
+def test_the_balancer_cache_never_keeps_huge_user_names():
+    """Bounded caches keyed by client input: ``user-hash`` caches weights per (user, backend)."""
+    from gateway.routing import balancer
+    balancer._weight.cache_clear()
+    w1 = balancer.rendezvous_weight("u" * 60_000, "b1")
+    assert balancer._weight.cache_info().currsize == 0
+    assert w1 == balancer.rendezvous_weight("u" * 60_000, "b1")   # same weight, computed again
+    balancer.rendezvous_weight("ann", "b1")
+    assert balancer._weight.cache_info().currsize == 1
