@@ -176,6 +176,9 @@ class Offload:
                      "SQL facts unknown", len(sql), exc)
             return UNKNOWN_FACTS, (f"SQL analysis ran out of its {budget:g}s budget: "
                                    f"routed with SQL facts unknown")
+        except Exception as exc:   # noqa: BLE001 - a routing fact must never stop routing
+            log.warning("SQL analysis failed in the offload process: %s", exc)
+            return UNKNOWN_FACTS, "SQL analysis failed: routed with SQL facts unknown"
         sqlmod.remember(sql, catalog, schema, prepared, facts)
         return facts, None
 

@@ -50,6 +50,8 @@ async def offloaded(gw: "Gateway", task: str, *args: Any) -> dict[str, Any]:
     except OverBudget:
         raise ApiError(422, f"Checking these rules took longer than {budget:g}s "
                             "(routing.rulesCheckTimeout); simplify the conditions") from None
+    except RuntimeError as exc:   # an unexpected failure in the offload process, with its reason
+        raise ApiError(500, f"Checking the rules failed: {exc}") from None
     if "error" in result and result.get("check") is None:
         raise ApiError(result["code"], result["error"])
     return result
