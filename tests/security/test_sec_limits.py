@@ -62,7 +62,7 @@ def test_connection_limits_per_address_total_and_descriptors():
     lim = ConnectionLimits(max_connections=None, per_address=0, reserve=20, descriptor_limit=100,
                            clock=lambda: t[0], open_descriptors=lambda: fds[0])
     fds[0] = 1000   # would refuse if asked
-    assert all(lim.admit("a") is None for _ in range(29))   # 29 + 20 < 50: not asked
+    assert all(lim.admit("a") is None for _ in range(30))   # open + reserve < 50: not asked
     fds[0] = 75     # counted once per 0.2 s; connections opened since are added to it
     assert [lim.admit("a") for _ in range(5)] == [None] * 5    # 75 + 4 + 20 < 100
     assert "descriptor limit 100" in lim.admit("a")            # 75 + 5 + 20 = 100
