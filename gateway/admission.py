@@ -31,6 +31,7 @@ from gateway.admission_queue import FairQueue
 from gateway.backends import Backend
 from gateway.lifecycle import Started
 from gateway.proxy import exchange as X
+from gateway.limits import queue_refusal
 from gateway.proxy.client import BackendError, BufferSink
 
 if TYPE_CHECKING:
@@ -197,6 +198,11 @@ class Admission:
         assert group is not None
         cfg = self.gw.config.group(group)
         queue = self.queues.setdefault(group, FairQueue())
+        refusal = queue_refusal(queue, route.user, remote_ip, group, cfg)   # per user / address
+        if refusal is not None:
+            self.rejected += 1
+            self.gw.metrics.admission_rejected.labels(group, refusal[0]).inc()
+            return P.failed_query(refusal[1], gateway_base=base, error_name="QUERY_QUEUE_FULL")
         if len(queue) >= cfg.maxQueued:
             self.rejected += 1
             self.gw.metrics.admission_rejected.labels(group, "maxQueued").inc()

@@ -26,6 +26,10 @@ from gateway.proxy.client import BackendClient, BackendError
 from gateway.proxy.forward import Forwarder
 from gateway.routing.balancer import Balancer
 from gateway.routing.owners import BackendProbe, OwnerLookup
+from gateway.routing.context import sql_inputs
+from gateway.routing.sql import SqlFacts
+from gateway.offload import Offload, PasswordChecks
+from gateway.limits import mask_credentials
 from gateway.routing.reload import RulesWatcher
 from gateway.routing.router import Route, Router
 from gateway.routing.sticky import StickyMap
@@ -95,6 +99,8 @@ class Gateway:
             force_instance=True, max_clients=256, defaults={"ssl_options": backend_tls})
         self.monitor = Monitor(self.registry, config.monitor, self._monitor_http)
         self.admission = Admission(self)
+        self.offload = Offload()              # SQL analysis and rules checks, with a time budget
+        self.passwords = PasswordChecks()     # PBKDF2 off the event loop
         self.monitor.on_round(lambda *_: self.admission.monitor_round())
         self.lifecycle.on_started(self._record_started)
         self.lifecycle.on_seen(self._query_seen)
@@ -148,6 +154,7 @@ class Gateway:
         cfg = self.config
         self.store = await open_async_store(cfg)
         await self._shared_secrets()
+        self.offload.start()
         for b in cfg.backends:  # the seed list: inserted once, then the API owns them
             try:
                 await self.store.call("add_backend", Backend(
@@ -194,6 +201,8 @@ class Gateway:
         if self.store is not None:
             await self.store.close()
         self.client.close()
+        await self.offload.close()
+        self.passwords.close()
         if self._monitor_http is not None:
             self._monitor_http.close()
 
@@ -260,6 +269,25 @@ class Gateway:
     def groups_with_backends(self) -> set[str]:
         return self.router.groups_with_backends()
 
+    async def sql_facts(self, headers: HTTPHeaders, body: bytes) -> tuple[SqlFacts, str | None]:
+        """SQL facts of a statement, computed off the event loop within ``routing.analysisTimeout``;
+        the note says why they are unknown when the budget ran out."""
+        sql, catalog, schema, prepared = sql_inputs(headers, body, self.config.routing.maxSqlBytes)
+        return await self.offload.sql_facts(sql, catalog, schema, prepared,
+                                            budget=self.config.routing.analysisTimeout)
+
+    async def route_statement(self, headers: HTTPHeaders, body: bytes, remote_ip: str, **kw: Any) -> Route:
+        """``route`` for a new statement, with its SQL facts (when the rules use them) from
+        ``sql_facts``: the event loop never parses a large statement."""
+        ruleset = self.rules.current
+        if ruleset is None or not ruleset.uses_sql:
+            return self.router.route(headers, body, remote_ip, **kw)
+        t0 = time.perf_counter()
+        facts, note = await self.sql_facts(headers, body)
+        route = self.router.route(headers, body, remote_ip, facts=facts, note=note, **kw)
+        route.decision_seconds = time.perf_counter() - t0
+        return route
+
     def route(self, headers: HTTPHeaders, body: bytes, remote_ip: str, **kw: Any) -> Route:
         return self.router.route(headers, body, remote_ip, **kw)
 
@@ -282,7 +310,7 @@ class Gateway:
             self.writer.add(HistoryRow(
                 query_id=qid, user=route.user, source=ctx.get("source"),
                 client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
-                routing_group=backend.routingGroup, backend=backend.name, rule=route.rule,
+                routing_group=backend.routingGroup, backend=backend.name, rule=route.history_rule,
                 submitted_at=ev.submitted_at, queued_ms=ev.queued_ms))
         if ev.queued_ms is not None or not route_log.isEnabledFor(logging.INFO):
             return
@@ -315,7 +343,7 @@ class Gateway:
             query_id=query_id, user=route.user if route is not None else None,
             source=ctx.get("source"), client_tags=tuple(ctx.get("clientTags") or ()),
             sql=ctx.get("query"), routing_group=route.group if route is not None else None,
-            backend=None, rule=route.rule if route is not None else None,
+            backend=None, rule=route.history_rule if route is not None else None,
             submitted_at=submitted_at if submitted_at is not None else now,
             final_state=state, error=message, finished_at=now))
 
@@ -384,8 +412,7 @@ class Gateway:
 
 
 def _redact_url(url: str) -> str:
-    import re
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+    return mask_credentials(url)
 
 
 def make_app(gw: Gateway) -> tornado.web.Application:

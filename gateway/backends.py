@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from gateway.limits import mask_credentials
+
 
 class Health(str, enum.Enum):
     PENDING = "PENDING"
@@ -33,11 +35,12 @@ class Backend:
         return self.externalUrl or self.proxyTo
 
     def to_json(self) -> dict[str, Any]:
-        """The trino-gateway-compatible JSON shape of a backend."""
+        """The trino-gateway-compatible JSON shape of a backend, with any password in its URLs
+        masked (``/api/public/backends`` needs no login)."""
         return {
             "name": self.name,
-            "proxyTo": self.proxyTo,
-            "externalUrl": self.external_url,
+            "proxyTo": mask_credentials(self.proxyTo),
+            "externalUrl": mask_credentials(self.external_url),
             "routingGroup": self.routingGroup,
             "active": self.active,
         }
@@ -80,7 +83,7 @@ class BackendState:
             "workers": self.workers,
             "userQueued": dict(self.user_queued),
             "lastProbe": self.last_probe,
-            "error": self.error,
+            "error": mask_credentials(self.error) if self.error else self.error,
         }
 
 

@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV = re.compile(r"\$\{ENV:([A-Za-z_][A-Za-z0-9_]*)\}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DEFAULT_GROUP_FALLBACK = "default"
 
@@ -67,6 +68,11 @@ class ServerConfig:
     backendConnectTimeout: float = 5.0            # seconds to open a connection to a backend
     backendRequestTimeout: float = 60.0           # seconds for a backend to answer (headers)
     idleConnectionTimeout: float = 300.0          # client connections idle longer are closed
+    headerTimeout: float = 10.0                   # time to send a request head (from connect / first byte)
+    bodyProgressTimeout: float = 30.0             # a request body with no new bytes this long is dropped
+    maxConnections: int | None = None             # client connections per worker; null: descriptor limit - reserve
+    maxConnectionsPerAddress: int = 256           # client connections per worker from one address; 0: no cap
+    reservedDescriptors: int = 128                # kept for backends, the monitor, the store, rules reloads
     shutdownGracePeriod: float = 30.0             # SIGTERM: how long in-flight requests may finish
     xForwardedFor: bool = True                    # add X-Forwarded-For / -Proto / -Host and Via
     trustForwardedHeaders: bool = False           # honour X-Forwarded-Proto/Host from a load balancer
@@ -99,6 +105,8 @@ class RoutingConfig:
     allowGroupHeader: bool = True
     rules: list[str] = field(default_factory=lambda: ["rules/"])
     maxSqlBytes: int = 1024 * 1024     # body bytes read for SQL analysis
+    analysisTimeout: float = 1.0        # SQL analysis of one statement (off the loop); beyond: facts unknown
+    rulesCheckTimeout: float = 10.0     # a rules check or save through the API or the rules page
     stickyTtl: float = 86400.0          # how long query/transaction/spool ids stay pinned
     cookieSecret: str | None = None     # signs the OAuth2 callback routing cookie; default: kept in the store
     tokenKey: str | None = None         # signs routing tokens in URIs; default: created once, kept in the store
@@ -125,6 +133,8 @@ class GroupConfig:
     maxRunningQueries: int | None = None
     maxQueriesPerUser: int | None = None
     maxQueued: int = 1000
+    maxQueuedPerUser: int = 100        # held statements of one user (anonymous ones count as one user)
+    maxQueuedPerAddress: int = 200     # held statements from one client address
     maxQueueWait: float = 1800.0
 
 
@@ -184,10 +194,12 @@ class Config:
 
 # Keys whose values are durations (seconds internally).
 _DURATION_KEYS = {
-    "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout",
+    "backendConnectTimeout", "backendRequestTimeout", "idleConnectionTimeout", "headerTimeout",
+    "bodyProgressTimeout",
     "shutdownGracePeriod", "historyRetention", "historyFlushInterval", "syncInterval", "stickyTtl",
     "interval", "timeout", "maxQueueWait", "sessionTtl", "clientTimeout",
     "metricsInterval", "metricsRetention", "resolveAfter",
+    "analysisTimeout", "rulesCheckTimeout",
 }
 _POLICIES = ("least-queued", "round-robin", "random", "user-hash")
 _MONITORS = ("info-api", "ui-api", "metrics", "noop")
@@ -274,7 +286,13 @@ _NESTED: dict[str, Any] = {"TlsConfig": TlsConfig}
 
 
 def validate_url(url: str, where: str) -> str:
-    parts = urlsplit(url)
+    if _CONTROL.search(url):
+        # urlsplit drops CR/LF/TAB silently; stored, they broke log lines and every probe
+        raise ConfigError(f"{where}: control characters (CR, LF, NUL ...) are not allowed in a URL, got {url!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:   # e.g. "http://[::1" (unbalanced IPv6 brackets)
+        raise ConfigError(f"{where}: not a valid URL ({exc}): {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}: expected an http:// or https:// URL, got {url!r}")
     try:
@@ -328,6 +346,9 @@ def config_from_dict(data: Any, src: str = "<dict>", base_dir: str | None = None
         cfg.groups[gname] = _section(GroupConfig, gdata, src, f"groups.{gname}")
         if cfg.groups[gname].fallback not in ("default", "none"):
             raise ConfigError(f"{src}: groups.{gname}.fallback: expected 'default' or 'none'")
+        for key in ("maxQueued", "maxQueuedPerUser", "maxQueuedPerAddress"):
+            if getattr(cfg.groups[gname], key) < 0:
+                raise ConfigError(f"{src}: groups.{gname}.{key}: cannot be negative")
 
     backends = data.get("backends") or []
     if not isinstance(backends, list):
@@ -354,11 +375,21 @@ def config_from_dict(data: Any, src: str = "<dict>", base_dir: str | None = None
     cfg.auth = _section(AuthConfig, auth_rest, src, "auth")
     if not isinstance(users, dict):
         raise ConfigError(f"{src}: auth.users: expected a mapping of user name to settings")
+    from gateway.auth import password_hash_problem   # auth imports this module
+    from gateway.limits import MAX_USER_CHARS
     for uname, udata in users.items():
         u = _section(UserConfig, udata, src, f"auth.users.{uname}")
+        if not isinstance(uname, str) or not uname or len(uname) > MAX_USER_CHARS \
+                or ":" in uname or _CONTROL.search(uname):
+            raise ConfigError(f"{src}: auth.users: {uname!r} is not a user name (1-{MAX_USER_CHARS} "
+                              "characters, no ':' and no control characters)")
         for role in u.roles:
             if role not in ("admin", "user", "api"):
                 raise ConfigError(f"{src}: auth.users.{uname}.roles: unknown role {role!r} (admin, user, api)")
+        problem = password_hash_problem(u.password)
+        if problem:
+            raise ConfigError(f"{src}: auth.users.{uname}.password: {problem}; put the hash printed by "
+                              "`trino-gateway hash-password` here, never the password itself")
         cfg.auth.users[str(uname)] = u
 
     cfg.rules_configured = isinstance(data.get("routing"), dict) and "rules" in data["routing"]
@@ -431,6 +462,15 @@ def _check_values(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: server.backendCaFile: {s.backendCaFile!r} is not a readable file")
     if s.maxBodySize < 1:
         raise ConfigError(f"{src}: server.maxBodySize: must be positive")
+    if s.headerTimeout <= 0:
+        raise ConfigError(f"{src}: server.headerTimeout: must be positive")
+    for key in ("maxConnectionsPerAddress", "reservedDescriptors"):
+        if getattr(s, key) < 0:
+            raise ConfigError(f"{src}: server.{key}: cannot be negative")
+    if s.maxConnections is not None and s.maxConnections < 1:
+        raise ConfigError(f"{src}: server.maxConnections: must be at least 1 (or null: automatic)")
+    if s.publicUrl and _CONTROL.search(s.publicUrl):
+        raise ConfigError(f"{src}: server.publicUrl: control characters are not allowed in a URL")
     if cfg.routing.policy not in _POLICIES:
         raise ConfigError(f"{src}: routing.policy: {cfg.routing.policy!r} is not one of {', '.join(_POLICIES)}")
     validate_name(cfg.routing.defaultGroup, f"{src}: routing.defaultGroup")

@@ -432,6 +432,7 @@ def new_query_id(now: float | None = None) -> str:
 
 # (name, code, type) of the errors the gateway raises on a statement, from Trino's codes.
 ERRORS = {
+    "SYNTAX_ERROR": (1, "USER_ERROR"),
     "ABANDONED_QUERY": (2, "USER_ERROR"),
     "USER_CANCELED": (3, "USER_ERROR"),
     "PERMISSION_DENIED": (4, "USER_ERROR"),

@@ -34,6 +34,7 @@ from gateway.proxy.server import HTTPServer  # Tornado's interface, faster HTTP/
 from tornado.netutil import bind_sockets
 
 from gateway.config import Config, ConfigError, ServerConfig, load_config
+from gateway.limits import ConnectionLimits, bound_allocator, descriptor_limit
 from gateway.logs import setup_logging
 
 log = logging.getLogger("gateway.server")
@@ -207,6 +208,7 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
                       ready_callback: Any,
                       worker: int = 0) -> int:
     from gateway.app import Gateway, make_app  # after prepare_workers (metrics mode)
+    bound_allocator()   # large request bodies are given back to the system when freed
     gw = Gateway(config)
     try:
         await gw.start()
@@ -216,8 +218,12 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
     app = make_app(gw)
     s = config.server
     sockets, tls_sockets = socket_sets
+    limits = ConnectionLimits(max_connections=s.maxConnections, per_address=s.maxConnectionsPerAddress,
+                              reserve=s.reservedDescriptors, descriptor_limit=descriptor_limit())
     opts = dict(xheaders=s.trustForwardedHeaders, idle_connection_timeout=s.idleConnectionTimeout,
-                max_body_size=s.maxBodySize + 1, body_timeout=s.backendRequestTimeout)
+                max_body_size=s.maxBodySize + 1, body_timeout=s.backendRequestTimeout,
+                header_timeout=s.headerTimeout, body_progress_timeout=s.bodyProgressTimeout,
+                limits=limits)
     servers = []
     if s.tls.certFile and not tls_sockets:  # HTTPS only, on server.port
         servers.append(HTTPServer(app, ssl_options=tls_context(config), **opts))

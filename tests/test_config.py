@@ -146,6 +146,8 @@ def test_configuration_doc_lists_every_key_with_its_default():
 def test_the_docs_complete_example_loads(monkeypatch):
     monkeypatch.setenv("GATEWAY_DB_PASSWORD", "x")
     monkeypatch.setenv("GATEWAY_SESSION_SECRET", "y")
+    from gateway.auth import hash_password
+    monkeypatch.setenv("GATEWAY_OPS_PASSWORD_HASH", hash_password("z", iterations=1000))
     example = DOC.read_text().split("## A complete example", 1)[1]
     text = re.search(r"```yaml\n(.*?)```", example, re.DOTALL).group(1)
     cfg = C.config_from_dict(yaml.safe_load(text), "example")
@@ -189,3 +191,25 @@ def test_a_configured_path_that_does_not_exist_is_a_start_error(tmp_path):
     cfg = C.load_config(_write(tmp_path, "server:\n  tls: {certFile: c.pem, keyFile: k.pem}\n"))
     with pytest.raises(C.ConfigError, match="server.tls.certFile: .*c.pem' does not exist"):
         C.require_paths(cfg)
+
+
+@pytest.mark.parametrize("password, why", [
+    ("hunter2", "not a pbkdf2_sha256$ITERATIONS$SALT$DIGEST hash"),                # plaintext
+    ("pbkdf2_sha256$260000$...", "not a pbkdf2_sha256$ITERATIONS$SALT$DIGEST hash"),  # the docs' placeholder
+    ("<hash from trino-gateway hash-password>", "not a pbkdf2"),
+    ("pbkdf2_sha256$lots$abc$" + "A" * 44, "iteration count"),
+    ("pbkdf2_sha256$1000$abc$not-base64!", "digest"),
+    ("pbkdf2_sha256$1000$abc$" + "QUJD", "digest"),                                 # base64, too short
+])
+def test_a_malformed_password_hash_is_refused_at_start_with_the_key_named(password, why):
+    """Hardening finding 10 (issue 16 item 6): it loaded silently and every login then failed."""
+    with pytest.raises(C.ConfigError) as err:
+        C.config_from_dict({"auth": {"users": {"ops": {"password": password, "roles": ["admin"]}}}}, "gw.yaml")
+    assert "gw.yaml: auth.users.ops.password" in str(err.value) and why in str(err.value)
+    assert password not in str(err.value) or password.startswith("pbkdf2")   # a plaintext password is not echoed
+
+
+def test_a_real_password_hash_loads():
+    from gateway.auth import hash_password
+    cfg = C.config_from_dict({"auth": {"users": {"ops": {"password": hash_password("pw", iterations=1000)}}}})
+    assert "ops" in cfg.auth.users

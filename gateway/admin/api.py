@@ -11,7 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, HTTPInputError
 from tornado.web import RequestHandler
 
 from gateway.admin import backend_ops
@@ -19,6 +19,8 @@ from gateway.admin.errors import ApiError
 from gateway.auth import Authenticator, is_loopback, parse_basic, sql_visible
 from gateway.backends import Backend
 from gateway.config import ConfigError, validate_name, validate_url
+from gateway.limits import control_chars, loads_json
+from gateway.offload import Busy
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -43,6 +45,9 @@ class ApiHandler(RequestHandler):
     def check_xsrf_cookie(self) -> None:
         return None  # API calls carry no cookie session; the admin pages check CSRF themselves
 
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")   # answers carry SQL, users, backend URLs
+
     def compute_etag(self) -> None:  # type: ignore[override]
         return None
 
@@ -57,7 +62,7 @@ class ApiHandler(RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message}))
 
-    def authorize(self, write: bool) -> None:
+    async def authorize(self, write: bool) -> None:
         """Who may call: HTTP Basic, or a logged-in admin page session with its CSRF token.
 
         Writes need role admin/api (or, with no users configured, a loopback caller) and are
@@ -66,7 +71,7 @@ class ApiHandler(RequestHandler):
         session must send ``X-CSRF-Token`` on every call other than GET/HEAD.
         """
         from gateway.admin.session import (
-            CSRF_HEADER, SESSION_COOKIE, own_hosts, sessions_for, tokens_equal,
+            CSRF_HEADER, SESSION_COOKIE, host_is_ours, own_hosts, sessions_for, tokens_equal,
         )
         from gateway.auth import is_cross_site
         req = self.request
@@ -94,6 +99,10 @@ class ApiHandler(RequestHandler):
             if write and not is_loopback(req.remote_ip):
                 raise ApiError(403, "No admin users are configured: state changes are accepted "
                                     "only from the gateway's own host (loopback)")
+            if write and not host_is_ours(self.gw, req):
+                raise ApiError(403, f"Host {req.host!r} is not a name of this gateway: with no admin "
+                                    "users configured, state changes must name it by IP address, "
+                                    "localhost, its host name or server.publicUrl")
             return
         roles = None
         ip = req.remote_ip or ""
@@ -102,7 +111,11 @@ class ApiHandler(RequestHandler):
             if wait > 0:
                 self.set_header("Retry-After", str(max(1, int(wait + 0.999))))
                 raise ApiError(429, "Too many failed logins; try again later")
-            roles = self.auth.check(*creds)
+            try:   # PBKDF2 on a thread: 40 wrong passwords cost the event loop ~4 s before
+                roles = await self.gw.passwords.run(self.auth.check, *creds)
+            except Busy:
+                self.set_header("Retry-After", "1")
+                raise ApiError(503, "Too many password checks at once; try again in a second") from None
             if roles is None:
                 sessions.limiter.failed(creds[0], ip)
                 log.warning("API authentication failed for %s from %s",
@@ -117,7 +130,7 @@ class ApiHandler(RequestHandler):
 
     async def run(self, write: bool, fn: Callable[[], Awaitable[Any]]) -> None:
         try:
-            self.authorize(write)
+            await self.authorize(write)
             await fn()
         except ApiError as exc:
             self.set_status(exc.code)
@@ -126,7 +139,7 @@ class ApiHandler(RequestHandler):
 
     def json_body(self) -> Any:
         try:
-            return json.loads(self.request.body or b"null")
+            return loads_json(self.request.body or b"null")
         except ValueError as exc:
             raise ApiError(400, f"Body is not valid JSON: {exc}") from None
 
@@ -146,7 +159,8 @@ def parse_backend(data: Any, default_group: str) -> Backend:
         proxy_to = validate_url(data["proxyTo"], "proxyTo")
         external = data.get("externalUrl")
         if external is not None:
-            if not isinstance(external, str) or not external.startswith(("http://", "https://")):
+            if not isinstance(external, str) or not external.startswith(("http://", "https://")) \
+                    or control_chars(external):
                 raise ConfigError(f"externalUrl: expected an http(s) URL, got {external!r}")
             external = external.rstrip("/")
         group = data.get("routingGroup") or default_group
@@ -191,7 +205,7 @@ def _name_from_body(body: bytes) -> str:
     text = (body or b"").decode("utf-8", "replace").strip()
     if text.startswith(("{", '"')):
         try:
-            data = json.loads(text)
+            data = loads_json(text)
         except ValueError:
             raise ApiError(400, "Body must be the backend's name (text or JSON)") from None
         text = data.get("name") if isinstance(data, dict) else data
@@ -262,7 +276,7 @@ def rules_json(gw: "Gateway") -> dict[str, Any]:
     return doc
 
 
-def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
+async def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
     """What routing would do for a described request, without sending anything."""
     if not isinstance(data, dict):
         raise ApiError(400, "Body must be a JSON object")
@@ -275,7 +289,10 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
     if not isinstance(extra, dict):
         raise ApiError(400, "headers must be an object of name to value")
     for k, v in extra.items():
-        headers.add(str(k), str(v))
+        try:
+            headers.add(str(k), str(v))
+        except HTTPInputError as exc:   # a header name no HTTP request could carry
+            raise ApiError(400, f"headers: {exc}") from None
     for key, header in (("user", "X-Trino-User"), ("source", "X-Trino-Source"),
                         ("catalog", "X-Trino-Catalog"), ("schema", "X-Trino-Schema"),
                         ("clientInfo", "X-Trino-Client-Info")):
@@ -292,9 +309,11 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
     if not isinstance(query, str):
         raise ApiError(400, "query must be a string")
     t0 = time.perf_counter()
+    body = query.encode("utf-8", "replace")   # lone surrogates from JSON escapes
+    facts, note = await gw.sql_facts(headers, body)   # off the event loop, within its budget
     # dry_run: what a real statement would get, without moving the live balancer on
-    route = gw.router.route(headers, query.encode(), remote_ip, dry_run=True)
-    ctx = gw.router.context(headers, query.encode(), remote_ip, analyze_sql=True)
+    route = gw.router.route(headers, body, remote_ip, dry_run=True, facts=facts, note=note)
+    ctx = gw.router.context(headers, body, remote_ip, analyze_sql=True, facts=facts)
     decision = gw.router.decide(ctx, explain=True)
     return {
         "routingGroup": route.group,
@@ -302,6 +321,7 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
         "reject": route.reject,
         "backend": route.backends[0].name if route.backends else None,
         "reason": route.reason,
+        "sqlFacts": note or "analysed",
         "queuePriority": route.queue_priority,
         "trace": list(decision.trace),
         "context": {k: (list(v) if isinstance(v, (tuple, frozenset, set)) else v)
@@ -313,7 +333,7 @@ def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
 class ExplainHandler(ApiHandler):
     async def post(self) -> None:
         async def go() -> None:
-            self.send_json(explain(self.gw, self.json_body(), self.request.remote_ip or ""))
+            self.send_json(await explain(self.gw, self.json_body(), self.request.remote_ip or ""))
         await self.run(False, go)
 
 
@@ -342,6 +362,7 @@ class QueriesHandler(ApiHandler):
                 if not sql_visible(r.user, self.user, self.roles, auth_enabled=self.auth.enabled,
                                    show_all=auth.showAllQueries):
                     doc["sql"] = None  # role `user` sees only its own queries' SQL
+                    doc["error"] = None  # error messages quote tables and SQL
                 out.append(doc)
             self.send_json(out)
         await self.run(False, go)

@@ -16,9 +16,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from gateway.admin.api import ApiError, ApiHandler
-from gateway.admin.rules_files import (
-    RulesFileError, check_rules_file, file_version, read_rules_file, save_rules_file,
-)
+from gateway.admin.rules_files import RulesFileError, file_version, read_rules_file
+from gateway.offload import OverBudget
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -42,16 +41,28 @@ def _body(handler: ApiHandler) -> dict[str, Any]:
     return data
 
 
+async def offloaded(gw: "Gateway", task: str, *args: Any) -> dict[str, Any]:
+    """A rules check or save in the offload process (rule-engine compiles conditions in pure
+    Python: an 800 KB condition took 15 s), within ``routing.rulesCheckTimeout``."""
+    budget = gw.config.routing.rulesCheckTimeout
+    try:
+        result = await gw.offload.run(task, list(gw.rules.paths), *args, budget=budget)
+    except OverBudget:
+        raise ApiError(422, f"Checking these rules took longer than {budget:g}s "
+                            "(routing.rulesCheckTimeout); simplify the conditions") from None
+    except RuntimeError as exc:   # an unexpected failure in the offload process, with its reason
+        raise ApiError(500, f"Checking the rules failed: {exc}") from None
+    if "error" in result and result.get("check") is None:
+        raise ApiError(result["code"], result["error"])
+    return result
+
+
 class RulesCheckHandler(ApiHandler):
     async def post(self) -> None:
         async def go() -> None:
             data = _body(self)
-            try:
-                result = check_rules_file(self.gw.rules.paths, data.get("file"), data.get("content"),
-                                          missing_ok=self.gw.rules.missing_ok)
-            except RulesFileError as exc:
-                raise ApiError(exc.code, str(exc)) from None
-            self.send_json(result.to_json())
+            self.send_json(await offloaded(self.gw, "rules_check", data.get("file"), data.get("content"),
+                                           self.gw.rules.missing_ok))
         await self.run(False, go)
 
 
@@ -72,21 +83,15 @@ class RulesFileHandler(ApiHandler):
             base = data.get("baseVersion")
             if base is not None and not isinstance(base, str):
                 raise ApiError(400, "baseVersion must be the fileVersion the edit started from, or null")
-            try:
-                result = save_rules_file(self.gw.rules.paths, data.get("file"), data.get("content"),
-                                         base_version=base, check_base="baseVersion" in data,
-                                         missing_ok=self.gw.rules.missing_ok)
-            except RulesFileError as exc:
-                if exc.code == 422:
-                    result = check_rules_file(self.gw.rules.paths, data.get("file"), data.get("content"),
-                                              missing_ok=self.gw.rules.missing_ok)
-                    return self.send_json({"error": str(exc), **result.to_json()}, status=422)
-                raise ApiError(exc.code, str(exc)) from None
-            log.info("rules file %s saved by %s (ruleset version %s when reloaded)", result.file,
-                     getattr(self, "user", None) or self.request.remote_ip, result.version)
+            result = await offloaded(self.gw, "rules_save", data.get("file"), data.get("content"),
+                                     base, "baseVersion" in data, self.gw.rules.missing_ok)
+            if "error" in result:   # 422: the problems of the check come along
+                return self.send_json({"error": result["error"], **result["check"]}, status=422)
+            log.info("rules file %s saved by %s (ruleset version %s when reloaded)", result["file"],
+                     getattr(self, "user", None) or self.request.remote_ip, result["version"])
             self.gw.rules.trigger()   # the watcher would notice anyway; this saves the poll delay
-            _, saved = read_rules_file(self.gw.rules.paths, result.file)
-            self.send_json({**result.to_json(), "fileVersion": file_version(saved)})
+            _, saved = read_rules_file(self.gw.rules.paths, result["file"])
+            self.send_json({**result, "fileVersion": file_version(saved)})
         await self.run(True, go)
 
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from gateway.admin.errors import ApiError
 from gateway.backends import Backend
+from gateway.config import ConfigError, validate_name
+from gateway.limits import mask_credentials
 from gateway.store.base import DuplicateBackend
 
 if TYPE_CHECKING:
@@ -32,15 +34,37 @@ async def add_backend(gw: "Gateway", b: Backend, who: str) -> None:
 async def update_backend(gw: "Gateway", b: Backend, who: str, *, insert_missing: bool) -> None:
     """trino-gateway's update inserts a missing backend; the page refuses (it was deleted)."""
     assert gw.store is not None
-    if not insert_missing and gw.registry.get(b.name) is None:
+    current = gw.registry.get(b.name)
+    if not insert_missing and current is None:
         raise ApiError(404, f"Backend {b.name!r} does not exist (it may have been deleted)")
+    if current is not None:   # a URL sent back as shown (password masked) keeps its password
+        b = _keep_password(b, current)
     await gw.store.call("upsert_backend", b)
     gw.registry.put(b)
     log.info("backend %s updated by %s: %s group=%s active=%s", b.name, who, b.proxyTo, b.routingGroup, b.active)
 
 
+def _known_name(name: str) -> str:
+    """A name no backend can have (control characters, lone surrogates, ...) is simply
+    unknown: it must not reach the store, whose encoders would raise."""
+    try:
+        return validate_name(name, "name")
+    except ConfigError:
+        raise ApiError(404, f"Backend {name!r} does not exist") from None
+
+
+def _keep_password(b: Backend, current: Backend) -> Backend:
+    proxy_to, external = b.proxyTo, b.externalUrl
+    if ":***@" in proxy_to and proxy_to == mask_credentials(current.proxyTo):
+        proxy_to = current.proxyTo
+    if external and ":***@" in external and external == mask_credentials(current.externalUrl or ""):
+        external = current.externalUrl
+    return Backend(b.name, proxy_to, external, b.routingGroup, b.active)
+
+
 async def delete_backend(gw: "Gateway", name: str, who: str) -> None:
     assert gw.store is not None
+    _known_name(name)
     if not await gw.store.call("delete_backend", name):
         raise ApiError(404, f"Backend {name!r} does not exist")
     gw.registry.remove(name)
@@ -50,6 +74,7 @@ async def delete_backend(gw: "Gateway", name: str, who: str) -> None:
 async def set_active(gw: "Gateway", name: str, active: bool, who: str) -> Backend:
     """Activate, or deactivate (drain: no new queries; running ones finish where they are)."""
     assert gw.store is not None
+    _known_name(name)
     current = gw.registry.get(name)
     if current is None or not await gw.store.call("set_backend_active", name, active):
         raise ApiError(404, f"Backend {name!r} does not exist")

@@ -26,9 +26,11 @@ from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from gateway.admin.session import (
     COOKIE_PATH, CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, FLASH_COOKIE, SESSION_COOKIE, Session,
-    own_hosts, sessions_for, tokens_equal,
+    host_is_ours, own_hosts, sessions_for, tokens_equal,
 )
 from gateway.auth import Access, is_cross_site, is_loopback, page_access
+from gateway.limits import MAX_USER_CHARS, control_chars, mask_credentials
+from gateway.offload import Busy
 from gateway.resources import resource_dir
 
 if TYPE_CHECKING:
@@ -104,6 +106,7 @@ def template_env() -> jinja2.Environment:
         env.filters["ts"] = time_tag
         env.filters["count_or_unknown"] = count_or_unknown
         env.filters["urlquote"] = lambda s: quote(str(s), safe="")
+        env.filters["masked"] = lambda s: mask_credentials(str(s)) if s else s
         env.globals["BASE"] = BASE
         _env = env
     return _env
@@ -114,7 +117,8 @@ def safe_next(target: str | None) -> str:
     if not target:
         return BASE + "/"
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith(BASE + "/") or "\\" in target:
+    if parts.scheme or parts.netloc or not parts.path.startswith(BASE + "/") or "\\" in target \
+            or control_chars(target):
         return BASE + "/"
     return target
 
@@ -143,6 +147,10 @@ class PageHandler(RequestHandler):
                                   is_loopback(self.request.remote_ip))
         if self.request.method not in ("GET", "HEAD"):
             self.check_csrf()
+            if not self.sessions.enabled and not host_is_ours(self.gw, self.request):
+                raise HTTPError(403, reason="Host is not a name of this gateway (with no admin users, "
+                                            "changes must name it by IP address, localhost, its host "
+                                            "name or server.publicUrl)")
         if self.need == "none":
             return
         if not self.access.read:
@@ -252,6 +260,8 @@ class LoginHandler(PageHandler):
 
     async def post(self) -> None:
         user = self.get_body_argument("user", "").strip()
+        too_long = len(user) > MAX_USER_CHARS   # no configured user has such a name
+        user = user[:MAX_USER_CHARS]
         password = self.get_body_argument("password", "", strip=False)
         nxt = safe_next(self.get_body_argument("next", None))
         if not self.sessions.enabled:
@@ -266,8 +276,13 @@ class LoginHandler(PageHandler):
             return self.render_page("login.html", status=429, next=nxt, user=user,
                                     error=f"Too many failed logins. Try again in {seconds} s.")
         auth = self.sessions.authenticator
-        # PBKDF2 takes a good part of a second: not on the event loop.
-        roles = await IOLoop.current().run_in_executor(None, auth.check, user, password) if user else None
+        # PBKDF2 takes a good part of a second: not on the event loop (gateway.offload).
+        try:
+            roles = await self.gw.passwords.run(auth.check, user, password) if user and not too_long else None
+        except Busy:
+            self.set_header("Retry-After", "1")
+            return self.render_page("login.html", status=503, next=nxt, user=user,
+                                    error="Too many logins at once. Try again in a second.")
         if roles is None:
             n = limiter.failed(user, ip)
             known = user in self.gw.config.auth.users

@@ -19,6 +19,7 @@ from gateway.admin.api import ApiError, parse_backend
 from gateway.admin.pages import BASE, PageHandler
 from gateway.admin.pages_dashboard import BackendView
 from gateway.backends import Backend
+from gateway.limits import mask_credentials
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -153,7 +154,8 @@ class ClusterEditHandler(ClustersHandler):
         if b is None:
             self.flash(f"Backend {name} does not exist.", "error")
             return self.redirect(BASE + "/clusters")
-        form = {"name": b.name, "proxyTo": b.proxyTo, "externalUrl": b.externalUrl or "",
+        form = {"name": b.name, "proxyTo": mask_credentials(b.proxyTo),
+                "externalUrl": mask_credentials(b.externalUrl or ""),
                 "routingGroup": b.routingGroup, "active": "on" if b.active else ""}
         self.render_page("cluster_edit.html", form=form, error=None,
                          default_group=self.gw.config.routing.defaultGroup)

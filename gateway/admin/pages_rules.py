@@ -14,10 +14,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.admin.api import ApiError, explain
+from gateway.admin.api_rules import offloaded
 from gateway.admin.pages import BASE, PageHandler
 from gateway.admin.rules_files import (
-    RulesFileError, check_rules_file, file_version, read_rules_file, rules_file_choices,
-    save_rules_file,
+    RulesFileError, file_version, read_rules_file, rules_file_choices,
 )
 from gateway.routing.rules import RuleProblem
 
@@ -92,19 +92,19 @@ class ExplainHandler(RulesHandler):
     """Explain from the form. The form is sent with GET (explaining changes nothing), so a
     result has a URL to bookmark or share; POST is still accepted."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         form = {k: self.get_argument(k, "", strip=k not in ("query", "headers")) for k in EXPLAIN_FIELDS}
         if not any(form.values()):
             return self.show()
-        self.explain_form(form)
+        await self.explain_form(form)
 
-    def post(self) -> None:
-        self.explain_form({k: self.get_body_argument(k, "", strip=k not in ("query", "headers"))
-                           for k in EXPLAIN_FIELDS})
+    async def post(self) -> None:
+        await self.explain_form({k: self.get_body_argument(k, "", strip=k not in ("query", "headers"))
+                                 for k in EXPLAIN_FIELDS})
 
-    def explain_form(self, form: dict[str, str]) -> None:
+    async def explain_form(self, form: dict[str, str]) -> None:
         try:
-            result = explain(self.gw, explain_request(form), self.request.remote_ip or "")
+            result = await explain(self.gw, explain_request(form), self.request.remote_ip or "")
         except (ApiError, ValueError) as exc:
             return self.show(400, explain_form=form, explain_error=str(exc))
         self.show(explain_form=form, explained=result)
@@ -113,7 +113,7 @@ class ExplainHandler(RulesHandler):
 class RulesEditHandler(PageHandler):
     nav = "rules"
 
-    def get(self) -> None:
+    async def get(self) -> None:
         w = self.gw.rules
         file = self.get_argument("file", "")
         if not file and self.get_argument("name", ""):   # the "new file" form: folder + name
@@ -126,7 +126,10 @@ class RulesEditHandler(PageHandler):
         content = "" if data is None else data.decode("utf-8", "replace")
         problems: list[RuleProblem] = []
         if data is not None:
-            problems = check_rules_file(w.paths, name, content, missing_ok=w.missing_ok).problems
+            try:
+                problems = _problems(await offloaded(self.gw, "rules_check", name, content, w.missing_ok))
+            except ApiError as exc:
+                problems = [RuleProblem(name, None, str(exc))]
         self.render_page("rules_edit.html", file=name, content=content, error=None,
                          base_version=file_version(data) or "", problems=problems, is_new=data is None)
 
@@ -139,20 +142,24 @@ class RulesEditHandler(PageHandler):
         base = self.get_body_argument("baseVersion", "") or None
         started = time.time()
         try:
-            result = save_rules_file(w.paths, file, content, base_version=base, missing_ok=w.missing_ok)
-        except RulesFileError as exc:
-            problems: list[RuleProblem] = []
-            if exc.code == 422:
-                problems = check_rules_file(w.paths, file, content, missing_ok=w.missing_ok).problems
-            return self.render_page("rules_edit.html", status=exc.code, file=file, content=content,
-                                    base_version=base or "", problems=problems, error=str(exc),
-                                    is_new=base is None)
+            result = await offloaded(self.gw, "rules_save", file, content, base, True, w.missing_ok)
+        except ApiError as exc:
+            result = {"error": str(exc), "code": exc.code, "check": None}
+        if "error" in result:
+            return self.render_page("rules_edit.html", status=result["code"], file=file, content=content,
+                                    base_version=base or "", problems=_problems(result["check"]),
+                                    error=result["error"], is_new=base is None)
         who = self.session.user if self.session else f"loopback caller {self.request.remote_ip}"
-        log.info("rules file %s saved by %s", result.file, who)
+        log.info("rules file %s saved by %s", result["file"], who)
         w.trigger()
-        ok, message = await wait_for_reload(self.gw, result.version, started)
-        self.flash(f"Saved {result.file}. {message}", "ok" if ok else "error")
+        ok, message = await wait_for_reload(self.gw, result["version"], started)
+        self.flash(f"Saved {result['file']}. {message}", "ok" if ok else "error")
         self.redirect(BASE + "/rules")
+
+
+def _problems(check: dict[str, Any] | None) -> list[RuleProblem]:
+    """The problems of a check answer (``offloaded``) as the template shows them."""
+    return [RuleProblem(p["file"], p["line"], p["message"]) for p in (check or {}).get("problems", [])]
 
 
 async def wait_for_reload(gw: "Gateway", version: str | None, since: float) -> tuple[bool, str]:

@@ -17,6 +17,7 @@ CSRF: every state-changing form carries ``_csrf`` and every cookie-authenticated
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -31,6 +32,7 @@ from tornado.web import create_signed_value, decode_signed_value
 
 from gateway.auth import Authenticator
 from gateway.config import AuthConfig
+from gateway.limits import cap_user
 
 if TYPE_CHECKING:
     from tornado.httputil import HTTPServerRequest
@@ -70,6 +72,10 @@ class LoginLimiter:
     ``retry_after(user, ip)`` is the seconds to wait (0 when a try is allowed). Counts live in
     this process's memory: several workers each allow the limit, which still turns a password
     guesser from thousands of tries a second into a few a minute.
+
+    Bounded, since anyone can fail a login: user names are cut to ``MAX_USER_CHARS`` before
+    they become keys, each key keeps at most its limit of timestamps, expired keys are pruned
+    every ``window`` (not only when the table is full), and at ``max_keys`` the oldest keys go.
     """
 
     def __init__(self, *, per_user: int = 5, per_address: int = 20, window: float = 60.0,
@@ -79,7 +85,13 @@ class LoginLimiter:
         self.window = window
         self.clock = clock
         self.max_keys = max_keys
+        # insertion order = order of first failure; a key that fails again moves to the end
         self._fails: dict[tuple[str, str], deque[float]] = {}
+        self._pruned_at = clock()
+
+    @staticmethod
+    def _user_key(user: str, ip: str) -> tuple[str, str]:
+        return ((cap_user(user) or "").lower(), ip)
 
     def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
         q = self._fails.get(key)
@@ -91,10 +103,17 @@ class LoginLimiter:
             del self._fails[key]
         return q
 
+    def _prune(self, now: float) -> None:
+        self._pruned_at = now
+        for key in list(self._fails):
+            self._recent(key, now)
+        while len(self._fails) >= self.max_keys:   # a flood of distinct keys: oldest go first
+            del self._fails[next(iter(self._fails))]
+
     def retry_after(self, user: str, ip: str) -> float:
         now = self.clock()
         waits = [0.0]
-        for key, limit in (((user.lower(), ip), self.per_user), (("", ip), self.per_address)):
+        for key, limit in ((self._user_key(user, ip), self.per_user), (("", ip), self.per_address)):
             q = self._recent(key, now)
             if len(q) >= limit:
                 waits.append(q[len(q) - limit] + self.window - now)
@@ -103,17 +122,22 @@ class LoginLimiter:
     def failed(self, user: str, ip: str) -> int:
         """Record a failure; the failures of this user and address in the window."""
         now = self.clock()
-        if len(self._fails) >= self.max_keys:
-            for key in list(self._fails):
-                self._recent(key, now)
-            if len(self._fails) >= self.max_keys:   # a flood of distinct keys: start over
-                self._fails.clear()
-        for key in ((user.lower(), ip), ("", ip)):
-            self._fails.setdefault(key, deque()).append(now)
-        return len(self._fails[(user.lower(), ip)])
+        if len(self._fails) >= self.max_keys or now - self._pruned_at >= self.window:
+            self._prune(now)
+        ukey = self._user_key(user, ip)
+        for key, limit in ((ukey, self.per_user), (("", ip), self.per_address)):
+            q = self._fails.pop(key, None)
+            if q is None:
+                q = deque(maxlen=limit)   # only the last `limit` failures decide a wait
+            q.append(now)
+            self._fails[key] = q
+        return len(self._fails[ukey])
 
     def succeeded(self, user: str, ip: str) -> None:
-        self._fails.pop((user.lower(), ip), None)
+        self._fails.pop(self._user_key(user, ip), None)
+
+    def __len__(self) -> int:
+        return len(self._fails)
 
 
 class SessionManager:
@@ -213,6 +237,37 @@ def sessions_for(gw: "Gateway") -> SessionManager:
     if mgr is None:
         mgr = _managers[gw] = SessionManager(gw.config.auth)
     return mgr
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_names() -> tuple[str, ...]:
+    """This machine's names (looked up once: getfqdn may ask DNS)."""
+    import socket
+    return tuple({socket.gethostname().lower(), socket.getfqdn().lower()})
+
+
+def host_is_ours(gw: "Gateway", request: "HTTPServerRequest") -> bool:
+    """Whether the ``Host`` a request names can only be this gateway: an IP address, a
+    ``localhost`` name, this machine's host name, ``server.host`` or the ``publicUrl`` host.
+
+    In the no-users mode a loopback caller may change things; a web page whose name the
+    attacker re-points at 127.0.0.1 (DNS rebinding) is such a caller, with a matching Origin,
+    but its requests name the attacker's host.
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+    host = urlsplit("//" + (request.host or "")).hostname or ""
+    host = host.rstrip(".").lower()
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    cfg = gw.config.server
+    names = {"localhost", cfg.host.lower(), *_machine_names()}
+    if cfg.publicUrl:
+        names.add((urlsplit(cfg.publicUrl).hostname or "").lower())
+    return host in names or host.endswith(".localhost")
 
 
 def own_hosts(gw: "Gateway", request: "HTTPServerRequest") -> set[str]:

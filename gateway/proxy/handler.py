@@ -20,6 +20,7 @@ from gateway import protocol as P
 from gateway.backends import Backend
 from gateway.lifecycle import Started
 from gateway.proxy import exchange as X
+from gateway.limits import utf8
 from gateway.proxy.client import BackendError
 from gateway.proxy.forward import NoBackendReached, StatementLost
 from gateway.proxy.lean import HandlerRoute, LeanHandler
@@ -154,6 +155,9 @@ class ProxyHandler(LeanHandler):
                                 base, "SERVER_SHUTTING_DOWN")
         body = bytes(self._body)
         headers = self.request.headers
+        if not utf8(body):   # no cluster can run it; say so the Trino way (not a 400/500)
+            gw.metrics.statement_failed("not-utf8")
+            return self._failed("The SQL text is not valid UTF-8", base, "SYNTAX_ERROR")
         # Statements that belong to a backend already: kill_query of a known query, and any
         # statement inside a transaction. They still meet the rules (a reject still rejects)
         # and are recorded like any other; only the backend is given.
@@ -165,7 +169,7 @@ class ProxyHandler(LeanHandler):
         if pinned is None and txn:
             pinned = await gw.owner(P.TRANSACTION, txn, headers)
         pinned_backend = gw.registry.get(pinned) if pinned is not None else None
-        route = gw.router.route(headers, body, self.request.remote_ip or "", pinned=pinned_backend)
+        route = await gw.route_statement(headers, body, self.request.remote_ip or "", pinned=pinned_backend)
         if route.reject is not None:
             gw.metrics.rejected(route.rule)
             return self._failed(route.reject, base, "PERMISSION_DENIED", route=route)
@@ -376,6 +380,7 @@ class ProxyHandler(LeanHandler):
         # request whose body was still streaming in, which would otherwise wait (and hold its
         # buffered body) forever.
         self._client_gone = True
+        self._body = bytearray()   # a body cut short is never used: free it now
         super().on_connection_close()
 
 

@@ -29,6 +29,7 @@ from tornado.httputil import (HTTPHeaders, HTTPInputError, HTTPOutputError, HTTP
                               HTTPMessageDelegate, RequestStartLine, ResponseStartLine)
 from tornado.iostream import StreamClosedError
 
+from gateway.limits import ConnectionLimits, trim_memory
 from gateway.proxy.http1 import (LAST_CHUNK, ChunkedDecoder, HTTPParseError, body_length, find_head_end, format_chunk,
                                  parse_request_head, serialize_head)
 
@@ -40,6 +41,7 @@ _HEAD, _WAIT, _BODY, _RESPONDING, _CLOSED = range(5)
 _READ_PAUSE_AT = 1 << 20        # pipelined bytes buffered while a response is pending
 _WRITE_HIGH, _WRITE_LOW = 512 * 1024, 128 * 1024
 _SWEEP_EVERY = 1.0
+_TRIM_AFTER = 1 << 20          # request bodies this large are worth a malloc_trim once dropped
 
 
 class _Context:
@@ -54,13 +56,15 @@ class _Context:
         self.trusted_downstream = trusted
 
     def apply_xheaders(self, headers: HTTPHeaders) -> None:
-        """Tornado's ``_HTTPRequestContext._apply_xheaders``: the client behind a load balancer."""
+        """Tornado's ``_HTTPRequestContext._apply_xheaders``: the client behind a load balancer,
+        as the nearest hop saw it (the last ``X-Forwarded-For`` entry). Unlike Tornado,
+        ``X-Real-IP`` is ignored: a client could send it through a load balancer that appends
+        to ``X-Forwarded-For`` and so pass for loopback (hardening finding 6)."""
         ip = headers.get("X-Forwarded-For", self.remote_ip)
         for cand in reversed(ip.split(",")):
             ip = cand.strip()
             if ip not in self.trusted_downstream:
                 break
-        ip = headers.get("X-Real-Ip", ip)
         if netutil.is_valid_ip(ip):
             self.remote_ip = ip
         proto = headers.get("X-Scheme", headers.get("X-Forwarded-Proto", self.protocol))
@@ -91,7 +95,7 @@ class _Request:
     __slots__ = ("conn", "context", "method", "version", "headers", "delegate", "max_body_size",
                  "body_timeout", "remaining", "chunked", "decoder", "received", "read_finished",
                  "write_finished", "headers_written", "chunking", "expected", "keep_alive",
-                 "close_callback", "body_started", "__weakref__")
+                 "close_callback", "body_started", "last_progress", "__weakref__")
 
     def __init__(self, conn: "_Connection", method: str, version: str, headers: HTTPHeaders,
                  length: int | None) -> None:
@@ -115,6 +119,7 @@ class _Request:
         self.keep_alive = _can_keep_alive(version, method, headers, length)
         self.close_callback: Callable[[], None] | None = None
         self.body_started = 0.0
+        self.last_progress = 0.0
 
     # -- tornado.httputil.HTTPConnection ------------------------------------------------------
 
@@ -130,6 +135,8 @@ class _Request:
     def write_headers(self, start_line: ResponseStartLine | RequestStartLine, headers: HTTPHeaders,
                       chunk: bytes | None = None) -> "asyncio.Future[None]":
         assert isinstance(start_line, ResponseStartLine)
+        if headers.get("Server", "").startswith("TornadoServer"):
+            del headers["Server"]   # Tornado's default names its version: nothing a client needs
         code = start_line.code
         no_body = self.method == "HEAD" or code in (204, 304) or 100 <= code < 200
         has_length = "Content-Length" in headers
@@ -213,6 +220,8 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False
         self.drain: list[asyncio.Future[None]] = []
         self.idle_since = time.monotonic()
+        self.head_started: float | None = None   # a request head is arriving since then
+        self.counted = False                      # by the server's ConnectionLimits
         self.address: Any = None
         self.protocol_name = "http"
 
@@ -221,13 +230,16 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.address = transport.get_extra_info("peername") or ("0.0.0.0", 0)
+        self.head_started = time.monotonic()   # the first request head is due within headerTimeout
+        if not self.server.admit(self):
+            return
         if transport.get_extra_info("sslcontext") is not None:
             self.protocol_name = "https"
         transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)  # type: ignore[attr-defined]
-        self.server.connections.add(self)
-        self.server.ensure_sweeper()
 
     def data_received(self, data: bytes) -> None:
+        if self.head_started is None and self.phase == _HEAD:
+            self.head_started = time.monotonic()
         self.buf += data
         if self.phase == _RESPONDING and len(self.buf) > _READ_PAUSE_AT:
             self._pause_reading()
@@ -235,7 +247,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.server.connections.discard(self)
+        self.server.release(self)
         phase, req = self.phase, self.req
         self.phase = _CLOSED
         for f in self.drain:
@@ -249,6 +261,10 @@ class _Connection(asyncio.Protocol):
             elif req.close_callback is not None:
                 cb, req.close_callback = req.close_callback, None
                 self._call(cb)
+        if req is not None:
+            req.delegate = None   # see response_finished
+            self.server.note_body(req.received + len(self.buf))
+        self.buf = bytearray()
         self.req = None
         try:
             self.server.delegate.on_close(self)
@@ -286,6 +302,11 @@ class _Connection(asyncio.Protocol):
     def response_finished(self, req: _Request) -> None:
         if req is not self.req:
             return
+        # The application (handler, request, body) refers back to this exchange: without the
+        # cycle it is freed now, not when the cyclic collector next looks (hardening finding 5:
+        # 20-60 MB bodies stayed resident for minutes).
+        req.delegate = None
+        self.server.note_body(req.received)
         body_left = req.remaining > 0 or (req.chunked and not req.decoder.done)
         if body_left or not req.keep_alive or self.server.stopping_connections:
             self.closing = True
@@ -297,6 +318,7 @@ class _Connection(asyncio.Protocol):
         self.req = None
         self.phase = _HEAD
         self.idle_since = time.monotonic()
+        self.head_started = self.idle_since if self.buf else None
         if self.read_paused:
             self._resume_reading()
         if self.buf:
@@ -376,6 +398,7 @@ class _Connection(asyncio.Protocol):
             return False
         head = bytes(buf[:end])
         del buf[:end]
+        self.head_started = None
         if end > self.server.max_header_size:
             self._reject(431, "Request Header Fields Too Large")
             return False
@@ -391,7 +414,7 @@ class _Connection(asyncio.Protocol):
             req.context.apply_xheaders(rh.headers)
         delegate = req.delegate = self.server.delegate.start_request(self, req)
         self.phase = _BODY
-        req.body_started = time.monotonic()
+        req.body_started = req.last_progress = time.monotonic()
         if req.chunked:
             req.decoder = ChunkedDecoder()
         result = self._call(delegate.headers_received, RequestStartLine(rh.method, rh.target, rh.version),
@@ -442,6 +465,7 @@ class _Connection(asyncio.Protocol):
                 data = b""
             done = req.remaining == 0
         if data:
+            req.last_progress = time.monotonic()
             req.received += len(data)
             if req.received > req.max_body_size:
                 self._body_too_large(req)
@@ -469,10 +493,12 @@ class _Connection(asyncio.Protocol):
         else:
             self._reject(400, "Bad Request")
 
-    def _reject(self, code: int, reason: str) -> None:
+    def _reject(self, code: int, reason: str, text: str = "") -> None:
         if self.transport is not None and not self.closing:
-            self.transport.write(f"HTTP/1.1 {code} {reason}\r\nConnection: close\r\n"
-                                 f"Content-Length: 0\r\n\r\n".encode())
+            body = text.encode()
+            kind = "Content-Type: text/plain; charset=utf-8\r\n" if body else ""
+            self.transport.write(f"HTTP/1.1 {code} {reason}\r\nConnection: close\r\n{kind}"
+                                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         self.abort()
 
 
@@ -491,13 +517,17 @@ class HTTPServer:
                  xheaders: bool = False, idle_connection_timeout: float | None = None,
                  max_body_size: int | None = None, body_timeout: float | None = None,
                  max_header_size: int | None = None, trusted_downstream: list[str] | None = None,
-                 **_unused: Any) -> None:
+                 header_timeout: float | None = None, body_progress_timeout: float | None = None,
+                 limits: ConnectionLimits | None = None, **_unused: Any) -> None:
         self.delegate = delegate
         self.ssl_context: ssl.SSLContext | None = None
         if ssl_options is not None:
             self.ssl_context = netutil.ssl_options_to_context(ssl_options, server_side=True)
         self.xheaders = xheaders
         self.idle_timeout = idle_connection_timeout or 3600.0
+        self.header_timeout = min(header_timeout or self.idle_timeout, self.idle_timeout)
+        self.body_progress_timeout = body_progress_timeout
+        self.limits = limits
         self.max_body_size = max_body_size if max_body_size is not None else 100 * 1024 * 1024
         self.body_timeout = body_timeout
         self.max_header_size = max_header_size or 65536
@@ -507,6 +537,7 @@ class HTTPServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._starting: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self._trim = False
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Start accepting on already-bound, listening sockets (as Tornado's ``add_sockets``)."""
@@ -551,12 +582,51 @@ class HTTPServer:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._sweep)
 
+    def admit(self, conn: _Connection) -> bool:
+        """Count a new connection, or answer 503 and close it (``gateway.limits``)."""
+        refusal = self.limits.admit(conn.address[0]) if self.limits is not None else None
+        if refusal is not None:
+            log.warning("connection from %s refused: %s", conn.address[0], refusal)
+            conn.counted = False
+            conn._reject(503, "Service Unavailable", f"The gateway refused the connection: {refusal}\n")
+            return False
+        conn.counted = True
+        self.connections.add(conn)
+        self.ensure_sweeper()
+        return True
+
+    def release(self, conn: _Connection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            if self.limits is not None and conn.counted:
+                self.limits.release(conn.address[0])
+
+    def note_body(self, size: int) -> None:
+        """A request body of ``size`` bytes was dropped: large ones get the heap trimmed."""
+        if size >= _TRIM_AFTER:
+            self._trim = True
+            self.ensure_sweeper()
+
     def _sweep(self) -> None:
         """Close connections idle (or stalled sending a body) beyond their timeout."""
         self._sweeper = None
+        if self._trim:
+            self._trim = False
+            trim_memory()
         now = time.monotonic()
         for conn in list(self.connections):
-            if conn.phase == _HEAD and now - conn.idle_since > self.idle_timeout:
+            if conn.phase == _HEAD and conn.head_started is not None \
+                    and now - conn.head_started > self.header_timeout:
+                log.info("%s took over %.0fs to send a request head; closed", conn.address[0],
+                         self.header_timeout)
+                conn.abort()
+            elif conn.phase == _HEAD and now - conn.idle_since > self.idle_timeout:
+                conn.abort()
+            elif conn.phase == _BODY and self.body_progress_timeout and conn.req is not None \
+                    and not conn.read_paused and not conn.req.read_finished \
+                    and now - conn.req.last_progress > self.body_progress_timeout:
+                log.info("no request body bytes from %s for %.0fs; closed", conn.address[0],
+                         self.body_progress_timeout)
                 conn.abort()
             elif conn.phase in (_BODY, _WAIT) and conn.req is not None and conn.req.body_timeout \
                     and not conn.req.read_finished and now - conn.req.body_started > conn.req.body_timeout:

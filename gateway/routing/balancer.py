@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import Mapping, Sequence
 
 from gateway.backends import Backend, BackendState
+from gateway.limits import MAX_USER_CHARS
 
 __all__ = ["Balancer", "POLICIES", "rendezvous_weight"]
 
@@ -36,8 +37,16 @@ POLICIES = ("least-queued", "round-robin", "random", "user-hash")
 _EMPTY = BackendState()
 
 
-@lru_cache(maxsize=65536)
 def rendezvous_weight(user: str, backend_name: str) -> int:
+    """A stable 64-bit weight for (user, backend); see ``_weight``. Only user names of normal
+    length are cached: a cache keyed by 64 KB header values would hold gigabytes."""
+    if len(user) > MAX_USER_CHARS:
+        return _weight.__wrapped__(user, backend_name)
+    return _weight(user, backend_name)
+
+
+@lru_cache(maxsize=65536)
+def _weight(user: str, backend_name: str) -> int:
     """A stable 64-bit weight for (user, backend); the highest weight wins.
 
     blake2b rather than ``hash()`` because ``hash()`` of strings differs between processes,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any, Iterable, Mapping
 from urllib.parse import unquote_plus
 
 from tornado.httputil import HTTPHeaders
 
-from gateway.routing.sql import analyze
+from gateway.limits import loads_json
+from gateway.routing.sql import SqlFacts, analyze
 
 __all__ = [
     "build_context", "empty_context", "parse_prepared_statements", "user_from_authorization",
@@ -52,13 +52,15 @@ def empty_context() -> dict[str, Any]:
 
 def build_context(headers: Any, body: bytes, remote_address: str | None, *, analyze_sql: bool,
                   max_sql_bytes: int = 1 << 20,
-                  prepared: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  prepared: Mapping[str, str] | None = None,
+                  facts: SqlFacts | None = None) -> dict[str, Any]:
     """Build the routing context of a new statement.
 
     ``headers`` is a ``tornado.httputil.HTTPHeaders`` (a plain mapping is accepted too).
     Only the first ``max_sql_bytes`` bytes of the body are decoded and analysed; the ``query``
     symbol is that (possibly truncated) text. ``prepared`` overrides the statements read from
-    ``X-Trino-Prepared-Statement``.
+    ``X-Trino-Prepared-Statement``. ``facts`` are SQL facts computed already (off the event
+    loop, ``gateway.offload``); without them and with ``analyze_sql`` they are computed here.
     """
     if not isinstance(headers, HTTPHeaders):
         headers = _to_http_headers(headers)
@@ -75,19 +77,37 @@ def build_context(headers: Any, body: bytes, remote_address: str | None, *, anal
     ctx["headers"] = _headers_symbol(headers)
     ctx["remoteAddress"] = remote_address or None
 
-    raw = body[:max_sql_bytes] if max_sql_bytes >= 0 else body
-    sql = raw.decode("utf-8", errors="replace")
-    ctx["query"] = sql
-    if analyze_sql:
+    sql = ctx["query"] = sql_text(body, max_sql_bytes)
+    if facts is None and analyze_sql:
         if prepared is None:
-            prepared = parse_prepared_statements(
-                headers.get_list("X-Trino-Prepared-Statement") or headers.get_list("X-Presto-Prepared-Statement"))
+            prepared = prepared_statements(headers)
         facts = analyze(sql, ctx["catalog"], ctx["schema"], dict(prepared))
+    if facts is not None:
         ctx["queryType"] = facts.query_type
         ctx["catalogs"] = facts.catalogs
         ctx["schemas"] = facts.schemas
         ctx["tables"] = facts.tables
     return ctx
+
+
+def sql_text(body: bytes, max_sql_bytes: int) -> str:
+    """The ``query`` symbol: the first ``max_sql_bytes`` bytes of the body as text."""
+    raw = body[:max_sql_bytes] if max_sql_bytes >= 0 else body
+    return raw.decode("utf-8", errors="replace")
+
+
+def sql_inputs(headers: Any, body: bytes, max_sql_bytes: int) -> tuple[str, str | None, str | None, dict[str, str]]:
+    """What SQL analysis needs: (SQL text, session catalog, session schema, prepared statements)."""
+    if not isinstance(headers, HTTPHeaders):
+        headers = _to_http_headers(headers)
+    catalog = _first(headers, "X-Trino-Catalog") or _first(headers, "X-Presto-Catalog")
+    schema = _first(headers, "X-Trino-Schema") or _first(headers, "X-Presto-Schema")
+    return sql_text(body, max_sql_bytes), catalog, schema, prepared_statements(headers)
+
+
+def prepared_statements(headers: HTTPHeaders) -> dict[str, str]:
+    return parse_prepared_statements(
+        headers.get_list("X-Trino-Prepared-Statement") or headers.get_list("X-Presto-Prepared-Statement"))
 
 
 def _to_http_headers(headers: Any) -> HTTPHeaders:
@@ -165,7 +185,7 @@ def user_from_authorization(value: str | None) -> str | None:
             return None   # an opaque token: no user to read
         payload = parts[1] + "=" * (-len(parts[1]) % 4)
         try:
-            claims = json.loads(base64.urlsafe_b64decode(payload))
+            claims = loads_json(base64.urlsafe_b64decode(payload))
         except (binascii.Error, ValueError):
             return None
         sub = claims.get("sub") if isinstance(claims, dict) else None

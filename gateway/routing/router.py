@@ -23,6 +23,7 @@ from gateway.routing.balancer import Balancer
 from gateway.routing.context import build_context
 from gateway.routing.decision import Decision, decide
 from gateway.routing.rules import Ruleset
+from gateway.routing.sql import SqlFacts
 
 __all__ = ["Route", "Router"]
 
@@ -40,6 +41,12 @@ class Route:
     decision_seconds: float = 0.0
     queue_priority: int = 0
     pinned: bool = False            # the backend was given (transaction, kill_query), not chosen
+    note: str | None = None         # e.g. SQL facts unknown because analysis ran out of budget
+
+    @property
+    def history_rule(self) -> str | None:
+        """The rule as history shows it: with the note when the decision was made without SQL facts."""
+        return f"{self.rule or '-'} [{self.note}]" if self.note else self.rule
 
 
 class Router:
@@ -61,16 +68,26 @@ class Router:
                       no_fallback_groups=self.strict_groups, explain=explain)
 
     def context(self, headers: HTTPHeaders, body: bytes, remote_ip: str, *,
-                analyze_sql: bool = False) -> dict[str, Any]:
+                analyze_sql: bool = False, facts: SqlFacts | None = None) -> dict[str, Any]:
+        """``facts``: SQL facts computed elsewhere (off the event loop, gateway/offload.py)."""
         ruleset = self.ruleset()
         return build_context(headers, body, remote_ip,
                              analyze_sql=analyze_sql or bool(ruleset is not None and ruleset.uses_sql),
-                             max_sql_bytes=self.config.routing.maxSqlBytes)
+                             max_sql_bytes=self.config.routing.maxSqlBytes, facts=facts)
 
     def route(self, headers: HTTPHeaders, body: bytes, remote_ip: str, *,
-              pinned: Backend | None = None, dry_run: bool = False) -> Route:
+              pinned: Backend | None = None, dry_run: bool = False,
+              facts: SqlFacts | None = None, note: str | None = None) -> Route:
+        route = self._route(headers, body, remote_ip, pinned, dry_run, facts)
+        if note:
+            route.note = note
+            route.reason = f"{route.reason}; {note}" if route.reason else note
+        return route
+
+    def _route(self, headers: HTTPHeaders, body: bytes, remote_ip: str, pinned: Backend | None,
+               dry_run: bool, facts: SqlFacts | None) -> Route:
         t0 = time.perf_counter()
-        ctx = self.context(headers, body, remote_ip)
+        ctx = self.context(headers, body, remote_ip, facts=facts)
         decision = self.decide(ctx)
         user = ctx.get("user")
         if decision.reject is not None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
-__all__ = ["SqlFacts", "analyze", "QUERY_TYPES", "UNKNOWN_FACTS", "cache_clear", "cache_info"]
+__all__ = ["SqlFacts", "analyze", "cached", "remember", "QUERY_TYPES", "UNKNOWN_FACTS", "cache_clear", "cache_info"]
 
 # sqlglot warns ("contains unsupported syntax") on every statement it falls back on; we handle
 # those ourselves, so the warnings would only be noise in the gateway log.
@@ -62,24 +62,30 @@ _cache_chars = 0
 _cache_lock = threading.Lock()
 
 
-def analyze(sql: str, catalog: str | None, schema: str | None,
-            prepared: dict[str, str] | None = None) -> SqlFacts:
-    """Return the SQL facts of ``sql`` run with the given session catalog/schema; never raises."""
-    global _cache_chars
+def _key(sql: str, catalog: str | None, schema: str | None, prepared: dict[str, str] | None) -> tuple:
     prep_key: tuple = ()
     if prepared and _MAY_USE_PREPARED.search(sql):
         prep_key = tuple(sorted(prepared.items()))
-    key = (sql, catalog, schema, prep_key)
+    return (sql, catalog, schema, prep_key)
+
+
+def cached(sql: str, catalog: str | None, schema: str | None,
+           prepared: dict[str, str] | None = None) -> SqlFacts | None:
+    """The cached facts of ``sql``, or None (``gateway.offload`` asks before it sends work away)."""
+    key = _key(sql, catalog, schema, prepared)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
-            return hit
-    try:
-        facts = _Analyzer(_lower(catalog), _lower(schema), prepared or {}).run(sql, 0)
-    except Exception:  # noqa: BLE001 - a routing fact must never stop routing
-        facts = UNKNOWN_FACTS
-    size = len(sql) + sum(len(k) + len(v) for k, v in prep_key)
+        return hit
+
+
+def remember(sql: str, catalog: str | None, schema: str | None, prepared: dict[str, str] | None,
+             facts: SqlFacts) -> None:
+    """Cache facts computed elsewhere (the offload process), bounded like ``analyze``'s."""
+    global _cache_chars
+    key = _key(sql, catalog, schema, prepared)
+    size = len(sql) + sum(len(k) + len(v) for k, v in key[3])
     with _cache_lock:
         if key not in _cache:
             _cache[key] = facts
@@ -87,6 +93,19 @@ def analyze(sql: str, catalog: str | None, schema: str | None,
             while _cache and (len(_cache) > _CACHE_MAX_ENTRIES or _cache_chars > _CACHE_MAX_CHARS):
                 old, _ = _cache.popitem(last=False)
                 _cache_chars -= len(old[0]) + sum(len(k) + len(v) for k, v in old[3])
+
+
+def analyze(sql: str, catalog: str | None, schema: str | None,
+            prepared: dict[str, str] | None = None) -> SqlFacts:
+    """Return the SQL facts of ``sql`` run with the given session catalog/schema; never raises."""
+    hit = cached(sql, catalog, schema, prepared)
+    if hit is not None:
+        return hit
+    try:
+        facts = _Analyzer(_lower(catalog), _lower(schema), prepared or {}).run(sql, 0)
+    except Exception:  # noqa: BLE001 - a routing fact must never stop routing
+        facts = UNKNOWN_FACTS
+    remember(sql, catalog, schema, prepared, facts)
     return facts
 
 

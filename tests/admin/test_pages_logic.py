@@ -108,12 +108,14 @@ def test_auth_mode_line_without_users_warns_read_only(caplog):
 
 
 def test_auth_mode_line_names_users_and_roles_but_no_secret(caplog):
-    cfg = {"auth": {"users": {"ops": {"password": "pbkdf2_sha256$1$salt$SECRETHASH", "roles": ["admin"]},
-                              "ann": {"password": "pbkdf2_sha256$1$salt$OTHERHASH"}},
+    from gateway.auth import hash_password
+    ops_hash, ann_hash = hash_password("a", iterations=1), hash_password("b", iterations=1)
+    cfg = {"auth": {"users": {"ops": {"password": ops_hash, "roles": ["admin"]},
+                              "ann": {"password": ann_hash}},
                     "sessionSecret": "TOPSECRET"}}
     msg = auth_mode_message(_gw(cfg))
     assert "admin: ops" in msg and "user: ann" in msg and "auth.sessionSecret" in msg
-    assert "SECRETHASH" not in msg and "TOPSECRET" not in msg
+    assert ops_hash.split("$")[3] not in msg and ann_hash.split("$")[3] not in msg and "TOPSECRET" not in msg
     with caplog.at_level(logging.INFO, logger="gateway.admin"):
         log_auth_mode(_gw({**cfg, "server": {"workers": 2}, "auth": {**cfg["auth"], "sessionSecret": None}}))
     assert caplog.records[-1].levelno == logging.WARNING

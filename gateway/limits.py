@@ -1,0 +1,247 @@
+"""Bounds on what one client can make the gateway hold or parse (see docs/security.md).
+
+Small pure helpers the request path, the REST API and the admin pages share:
+
+- ``cap_user``: user names are cut to ``MAX_USER_CHARS`` before they key a limiter, a cache or
+  a queue count, so a 20 MB "user name" costs 256 characters of memory, not 20 MB per try;
+- ``loads_json``: ``json.loads`` that refuses deeply nested documents with a ``ValueError``
+  (the C decoder raises ``RecursionError`` around 1,000 levels, which was a 500);
+- ``control_chars``: CR, LF, NUL and the other C0/DEL characters have no place in a URL or a
+  name; one in a stored ``proxyTo`` broke the audit log line and every probe.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable
+
+__all__ = ["MAX_USER_CHARS", "MAX_JSON_DEPTH", "cap_user", "loads_json", "control_chars", "utf8"]
+
+MAX_USER_CHARS = 256
+MAX_JSON_DEPTH = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def cap_user(user: str | None) -> str | None:
+    """The user name as limiters, caches and queue counts key it: at most ``MAX_USER_CHARS``."""
+    if user is None or len(user) <= MAX_USER_CHARS:
+        return user
+    return user[:MAX_USER_CHARS]
+
+
+def utf8(data: bytes) -> bool:
+    """True when ``data`` is valid UTF-8 (a statement that is not cannot be SQL)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def control_chars(text: str) -> bool:
+    """True when ``text`` holds a C0 control character or DEL (CR, LF, NUL, TAB ...)."""
+    return _CONTROL.search(text) is not None
+
+
+def _depth(text: str) -> int:
+    """Deepest bracket nesting outside strings (a cheap scan; strings are skipped roughly by
+    removing their contents first)."""
+    if "[" not in text and "{" not in text:
+        return 0
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    depth = deepest = 0
+    for m in _BRACKETS.finditer(stripped):
+        if m.group() in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads_json(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for input from clients: ``ValueError`` for bad JSON, including JSON nested
+    deeper than ``max_depth`` (no API document of the gateway nests more than a few levels)."""
+    text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    if _depth(text) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+
+
+# -- memory the allocator keeps --------------------------------------------------------------
+#
+# glibc serves a freed large block's size from its heap next time (its mmap threshold grows up
+# to 32 MB), and heap memory goes back to the system only from the top: 40 refused 20 MB logins
+# left 400 MB resident with no Python object alive. A fixed threshold keeps request-body-sized
+# blocks in their own mappings (returned when freed), and ``trim_memory`` hands back what the
+# heap still holds after a large body was dropped.
+
+_M_MMAP_THRESHOLD = -3
+_libc: Any = None
+
+
+def _glibc() -> Any:
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+            import ctypes.util
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim  # noqa: B018 - glibc only; AttributeError elsewhere
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def bound_allocator(threshold: int = 1 << 20) -> bool:
+    """Serve blocks of ``threshold`` bytes or more from their own mappings (glibc; no-op elsewhere)."""
+    libc = _glibc()
+    return bool(libc) and libc.mallopt(_M_MMAP_THRESHOLD, threshold) == 1
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the system (glibc; no-op elsewhere)."""
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
+
+
+# -- credentials in URLs ---------------------------------------------------------------------
+
+_USERINFO = re.compile(r"//([^:/@\s]+):[^@/\s]*@")
+
+
+def mask_credentials(text: str) -> str:
+    """``http://user:secret@host`` → ``http://user:***@host`` wherever it occurs in ``text``."""
+    return _USERINFO.sub(r"//\1:***@", text) if "@" in text else text
+
+
+# -- the gateway queue -----------------------------------------------------------------------
+
+def queue_refusal(held: Iterable[Any], user: str | None, address: str, group: str,
+                  cfg: Any) -> tuple[str, str] | None:
+    """Why a new statement of ``user`` from ``address`` may not join ``group``'s gateway queue,
+    as (the limit's name, the message for the client), or None when it may.
+
+    Statements are held before any cluster authenticates them, so without these caps 1,001
+    anonymous statements filled a group's queue and the next legitimate user got
+    ``QUERY_QUEUE_FULL``. Anonymous statements count as one user. ``held`` are the queued
+    items (``.user``, ``.remote_ip``); counting them costs one pass over at most ``maxQueued``.
+    """
+    per_user, per_address = cfg.maxQueuedPerUser, cfg.maxQueuedPerAddress
+    mine = from_there = 0
+    for h in held:
+        mine += h.user == user
+        from_there += h.remote_ip == address
+    if mine >= per_user:
+        who = f"User '{cap_user(user)}'" if user else "Statements without a user"
+        return ("maxQueuedPerUser", f"{who} already ha{'s' if user else 've'} {mine} queries waiting in "
+                f"the gateway queue of routing group '{group}' (maxQueuedPerUser {per_user}); "
+                "try again when some have run")
+    if from_there >= per_address:
+        return ("maxQueuedPerAddress", f"Client address {address} already has {from_there} queries "
+                f"waiting in the gateway queue of routing group '{group}' (maxQueuedPerAddress "
+                f"{per_address}); try again when some have run")
+    return None
+
+
+# -- client connections ----------------------------------------------------------------------
+
+def descriptor_limit() -> int | None:
+    """This process's limit of open files, raised to the hard limit first (Linux/Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _open_descriptors() -> int | None:
+    try:
+        import os
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+class ConnectionLimits:
+    """How many client connections one worker process accepts, in all and per client address,
+    keeping ``reserve`` descriptors for everything else (backend connections, the monitor's
+    probes, the store and offload processes, rules reloads).
+
+    400 half-open connections from one client under a 300-descriptor limit once made the
+    gateway unreachable and its monitor mark the backend UNHEALTHY ("too many open files").
+    ``admit`` answers why a new connection is refused (the server sends a 503 and closes it).
+    Below half the descriptor limit it only counts; above, it also counts the process's open
+    descriptors (at most every 0.2 s), since backend connections use them too.
+    """
+
+    def __init__(self, *, max_connections: int | None, per_address: int, reserve: int,
+                 descriptor_limit: int | None, clock: Any = None,
+                 open_descriptors: Any = _open_descriptors) -> None:
+        import time
+        self.max_connections = max_connections or 0
+        self.per_address = per_address
+        self.reserve = reserve
+        self.fd_limit = descriptor_limit
+        self.by_address: dict[str, int] = {}
+        self.open = 0
+        self.refused = 0
+        self._clock = clock or time.monotonic
+        self._fds = open_descriptors
+        self._fds_seen = 0
+        self._fds_at = -1.0
+        self._opened_since = 0
+
+    def _descriptors_short(self) -> bool:
+        limit = self.fd_limit
+        if limit is None:
+            return False
+        if self.open + self.reserve < limit // 2:
+            return False
+        now = self._clock()
+        if now - self._fds_at >= 0.2:
+            seen = self._fds()
+            self._fds_seen = seen if seen is not None else self.open + self.reserve
+            self._fds_at = now
+            self._opened_since = 0
+        return self._fds_seen + self._opened_since + self.reserve >= limit
+
+    def admit(self, address: str) -> str | None:
+        """None (and the connection counted) or why it is refused."""
+        if self.per_address and self.by_address.get(address, 0) >= self.per_address:
+            self.refused += 1
+            return (f"too many connections from {address} (server.maxConnectionsPerAddress "
+                    f"{self.per_address})")
+        if self.max_connections and self.open >= self.max_connections:
+            self.refused += 1
+            return f"too many open connections (server.maxConnections {self.max_connections})"
+        if self._descriptors_short():
+            self.refused += 1
+            return (f"too many open connections for the descriptor limit {self.fd_limit} "
+                    f"(server.reservedDescriptors {self.reserve} are kept for backends, the "
+                    "monitor and the store)")
+        self.open += 1
+        self._opened_since += 1
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        return None
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        n = self.by_address.get(address, 0) - 1
+        if n > 0:
+            self.by_address[address] = n
+        else:
+            self.by_address.pop(address, None)
