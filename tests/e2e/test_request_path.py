@@ -187,16 +187,21 @@ def test_finding4_pinned_statements_meet_reject_rules_and_are_recorded(
     gw.connect().cursor().execute(kill).fetchall()
     t.join(30)
     assert "error" in res
-    # every statement has a history row with its rule and backend, pinned ones included
+    # every statement has a history row with its rule and backend, pinned ones included; the
+    # refused kill_query too, as REJECTED with no backend
+    def kills(rs: list) -> dict:
+        return {r["user"]: r for r in rs if "kill_query" in (r["sql"] or "")}
+
     def rows() -> list | None:
         rs = gw.api("GET", "/api/queries?limit=50").json()
-        return rs if any("in_txn" in (r["sql"] or "") for r in rs) and \
-            any("kill_query" in (r["sql"] or "") for r in rs) else None
+        return rs if any("in_txn" in (r["sql"] or "") for r in rs) and len(kills(rs)) == 2 else None
     rs = wait_for(rows, message="history rows of the pinned statements")
     in_txn = [r for r in rs if "in_txn" in (r["sql"] or "")]
-    killed = [r for r in rs if "kill_query" in (r["sql"] or "")]
+    killed = kills(rs)
     assert in_txn[0]["backend"] == owner
-    assert len(killed) == 1 and killed[0]["backend"] is not None and killed[0]["user"] == "alice"
+    assert killed["alice"]["backend"] is not None and killed["alice"]["finalState"] != "REJECTED"
+    assert killed["mallory"]["backend"] is None and killed["mallory"]["finalState"] == "REJECTED"
+    assert killed["mallory"]["rule"] == "no-kill-for-mallory"
     metrics = gw.api("GET", "/metrics").text
     assert 'trino_gateway_statements_rejected_total{rule="no-secret"} 1.0' in metrics
     assert 'trino_gateway_statements_rejected_total{rule="no-kill-for-mallory"} 1.0' in metrics
