@@ -221,10 +221,20 @@ class PublicBackendsHandler(ApiHandler):
                 raise ApiError(404, f"Backend {name!r} does not exist")
             if state is None:
                 return self.send_json(backend.to_json())
-            st = gw.registry.state(name).to_json()
-            st["name"] = name
-            self.send_json(st)
+            self.send_json(backend_state_json(backend, gw.registry.state(name)))
         await self.run(False, go)
+
+
+def backend_state_json(backend: Backend, state: Any) -> dict[str, Any]:
+    """Our state fields plus trino-gateway's names for them (``ClusterStats``), so scripts
+    written for its ``/api/public/backends/{name}/state`` keep working."""
+    doc = state.to_json()
+    doc["name"] = backend.name
+    doc.update({"clusterId": backend.name, "runningQueryCount": state.running or 0,
+                "queuedQueryCount": state.queued or 0, "numWorkerNodes": state.workers or 0,
+                "trinoStatus": state.health.value, "proxyTo": backend.proxyTo,
+                "externalUrl": backend.external_url, "routingGroup": backend.routingGroup})
+    return doc
 
 
 class HealthHandler(RequestHandler):
