@@ -1,0 +1,120 @@
+"""Rules and requests for the routing parity test (trino-gateway vs ours after ``rules convert``).
+
+``PHASES`` are trino-gateway MVEL rules files, loaded by trino-gateway as they are: its
+documented examples (from tests/migrate/rulesets.py) and ``generated_rules()``, a seeded larger
+ruleset of the kinds of rules teams write (sources, users, client tags, a team header, SQL facts,
+if/else actions, priorities with ties, rules without priority) plus a few rules the converter
+must report as not exactly convertible. ``requests()`` builds the varied statement submissions
+(tests/migrate/harness.py's vocabulary, with trino-gateway's SQL facts written by hand).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+
+from tests.migrate import harness, rulesets
+from tests.migrate.reference import Request
+
+GROUPS = ("etl", "etl-special", "bi", "ds", "batch", "vip", "meta", "reports")
+SENTINEL_GROUP = "sentinel"
+SENTINEL_HEADER = "X-Parity-Phase"
+
+_SOURCES = ("airflow", "superset", "tableau", "dbt-airflow", "Airflow", "jupyter")
+_USERS = ("alice", "will", "svc_loader", "bob")
+_TAGS = ("label=special", "label=foo", "etl", "nightly")
+
+
+def _atom(rng: random.Random) -> str:
+    """One null-safe MVEL test (the converter translates each of these exactly)."""
+    kind = rng.randrange(10)
+    src = 'request.getHeader("X-Trino-Source")'
+    tags = 'request.getHeader("X-Trino-Client-Tags")'
+    if kind == 0:
+        return f'{src} == "{rng.choice(_SOURCES)}"'
+    if kind == 1:
+        return f'{src} != null && {src}.startsWith("{rng.choice(("air", "dbt", "sup", "ta"))}")'
+    if kind == 2:
+        return f'{tags} != null && {tags} contains "{rng.choice(_TAGS)}"'
+    if kind == 3:
+        return f'trinoRequestUser.userExistsAndEquals("{rng.choice(_USERS)}")'
+    if kind == 4:
+        return 'request.getHeader("X-Team") == "ds"'
+    if kind == 5:
+        return (f'trinoQueryProperties.getResourceGroupQueryType() == '
+                f'"{rng.choice(("SELECT", "INSERT", "DELETE", "DATA_DEFINITION", "EXPLAIN", "DESCRIBE"))}"')
+    if kind == 6:
+        return f'trinoQueryProperties.tablesContains("{rng.choice(("hive.raw.events", "catx.nondefault.t"))}")'
+    if kind == 7:
+        return f'trinoQueryProperties.getCatalogs().contains("{rng.choice(("system", "hive", "caty"))}")'
+    if kind == 8:
+        return f'trinoQueryProperties.getDefaultCatalog().orElse("none") == "{rng.choice(("hive", "catx"))}"'
+    return f'{src} != null && {src}.equalsIgnoreCase("AIRFLOW")'
+
+
+def _condition(rng: random.Random) -> str:
+    atoms = [_atom(rng) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
+    op = rng.choice((" && ", " || "))
+    text = op.join(f"({a})" for a in atoms)
+    return f"!({text})" if rng.random() < 0.08 else text
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def generated_rules(n: int = 200, seed: int = 18) -> str:
+    """``n`` convertible rules plus three the converter reports (``getQueryType() == "Query"``)."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        lines = [f"name: gen-{i:03d}", f"description: generated rule {i}"]
+        if rng.random() < 0.8:
+            lines.append(f"priority: {rng.randrange(0, 25)}")
+        lines.append(f"condition: {_quote(_condition(rng))}")
+        if rng.random() < 0.15:
+            t = rng.choice(_TAGS)
+            a, b = rng.sample(GROUPS, 2)
+            action = (f'if (request.getHeader("X-Trino-Client-Tags") != null && '
+                      f'request.getHeader("X-Trino-Client-Tags") contains "{t}") '
+                      f'{{ result.put("routingGroup", "{a}") }} else {{ result.put("routingGroup", "{b}") }}')
+        else:
+            action = f'result.put("routingGroup", "{rng.choice(GROUPS)}")'
+        lines.append(f"actions:\n  - {_quote(action)}")
+        docs.append("\n".join(lines))
+    reports = _quote('result.put("routingGroup", "reports")')
+    for i in range(3):
+        condition = _quote('trinoQueryProperties.getQueryType() == "Query" && (' + _atom(rng) + ")")
+        # above every generated priority, so that when they match they decide in trino-gateway
+        docs.append(f"name: selects-only-{i}\npriority: {25 + i}\n"
+                    f"condition: {condition}\nactions:\n  - {reports}")
+    return "---\n" + "\n---\n".join(docs) + "\n"
+
+
+def with_sentinel(text: str, phase: str) -> str:
+    """The rules file plus a rule that routes only requests carrying ``X-Parity-Phase: phase``
+    to the sentinel group: once a gateway does that, it has loaded this file."""
+    return text.rstrip() + (
+        f"\n---\nname: parity-sentinel\npriority: 1000000\n"
+        f"condition: 'request.getHeader(\"{SENTINEL_HEADER}\") == \"{phase}\"'\n"
+        f"actions:\n  - 'result.put(\"routingGroup\", \"{SENTINEL_GROUP}\")'\n")
+
+
+# (phase name, trino-gateway rules file, how many of the requests go through it)
+PHASES: list[tuple[str, str, int]] = [
+    ("docs-basic", rulesets.DOCS_BASIC, 100),
+    ("docs-priorities", rulesets.DOCS_PRIORITIES, 100),
+    ("docs-if", rulesets.DOCS_IF, 100),
+    ("generated", generated_rules(), 1000),
+]
+
+ALL_GROUPS = tuple(sorted(set(GROUPS) | {"adhoc", "etl-foo", "etl-bar", SENTINEL_GROUP}))
+
+
+def requests(n: int, seed: int = 1800) -> list[Request]:
+    """``n`` statement submissions over users, sources, client tags, session catalog/schema, a
+    team header and SQL statements (every user sent as ``X-Trino-User``: the simulated
+    coordinators refuse requests without one)."""
+    users = ["alice", "will", "svc_loader", "bob"]
+    combos = list(itertools.product(users, harness.SOURCES, harness.TAGS, harness.SESSIONS, harness.TEAMS))
+    rng = random.Random(seed)
+    return [harness._request(*rng.choice(combos), rng.choice(harness.SQL_CASES)) for _ in range(n)]
