@@ -1,7 +1,8 @@
 """Fixtures for the side-by-side tests: trino-gateway (Java) started by ``launcher``.
 
-Mandatory in CI: with ``CI=true`` a trino-gateway that cannot be fetched or started fails the
-test with the launcher's reason; elsewhere the tests are skipped with that reason.
+Mandatory in CI: with ``CI=true`` (or ``TRINO_GATEWAY_REQUIRE_JAVAGW=1``, which .ci/run sets) a
+trino-gateway that cannot be fetched or started fails the test with the launcher's reason;
+elsewhere the tests are skipped with that reason.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from tests.javagw import launcher
 
 
 def unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"trino-gateway (Java) is required in CI (CI=true): {reason}", pytrace=False)
+    if os.environ.get("CI", "").lower() == "true" or os.environ.get("TRINO_GATEWAY_REQUIRE_JAVAGW") == "1":
+        pytest.fail(f"trino-gateway (Java) is required here (CI=true or TRINO_GATEWAY_REQUIRE_JAVAGW=1): {reason}",
+                    pytrace=False)
     pytest.skip(f"trino-gateway (Java) unavailable: {reason}")
 
 
