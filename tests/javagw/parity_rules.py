@@ -28,31 +28,27 @@ _USERS = ("alice", "will", "svc_loader", "bob")
 _TAGS = ("label=special", "label=foo", "etl", "nightly")
 
 
+_SRC = 'request.getHeader("X-Trino-Source")'
+_TAG_HEADER = 'request.getHeader("X-Trino-Client-Tags")'
+# (MVEL test with {} for the value, the values): each null-safe, each converted exactly
+_ATOMS: list[tuple[str, tuple[str, ...]]] = [
+    (f'{_SRC} == "{{}}"', _SOURCES),
+    (f'{_SRC} != null && {_SRC}.startsWith("{{}}")', ("air", "dbt", "sup", "ta")),
+    (f'{_TAG_HEADER} != null && {_TAG_HEADER} contains "{{}}"', _TAGS),
+    ('trinoRequestUser.userExistsAndEquals("{}")', _USERS),
+    ('request.getHeader("X-Team") == "ds"', ()),
+    ('trinoQueryProperties.getResourceGroupQueryType() == "{}"',
+     ("SELECT", "INSERT", "DELETE", "DATA_DEFINITION", "EXPLAIN", "DESCRIBE")),
+    ('trinoQueryProperties.tablesContains("{}")', ("hive.raw.events", "catx.nondefault.t")),
+    ('trinoQueryProperties.getCatalogs().contains("{}")', ("system", "hive", "caty")),
+    ('trinoQueryProperties.getDefaultCatalog().orElse("none") == "{}"', ("hive", "catx")),
+    (f'{_SRC} != null && {_SRC}.equalsIgnoreCase("AIRFLOW")', ()),
+]
+
+
 def _atom(rng: random.Random) -> str:
-    """One null-safe MVEL test (the converter translates each of these exactly)."""
-    kind = rng.randrange(10)
-    src = 'request.getHeader("X-Trino-Source")'
-    tags = 'request.getHeader("X-Trino-Client-Tags")'
-    if kind == 0:
-        return f'{src} == "{rng.choice(_SOURCES)}"'
-    if kind == 1:
-        return f'{src} != null && {src}.startsWith("{rng.choice(("air", "dbt", "sup", "ta"))}")'
-    if kind == 2:
-        return f'{tags} != null && {tags} contains "{rng.choice(_TAGS)}"'
-    if kind == 3:
-        return f'trinoRequestUser.userExistsAndEquals("{rng.choice(_USERS)}")'
-    if kind == 4:
-        return 'request.getHeader("X-Team") == "ds"'
-    if kind == 5:
-        return (f'trinoQueryProperties.getResourceGroupQueryType() == '
-                f'"{rng.choice(("SELECT", "INSERT", "DELETE", "DATA_DEFINITION", "EXPLAIN", "DESCRIBE"))}"')
-    if kind == 6:
-        return f'trinoQueryProperties.tablesContains("{rng.choice(("hive.raw.events", "catx.nondefault.t"))}")'
-    if kind == 7:
-        return f'trinoQueryProperties.getCatalogs().contains("{rng.choice(("system", "hive", "caty"))}")'
-    if kind == 8:
-        return f'trinoQueryProperties.getDefaultCatalog().orElse("none") == "{rng.choice(("hive", "catx"))}"'
-    return f'{src} != null && {src}.equalsIgnoreCase("AIRFLOW")'
+    template, values = _ATOMS[rng.randrange(len(_ATOMS))]
+    return template.format(rng.choice(values)) if values else template
 
 
 def _condition(rng: random.Random) -> str:
