@@ -23,10 +23,12 @@ SETTINGS = ("trino-gateway defaults (JVM ergonomics for the heap, query history 
             "no rules) except monitor.taskDelay 5s")
 
 
-def start(tmp: Path, backend_url: str) -> tuple[Any, str | None]:
-    """(the running trino-gateway or None, the reason it is not measured)."""
+def start(tmp: Path, backends: str | list[tuple[str, str]]) -> tuple[Any, str | None]:
+    """(the running trino-gateway or None, the reason it is not measured); ``backends`` is one
+    URL or (name, URL) pairs, all in routing group adhoc."""
+    pairs = [("b1", backends)] if isinstance(backends, str) else backends
     try:
-        gw = launcher.start(tmp / "trino-gateway-java", backends=[launcher.Backend("b1", backend_url)],
+        gw = launcher.start(tmp / "trino-gateway-java", backends=[launcher.Backend(n, u) for n, u in pairs],
                             monitor_interval="5s", analyze_sql=False)
     except launcher.JavaGatewayUnavailable as exc:
         return None, f"trino-gateway (Java) is not measured: {exc}"

@@ -1,15 +1,21 @@
-"""Faults side by side: each gateway's PostgreSQL database unavailable for a while, under traffic.
+"""Faults side by side with trino-gateway (Java): the store unavailable, a coordinator killed.
 
-    python3 benchmarks/javagw_faults.py [--outage 30] [--clients 2] [--after 30]
+    python3 benchmarks/javagw_faults.py [--scenario store|coordinator|both] [--outage 30] [--clients 2]
 
 Ours (store in a PostgreSQL database of its own) and trino-gateway (Java, tests/javagw/launcher.py,
-its own database too) run in front of the same simulated coordinator. Clients keep submitting
-``SELECT * FROM nation`` through each and follow every ``nextUri`` to the end. Then both
-databases are made unavailable at once (``ALTER DATABASE ... ALLOW_CONNECTIONS false`` and
-their sessions terminated: the shared server keeps running for everyone else) for ``--outage``
-seconds, and restored. Printed per gateway: new queries and follow-up requests attempted and
-failed before, during and after the outage, and how long after the database returned the last
-failure happened (0: none after it returned).
+its own database too, ``monitor.taskDelay`` 5 s like our ``monitor.interval``) run in front of the
+same simulated coordinators. Clients keep submitting ``SELECT * FROM nation`` through each and
+follow every ``nextUri`` to the end.
+
+- ``store``: both databases are made unavailable at once (``ALTER DATABASE ... ALLOW_CONNECTIONS
+  false`` and their sessions terminated: the shared server keeps running for everyone else) for
+  ``--outage`` seconds, then restored.
+- ``coordinator``: two coordinators in one routing group, small slow result pages so queries
+  are in flight; one coordinator is killed (SIGKILL).
+
+Printed per gateway: new queries and follow-up requests attempted and failed before, during and
+after the fault, and how long after the fault ended (store back; coordinator killed) the last
+failure happened.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
@@ -39,29 +45,29 @@ def set_connections(admin_url: str, database: str, allow: bool) -> None:
 
 
 class Client(threading.Thread):
-    """Submits queries and follows them to the end; records (time, kind, ok) per request."""
+    """Submits queries and follows them to the end; records (time the answer came, kind, ok) per
+    request, so a request in flight when the fault starts counts as failing during it."""
 
-    def __init__(self, url: str, stop: threading.Event, events: list[tuple[float, str, bool]]) -> None:
+    def __init__(self, url: str, stop: threading.Event, events: list[tuple[float, str, bool]],
+                 user: str = "faults") -> None:
         super().__init__(daemon=True)
-        self.url, self.stop, self.events = url, stop, events
+        self.url, self.stop, self.events, self.user = url, stop, events, user
 
     def run(self) -> None:
         s = requests.Session()
-        headers = {"X-Trino-User": "faults", "X-Trino-Source": "faults"}
+        headers = {"X-Trino-User": self.user, "X-Trino-Source": "faults"}
         while not self.stop.is_set():
-            t = time.monotonic()
             try:
                 r = s.post(f"{self.url}/v1/statement", data=b"SELECT * FROM nation", headers=headers, timeout=10)
                 ok = r.status_code == 200 and "error" not in r.json()
             except (requests.RequestException, ValueError):
                 ok, r = False, None
-            self.events.append((t, "new query", ok))
+            self.events.append((time.monotonic(), "new query", ok))
             if not ok:
                 time.sleep(0.05)   # a failing gateway must not be hammered in a tight loop
                 continue
             doc = r.json()
             while doc.get("nextUri") and not self.stop.is_set():
-                t = time.monotonic()
                 try:
                     r = s.get(doc["nextUri"], headers=headers, timeout=10)
                     ok = r.status_code == 200
@@ -69,7 +75,7 @@ class Client(threading.Thread):
                     ok = ok and "error" not in doc
                 except (requests.RequestException, ValueError):
                     ok, doc = False, {}
-                self.events.append((t, "follow-up", ok))
+                self.events.append((time.monotonic(), "follow-up", ok))
 
 
 def summarise(events: list[tuple[float, str, bool]], down: float, up: float) -> dict[str, Any]:
@@ -79,12 +85,75 @@ def summarise(events: list[tuple[float, str, bool]], down: float, up: float) -> 
             sel = [ok for t, k, ok in events if k == kind and lo <= t < hi]
             out[f"{phase}: {kind}"] = f"{sum(not ok for ok in sel)} failed of {len(sel)}"
     late = [t for t, _, ok in events if not ok and t >= up]
-    out["last failure after the database returned"] = f"{(max(late) - up):.1f} s" if late else "none"
+    out["last failure after the fault ended"] = f"{(max(late) - up):.1f} s" if late else "none"
     return out
+
+
+def run_clients(urls: dict[str, str], clients: int, before: float, fault: Callable[[], None],
+                after: float) -> tuple[dict[str, list[tuple[float, str, bool]]], float, float]:
+    """Traffic through every gateway; ``fault()`` after ``before`` seconds; (events, fault start, end)."""
+    stop = threading.Event()
+    events: dict[str, list[tuple[float, str, bool]]] = collections.defaultdict(list)
+    threads = [Client(url, stop, events[name], f"via-{name}") for name, url in urls.items() for _ in range(clients)]
+    for c in threads:
+        c.start()
+    time.sleep(before)
+    down = time.monotonic()
+    fault()
+    up = time.monotonic()
+    time.sleep(after)
+    stop.set()
+    for c in threads:
+        c.join(30)
+    return events, down, up
+
+
+def report(title: str, events: dict[str, list[tuple[float, str, bool]]], down: float, up: float) -> None:
+    print(f"\n== {title}")
+    for name, ev in events.items():
+        print(f"{name}:")
+        for k, v in summarise(ev, down, up).items():
+            print(f"  {k}: {v}")
+
+
+def coordinator_killed(pg: str, args: argparse.Namespace) -> None:
+    tmp = S.new_tmp("tgw-faults-")
+    services: list[Any] = []
+    drop = None
+    try:
+        sims = [S.start_cluster(tmp, n, "--process-forwarded") for n in ("coord-a", "coord-b")]
+        services += sims
+        for sim in sims:   # ten pages of 3 rows, 50 ms each: queries are in flight when one dies
+            requests.post(f"{sim.url}/_sim/control", json={"page_rows": 3, "slow": 0.05}, timeout=5)
+        pairs = [(sim.name.removeprefix("cluster-"), sim.url) for sim in sims]
+        db_url, drop = H._fresh_pg_database(pg)
+        cfg = S.gateway_config(tmp, pairs, rules=0, store_url=db_url, name="gw-faults")
+        cfg["routing"]["policy"] = "round-robin"   # both coordinators carry queries when one dies
+        ours = S.start_gateway(tmp, cfg, name="gw-faults")
+        services.append(ours)
+        java, why = J.start(tmp, pairs)
+        if java is None:
+            raise SystemExit(f"javagw_faults: {why}")
+        services.append(java)
+        def kill() -> None:
+            for sim in sims:
+                users = collections.Counter(q.get("user") for q in
+                                            requests.get(f"{sim.url}/_sim/queries", timeout=10).json())
+                print(f"{sim.name} had served queries: {dict(users)}", flush=True)
+            sims[0].proc.kill()
+        events, down, up = run_clients({"ours": ours.url, J.NAME: java.url}, args.clients, args.before,
+                                       kill, args.after)
+        report("a coordinator killed (SIGKILL) under traffic; the other one stays", events, down, up)
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        if drop is not None:
+            drop()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", choices=("store", "coordinator", "both"), default="both")
     ap.add_argument("--outage", type=float, default=30.0, help="seconds without the database (default 30)")
     ap.add_argument("--before", type=float, default=10.0, help="seconds of traffic before (default 10)")
     ap.add_argument("--after", type=float, default=30.0, help="seconds of traffic after (default 30)")
@@ -93,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     pg = H.pg_url()
     if pg is None:
         raise SystemExit("javagw_faults: PostgreSQL is not reachable (TRINO_GATEWAY_BENCH_PG_URL)")
+    if args.scenario in ("coordinator", "both"):
+        coordinator_killed(pg, args)
+    if args.scenario in ("store", "both"):
+        store_unavailable(pg, args)
+    return 0
+
+
+def store_unavailable(pg: str, args: argparse.Namespace) -> None:
     tmp = S.new_tmp("tgw-faults-")
     services: list[Any] = []
     drop = None
@@ -108,36 +185,22 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"javagw_faults: {why}")
         services.append(java)
         databases = {"ours": db_url.rsplit("/", 1)[1], J.NAME: java.database}
-        stop = threading.Event()
-        events: dict[str, list[tuple[float, str, bool]]] = collections.defaultdict(list)
-        clients = [Client(url, stop, events[name]) for name, url in (("ours", ours.url), (J.NAME, java.url))
-                   for _ in range(args.clients)]
-        for c in clients:
-            c.start()
-        time.sleep(args.before)
-        down = time.monotonic()
-        for db in databases.values():
-            set_connections(pg, db, False)
-        print(f"databases unavailable for {args.outage:g} s ...", flush=True)
-        time.sleep(args.outage)
-        for db in databases.values():
-            set_connections(pg, db, True)
-        up = time.monotonic()
-        print("databases back", flush=True)
-        time.sleep(args.after)
-        stop.set()
-        for c in clients:
-            c.join(30)
-        for name in ("ours", J.NAME):
-            print(f"\n{name}:")
-            for k, v in summarise(events[name], down, up).items():
-                print(f"  {k}: {v}")
+
+        def outage() -> None:
+            for db in databases.values():
+                set_connections(pg, db, False)
+            print(f"databases unavailable for {args.outage:g} s ...", flush=True)
+            time.sleep(args.outage)
+            for db in databases.values():
+                set_connections(pg, db, True)
+        events, down, up = run_clients({"ours": ours.url, J.NAME: java.url}, args.clients, args.before,
+                                       outage, args.after)
+        report(f"each gateway's PostgreSQL database unavailable for {args.outage:g} s", events, down, up)
     finally:
         for svc in reversed(services):
             svc.stop()
         if drop is not None:
             drop()
-    return 0
 
 
 if __name__ == "__main__":
