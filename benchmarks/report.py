@@ -228,7 +228,8 @@ def _javagw(res: dict[str, Any], jg: dict[str, Any]) -> list[str]:
         if not ours or not java:
             return f"| {label} | {fmt(ours, unit, digits)} | {fmt(java, unit, digits)} | – |"
         mo, mj = statistics.median(ours), statistics.median(java)
-        ratio = (mj / mo if lower_is_better else mo / mj) if mo and mj else None
+        # a negative added latency is noise (direct was slower that time): no ratio then
+        ratio = (mj / mo if lower_is_better else mo / mj) if mo > 0 and mj > 0 else None
         shown = f"{ratio:.2f}×" if ratio is not None else "–"
         return f"| {label} | {fmt(ours, unit, digits)} | {fmt(java, unit, digits)} | {shown} |"
     lines = [f"### Side by side with trino-gateway {jg['version']} (Java)", "",
