@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import sys
 import threading
 import time
@@ -149,6 +150,7 @@ def coordinator_killed(pg: str, args: argparse.Namespace) -> None:
             svc.stop()
         if drop is not None:
             drop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +203,7 @@ def store_unavailable(pg: str, args: argparse.Namespace) -> None:
             svc.stop()
         if drop is not None:
             drop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
