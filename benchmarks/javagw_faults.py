@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import shutil
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import requests
 
@@ -117,25 +118,43 @@ def report(title: str, events: dict[str, list[tuple[float, str, bool]]], down: f
             print(f"  {k}: {v}")
 
 
-def coordinator_killed(pg: str, args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def side_by_side(pg: str, sims: list[str], policy: str | None = None) -> Iterator[tuple[list[Any], Any, Any, str]]:
+    """Simulated coordinators ``sims`` (group adhoc), ours and trino-gateway in front of them,
+    each with a fresh PostgreSQL database: (coordinators, ours, trino-gateway, our database).
+    Everything is stopped and dropped afterwards."""
     tmp = S.new_tmp("tgw-faults-")
     services: list[Any] = []
     drop = None
     try:
-        sims = [S.start_cluster(tmp, n, "--process-forwarded") for n in ("coord-a", "coord-b")]
-        services += sims
-        for sim in sims:   # ten pages of 3 rows, 50 ms each: queries are in flight when one dies
-            requests.post(f"{sim.url}/_sim/control", json={"page_rows": 3, "slow": 0.05}, timeout=5)
-        pairs = [(sim.name.removeprefix("cluster-"), sim.url) for sim in sims]
+        coords = [S.start_cluster(tmp, n, "--process-forwarded") for n in sims]
+        services += coords
+        pairs = [(n, c.url) for n, c in zip(sims, coords)]
         db_url, drop = H._fresh_pg_database(pg)
         cfg = S.gateway_config(tmp, pairs, rules=0, store_url=db_url, name="gw-faults")
-        cfg["routing"]["policy"] = "round-robin"   # both coordinators carry queries when one dies
+        if policy:
+            cfg["routing"]["policy"] = policy
         ours = S.start_gateway(tmp, cfg, name="gw-faults")
         services.append(ours)
         java, why = J.start(tmp, pairs)
         if java is None:
             raise SystemExit(f"javagw_faults: {why}")
         services.append(java)
+        yield coords, ours, java, db_url.rsplit("/", 1)[1]
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        if drop is not None:
+            drop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def coordinator_killed(pg: str, args: argparse.Namespace) -> None:
+    # round-robin: both coordinators carry queries when one dies
+    with side_by_side(pg, ["coord-a", "coord-b"], policy="round-robin") as (sims, ours, java, _):
+        for sim in sims:   # ten pages of 3 rows, 50 ms each: queries are in flight when one dies
+            requests.post(f"{sim.url}/_sim/control", json={"page_rows": 3, "slow": 0.05}, timeout=5)
+
         def kill() -> None:
             for sim in sims:
                 users = collections.Counter(q.get("user") for q in
@@ -145,12 +164,22 @@ def coordinator_killed(pg: str, args: argparse.Namespace) -> None:
         events, down, up = run_clients({"ours": ours.url, J.NAME: java.url}, args.clients, args.before,
                                        kill, args.after)
         report("a coordinator killed (SIGKILL) under traffic; the other one stays", events, down, up)
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        if drop is not None:
-            drop()
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def store_unavailable(pg: str, args: argparse.Namespace) -> None:
+    with side_by_side(pg, ["faults"]) as (_, ours, java, our_db):
+        databases = {"ours": our_db, J.NAME: java.database}
+
+        def outage() -> None:
+            for db in databases.values():
+                set_connections(pg, db, False)
+            print(f"databases unavailable for {args.outage:g} s ...", flush=True)
+            time.sleep(args.outage)
+            for db in databases.values():
+                set_connections(pg, db, True)
+        events, down, up = run_clients({"ours": ours.url, J.NAME: java.url}, args.clients, args.before,
+                                       outage, args.after)
+        report(f"each gateway's PostgreSQL database unavailable for {args.outage:g} s", events, down, up)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,41 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario in ("store", "both"):
         store_unavailable(pg, args)
     return 0
-
-
-def store_unavailable(pg: str, args: argparse.Namespace) -> None:
-    tmp = S.new_tmp("tgw-faults-")
-    services: list[Any] = []
-    drop = None
-    try:
-        sim = S.start_cluster(tmp, "faults", "--process-forwarded")
-        services.append(sim)
-        db_url, drop = H._fresh_pg_database(pg)
-        cfg = S.gateway_config(tmp, [("sim", sim.url)], rules=0, store_url=db_url, name="gw-faults")
-        ours = S.start_gateway(tmp, cfg, name="gw-faults")
-        services.append(ours)
-        java, why = J.start(tmp, sim.url)
-        if java is None:
-            raise SystemExit(f"javagw_faults: {why}")
-        services.append(java)
-        databases = {"ours": db_url.rsplit("/", 1)[1], J.NAME: java.database}
-
-        def outage() -> None:
-            for db in databases.values():
-                set_connections(pg, db, False)
-            print(f"databases unavailable for {args.outage:g} s ...", flush=True)
-            time.sleep(args.outage)
-            for db in databases.values():
-                set_connections(pg, db, True)
-        events, down, up = run_clients({"ours": ours.url, J.NAME: java.url}, args.clients, args.before,
-                                       outage, args.after)
-        report(f"each gateway's PostgreSQL database unavailable for {args.outage:g} s", events, down, up)
-    finally:
-        for svc in reversed(services):
-            svc.stop()
-        if drop is not None:
-            drop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
