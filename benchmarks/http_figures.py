@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import javagw as J  # noqa: E402
 import load as L  # noqa: E402
 import payloads as P  # noqa: E402
 import services as S  # noqa: E402
@@ -65,14 +66,26 @@ def _warm(svc: S.Service, *specs: L.RequestSpec) -> None:
 class Stack:
     """Static backend, nginx in front of it (if installed), one gateway (100 rules, history)."""
 
-    def __init__(self, bench: Bench, *, rules: int = 100) -> None:
+    def __init__(self, bench: Bench, *, rules: int = 100, java: bool = False) -> None:
         self.bench = bench
-        self.services: list[S.Service] = []
+        self.services: list[Any] = []
         self.backend = self._keep(S.start_static_backend(bench.tmp, prefer_nginx=bench.tool == "wrk"))
         self.nginx = None
         if S.nginx_available() and self.backend.extra.get("kind") == "nginx":
             self.nginx = self._keep(S.start_nginx_proxy(bench.tmp, self.backend))
         self.gateway = self.start_gateway("gw", rules=rules)
+        # trino-gateway (Java) as a peer: same backend, measured in the same repetitions.
+        self.java = None
+        self.rss_at_rest: dict[str, float] = {}
+        if java:
+            self.java, why = J.start(bench.tmp, self.backend.url)
+            if why:
+                bench.notes.append(why)
+            else:
+                self._keep(self.java)
+                _warm(self.java, POST, GET)
+                self.rss_at_rest = {"gateway": J.tree_rss_mb(self.gateway.pid),
+                                    J.NAME: J.tree_rss_mb(self.java.pid)}
 
     def _keep(self, svc: S.Service) -> S.Service:
         self.services.append(svc)
@@ -84,10 +97,12 @@ class Stack:
         _warm(gw, POST, GET)
         return gw
 
-    def targets(self) -> dict[str, S.Service]:
-        t = {"direct": self.backend, "gateway": self.gateway}
+    def targets(self) -> dict[str, Any]:
+        t: dict[str, Any] = {"direct": self.backend, "gateway": self.gateway}
         if self.nginx is not None:
             t["nginx"] = self.nginx
+        if self.java is not None:
+            t[J.NAME] = self.java
         return t
 
     def stop(self) -> None:
@@ -123,9 +138,12 @@ def pages(bench: Bench, stack: Stack) -> dict[str, Any]:
     _warm(gw, page_spec(1))
     pid = S.worker_pids(gw)[0]
     before = S.proc_status_kb(pid, "VmHWM")
-    targets = {"direct": stack.backend, "gateway": gw}
+    targets: dict[str, Any] = {"direct": stack.backend, "gateway": gw}
     if stack.nginx is not None:
         targets["nginx"] = stack.nginx
+    if stack.java is not None:
+        _warm(stack.java, page_spec(1))
+        targets[J.NAME] = stack.java
     out: dict[str, Any] = {}
     for mb in (1,) if bench.quick else (1, 16):
         runs = _alternate(bench, {n: (lambda s=s: bench.load(page_spec(mb), s, 1))

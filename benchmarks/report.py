@@ -47,14 +47,16 @@ def ratios(res: dict[str, Any]) -> dict[str, list[float]]:
             out[name] = paired(a, b, div)
     for spec in ("POST", "GET"):
         t = _get(res, "throughput", spec) or {}
-        for other in ("direct", "nginx", "bare-tornado"):
+        for other in ("direct", "nginx", "bare-tornado", "trino-gateway"):
             add(f"{spec.lower()}_rps.gateway/{other}", t.get("gateway"), t.get(other))
         lat = _get(res, "latency", spec) or {}
-        for other in ("direct", "nginx"):
+        for other in ("direct", "nginx", "trino-gateway"):
             add(f"{spec.lower()}_p50.{other}/gateway", _get(lat, other, "p50_us"), _get(lat, "gateway", "p50_us"))
+        add(f"{spec.lower()}_p99.trino-gateway/gateway", _get(lat, "trino-gateway", "p99_us"),
+            _get(lat, "gateway", "p99_us"))
     for size in ("1MB", "16MB"):
         p = _get(res, "pages", size) or {}
-        for other in ("direct", "nginx"):
+        for other in ("direct", "nginx", "trino-gateway"):
             add(f"page{size.lower()}.gateway/{other}", p.get("gateway"), p.get(other))
     c = _get(res, "client", "seconds") or {}
     for other in ("direct", "nginx"):
@@ -207,6 +209,9 @@ def render(res: dict[str, Any]) -> str:
         lines += ["### Memory per remembered query", "",
                   f"RSS growth after {mem['entries']:,} `StickyMap.put`s in a fresh process: "
                   f"{mem['bytes'] / 1e6:.1f} MB, **{mem['bytes_per_entry']:.0f} bytes per query**.", ""]
+    jg = res.get("javagw")
+    if jg:
+        lines += _javagw(res, jg)
     rs = ratios(res)
     if rs:
         lines += ["### Ratios (median of paired runs, min–max; higher is better for the gateway)", "",
@@ -214,6 +219,43 @@ def render(res: dict[str, Any]) -> str:
         lines += [f"| {k} | {fmt(v, digits=3)} |" for k, v in sorted(rs.items())] + [""]
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _javagw(res: dict[str, Any], jg: dict[str, Any]) -> list[str]:
+    """Ours next to trino-gateway (Java): every figure of the run, with the ratio."""
+    def row(label: str, ours: list[float] | None, java: list[float] | None, unit: str, digits: int,
+            lower_is_better: bool) -> str:
+        if not ours or not java:
+            return f"| {label} | {fmt(ours, unit, digits)} | {fmt(java, unit, digits)} | – |"
+        mo, mj = statistics.median(ours), statistics.median(java)
+        # a negative added latency is noise (direct was slower that time): no ratio then
+        ratio = (mj / mo if lower_is_better else mo / mj) if mo > 0 and mj > 0 else None
+        shown = f"{ratio:.2f}×" if ratio is not None else "–"
+        return f"| {label} | {fmt(ours, unit, digits)} | {fmt(java, unit, digits)} | {shown} |"
+    lines = [f"### Side by side with trino-gateway {jg['version']} (Java)", "",
+             f"Same static backend, same repetitions; trino-gateway runs with {jg['settings']}. "
+             "The last column is how many times better ours is (above 1: ours is better).", "",
+             "| figure | ours | trino-gateway | ours better by |", "|---|---|---|---|"]
+    for spec in ("POST", "GET"):
+        for pct in ("p50_us", "p99_us"):
+            lines.append(row(f"added latency {spec} {pct[:3]}, concurrency 1 (ms)",
+                             added_latency(res, spec, pct), added_latency(res, spec, pct, "trino-gateway"),
+                             "", 3, True))
+    for spec in ("POST", "GET"):
+        t = _get(res, "throughput", spec) or {}
+        lines.append(row(f"{spec} requests/s, concurrency 32", t.get("gateway"), t.get("trino-gateway"), "", 0, False))
+    for size in ("1MB", "16MB"):
+        p = _get(res, "pages", size) or {}
+        lines.append(row(f"{size} result pages (MB/s)", p.get("gateway"), p.get("trino-gateway"), "", 1, False))
+    lines.append(row("resident memory at rest (MB)", jg["rss_rest_mb"].get("gateway"),
+                     jg["rss_rest_mb"].get("trino-gateway"), "", 0, True))
+    lines.append(row("resident memory under POST load, concurrency 32 (peak MB)", jg["rss_load_mb"].get("gateway"),
+                     jg["rss_load_mb"].get("trino-gateway"), "", 0, True))
+    lines.append(row("start to ready (s)", jg["ready_s"].get("gateway"), jg["ready_s"].get("trino-gateway"),
+                     "", 1, True))
+    lines += ["", "Memory is the resident set of the whole process tree (ours: the gateway and its store "
+                  "process); trino-gateway's includes the JVM's heap as its defaults size it.", ""]
+    return lines
 
 
 def _routing(ro: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The benchmark suite in one command: gateway vs direct vs nginx, then docs/benchmarks.md.
+"""The benchmark suite in one command: gateway vs direct vs nginx vs trino-gateway, then docs/benchmarks.md.
 
     python3 benchmarks/run.py                      # everything, ~10 minutes; writes docs/benchmarks.md
     python3 benchmarks/run.py --quick              # the guarded ratios only, under a minute
@@ -9,7 +9,9 @@ Needs wrk and nginx from the OS packages (``apt-get install wrk nginx-light``); 
 says so and falls back to a pure-Python load generator / static backend, whose figures are only
 comparable among themselves. PostgreSQL for the history figure: TRINO_GATEWAY_BENCH_PG_URL
 (default postgresql://postgres@127.0.0.1:5432/postgres); a fresh database is created and dropped.
-Nothing is installed.
+Nothing is installed. trino-gateway (the Java project) is one more target of the HTTP figures
+(section ``javagw``, not in ``--quick``): tests/javagw/launcher.py fetches its jar through Maven
+into ~/.m2 and needs a JDK 25; without them the suite says why and measures the rest.
 """
 from __future__ import annotations
 
@@ -26,13 +28,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import http_figures as H  # noqa: E402
+import javagw as J  # noqa: E402
 import load as L  # noqa: E402
 import machine  # noqa: E402
 import report  # noqa: E402
 import routing_figures as R  # noqa: E402
 import services as S  # noqa: E402
 
-SECTIONS = ("latency", "throughput", "pages", "client", "routing", "history", "workers", "memory")
+SECTIONS = ("latency", "throughput", "pages", "client", "routing", "history", "workers", "memory", "javagw")
 QUICK_SECTIONS = ("latency", "throughput", "pages", "client")
 BASELINE = HERE / "baseline.json"
 TITLE = "Benchmarks"
@@ -72,10 +75,13 @@ def run_suite(*, quick: bool, sections: tuple[str, ...], tool: str, reps: int, s
         "machine": machine.describe(),
         "notes": list(notes),
     }
-    http = [s for s in sections if s in ("latency", "throughput", "pages", "history", "workers")]
+    http = [s for s in sections if s in ("latency", "throughput", "pages", "history", "workers", "javagw")]
     t_start = time.monotonic()
     if http:
-        stack = H.Stack(bench)
+        if "javagw" in sections:
+            log("starting trino-gateway (Java) ...")
+        stack = H.Stack(bench, java="javagw" in sections)
+        res["notes"] += bench.notes
         bare = S.start_bare_tornado(tmp) if "throughput" in sections else None
         try:
             if "latency" in sections:
@@ -93,6 +99,9 @@ def run_suite(*, quick: bool, sections: tuple[str, ...], tool: str, reps: int, s
             if "workers" in sections:
                 log("workers 2 vs 1 ...")
                 res["workers"] = H.workers(bench, stack)
+            if "javagw" in sections and stack.java is not None:
+                log("trino-gateway: start time and memory ...")
+                res["javagw"] = J.memory_and_start(bench, stack, H.POST)
         finally:
             if bare is not None:
                 bare.stop()

@@ -249,6 +249,7 @@ def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
     path.write_text(yaml.safe_dump(cfg))
     log_path = tmp / f"{name}.log"
     logf = open(log_path, "wb")
+    t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
                             stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
     logf.close()
@@ -268,6 +269,7 @@ def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
     except RuntimeError:
         svc.stop()
         raise
+    svc.extra["ready_s"] = time.monotonic() - t0
     return svc
 
 

@@ -19,7 +19,7 @@ from gateway.admin.errors import ApiError
 from gateway.auth import Authenticator, is_loopback, parse_basic, sql_visible
 from gateway.backends import Backend
 from gateway.config import ConfigError, validate_name, validate_url
-from gateway.limits import control_chars, loads_json
+from gateway.limits import control_chars, loads_json, mask_credentials
 from gateway.offload import Busy
 
 if TYPE_CHECKING:
@@ -233,8 +233,7 @@ class PublicBackendsHandler(ApiHandler):
                 raise ApiError(404, f"Backend {name!r} does not exist")
             if state is None:
                 return self.send_json(backend.to_json())
-            st = gw.registry.state(name).to_json()
-            st["name"] = name
+            st = backend_state_json(backend, gw.registry.state(name))
             # Beside the monitor's counts (null when it cannot count): the queries the gateway
             # routed here and has not seen finish, from the shared history (null: unknown).
             if gw.store is not None and gw.config.store.historyEnabled:
@@ -242,6 +241,20 @@ class PublicBackendsHandler(ApiHandler):
             st["unfinished"] = gw.unfinished.of(name)
             self.send_json(st)
         await self.run(False, go)
+
+
+def backend_state_json(backend: Backend, state: Any) -> dict[str, Any]:
+    """Our state fields plus trino-gateway's names for them (``ClusterStats``), so scripts
+    written for its ``/api/public/backends/{name}/state`` keep working."""
+    doc = state.to_json()
+    doc["name"] = backend.name
+    # Counts the monitor cannot see (info-api, noop) stay null here too, never a made-up 0.
+    doc.update({"clusterId": backend.name, "runningQueryCount": doc.get("running"),
+                "queuedQueryCount": doc.get("queued"), "numWorkerNodes": state.workers,
+                "trinoStatus": state.health.value, "proxyTo": mask_credentials(backend.proxyTo),
+                "externalUrl": mask_credentials(backend.external_url),
+                "routingGroup": backend.routingGroup})
+    return doc
 
 
 class HealthHandler(RequestHandler):
