@@ -373,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for c in cluster.coordinators.values():
         print(f"{c.name} {c.url} (folder {c.folder})", flush=True)
+    # Blocked, so that sigwait receives them (else SIGTERM's default action ends this process
+    # and leaves the coordinators, which run in sessions of their own, behind).
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
     try:
         signal.sigwait([signal.SIGINT, signal.SIGTERM])
     except KeyboardInterrupt:
