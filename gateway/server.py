@@ -105,6 +105,19 @@ def backend_ssl_context(s: ServerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker stops (SIGTERM: gracefully) when its supervisor dies, even by SIGKILL or OOM,
+    instead of serving on as an orphan that holds the port and the store (Linux only)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)    # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:                    # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.socket]]) -> int:
     """Fork the workers and wait; forward signals; restart a worker that crashed.
 
@@ -117,6 +130,8 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
     children: dict[int, tuple[int, int]] = {}   # pid -> (worker number, read end of its ready pipe)
     failed_starts: dict[int, int] = {}          # worker number -> start failures in a row
 
+    supervisor = os.getpid()
+
     def spawn(i: int) -> int:
         ready_r, ready_w = os.pipe()
         pid = os.fork()
@@ -127,6 +142,7 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
                     os.close(fd)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
+                _exit_with_parent(supervisor)
 
                 def ready(_gw: Any, _port: int) -> None:
                     os.write(ready_w, b"r")

@@ -110,6 +110,27 @@ def test_two_workers_stop_together_with_exit_0(fresh_clusters, gateway_factory, 
     assert gw.log().count("INFO gateway.server: stopped") == 2
 
 
+def test_workers_stop_when_their_supervisor_is_killed(fresh_clusters, gateway_factory, tmp_path):
+    """SIGKILL (or the OOM killer) on the supervisor: no orphaned worker keeps the port."""
+    gw = gateway_factory(gateway_config(tmp_path, fresh_clusters, groups={"adhoc-1": "adhoc"},
+                                        server={"workers": 2}))
+    wait_for(lambda: gw.log().count("listening on") >= 2, message="two workers")
+    workers = [int(p) for p in open(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read().split()
+               if b"gateway.store" not in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert len(workers) == 2
+    gw.proc.kill()
+    gw.proc.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+        except OSError:
+            return True
+    wait_for(lambda: all(gone(p) for p in workers), timeout=30, message="the workers to stop")
+    wait_for(lambda: gw.log().count("INFO gateway.server: stopped") == 2, timeout=10,
+             message="both workers to stop gracefully")
+
+
 def test_sighup_reloads_rules_the_watcher_cannot_see_and_logging(fresh_clusters, gateway_factory, tmp_path):
     # The rules file is a symlink to a file in a folder the watcher does not watch, and the
     # edit keeps size, inode and mtime: only SIGHUP can make the gateway notice it.
