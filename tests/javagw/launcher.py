@@ -52,6 +52,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from tests.real.launcher import stop_process
+
 GROUP_ID, ARTIFACT_ID, CLASSIFIER = "io.trino.gateway", "gateway-ha", "jar-with-dependencies"
 DEFAULT_VERSION = "21"           # the newest release on Maven Central when this was written
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -315,13 +317,7 @@ class JavaGateway:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (trino-gateway shuts down gracefully), SIGKILL after ``timeout``; drop the database."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         try:
             drop_database(self.admin_url, self.database)
         except Exception as exc:  # noqa: BLE001 - stopping must not fail on cleanup

@@ -142,22 +142,22 @@ def real_gateway_factory(coords: Cluster, tmp_path: Path) -> Iterator[Callable[.
             pass
 
 
-@pytest.fixture(scope="session")
-def jdbc_jar() -> Path:
+def _fetched(artifact: Any) -> Path:
     try:
-        return fetch(JDBC, say=say)
+        return fetch(artifact, say=say)
     except LauncherError as exc:
         _unavailable(str(exc))
         raise
+
+
+@pytest.fixture(scope="session")
+def jdbc_jar() -> Path:
+    return _fetched(JDBC)
 
 
 @pytest.fixture(scope="session")
 def cli_jar() -> Path:
-    try:
-        return fetch(CLI, say=say)
-    except LauncherError as exc:
-        _unavailable(str(exc))
-        raise
+    return _fetched(CLI)
 
 
 @pytest.fixture(scope="session")
