@@ -541,7 +541,13 @@ def test_ui_login_then_stats_and_queued_queries(alpha):
     queued = session.get(url + "/ui/api/query?state=QUEUED").json()
     assert any(q["queryId"] == doc["id"] and q["sessionUser"] == "alice" for q in queued)
     assert session.get(url + f"/ui/api/query/{doc['id']}").json()["state"] == "QUEUED"
-    page = requests.get(doc["infoUri"])
+    # Like Trino 476: without the UI login the page sends the browser to log in and come back.
+    bare = requests.get(doc["infoUri"], allow_redirects=False)
+    assert bare.status_code == 303
+    assert bare.headers["Location"] == f"{url}/ui/login.html?/ui/query.html?{doc['id']}"
+    assert f"value='/ui/query.html?{doc['id']}'" in requests.get(bare.headers["Location"]).text
+    assert requests.get(url + "/ui/api/stats").headers["WWW-Authenticate"] == "Trino-Form-Login"
+    page = session.get(doc["infoUri"])
     assert page.status_code == 200 and doc["id"] in page.text and "alpha" in page.text
     requests.delete(doc["nextUri"])
     assert session.get(url + "/ui/api/query/20200101_000000_00000_zzzzz").status_code == 410

@@ -145,10 +145,16 @@ class JmxHandler(SimHandler):
 # ---------------------------------------------------------------- web UI
 
 class UiLoginHandler(SimHandler):
+    """As Trino's form login without authentication: the page takes the path to return to from
+    its own query string (``/ui/login.html?/ui/query.html?<id>``); the answer to the form is a
+    303 to an absolute URI (checked against Trino 476)."""
+
     def get(self) -> None:
+        back = self.request.query if self.request.query.startswith("/ui/") else "/ui/"
         self.send(Reply(200, b"<html><body><form method='post' action='/ui/login'>"
                              b"<input name='username'><input name='password' type='password'>"
-                             b"<input type='hidden' name='redirectPath' value='/ui/'>"
+                             b"<input type='hidden' name='redirectPath' value='"
+                             + html.escape(back, quote=True).encode() + b"'>"
                              b"<button>Log in</button></form></body></html>",
                         "text/html; charset=utf-8"))
 
@@ -158,12 +164,12 @@ class UiLoginHandler(SimHandler):
         redirect = self.get_body_argument("redirectPath", "") or "/ui/"
         if not user or (self.cluster.control.auth == "basic" and not password):
             self.set_status(303)
-            self.set_header("Location", "/ui/login.html")
+            self.set_header("Location", f"{self.base()}/ui/login.html")
             return self.finish()
         token = f"{user}.{_sign(self.cluster.ui_secret, user)}"
         self.set_cookie(UI_COOKIE, token, path="/ui", httponly=True)
         self.set_status(303)
-        self.set_header("Location", redirect if redirect.startswith("/") else "/ui/")
+        self.set_header("Location", self.base() + (redirect if redirect.startswith("/") else "/ui/"))
         self.finish()
 
 
@@ -203,6 +209,11 @@ class UiQueryHandler(SimHandler):
 class UiQueryPageHandler(SimHandler):
     def get(self) -> None:
         qid = self.request.query
+        if self.ui_user(answer=False) is None:
+            # Like Trino: the page itself needs the UI login; back here after it.
+            self.set_status(303)
+            self.set_header("Location", f"{self.base()}/ui/login.html?/ui/query.html?{qid}")
+            return self.finish()
         q = self.engine.queries.get(qid)
         name = html.escape(self.cluster.name)
         detail = (f"<p>State: {q.state}</p><p>User: {html.escape(q.session.user)}</p>"

@@ -188,12 +188,15 @@ class SimHandler(tornado.web.RequestHandler):
         self.finish("Unauthorized")
         return None
 
-    def ui_user(self) -> str | None:
+    def ui_user(self, answer: bool = True) -> str | None:
+        """The UI login's user, or None (after answering 401 as Trino does, when ``answer``)."""
         token = self.get_cookie(UI_COOKIE) or ""
         user, _, sig = token.rpartition(".")
         if user and hmac.compare_digest(sig, _sign(self.cluster.ui_secret, user)):
             return user
-        self.send_text(401, "Unauthorized: log in at /ui/login first")
+        if answer:
+            self.send(Reply(401, b"Unauthorized", "text/plain; charset=utf-8",
+                            [("WWW-Authenticate", "Trino-Form-Login")]))
         return None
 
     def max_wait(self) -> float | None:
