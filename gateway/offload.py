@@ -268,4 +268,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:    # the gateway went away (a failed start, a crash): nothing to say
+        sys.exit(0)

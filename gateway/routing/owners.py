@@ -38,6 +38,10 @@ log = logging.getLogger("gateway.routing")
 SOURCES = ("token", "memory", "probe", "store", "none", "refused")  # refused: a bad token
 _MAX_WAITING_KEYS = 256   # distinct keys that may wait for the store at once (shared waits)
 _PROBE_USER = "trino-gateway"
+# A probe's answer when every backend said plainly that it does not know the query (404/410):
+# then the store is read once, not waited on. Waiting two flush intervals for each made-up id
+# would let a client tie up a lookup slot per request for seconds (pipelined unknown ids).
+NOWHERE = "\0nowhere"
 
 
 class BackendProbe:
@@ -78,12 +82,13 @@ class BackendProbe:
             except BackendError:
                 return None
             # 403: the backend knows the query, the probing user may not see it
-            return b.name if code in (200, 403) else None
+            return b.name if code in (200, 403) else NOWHERE if code in (404, 410) else None
 
-        for name in await asyncio.gather(*(ask(b) for b in backends)):
-            if name is not None:
+        answers = await asyncio.gather(*(ask(b) for b in backends))
+        for name in answers:
+            if name is not None and name != NOWHERE:
                 return name
-        return None
+        return NOWHERE if all(a == NOWHERE for a in answers) else None
 
 
 class OwnerLookup:
@@ -122,17 +127,19 @@ class OwnerLookup:
             return name
         source = "probe"
         name = await self.probe(key, headers) if kind == P.QUERY else None
-        if name is None:
+        if name is None or name == NOWHERE:
             source = "store"
-            name = await self._store_lookup(kind, key)
+            name = await self._store_lookup(kind, key, patient=name is None)
         self.count(source if name is not None else "none")
         if name is not None:
             self.sticky.put(kind, key, name)
         return name
 
-    async def _store_lookup(self, kind: str, key: str) -> str | None:
+    async def _store_lookup(self, kind: str, key: str, patient: bool = True) -> str | None:
         if self.store is None:
             return None
+        if not patient:
+            return await self._poll_store(kind, key, 0.0)
         scope = (kind, key)
         shared = self._waits.get(scope)
         if shared is not None:

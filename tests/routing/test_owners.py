@@ -8,7 +8,7 @@ from collections import Counter
 from tornado.httputil import HTTPHeaders
 
 from gateway.backends import Backend, Registry
-from gateway.routing.owners import BackendProbe, OwnerLookup
+from gateway.routing.owners import NOWHERE, BackendProbe, OwnerLookup
 from gateway.routing.sticky import StickyMap
 
 QID = "20240101_123456_00001_abcde"
@@ -87,6 +87,17 @@ def test_unknown_everywhere_is_none_after_the_wait():
         owners, counts, _ = _lookup(None, store=FakeStore(None))
         assert await owners.owner("query", QID, HTTPHeaders()) is None
         assert counts == Counter({"none": 1})
+    asyncio.run(go())
+
+
+def test_a_query_every_backend_denies_reads_the_store_once_without_waiting():
+    """Every backend answered 404/410: no other process can be about to learn it. Waiting two
+    flush intervals per made-up id would let pipelined unknown ids hold a connection for seconds."""
+    async def go() -> None:
+        store = FakeStore("b1", appear_after=3)
+        owners, counts, _ = _lookup(NOWHERE, store=store)
+        assert await owners.owner("query", QID, HTTPHeaders()) is None
+        assert store.calls == 1 and counts == Counter({"none": 1})
     asyncio.run(go())
 
 
