@@ -125,21 +125,12 @@ def gw(request: pytest.FixtureRequest, real_gateways: dict[str, GatewayProcess])
 
 
 @pytest.fixture
-def real_gateway_factory(coords: Cluster, tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """Own gateways for tests that change settings (monitors, faults)."""
-    started: list[GatewayProcess] = []
-
+def real_gateway_factory(coords: Cluster, tmp_path: Path,
+                         gateway_factory: Callable[..., GatewayProcess]) -> Callable[..., GatewayProcess]:
+    """Own gateways for tests that change settings (monitors, faults); stopped by gateway_factory."""
     def make(workers: int = 1, **overrides: Any) -> GatewayProcess:
-        gw = start_gateway(tmp_path, real_gateway_config(tmp_path, coords, workers, **overrides))
-        started.append(gw)
-        return gw
-
-    yield make
-    for g in started:
-        try:
-            g.stop(timeout=15)
-        except AssertionError:
-            pass
+        return gateway_factory(real_gateway_config(tmp_path, coords, workers, **overrides))
+    return make
 
 
 def _fetched(artifact: Any) -> Path:
