@@ -70,7 +70,9 @@ def test_held_queries_polled_on_new_connections_through_two_workers(fresh_cluste
     # place in line), and none of them failed
     pages = [p for _, qs in results.values() for p in qs]
     assert any("gatewayQueuePosition" not in p["stats"] for p in pages), pages
-    assert order_on(etl, ["blocker", "h1", "h2", "h3"]) == ["blocker", "h1", "h2", "h3"]
+    ran = order_on(etl, ["blocker", "h1", "h2", "h3"])
+    # each ran once, after the blocker (the order among them is per worker: docs/admission.md)
+    assert ran[0] == "blocker" and sorted(ran[1:]) == ["h1", "h2", "h3"], ran
 
 
 def two_replicas(pg_database, fresh_clusters, gateway_factory, tmp_path):
