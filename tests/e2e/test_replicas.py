@@ -14,7 +14,6 @@ Needs PostgreSQL (``TRINO_GATEWAY_REQUIRE_PG=1`` makes a missing server a failur
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -25,7 +24,7 @@ import requests
 import trino
 
 from tests.conftest import gateway_config, spawn_cluster, wait_for
-from tests.e2e.test_request_path import owner_lookups
+from tests.e2e.test_request_path import follow_pages, owner_lookups
 
 USER = {"X-Trino-User": "alice", "Connection": "close"}
 
@@ -53,25 +52,13 @@ def follow_alternating(doc: dict, replicas: list, headers: dict) -> list:
     turn = iter(range(10**6))
 
     def get(uri: str) -> requests.Response:
+        if "/v1/spooled/" in uri:
+            assert "/_r/" in uri, uri          # segments and acks carry a routing token too
         target = replicas[next(turn) % len(replicas)].url
         r = requests.get(uri.replace(_base(uri), target), headers=headers, timeout=20)
         assert r.status_code == 200, (r.status_code, r.text)
         return r
-    rows: list = []
-    while True:
-        data = doc.get("data")
-        if isinstance(data, dict):
-            for seg in data["segments"]:
-                assert seg["type"] == "spooled", seg
-                assert "/_r/" in seg["uri"] and "/_r/" in seg["ackUri"]
-                rows += json.loads(get(seg["uri"]).content)
-                get(seg["ackUri"])
-        elif data:
-            rows += data
-        if "nextUri" not in doc:
-            assert "error" not in doc, doc["error"]
-            return rows
-        doc = get(doc["nextUri"]).json()
+    return follow_pages(doc, get)
 
 
 def _delta(after: dict, before: dict) -> dict:
