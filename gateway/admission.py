@@ -75,6 +75,7 @@ class Held:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     finished_at: float | None = None
     cancel_requested: bool = False
+    shared_at: float | None = None          # when its row was in the store (admission_shared.py)
 
     @property
     def transaction(self) -> str | None:
@@ -226,11 +227,19 @@ class Admission:
                  route.queue_priority, body, list(headers.get_all()), remote_ip, route, now, base,
                  last_poll=now)
         self._enqueue(h)
-        await self._call("put_held", HeldRow(h.id, h.slug, self.instance, now, group, now, now, "QUEUED",
-                                             False, S.statement_json(h)))
+        await self._put_row(h, now)
         log.info("query %s of user %s held at the gateway: routing group %s is at capacity "
                  "(position %d)", h.id, h.user, group, queue.position(h) or 0)
         return self.document(h, base)
+
+    async def _put_row(self, h: Held, now: float) -> None:
+        assert self.gw.store is not None
+        try:
+            await self.gw.store.call("put_held", HeldRow(h.id, h.slug, self.instance, now, h.group, now, now,
+                                                         "QUEUED", False, S.statement_json(h)))
+            h.shared_at = time.time()
+        except Exception as exc:   # it still works within this process
+            log.warning("cannot share held query %s through the store: %s", h.id, exc)
 
     def _enqueue(self, h: Held) -> None:
         queue = self.queues.setdefault(h.group, FairQueue())
@@ -258,7 +267,7 @@ class Admission:
         route = await self.gw.route_statement(headers, body, st["remoteIp"])
         h = Held(row.query_id, route.group or row.routing_group, route.user, route.queue_priority, body,
                  list(headers.get_all()), st["remoteIp"], route, row.enqueued_at, st["base"],
-                 slug=row.slug, token=token, last_poll=now)
+                 slug=row.slug, token=token, last_poll=now, shared_at=now)
         self.held[h.id] = h
         if route.reject is not None or not route.backends or not self.capped(route.group):
             # the rules changed meanwhile: nothing to wait for here
@@ -424,11 +433,23 @@ class Admission:
         """Tell other processes this holder lives; learn the polls and cancels they saw."""
         if self.gw.store is None or not any(h.state in ("QUEUED", "DISPATCHING") for h in self.held.values()):
             return
+        asked = time.time()
         try:
             rows = await self.gw.store.call("sync_held", self.instance, now)
         except Exception as exc:
             log.warning("held-query heartbeat failed: %s", exc)
             return
+        mine = {r[0] for r in rows}
+        for h in list(self.held.values()):
+            if (h.state == "QUEUED" and h.shared_at is not None and h.shared_at < asked
+                    and h.id not in mine):
+                # Adopted by another process, which took this one for stopped (it was too slow
+                # to beat): that process holds and sends it now.
+                queue = self.queues.get(h.group)
+                if queue is not None:
+                    queue.remove(h)
+                del self.held[h.id]
+                log.warning("held query %s was adopted by another gateway process", h.id)
         for query_id, last_poll, cancel in rows:
             h = self.held.get(query_id)
             if h is None:
