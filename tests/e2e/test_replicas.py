@@ -207,14 +207,12 @@ def test_backend_changes_and_drain_on_one_replica_are_honoured_by_the_other(
     assert {_cluster_of_on(b) for _ in range(4)} == {"adhoc-1"}
     backend = {"name": "adhoc-2", "proxyTo": fresh_clusters["adhoc-2"].url, "routingGroup": "adhoc",
                "active": True}
-    added = time.monotonic()
     assert a.api("POST", "/gateway/backend/modify/add", json=backend).status_code == 200
-    # B sees it within store.syncInterval (200 ms here), probes it HEALTHY, then routes to it
+    # B loads it from the store (store.syncInterval, 200 ms here), probes it HEALTHY with its own
+    # monitor (monitor.interval, 300 ms here), then routes to it (docs/deployment.md)
     wait_for(lambda: b.api("GET", "/api/public/backends/adhoc-2/state").json()["health"] == "HEALTHY",
              timeout=10, message="B to know and probe the backend added on A")
-    seen_after = time.monotonic() - added
     wait_for(lambda: "adhoc-2" in {_cluster_of_on(b) for _ in range(4)}, message="B routing to adhoc-2")
-    assert seen_after < 5, seen_after
     # drain adhoc-1 on A: B takes no new query there
     assert a.api("POST", "/gateway/backend/deactivate/adhoc-1").status_code == 200
     wait_for(lambda: b.api("GET", "/api/public/backends/adhoc-1").json()["active"] is False,
