@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 
 import psycopg
 import pytest
@@ -186,10 +185,9 @@ def test_ids_clients_bring_of_a_query_started_on_one_replica_answer_on_the_other
     t = threading.Thread(target=run)
     t.start()
     qid = wait_for(lambda: victim.query_id, message="the victim's id")
-    started = time.monotonic()
     b.connect().cursor().execute(f"CALL system.runtime.kill_query('{qid}', 'replica test')").fetchall()
     t.join(30)
-    assert "error" in res and time.monotonic() - started < 15, res
+    assert "error" in res, res          # killed (a finished sleep would have given rows)
     assert "replica test" in str(res["error"]) or "kill" in str(res["error"]).lower(), res["error"]
 
 
