@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.httputil import HTTPHeaders
 
-from gateway import protocol as P
 from gateway import admission_shared as S
+from gateway import protocol as P
 from gateway.admission_queue import FairQueue
 from gateway.backends import Backend
 from gateway.lifecycle import Started
@@ -223,9 +223,10 @@ class Admission:
             return P.failed_query(message, gateway_base=base, error_name="QUERY_QUEUE_FULL",
                                   query_id=qid)
         now = time.time()
-        h = Held(P.new_query_id(now).rsplit("_", 1)[0] + HELD_ID_SUFFIX, group, route.user,
-                 route.queue_priority, body, list(headers.get_all()), remote_ip, route, now, base,
-                 last_poll=now)
+        qid = P.new_query_id(now).rsplit("_", 1)[0] + HELD_ID_SUFFIX
+        h = Held(qid, group, route.user, route.queue_priority, body, list(headers.get_all()), remote_ip,
+                 route, now, base, last_poll=now)
+        h.slug = self.shared.slug(qid) or h.slug
         self._enqueue(h)
         await self._put_row(h, now)
         log.info("query %s of user %s held at the gateway: routing group %s is at capacity "

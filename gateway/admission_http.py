@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING
 from tornado.httputil import HTTPHeaders
 from tornado.web import RequestHandler
 
-from gateway.backends import Backend
-
 from gateway import admission_shared as S
 from gateway import protocol as P
 from gateway.admission import HELD_ID_SUFFIX, Held
+from gateway.backends import Backend
 from gateway.proxy import exchange as X
 from gateway.store import HeldRow
 
@@ -69,7 +68,7 @@ class HeldQueryHandler(RequestHandler):
             if isinstance(found, HeldRow):
                 return self._from_row(found, _token(token))
             h = found        # adopted: its holder stopped; this process holds it now
-        if h.state in ("QUEUED", "DISPATCHING") and int(token) == h.token:
+        if h.state in ("QUEUED", "DISPATCHING") and _token(token) == h.token:
             wait = _max_wait(self.get_argument("maxWait", None))
             try:
                 await asyncio.wait_for(h.changed.wait(), timeout=wait)

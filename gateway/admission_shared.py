@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
+from gateway.routing.tokens import TokenError
 from gateway.store import HeldRow
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ log = logging.getLogger("gateway.admission")
 
 HEARTBEAT_STALE = 5.0      # a holder silent this long (it beats every second) has stopped
 ROW_TTL = 3600.0           # rows of a holder silent this long are deleted
+SLUG_KIND = "held"         # what a held query's slug is a token for (gateway/routing/tokens.py)
 
 
 def statement_json(h: "Held") -> str:
@@ -91,9 +93,26 @@ class SharedHeld:
     def __init__(self, admission: "Admission") -> None:
         self.admission = admission
 
+    def slug(self, query_id: str) -> str | None:
+        """The secret part of a held query's nextUri, signed with the routing-token key, so
+        that another process refuses a made-up one without asking the store (None: no key,
+        a random slug then)."""
+        tokens = self.admission.gw.tokens
+        return None if tokens is None else "y" + tokens.encode("", SLUG_KIND, query_id)
+
+    def _genuine(self, query_id: str, slug: str) -> bool:
+        tokens = self.admission.gw.tokens
+        if tokens is None or not slug.startswith("y"):
+            return tokens is None
+        try:
+            tokens.verify(slug[1:], SLUG_KIND, query_id)
+            return True
+        except TokenError:
+            return False
+
     async def _poll(self, query_id: str, slug: str, *, cancel: bool = False) -> HeldRow | None:
         store = self.admission.gw.store
-        if store is None:
+        if store is None or not self._genuine(query_id, slug):
             return None
         try:
             row: HeldRow | None = await store.call("poll_held", query_id, slug, time.time(), cancel=cancel)

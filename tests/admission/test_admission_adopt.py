@@ -19,8 +19,10 @@ class DirectCalls:
 
     def __init__(self, store) -> None:
         self.store = store
+        self.calls: list[str] = []
 
     async def call(self, name, *args, **kw):
+        self.calls.append(name)
         return getattr(self.store, name)(*args, **kw)
 
 
@@ -49,7 +51,12 @@ def test_a_stopped_holders_query_is_adopted_once_and_the_old_holder_lets_go(tmp_
         row = await other.admission.shared.answer(h.id, h.slug, 1, 0)
         assert row is not None and row.state == "QUEUED" and row.holder == holder.admission.instance
         assert not other.admission.held
+        # a made-up slug (the held URI is signed with the routing-token key) is refused
+        # without a store call
+        before = list(other.store.calls)
         assert await other.admission.shared.answer(h.id, "y-not-the-slug", 1, 0) is None
+        assert await other.admission.shared.answer(h.id, "y" + "0" * 40, 1, 0) is None
+        assert other.store.calls == before
         # the holder goes silent: the next process polled adopts the statement, once
         store.sync_held(holder.admission.instance, time.time() - 60)
         adopted = await other.admission.shared.answer(h.id, h.slug, 3, 0)
