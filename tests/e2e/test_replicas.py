@@ -159,6 +159,7 @@ def test_ids_clients_bring_of_a_query_started_on_one_replica_answer_on_the_other
         replica, fresh_clusters):
     a = replica(fresh_clusters, "A")
     b = replica(fresh_clusters, "B")
+    before = owner_lookups(b)
     for _ in range(3):
         doc = requests.post(a.url + "/v1/statement", data=b"SELECT sleep(1)", headers=USER, timeout=10).json()
         qid = doc["id"]
@@ -172,6 +173,10 @@ def test_ids_clients_bring_of_a_query_started_on_one_replica_answer_on_the_other
         assert ui[0].status_code == ui[1].status_code != 404, [(r.status_code, r.text) for r in ui]
         assert "not known to the gateway" not in ui[0].text
         follow_alternating(doc, [a], USER)
+    # B found them by asking the backends or the store, never "not found"
+    delta = _delta(owner_lookups(b), before)
+    assert delta.get("probe", 0) + delta.get("store", 0) + delta.get("memory", 0) >= 3, delta
+    assert delta.get("none", 0) == 0, delta
     # kill_query on B of a query running through A
     victim = a.connect().cursor()
     res: dict = {}
