@@ -16,6 +16,7 @@ poll that follows gets the cluster's own first answer, whose query id is the clu
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import secrets
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.httputil import HTTPHeaders
 
+from gateway import admission_shared as S
 from gateway import protocol as P
 from gateway.admission_queue import FairQueue
 from gateway.backends import Backend
@@ -33,6 +35,7 @@ from gateway.lifecycle import Started
 from gateway.proxy import exchange as X
 from gateway.limits import queue_refusal
 from gateway.proxy.client import BackendError, BufferSink
+from gateway.store import HeldRow
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -72,6 +75,7 @@ class Held:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     finished_at: float | None = None
     cancel_requested: bool = False
+    shared_at: float | None = None          # when its row was in the store (admission_shared.py)
 
     @property
     def transaction(self) -> str | None:
@@ -100,6 +104,11 @@ class Admission:
         self.dispatched = 0
         self._enabled = any(g.maxRunningQueries is not None or g.maxQueriesPerUser is not None
                             for g in gw.config.groups.values())
+        # Held queries are shared through the store with every other process
+        # (gateway/admission_shared.py): this process's name there, and forgotten rows.
+        self.instance = uuid.uuid4().hex
+        self.shared = S.SharedHeld(self)
+        self._forgotten: list[str] = []
 
     # -- configuration -------------------------------------------------------------------
 
@@ -191,9 +200,10 @@ class Admission:
 
     # -- holding ----------------------------------------------------------------------------
 
-    def hold(self, route: "Route", body: bytes, headers: HTTPHeaders, remote_ip: str,
-             base: str) -> bytes:
-        """Queue a statement; the QUEUED (or, past maxQueued, FAILED) document for the client."""
+    async def hold(self, route: "Route", body: bytes, headers: HTTPHeaders, remote_ip: str,
+                   base: str) -> bytes:
+        """Queue a statement; the QUEUED (or, past maxQueued, FAILED) document for the client.
+        Its row is in the store before the client sees its nextUri, so any process answers."""
         group = route.group
         assert group is not None
         cfg = self.gw.config.group(group)
@@ -213,33 +223,72 @@ class Admission:
             return P.failed_query(message, gateway_base=base, error_name="QUERY_QUEUE_FULL",
                                   query_id=qid)
         now = time.time()
-        h = Held(P.new_query_id(now).rsplit("_", 1)[0] + HELD_ID_SUFFIX, group, route.user,
-                 route.queue_priority, body, list(headers.get_all()), remote_ip, route, now, base,
-                 last_poll=now)
-        queue.push(h, priority=h.priority, user=h.user or "")
-        self.held[h.id] = h
-        self.gw.metrics.admission_queued.labels(group).set(len(queue))
+        qid = P.new_query_id(now).rsplit("_", 1)[0] + HELD_ID_SUFFIX
+        h = Held(qid, group, route.user, route.queue_priority, body, list(headers.get_all()), remote_ip,
+                 route, now, base, last_poll=now)
+        h.slug = self.shared.slug(qid) or h.slug
+        self._enqueue(h)
+        await self._put_row(h, now)
         log.info("query %s of user %s held at the gateway: routing group %s is at capacity "
                  "(position %d)", h.id, h.user, group, queue.position(h) or 0)
         return self.document(h, base)
 
+    async def _put_row(self, h: Held, now: float) -> None:
+        assert self.gw.store is not None
+        try:
+            await self.gw.store.call("put_held", HeldRow(h.id, h.slug, self.instance, now, h.group, now, now,
+                                                         "QUEUED", False, S.statement_json(h)))
+            h.shared_at = time.time()
+        except Exception as exc:   # it still works within this process
+            log.warning("cannot share held query %s through the store: %s", h.id, exc)
+
+    def _enqueue(self, h: Held) -> None:
+        queue = self.queues.setdefault(h.group, FairQueue())
+        queue.push(h, priority=h.priority, user=h.user or "")
+        self.held[h.id] = h
+        self.gw.metrics.admission_queued.labels(h.group).set(len(queue))
+
+    async def adopt(self, row: HeldRow, token: int) -> Held | None:
+        """Hold a query whose holder stopped (its heartbeat is stale): route its statement
+        again and queue it here. None if another process adopted it first."""
+        now = time.time()
+        assert self.gw.store is not None
+        try:
+            if not await self.gw.store.call("adopt_held", row.query_id, self.instance,
+                                            now - S.HEARTBEAT_STALE, now):
+                return None
+        except Exception as exc:
+            log.warning("cannot adopt held query %s: %s", row.query_id, exc)
+            return None
+        st = json.loads(row.statement)
+        headers = HTTPHeaders()
+        for name, value in st["headers"]:
+            headers.add(name, value)
+        body = base64.b64decode(st["body"])
+        route = await self.gw.route_statement(headers, body, st["remoteIp"])
+        h = Held(row.query_id, route.group or row.routing_group, route.user, route.queue_priority, body,
+                 list(headers.get_all()), st["remoteIp"], route, row.enqueued_at, st["base"],
+                 slug=row.slug, token=token, last_poll=now, shared_at=now)
+        self.held[h.id] = h
+        if route.reject is not None or not route.backends or not self.capped(route.group):
+            # the rules changed meanwhile: nothing to wait for here
+            h.failure = (route.reject or route.reason or "No backend for the adopted query",
+                         "PERMISSION_DENIED" if route.reject else "NO_NODES_AVAILABLE")
+            h.state, h.finished_at = "FAILED", now
+            await self._publish_end(h)
+            return h
+        self._enqueue(h)
+        log.warning("held query %s adopted: the gateway process that held it stopped", h.id)
+        return h
+
     def document(self, h: Held, base: str) -> bytes:
         """The QUEUED result of a held query, with its place in line in the stats."""
-        waited_ms = int(h.waited * 1000)
         queue = self.queues.get(h.group)
-        stats = {
-            "state": "QUEUED", "queued": True, "scheduled": False, "nodes": 0, "totalSplits": 0,
-            "queuedSplits": 0, "runningSplits": 0, "completedSplits": 0, "cpuTimeMillis": 0,
-            "wallTimeMillis": 0, "queuedTimeMillis": waited_ms, "elapsedTimeMillis": waited_ms,
-            "processedRows": 0, "processedBytes": 0, "physicalInputBytes": 0, "peakMemoryBytes": 0,
-            "spilledBytes": 0,
-            "gatewayQueuePosition": (queue.position(h) if queue else None) or 0,
-            "gatewayRoutingGroup": h.group,
-        }
-        doc = {"id": h.id, "infoUri": f"{base}/ui/query.html?{h.id}",
-               "nextUri": f"{base}/v1/statement/queued/{h.id}/{h.slug}/{h.token}",
-               "stats": stats, "warnings": []}
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return S.queued_document(h.id, h.slug, h.token, h.group, h.waited, base,
+                                 (queue.position(h) if queue else None) or 0)
+
+    async def _publish_end(self, h: Held) -> None:
+        await self._call("answer_held", h.id, "ENDED", S.ended_json(*S.end_of(h)))
 
     def cancel(self, h: Held) -> None:
         if h.state in ("QUEUED",):
@@ -250,6 +299,7 @@ class Admission:
             h.state = "CANCELED"
             h.finished_at = time.time()
             h.changed.set()
+            asyncio.get_running_loop().create_task(self._publish_end(h))
             log.info("held query %s canceled by its client after %.1fs", h.id, h.waited)
             self.gw.statement_refused(h.route, h.id, "CANCELED", "Canceled by the client while "
                                       "held at the gateway", submitted_at=h.enqueued)
@@ -259,6 +309,7 @@ class Admission:
             # The cluster's query exists but the client never saw it: cancel it there.
             asyncio.get_running_loop().create_task(self._cancel_dispatched(h))
             h.state = "CANCELED"
+            asyncio.get_running_loop().create_task(self._publish_end(h))
 
     async def _cancel_dispatched(self, h: Held) -> None:
         assert h.backend is not None and h.response is not None
@@ -297,6 +348,12 @@ class Admission:
                 queue.pop()
                 self.gw.metrics.admission_queued.labels(group).set(len(queue))
                 h.state = "DISPATCHING"
+                if not await self._claim(h):
+                    # another process adopted it (this one was taken for stopped): it sends it
+                    if lease_id:
+                        self._release_soon(lease_id)
+                    del self.held[h.id]
+                    continue
                 asyncio.get_running_loop().create_task(self._send(h, backend, lease_id))
         finally:
             self._dispatching.discard(group)
@@ -321,6 +378,7 @@ class Admission:
                          "GENERIC_INTERNAL_ERROR")
             h.state = "FAILED"
             h.changed.set()
+            await self._publish_end(h)
             return
         assert sink.headers is not None
         body = bytes(sink.body)
@@ -349,6 +407,9 @@ class Admission:
         if h.cancel_requested:
             self.cancel(h)
         h.changed.set()
+        if h.state == "DISPATCHED":     # the first answer, for a poll that reaches another process
+            await self._call("answer_held", h.id, "DISPATCHED", S.dispatched_json(
+                backend.name, code, list(sink.headers.get_all()), body, h.transaction))
 
     # -- background ------------------------------------------------------------------------
 
@@ -360,9 +421,48 @@ class Admission:
             except Exception:
                 log.exception("admission tick failed")
 
+    async def _claim(self, h: Held) -> bool:
+        if self.gw.store is None:
+            return True
+        try:
+            return bool(await self.gw.store.call("claim_held", h.id, self.instance))
+        except Exception as exc:   # store unavailable: only this process can know the query
+            log.warning("cannot claim held query %s in the store (%s); sending it", h.id, exc)
+            return True
+
+    async def _heartbeat(self, now: float) -> None:
+        """Tell other processes this holder lives; learn the polls and cancels they saw."""
+        if self.gw.store is None or not any(h.state in ("QUEUED", "DISPATCHING") for h in self.held.values()):
+            return
+        asked = time.time()
+        try:
+            rows = await self.gw.store.call("sync_held", self.instance, now)
+        except Exception as exc:
+            log.warning("held-query heartbeat failed: %s", exc)
+            return
+        mine = {r[0] for r in rows}
+        for h in list(self.held.values()):
+            if (h.state == "QUEUED" and h.shared_at is not None and h.shared_at < asked
+                    and h.id not in mine):
+                # Adopted by another process, which took this one for stopped (it was too slow
+                # to beat): that process holds and sends it now.
+                queue = self.queues.get(h.group)
+                if queue is not None:
+                    queue.remove(h)
+                del self.held[h.id]
+                log.warning("held query %s was adopted by another gateway process", h.id)
+        for query_id, last_poll, cancel in rows:
+            h = self.held.get(query_id)
+            if h is None:
+                continue
+            h.last_poll = max(h.last_poll, last_poll)
+            if cancel and h.state in ("QUEUED", "DISPATCHING", "DISPATCHED"):
+                self.cancel(h)
+
     async def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         timeout = self.gw.config.query.clientTimeout
+        await self._heartbeat(now)
         for h in list(self.held.values()):
             if h.state == "QUEUED":
                 wait_cap = self.gw.config.group(h.group).maxQueueWait
@@ -390,14 +490,18 @@ class Admission:
                     self.gw.statement_refused(h.route, h.id, "QUEUED_TIMEOUT", h.failure[0],
                                               submitted_at=h.enqueued)
                     h.changed.set()
+                    await self._publish_end(h)
             elif h.finished_at is not None and now - max(h.finished_at, h.last_poll) > 60:
                 del self.held[h.id]  # delivered or ended a minute ago: forget it
+                self._forgotten.append(h.id)
         for group, queue in list(self.queues.items()):
             self.gw.metrics.admission_queued.labels(group).set(len(queue))
             if queue:
                 await self.dispatch(group)
         if now - self._last_renew >= RENEW_EVERY:
             self._last_renew = now
+            forgotten, self._forgotten = self._forgotten, []
+            await self._call("delete_held", forgotten, now - S.ROW_TTL)
             polled, self._polled = self._polled, set()
             live = polled | set(self._lease_of)
             if live:

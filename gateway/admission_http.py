@@ -8,14 +8,19 @@ answer; once the query is dispatched, the next poll returns the cluster's own fi
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import TYPE_CHECKING
 
+from tornado.httputil import HTTPHeaders
 from tornado.web import RequestHandler
 
+from gateway import admission_shared as S
 from gateway import protocol as P
 from gateway.admission import HELD_ID_SUFFIX, Held
+from gateway.backends import Backend
 from gateway.proxy import exchange as X
+from gateway.store import HeldRow
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -36,22 +41,34 @@ class HeldQueryHandler(RequestHandler):
         self.finish(text)
 
     def _find(self, qid: str, slug: str, token: str) -> Held | None:
+        """The held query if this process holds it (None: answered 410, or not held here)."""
         h = self.gw.admission.held.get(qid)
         if h is None or slug != h.slug:
-            self._plain(404, "Query not found\n")
             return None
-        t = int(token) if len(token) <= 18 else -1   # int() of 4,300+ digits raises
-        if t not in (h.token - 1, h.token):
+        t = _token(token)
+        # Other processes answer polls too and hand out later tokens: accept those, and
+        # continue from the newest; a token older than the previous one is invalid.
+        if t < h.token - 1:
             self._plain(410, "Invalid token\n")
             return None
+        h.token = max(h.token, t)
         h.last_poll = time.time()
         return h
 
     async def get(self, qid: str, slug: str, token: str) -> None:
         h = self._find(qid, slug, token)
         if h is None:
-            return
-        if h.state in ("QUEUED", "DISPATCHING") and int(token) == h.token:
+            if self._finished:
+                return
+            # Not held here: another worker or replica holds it (gateway/admission_shared.py).
+            found = await self.gw.admission.shared.answer(qid, slug, _token(token),
+                                                          _max_wait(self.get_argument("maxWait", None)))
+            if found is None:
+                return self._plain(404, "Query not found\n")
+            if isinstance(found, HeldRow):
+                return self._from_row(found, _token(token))
+            h = found        # adopted: its holder stopped; this process holds it now
+        if h.state in ("QUEUED", "DISPATCHING") and _token(token) == h.token:
             wait = _max_wait(self.get_argument("maxWait", None))
             try:
                 await asyncio.wait_for(h.changed.wait(), timeout=wait)
@@ -73,6 +90,23 @@ class HeldQueryHandler(RequestHandler):
             message, name = "Query was canceled", "USER_CANCELED"
         self._json(P.failed_query(message, gateway_base=base, error_name=name, query_id=h.id))
 
+    def _from_row(self, row: HeldRow, token: int) -> None:
+        base = self.gw.base_url(self.request)
+        if row.state in ("QUEUED", "DISPATCHING"):
+            if row.state == "DISPATCHING" and row.holder_seen < time.time() - S.HEARTBEAT_STALE:
+                return self._json(S.lost_document(row, base))
+            return self._json(S.queued_document(row.query_id, row.slug, token + 1, row.routing_group,
+                                                time.time() - row.enqueued_at, base, None))
+        if row.state == "DISPATCHED":
+            a = S.dispatched_answer(row)
+            backend = self.gw.registry.get(a["backend"])
+            if backend is None:
+                return self._json(P.failed_query(f"Backend {a['backend']} was removed", gateway_base=base,
+                                                 query_id=row.query_id))
+            return self._send_answer(a["code"], a["headers"], a["body"], backend, a["transaction"], base)
+        message, name = json.loads(row.answer or "{}").get("failure", ["Query ended", "GENERIC_INTERNAL_ERROR"])
+        self._json(P.failed_query(message, gateway_base=base, error_name=name, query_id=row.query_id))
+
     def _json(self, body: bytes) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(body)
@@ -82,28 +116,40 @@ class HeldQueryHandler(RequestHandler):
         same header and URI rewriting, routing tokens included, as gateway/proxy/exchange.py)."""
         code, _, headers, body = h.response  # type: ignore[misc]
         assert h.backend is not None
+        self._send_answer(code, headers, body, h.backend, h.transaction, base)
+
+    def _send_answer(self, code: int, headers: HTTPHeaders, body: bytes, backend: Backend,
+                     transaction: str | None, base: str) -> None:
         self.set_status(code)
-        minter = X.TokenMinter(self.gw.tokens, h.backend.name) if self.gw.tokens is not None else None
+        minter = X.TokenMinter(self.gw.tokens, backend.name) if self.gw.tokens is not None else None
         out = X.translate_response_headers(
-            headers.get_all(), backend_base=h.backend.proxyTo, gateway_base=base,
-            request_transaction=h.transaction, route=minter, connection=headers.get_list("Connection"))
+            headers.get_all(), backend_base=backend.proxyTo, gateway_base=base,
+            request_transaction=transaction, route=minter, connection=headers.get_list("Connection"))
         for name, value in out.headers:
             self.add_header(name, value)
         rw = P.UriRewriter(base, minter)
         self.finish(rw.feed(body) + rw.finish())
 
-    def head(self, qid: str, slug: str, token: str) -> None:
-        if self._find(qid, slug, token) is not None:
+    async def head(self, qid: str, slug: str, token: str) -> None:
+        if self._find(qid, slug, token) is not None or (
+                not self._finished and await self.gw.admission.shared.exists(qid, slug)):
             self.set_status(200)
-            self.finish()
+            return self.finish()
+        if not self._finished:
+            self._plain(404, "Query not found\n")
 
-    def delete(self, qid: str, slug: str, token: str) -> None:
+    async def delete(self, qid: str, slug: str, token: str) -> None:
         h = self.gw.admission.held.get(qid)
-        if h is None or slug != h.slug:
+        if h is not None and slug == h.slug:
+            self.gw.admission.cancel(h)
+        elif not await self.gw.admission.shared.cancel(qid, slug):   # its holder cancels it
             return self._plain(404, "Query not found\n")
-        self.gw.admission.cancel(h)
         self.set_status(204)
         self.finish()
+
+
+def _token(text: str) -> int:
+    return int(text) if len(text) <= 18 else -1   # int() of 4,300+ digits raises
 
 
 def _max_wait(value: str | None) -> float:

@@ -185,7 +185,8 @@ class ProxyHandler(LeanHandler):
             backend, lease = await gw.admission.try_admit(route)
             if backend is None:
                 self.set_header("Content-Type", "application/json")
-                return self.finish(gw.admission.hold(route, body, headers, self.request.remote_ip or "", base))
+                held = await gw.admission.hold(route, body, headers, self.request.remote_ip or "", base)
+                return self.finish(held)
             await self._send_statement([backend], body, base, route)
             rw = self._rewriter
             gw.admission.admitted(lease, rw.query_id if rw is not None and self.get_status() == 200 else None,

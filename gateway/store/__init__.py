@@ -6,10 +6,10 @@ through ``HistoryWriter`` so the request path never waits on the database. See d
 """
 from __future__ import annotations
 
-from .base import STICKY_KINDS, DuplicateBackend, HistoryRow, Store, StoreError, redact_url
+from .base import STICKY_KINDS, DuplicateBackend, HeldRow, HistoryRow, Store, StoreError, redact_url
 from .writer import AsyncStore, HistoryWriter
 
-__all__ = ["open_store", "Store", "StoreError", "DuplicateBackend", "HistoryRow", "AsyncStore",
+__all__ = ["open_store", "Store", "StoreError", "DuplicateBackend", "HistoryRow", "HeldRow", "AsyncStore",
            "HistoryWriter", "STICKY_KINDS"]
 
 

@@ -120,6 +120,38 @@ class HistoryRow:
         }
 
 
+_HELD_COLUMNS = ("query_id", "slug", "holder", "holder_seen", "routing_group", "enqueued_at",
+                 "last_poll", "state", "cancel_requested", "statement", "answer")
+_HELD_SELECT = "SELECT " + ", ".join(_HELD_COLUMNS) + " FROM held_queries"
+
+
+@dataclass(frozen=True)
+class HeldRow:
+    """A statement held in the gateway queue, as every process sees it (``held_queries``).
+    ``statement`` and ``answer`` are JSON written and read by gateway/admission_shared.py."""
+    query_id: str
+    slug: str
+    holder: str
+    holder_seen: float
+    routing_group: str
+    enqueued_at: float
+    last_poll: float
+    state: str                    # QUEUED | DISPATCHING | DISPATCHED | ENDED
+    cancel_requested: bool
+    statement: str
+    answer: str | None = None
+
+    def params(self) -> tuple[Any, ...]:
+        return (self.query_id, self.slug, self.holder, float(self.holder_seen), self.routing_group,
+                float(self.enqueued_at), float(self.last_poll), self.state, int(self.cancel_requested),
+                self.statement, self.answer)
+
+    @classmethod
+    def of(cls, r: Sequence[Any]) -> "HeldRow":
+        return cls(r[0], r[1], r[2], float(r[3]), r[4], float(r[5]), float(r[6]), r[7], bool(r[8]),
+                   r[9], r[10])
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -360,6 +392,29 @@ class Store(abc.ABC):
     def get_sticky(self, kind: str, key: str, now: float) -> str | None: ...
     @abc.abstractmethod
     def delete_expired_sticky(self, now: float) -> int: ...
+
+    # held queries (the gateway queue's statements, shared by every process; admission.md)
+    @abc.abstractmethod
+    def put_held(self, row: HeldRow) -> None: ...
+    @abc.abstractmethod
+    def poll_held(self, query_id: str, slug: str, now: float, *, cancel: bool = False) -> HeldRow | None:
+        """The row of a held query whose nextUri names ``slug`` (None: no such query), after
+        recording a poll at ``now`` (and, with ``cancel``, the client's cancel)."""
+    @abc.abstractmethod
+    def sync_held(self, holder: str, now: float) -> list[tuple[str, float, bool]]:
+        """The holder's heartbeat: (query id, last poll, cancel requested) of its rows."""
+    @abc.abstractmethod
+    def answer_held(self, query_id: str, state: str, answer: str) -> None: ...
+    @abc.abstractmethod
+    def claim_held(self, query_id: str, holder: str) -> bool:
+        """Before the holder sends a held query: False if another process adopted it."""
+    @abc.abstractmethod
+    def adopt_held(self, query_id: str, holder: str, stale_before: float, now: float) -> bool:
+        """Make ``holder`` the holder if the current one's heartbeat is older than
+        ``stale_before``; True for exactly one of several processes trying at once."""
+    @abc.abstractmethod
+    def delete_held(self, query_ids: Sequence[str], stale_before: float) -> int:
+        """Forget these rows, and every row whose holder was last seen before ``stale_before``."""
 
     @abc.abstractmethod
     def shared_secret(self, name: str, candidate: str, now: float) -> str:
@@ -699,6 +754,77 @@ class SqlStore(Store):
         def run(cur: Cursor) -> int:
             cur.execute(sql, (float(now),))
             return cur.rowcount
+        return self._write(run)
+
+    # held queries -------------------------------------------------------------------------
+    def put_held(self, row: HeldRow) -> None:
+        sql = self._sql("INSERT INTO held_queries (" + ", ".join(_HELD_COLUMNS) + ") VALUES ("
+                        + ", ".join(["?"] * len(_HELD_COLUMNS)) + ")")
+        self._write(lambda cur: cur.execute(sql, row.params()))
+
+    def poll_held(self, query_id: str, slug: str, now: float, *, cancel: bool = False) -> HeldRow | None:
+        update = self._sql("UPDATE held_queries SET last_poll = CASE WHEN last_poll < ? THEN ? "
+                           "ELSE last_poll END" + (", cancel_requested = 1" if cancel else "")
+                           + " WHERE query_id = ? AND slug = ?")
+        select = self._sql(_HELD_SELECT + " WHERE query_id = ?")
+
+        def run(cur: Cursor) -> HeldRow | None:
+            cur.execute(update, (float(now), float(now), query_id, slug))
+            if cur.rowcount != 1:
+                return None
+            cur.execute(select, (query_id,))
+            return HeldRow.of(cur.fetchone())
+        return self._write(run)
+
+    def sync_held(self, holder: str, now: float) -> list[tuple[str, float, bool]]:
+        update = self._sql("UPDATE held_queries SET holder_seen = ? WHERE holder = ?")
+        select = self._sql("SELECT query_id, last_poll, cancel_requested FROM held_queries "
+                           "WHERE holder = ?")
+
+        def run(cur: Cursor) -> list[tuple[str, float, bool]]:
+            cur.execute(update, (float(now), holder))
+            cur.execute(select, (holder,))
+            return [(q, float(p), bool(c)) for q, p, c in cur.fetchall()]
+        return self._write(run)
+
+    def answer_held(self, query_id: str, state: str, answer: str) -> None:
+        sql = self._sql("UPDATE held_queries SET state = ?, answer = ? WHERE query_id = ?")
+        self._write(lambda cur: cur.execute(sql, (state, answer, query_id)))
+
+    def claim_held(self, query_id: str, holder: str) -> bool:
+        claim = self._sql("UPDATE held_queries SET state = 'DISPATCHING' WHERE query_id = ? "
+                          "AND holder = ? AND state = 'QUEUED'")
+        owner = self._sql("SELECT holder FROM held_queries WHERE query_id = ?")
+
+        def run(cur: Cursor) -> bool:
+            cur.execute(claim, (query_id, holder))
+            if cur.rowcount == 1:
+                return True
+            cur.execute(owner, (query_id,))
+            row = cur.fetchone()
+            return row is None or row[0] == holder   # no row (its write failed): nobody else has it
+        return self._write(run)
+
+    def adopt_held(self, query_id: str, holder: str, stale_before: float, now: float) -> bool:
+        sql = self._sql("UPDATE held_queries SET holder = ?, holder_seen = ? WHERE query_id = ? "
+                        "AND state = 'QUEUED' AND holder_seen < ?")
+
+        def run(cur: Cursor) -> bool:
+            cur.execute(sql, (holder, float(now), query_id, float(stale_before)))
+            return bool(cur.rowcount == 1)
+        return self._write(run)
+
+    def delete_held(self, query_ids: Sequence[str], stale_before: float) -> int:
+        by_id = self._sql("DELETE FROM held_queries WHERE query_id = ?")
+        stale = self._sql("DELETE FROM held_queries WHERE holder_seen < ?")
+
+        def run(cur: Cursor) -> int:
+            n = 0
+            for q in query_ids:
+                cur.execute(by_id, (q,))
+                n += cur.rowcount
+            cur.execute(stale, (float(stale_before),))
+            return n + cur.rowcount
         return self._write(run)
 
     # shared secrets -----------------------------------------------------------------------

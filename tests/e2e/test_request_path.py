@@ -53,28 +53,36 @@ def two_workers(gateway_factory, tmp_path, clusters, **overrides):
     return gw
 
 
-def run_spooled(gw) -> list:
-    """One spooled query followed like a client that opens a connection per request."""
-    doc = requests.post(gw.url + "/v1/statement", data=b"SELECT n FROM numbers WHERE n <= 600 ORDER BY n",
-                        headers={**CLOSE, "X-Trino-Query-Data-Encoding": "json"}, timeout=20).json()
+def follow_pages(doc: dict, get) -> list:
+    """The rows of a query, following its pages and spooled segments (each acknowledged) with
+    ``get(uri) -> Response``."""
     rows: list = []
     while True:
         data = doc.get("data")
         if isinstance(data, dict):
             for seg in data["segments"]:
                 assert seg["type"] == "spooled", seg
-                r = requests.get(seg["uri"], headers=CLOSE, timeout=20)
-                assert r.status_code == 200, r.text
-                rows += json.loads(r.content)
-                assert requests.get(seg["ackUri"], headers=CLOSE, timeout=20).status_code == 200
+                rows += json.loads(get(seg["uri"]).content)
+                get(seg["ackUri"])
         elif data:
             rows += data
         if "nextUri" not in doc:
             assert "error" not in doc, doc["error"]
             return rows
-        r = requests.get(doc["nextUri"], headers=CLOSE, timeout=20)
-        assert r.status_code == 200, r.text
-        doc = r.json()
+        doc = get(doc["nextUri"]).json()
+
+
+def get_closing(uri: str) -> requests.Response:
+    r = requests.get(uri, headers=CLOSE, timeout=20)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def run_spooled(gw) -> list:
+    """One spooled query followed like a client that opens a connection per request."""
+    doc = requests.post(gw.url + "/v1/statement", data=b"SELECT n FROM numbers WHERE n <= 600 ORDER BY n",
+                        headers={**CLOSE, "X-Trino-Query-Data-Encoding": "json"}, timeout=20).json()
+    return follow_pages(doc, get_closing)
 
 
 def test_finding1_spooled_follow_ups_through_two_workers_are_routed_by_token_alone(
