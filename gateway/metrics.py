@@ -221,6 +221,20 @@ class Metrics:
             "Follow-ups routed to the backend owning their query, segment, transaction or OAuth2 "
             "exchange, by how the owner was found: token (from the URI, no lookup), memory, probe "
             "(asking every backend), store, none (not found)", ["source"], **kw)
+        self.loop_lag = Histogram(
+            "trino_gateway_event_loop_lag_seconds",
+            "How late this worker's event loop ran a timer due every 50 ms (time it was busy or "
+            "stalled); sustained values near server.shedLoopLag mean the worker is overloaded",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), **kw)
+        self.shed = Counter("trino_gateway_shed_total",
+                            "New statements refused with 429 + Retry-After because this worker "
+                            "was overloaded, by reason (loop-lag, in-flight)", ["reason"], **kw)
+        self.health_hints = Counter(
+            "trino_gateway_health_hints_total",
+            "Forward failures and probe timeouts by what they did to the backend's health: mark "
+            "(UNHEALTHY, others take the queries), probe (last HEALTHY backend of its group: probed "
+            "at once instead), excused (the event loop stalled during the attempt: not counted)",
+            ["source", "verdict"], **kw)
         self._owner_sources: dict[str, Any] = {}
         self.queries = ActiveQueries(gauge=self.queries_in_flight)
         self._ruleset_version: str | None = None

@@ -16,6 +16,12 @@ Monitor types (``monitor.type``):
 
 Every health change is logged on ``gateway.monitor`` at INFO, e.g.
 ``backend trino-2 HEALTHY -> UNHEALTHY: connection refused``.
+
+A probe that timed out while this worker's event loop stalled (``lag``, a
+``gateway.overload.LoopLag``) is inconclusive: "we did not get to it" is not "the backend did
+not answer", so it changes no health (``gateway.overload.failure_counts``). A failed forward
+asks for an early probe of its backend (``probe_soon``): the probe, not one failed request,
+decides whether a backend is down.
 """
 from __future__ import annotations
 
@@ -34,8 +40,10 @@ from gateway.backends import Backend, Health, Registry
 from gateway.config import MonitorConfig
 from gateway.monitor_probes import (
     NODES_METRIC, QUEUED_METRIC, RUNNING_METRIC, ProbeResult, Transition, apply_probe,
-    describe_error, discount_routed, parse_info, parse_metrics, parse_queued_users, parse_stats,
+    describe_error, discount_routed, is_timeout, parse_info, parse_metrics, parse_queued_users,
+    parse_stats,
 )
+from gateway.overload import EXCUSED, LoopLag, failure_counts
 
 __all__ = ["Monitor", "DEFAULT_MONITOR_USER"]
 
@@ -56,6 +64,10 @@ TransitionCallback = Callable[[Transition], Any]
 class _ProbeFailed(Exception):
     """A probe step failed with a message already fit for ``state.error``."""
 
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
 
 class Monitor:
     """Probes the registry's backends; ``first_round_done`` turns true after the first round."""
@@ -75,6 +87,9 @@ class Monitor:
         self._transition_callbacks: list[TransitionCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
+        self._early: dict[str, asyncio.Task[Any]] = {}   # backend name -> its early probe
+        self.lag: LoopLag | None = None   # the event loop's lag (set by the gateway)
+        self.on_excused: Callable[[], Any] | None = None  # a probe timeout was not counted
 
     @property
     def username(self) -> str:
@@ -134,18 +149,45 @@ class Monitor:
                 "metrics": self._probe_metrics}.get(self.cfg.type)
         if step is None:
             return ProbeResult(Health.UNHEALTHY, f"unknown monitor type {self.cfg.type!r}")
-        deadline = time.monotonic() + self.cfg.timeout
+        started = time.monotonic()
+        stalled = self.lag.stalled() if self.lag is not None else 0.0
+        deadline = started + self.cfg.timeout
         try:
             # Each request gets what is left of the deadline, so Tornado's own timeouts end a
             # slow probe; wait_for is only a safety net (cancelling a fetch makes Tornado log).
             return await asyncio.wait_for(step(backend, deadline), self.cfg.timeout + 1.0)
         except _ProbeFailed as exc:
-            return ProbeResult(Health.UNHEALTHY, str(exc))
+            return self._failed(str(exc), exc.timeout, started, stalled)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure is an UNHEALTHY result, not a crash
             log.debug("probe of %s failed", backend.name, exc_info=True)
-            return ProbeResult(Health.UNHEALTHY, describe_error(exc, self.cfg.timeout))
+            return self._failed(describe_error(exc, self.cfg.timeout), is_timeout(exc), started, stalled)
+
+    def _failed(self, error: str, timeout: bool, started: float, stalled: float) -> ProbeResult:
+        """A failed probe's result: UNHEALTHY, or inconclusive when it timed out while the
+        event loop stalled (the backend never had its ``monitor.timeout``)."""
+        if timeout and self.lag is not None and not failure_counts(
+                timeout=True, elapsed=time.monotonic() - started,
+                lag=self.lag.stalled() - stalled, budget=self.cfg.timeout):
+            if self.on_excused is not None:
+                self.on_excused()
+            return ProbeResult(Health.UNHEALTHY, f"{error} ({EXCUSED}: the gateway's event loop "
+                               "stalled during the probe)", inconclusive=True)
+        return ProbeResult(Health.UNHEALTHY, error)
+
+    def probe_soon(self, name: str) -> None:
+        """Probe one backend now, outside the rounds (a forward to it failed), unless its early
+        probe is already under way or the monitor is not running."""
+        if self._task is None or name in self._early:
+            return
+        backend = self.registry.get(name)
+        if backend is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._probe_and_apply(backend),
+                                                      name=f"gateway-monitor-early-{name}")
+        self._early[name] = task
+        task.add_done_callback(lambda _t: self._early.pop(name, None))
 
     @staticmethod
     async def _call(cb: Callable[[Any], Any], arg: Any) -> None:
@@ -168,13 +210,14 @@ class Monitor:
     async def _fetch(self, url: str, deadline: float, **kw: Any) -> HTTPResponse:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise _ProbeFailed(describe_error(TimeoutError(), self.cfg.timeout))
+            raise _ProbeFailed(describe_error(TimeoutError(), self.cfg.timeout), timeout=True)
         headers = {"User-Agent": _USER_AGENT, **kw.pop("headers", {})}
         request = HTTPRequest(url, headers=headers, connect_timeout=left, request_timeout=left,
                               follow_redirects=False, **kw)
         response = await self._http().fetch(request, raise_error=False)
         if response.code == 599:   # no HTTP answer: refused, timed out, reset, TLS...
-            raise _ProbeFailed(describe_error(response.error or OSError("no response"), self.cfg.timeout))
+            error = response.error or OSError("no response")
+            raise _ProbeFailed(describe_error(error, self.cfg.timeout), timeout=is_timeout(error))
         return response
 
     async def _probe_info(self, backend: Backend, deadline: float) -> ProbeResult:
@@ -271,6 +314,8 @@ class Monitor:
         task, self._task = self._task, None
         if self._stopping is not None:
             self._stopping.set()
+        for early in list(self._early.values()):
+            early.cancel()
         if task is not None:
             task.cancel()
             try:

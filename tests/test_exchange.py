@@ -191,7 +191,7 @@ def _backend(name: str) -> Backend:
 
 def _forwarder(client: FakeClient, failures: list[str]) -> Forwarder:
     return Forwarder(client, x_forwarded=True, trust_forwarded=False,  # type: ignore[arg-type]
-                     on_failure=lambda b, exc: failures.append(b.name))
+                     on_failure=lambda b, exc, *_: failures.append(b.name))
 
 
 def test_a_406_for_forwarded_headers_is_sent_again_without_them_and_remembered():
