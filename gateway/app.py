@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import tornado.web
-from tornado.httpclient import AsyncHTTPClient
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
 from gateway import protocol as P
@@ -101,9 +100,8 @@ class Gateway:
                                username=mon.username, password=mon.password),
             count=self.metrics.owner_lookup, flush_interval=config.store.historyFlushInterval)
         self.lifecycle = Lifecycle()
-        self._monitor_http = None if backend_tls is None else AsyncHTTPClient(
-            force_instance=True, max_clients=256, defaults={"ssl_options": backend_tls})
-        self.monitor = Monitor(self.registry, config.monitor, self._monitor_http)
+        self.monitor = Monitor(self.registry, config.monitor, own_thread=True,
+                               http_defaults=None if backend_tls is None else {"ssl_options": backend_tls})
         self.monitor.lag = self.loop_lag
         self.monitor.on_excused = lambda: self.metrics.health_hints.labels("probe", EXCUSED).inc()
         self.admission = Admission(self)
@@ -213,8 +211,6 @@ class Gateway:
         self.client.close()
         await self.offload.close()
         self.passwords.close()
-        if self._monitor_http is not None:
-            self._monitor_http.close()
 
     def reload_config(self) -> None:
         """SIGHUP: reload what can change safely at run time (today: the rules files)."""

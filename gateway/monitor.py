@@ -1,7 +1,9 @@
 """The cluster monitor: probe every backend each ``monitor.interval`` and keep its state.
 
-Probes run concurrently on the event loop with ``monitor.timeout`` each, so a hung
-coordinator delays nobody. What an answer *means* lives in ``gateway/monitor_probes.py``
+Probes run concurrently with ``monitor.timeout`` each, so a hung coordinator delays nobody.
+In the gateway they run on a thread with an event loop of their own (``own_thread``,
+``gateway/probe_thread.py``), so a busy proxy loop cannot starve them or fire their deadlines
+late; results are applied on the proxy's loop. What an answer *means* lives in ``gateway/monitor_probes.py``
 (pure functions); this module only does the HTTP and writes results into the registry's
 ``BackendState`` objects, which the balancer reads on the request path.
 
@@ -44,6 +46,7 @@ from gateway.monitor_probes import (
     parse_stats,
 )
 from gateway.overload import EXCUSED, LoopLag, failure_counts
+from gateway.probe_thread import ProbeThread
 
 __all__ = ["Monitor", "DEFAULT_MONITOR_USER"]
 
@@ -74,7 +77,8 @@ class Monitor:
 
     def __init__(self, registry: Registry, cfg: MonitorConfig,
                  http_client: AsyncHTTPClient | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, own_thread: bool = False,
+                 http_defaults: dict[str, Any] | None = None) -> None:
         self.registry = registry
         self.cfg = cfg
         self.first_round_done = False
@@ -82,6 +86,10 @@ class Monitor:
         self._clock = clock
         self._own_client = http_client is None
         self._client = http_client
+        self._http_defaults = http_defaults
+        # Probes on a thread of their own (see the module docstring); not with a given client,
+        # which belongs to the loop it was made on.
+        self._probes: ProbeThread | None = ProbeThread() if own_thread and http_client is None else None
         self._ui_cookies: dict[tuple[str, str], str] = {}   # (name, proxyTo) -> Cookie header
         self._round_callbacks: list[RoundCallback] = []
         self._transition_callbacks: list[TransitionCallback] = []
@@ -109,8 +117,8 @@ class Monitor:
         """Probe every backend once, concurrently; return the health changes."""
         backends = self.registry.all()
         live = {(b.name, b.proxyTo) for b in backends}
-        for key in [k for k in self._ui_cookies if k not in live]:
-            del self._ui_cookies[key]
+        for key in [k for k in list(self._ui_cookies) if k not in live]:   # list(): probes may add
+            self._ui_cookies.pop(key, None)
         outcomes = await asyncio.gather(*(self._probe_and_apply(b) for b in backends))
         transitions = [t for t in outcomes if t is not None]
         self.rounds += 1
@@ -143,6 +151,13 @@ class Monitor:
 
     async def probe(self, backend: Backend) -> ProbeResult:
         """One probe of one backend with the configured type; never raises."""
+        probes = self._probes
+        if probes is not None and probes.loop is not None:
+            return await probes.run(self._probe_here(backend, probes.lag))
+        return await self._probe_here(backend, self.lag)
+
+    async def _probe_here(self, backend: Backend, lag: LoopLag | None) -> ProbeResult:
+        """``probe`` on the running loop; ``lag`` is that loop's."""
         if self.cfg.type == "noop":
             return ProbeResult(Health.HEALTHY)
         step = {"info-api": self._probe_info, "ui-api": self._probe_ui,
@@ -150,26 +165,28 @@ class Monitor:
         if step is None:
             return ProbeResult(Health.UNHEALTHY, f"unknown monitor type {self.cfg.type!r}")
         started = time.monotonic()
-        stalled = self.lag.stalled() if self.lag is not None else 0.0
+        stalled = lag.stalled() if lag is not None else 0.0
         deadline = started + self.cfg.timeout
         try:
             # Each request gets what is left of the deadline, so Tornado's own timeouts end a
             # slow probe; wait_for is only a safety net (cancelling a fetch makes Tornado log).
             return await asyncio.wait_for(step(backend, deadline), self.cfg.timeout + 1.0)
         except _ProbeFailed as exc:
-            return self._failed(str(exc), exc.timeout, started, stalled)
+            return self._failed(str(exc), exc.timeout, started, lag, stalled)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure is an UNHEALTHY result, not a crash
             log.debug("probe of %s failed", backend.name, exc_info=True)
-            return self._failed(describe_error(exc, self.cfg.timeout), is_timeout(exc), started, stalled)
+            return self._failed(describe_error(exc, self.cfg.timeout), is_timeout(exc), started,
+                                lag, stalled)
 
-    def _failed(self, error: str, timeout: bool, started: float, stalled: float) -> ProbeResult:
+    def _failed(self, error: str, timeout: bool, started: float, lag: LoopLag | None,
+                stalled: float) -> ProbeResult:
         """A failed probe's result: UNHEALTHY, or inconclusive when it timed out while the
         event loop stalled (the backend never had its ``monitor.timeout``)."""
-        if timeout and self.lag is not None and not failure_counts(
+        if timeout and lag is not None and not failure_counts(
                 timeout=True, elapsed=time.monotonic() - started,
-                lag=self.lag.stalled() - stalled, budget=self.cfg.timeout):
+                lag=lag.stalled() - stalled, budget=self.cfg.timeout):
             if self.on_excused is not None:
                 self.on_excused()
             return ProbeResult(Health.UNHEALTHY, f"{error} ({EXCUSED}: the gateway's event loop "
@@ -204,7 +221,8 @@ class Monitor:
         if self._client is None:
             # Our own instance, made inside the running loop: the shared default allows 10
             # connections, which would queue (and time out) probes of larger fleets.
-            self._client = AsyncHTTPClient(force_instance=True, max_clients=256)
+            self._client = AsyncHTTPClient(force_instance=True, max_clients=256,
+                                           defaults=self._http_defaults)
         return self._client
 
     async def _fetch(self, url: str, deadline: float, **kw: Any) -> HTTPResponse:
@@ -293,6 +311,8 @@ class Monitor:
         except RuntimeError:   # not inside the loop yet: start as soon as it runs
             IOLoop.current().add_callback(self.start)
             return
+        if self._probes is not None:
+            self._probes.start()
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._loop(self._stopping), name="gateway-monitor")
 
@@ -322,6 +342,10 @@ class Monitor:
                 await task
             except asyncio.CancelledError:
                 pass
-        if self._own_client and self._client is not None:
-            self._client.close()
-            self._client = None
+        client, self._client = self._client, None
+        if self._probes is not None:
+            if self._own_client and client is not None:
+                self._probes.call(client.close)   # on the loop it was made on
+            self._probes.stop()
+        elif self._own_client and client is not None:
+            client.close()

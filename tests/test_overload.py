@@ -281,3 +281,76 @@ def test_probe_soon_probes_one_backend_once_at_a_time() -> None:
         return out
 
     assert asyncio.run(main()) == [Health.HEALTHY, {}]
+
+
+# -- probes on their own thread ---------------------------------------------------------------
+
+def _slow_info_server(delay: float) -> Any:
+    import http.server
+    import threading
+    import time
+
+    class Info(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay)
+            body = b'{"starting": false}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Info)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("own_thread", [True, False])
+def test_a_blocked_proxy_loop_does_not_starve_a_threaded_probe(own_thread: bool) -> None:
+    """The backend answers in 0.3 s of a 1 s timeout while the proxy loop is blocked for
+    1.5 s. On the probe thread the answer is read in time (HEALTHY); on the proxy loop the
+    deadline fires late and the probe can say nothing (inconclusive, not UNHEALTHY)."""
+    import threading
+    import time
+
+    server = _slow_info_server(0.3)
+    seen: list[str] = []
+
+    async def main() -> ProbeResult:
+        reg = Registry([Backend("b", f"http://127.0.0.1:{server.server_address[1]}")])
+        mon = Monitor(reg, MonitorConfig(type="info-api", interval=3600, timeout=1.0), own_thread=own_thread)
+        lag = LoopLag(interval=0.01)
+        lag.start()
+        mon.lag = lag
+        real = mon._probe_info
+
+        async def spy(backend: Backend, deadline: float) -> ProbeResult:
+            seen.append(threading.current_thread().name)
+            return await real(backend, deadline)
+
+        mon._probe_info = spy   # type: ignore[method-assign]
+        mon.start()
+        while mon.rounds < 1:
+            await asyncio.sleep(0.01)
+        task = asyncio.ensure_future(mon.probe(reg.get("b")))
+        await asyncio.sleep(0.05)      # the request is on its way
+        time.sleep(1.5)                # the proxy loop is blocked
+        try:
+            return await task
+        finally:
+            await mon.stop()
+            lag.stop()
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        server.shutdown()
+    if own_thread:
+        assert seen and set(seen) == {"gateway-probes"}
+        assert result.ok, result
+    else:
+        assert set(seen) == {"MainThread"}
+        assert result.inconclusive and not result.ok, result
