@@ -394,4 +394,6 @@ METRIC_NAMES = (
     "trino_gateway_admission_queued_queries", "trino_gateway_admission_wait_seconds",
     "trino_gateway_admission_dispatched_total", "trino_gateway_admission_rejected_total",
     "trino_gateway_admission_dropped_total", "trino_gateway_owner_lookups_total",
+    "trino_gateway_event_loop_lag_seconds", "trino_gateway_shed_total",
+    "trino_gateway_health_hints_total",
 )
