@@ -12,7 +12,11 @@ started within ``--ramp`` seconds, each until FINISHED. While they run, a probe 
 Per target and size it reports: failed queries (any error, non-200 answer or a last state other
 than FINISHED) and failed probes, probe latency p50/p99, the proxy's resident memory per
 in-flight query (peak minus at rest), and the proxy's CPU time per request it forwarded (all its
-processes: nginx workers, gateway workers). The descriptor limit of every process is raised to
+processes: nginx workers, gateway workers). For the gateway also its own view of the overload
+(gateway/overload.py): the longest gap between two monitor probes of the backend seen in its
+state API (``monitor.interval`` is 2 s; one worker gives the exact figure), state samples that
+were not HEALTHY, statements shed, failures excused because the loop stalled, and the p99
+event-loop lag (upper bucket bound). The descriptor limit of every process is raised to
 its hard limit (printed), since each query holds two descriptors in a proxy.
 """
 from __future__ import annotations
@@ -132,7 +136,66 @@ def _rss_kb(pids: list[int]) -> int:
     return total
 
 
-async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float) -> dict[str, Any]:
+async def _admin_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    try:
+        return await asyncio.wait_for(_exchange(reader, writer, "GET", path, f"127.0.0.1:{port}"), timeout)
+    finally:
+        writer.close()
+
+
+def _metric_sum(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def _histogram_p99(text: str, name: str) -> float | None:
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rpartition(" ")[2])
+    if not buckets or not buckets.get(float("inf")):
+        return None
+    total = buckets[float("inf")]
+    return next(le for le, count in sorted(buckets.items()) if count >= 0.99 * total)
+
+
+async def watch_gateway(port: int, done: asyncio.Event) -> dict[str, Any]:
+    """The gateway's view while the load runs: probe gaps and health from the state API."""
+    probes: set[float] = set()
+    not_healthy = samples = 0
+    while not done.is_set():
+        try:
+            code, body = await _admin_get(port, "/api/public/backends/bench/state")
+            if code == 200:
+                doc = json.loads(body)
+                samples += 1
+                not_healthy += doc["health"] != "HEALTHY"
+                if doc["lastProbe"]:
+                    probes.add(doc["lastProbe"])
+        except (OSError, asyncio.TimeoutError, ValueError):
+            pass
+        await asyncio.sleep(0.5)
+    times = sorted(probes)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    code, body = await _admin_get(port, "/metrics")
+    text = body.decode() if code == 200 else ""
+    return {"monitor_probe_gap_max_s": round(max(gaps), 2) if gaps else None,
+            "monitor_probes_seen": len(times), "state_not_healthy": f"{not_healthy}/{samples}",
+            "shed": _metric_sum(text, "trino_gateway_shed_total"),
+            "excused": _metric_sum(text, "trino_gateway_health_hints_total", verdict="excused"),
+            "loop_lag_p99_s": _histogram_p99(text, "trino_gateway_event_loop_lag_seconds")}
+
+
+async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
+               gateway: bool = False) -> dict[str, Any]:
     out = Outcome()
     rest_rss = _rss_kb(pids)
     cpu0 = _cpu_seconds(pids)
@@ -161,11 +224,13 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float) 
             out.finished += 1
 
     bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober())]
+    watcher = asyncio.ensure_future(watch_gateway(port, done)) if gateway else None
     t0 = time.monotonic()
     await asyncio.gather(*(one(random.uniform(0, ramp)) for _ in range(n)))
     elapsed = time.monotonic() - t0
     done.set()
     await asyncio.gather(*bg)
+    seen = await watcher if watcher is not None else {}
     cpu = _cpu_seconds(pids) - cpu0
     probes = sorted(out.probe_ms)
     return {
@@ -176,6 +241,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float) 
         "probes": len(probes), "probe_failed": out.probe_failed,
         "kb_per_query": round((peak[0] - rest_rss) / n, 1) if pids else None,
         "cpu_us_per_request": round(cpu / max(1, out.requests) * 1e6, 1) if pids else None,
+        **seen,
     }
 
 
@@ -192,6 +258,8 @@ def start_target(name: str, tmp: Path, backend: S.Service) -> tuple[S.Service | 
     workers = int(name.removeprefix("gateway"))
     cfg = S.gateway_config(tmp, [("bench", backend.url)], rules=0, workers=workers, name=name)
     cfg["monitor"]["interval"] = "2s"
+    # Every query comes from 127.0.0.1 (one client process, like a load balancer in front).
+    cfg["server"]["maxConnectionsPerAddress"] = 0
     svc = S.start_gateway(tmp, cfg, name=name)
     return svc, svc.port, S.worker_pids(svc)
 
@@ -223,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             svc, port, pids = start_target(target, tmp, backend)
             try:
                 for n in (int(x) for x in args.inflight.split(",")):
-                    row = {"target": target, **asyncio.run(load(port, pids, n, args.ramp, args.timeout))}
+                    row = {"target": target, **asyncio.run(load(port, pids, n, args.ramp, args.timeout,
+                                                                 gateway=target.startswith("gateway")))}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:

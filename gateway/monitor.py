@@ -116,16 +116,19 @@ class Monitor:
     async def run_round(self) -> list[Transition]:
         """Probe every backend once, concurrently; return the health changes."""
         backends = self.registry.all()
-        live = {(b.name, b.proxyTo) for b in backends}
-        for key in [k for k in list(self._ui_cookies) if k not in live]:   # list(): probes may add
-            self._ui_cookies.pop(key, None)
         outcomes = await asyncio.gather(*(self._probe_and_apply(b) for b in backends))
         transitions = [t for t in outcomes if t is not None]
-        self.rounds += 1
-        self.first_round_done = True
+        self._round_done(backends)
         for cb in self._round_callbacks:
             await self._call(cb, self)
         return transitions
+
+    def _round_done(self, backends: list[Backend]) -> None:
+        live = {(b.name, b.proxyTo) for b in backends}
+        for key in [k for k in list(self._ui_cookies) if k not in live]:   # list(): probes may add
+            self._ui_cookies.pop(key, None)
+        self.rounds += 1
+        self.first_round_done = True
 
     async def _probe_and_apply(self, backend: Backend) -> Transition | None:
         state = self.registry.states.get(backend.name)
@@ -133,21 +136,75 @@ class Monitor:
             return None
         routed, user_routed = state.routed_since_probe, dict(state.user_routed_since_probe)
         result = await self.probe(backend)
+        transition = self._apply(backend, state, routed, user_routed, result, self._clock())
+        if transition is not None:
+            for cb in self._transition_callbacks:
+                await self._call(cb, transition)
+        return transition
+
+    def _apply(self, backend: Backend, state: Any, routed: int, user_routed: dict[str, int],
+               result: ProbeResult, now: float) -> Transition | None:
+        """Fold a probe result that completed at ``now`` into the backend's state (on the
+        proxy's loop); the transition."""
         # The backend may have been removed or re-pointed while the probe was in flight.
         current = self.registry.get(backend.name)
         if current is None or current.proxyTo != backend.proxyTo \
                 or self.registry.states.get(backend.name) is not state:
             return None
-        transition = apply_probe(backend.name, state, result, self.cfg, self._clock())
+        transition = apply_probe(backend.name, state, result, self.cfg, now)
         if result.queued is not None or (self.cfg.type in _COUNTLESS and result.ok):
             discount_routed(state, routed, user_routed)
         if transition is not None:
             log.info(transition.message(), extra={
                 "backend": backend.name, "health_from": transition.old.value,
                 "health_to": transition.new.value, "health_error": transition.error})
-            for cb in self._transition_callbacks:
-                await self._call(cb, transition)
         return transition
+
+    # -- rounds on the probe thread -------------------------------------------------------
+
+    async def _rounds_on_thread(self, main: asyncio.AbstractEventLoop) -> None:
+        """The rounds, on the probe thread: their cadence and their probes never wait for the
+        proxy loop. Each result is applied on the proxy loop (``main``) as it arrives."""
+        assert self._probes is not None
+        lag = self._probes.lag
+        while True:
+            started = time.monotonic()
+            try:
+                await self._round_on_thread(main, lag)
+            except Exception:  # noqa: BLE001 - keep probing whatever happened
+                log.exception("monitor round failed")
+            await asyncio.sleep(max(0.0, self.cfg.interval - (time.monotonic() - started)))
+
+    async def _round_on_thread(self, main: asyncio.AbstractEventLoop, lag: LoopLag | None) -> None:
+        backends = self.registry.all()
+
+        async def one(backend: Backend) -> None:
+            state = self.registry.states.get(backend.name)
+            if state is None:
+                return
+            # Read on this thread: an int and a copy made in one C call (the GIL makes both whole).
+            routed, user_routed = state.routed_since_probe, dict(state.user_routed_since_probe)
+            result = await self._probe_here(backend, lag)
+            main.call_soon_threadsafe(self._apply_and_notify, backend, state, routed, user_routed,
+                                      result, self._clock())
+
+        await asyncio.gather(*(one(b) for b in backends))
+        main.call_soon_threadsafe(self._round_done_and_notify, backends)
+
+    def _apply_and_notify(self, backend: Backend, state: Any, routed: int,
+                          user_routed: dict[str, int], result: ProbeResult, now: float) -> None:
+        transition = self._apply(backend, state, routed, user_routed, result, now)
+        if transition is not None and self._transition_callbacks:
+            asyncio.get_running_loop().create_task(self._notify(self._transition_callbacks, transition))
+
+    def _round_done_and_notify(self, backends: list[Backend]) -> None:
+        self._round_done(backends)
+        if self._round_callbacks:
+            asyncio.get_running_loop().create_task(self._notify(self._round_callbacks, self))
+
+    async def _notify(self, callbacks: list[Callable[[Any], Any]], arg: Any) -> None:
+        for cb in callbacks:
+            await self._call(cb, arg)
 
     async def probe(self, backend: Backend) -> ProbeResult:
         """One probe of one backend with the configured type; never raises."""
@@ -317,6 +374,9 @@ class Monitor:
         self._task = asyncio.create_task(self._loop(self._stopping), name="gateway-monitor")
 
     async def _loop(self, stopping: asyncio.Event) -> None:
+        if self._probes is not None and self._probes.loop is not None:
+            await self._probes.run(self._rounds_on_thread(asyncio.get_running_loop()))
+            return
         while not stopping.is_set():
             started = time.monotonic()
             try:

@@ -354,3 +354,41 @@ def test_a_blocked_proxy_loop_does_not_starve_a_threaded_probe(own_thread: bool)
     else:
         assert set(seen) == {"MainThread"}
         assert result.inconclusive and not result.ok, result
+
+
+def test_rounds_on_the_probe_thread_keep_their_interval_while_the_proxy_loop_is_blocked() -> None:
+    """Interval 0.1 s; the proxy loop is blocked for 1 s. On the probe thread the rounds go on
+    (about 10, each probe's completion time kept); on the proxy loop they would wait."""
+    import time
+
+    server = _slow_info_server(0.0)
+
+    async def main() -> tuple[int, list[float]]:
+        reg = Registry([Backend("b", f"http://127.0.0.1:{server.server_address[1]}")])
+        mon = Monitor(reg, MonitorConfig(type="info-api", interval=0.1, timeout=1.0), own_thread=True)
+        probed: list[float] = []
+        apply = mon._apply
+
+        def spy(*args: Any) -> Any:    # when each applied probe completed
+            probed.append(args[-1])
+            return apply(*args)
+
+        mon._apply = spy   # type: ignore[method-assign]
+        mon.start()
+        while mon.rounds < 1:
+            await asyncio.sleep(0.01)
+        before = mon.rounds
+        t0 = time.time()
+        time.sleep(1.0)                # the proxy loop is blocked
+        await asyncio.sleep(0.05)      # the results handed over meanwhile are applied now
+        rounds = mon.rounds - before
+        await mon.stop()
+        return rounds, [t - t0 for t in probed if t is not None and t >= t0]
+
+    try:
+        rounds, during = asyncio.run(main())
+    finally:
+        server.shutdown()
+    assert rounds >= 7, rounds
+    # the probes completed while the loop was blocked, spread over that second
+    assert len([t for t in during if t < 1.0]) >= 7 and max(during) - min(during) >= 0.5, during
