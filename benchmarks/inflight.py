@@ -13,10 +13,10 @@ Per target and size it reports: failed queries (any error, non-200 answer or a l
 than FINISHED) and failed probes, probe latency p50/p99, the proxy's resident memory per
 in-flight query (peak minus at rest), and the proxy's CPU time per request it forwarded (all its
 processes: nginx workers, gateway workers). For the gateway also its own view of the overload
-(gateway/overload.py): the longest gap between two monitor probes of the backend seen in its
-state API (``monitor.interval`` is 2 s; one worker gives the exact figure), state samples that
-were not HEALTHY, statements shed, failures excused because the loop stalled, and the p99
-event-loop lag (upper bucket bound). The descriptor limit of every process is raised to
+(gateway/overload.py): the longest gap between two monitor probes as the fake coordinator saw
+them arrive (``monitor.interval`` is 2 s; with one worker the gap shows whether rounds keep
+their interval), state-API samples that were not HEALTHY, statements shed, failures excused
+because the loop stalled, and the p99 event-loop lag (upper bucket bound). The descriptor limit of every process is raised to
 its hard limit (printed), since each query holds two descriptors in a proxy.
 """
 from __future__ import annotations
@@ -167,9 +167,10 @@ def _histogram_p99(text: str, name: str) -> float | None:
     return next(le for le, count in sorted(buckets.items()) if count >= 0.99 * total)
 
 
-async def watch_gateway(port: int, done: asyncio.Event) -> dict[str, Any]:
-    """The gateway's view while the load runs: probe gaps and health from the state API."""
-    probes: set[float] = set()
+async def watch_gateway(port: int, backend_port: int, done: asyncio.Event) -> dict[str, Any]:
+    """The gateway's view while the load runs: health from its state API, probe gaps from the
+    fake coordinator (not from the gateway's API, whose answers wait behind the load)."""
+    t0 = time.time()
     not_healthy = samples = 0
     while not done.is_set():
         try:
@@ -178,12 +179,11 @@ async def watch_gateway(port: int, done: asyncio.Event) -> dict[str, Any]:
                 doc = json.loads(body)
                 samples += 1
                 not_healthy += doc["health"] != "HEALTHY"
-                if doc["lastProbe"]:
-                    probes.add(doc["lastProbe"])
         except (OSError, asyncio.TimeoutError, ValueError):
             pass
         await asyncio.sleep(0.5)
-    times = sorted(probes)
+    code, body = await _admin_get(backend_port, "/_probes")
+    times = sorted(t for t in json.loads(body) if t >= t0) if code == 200 else []
     gaps = [b - a for a, b in zip(times, times[1:])]
     code, body = await _admin_get(port, "/metrics")
     text = body.decode() if code == 200 else ""
@@ -195,7 +195,8 @@ async def watch_gateway(port: int, done: asyncio.Event) -> dict[str, Any]:
 
 
 async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
-               gateway: bool = False) -> dict[str, Any]:
+               backend_port: int | None = None) -> dict[str, Any]:
+    """``backend_port``: the fake coordinator behind a gateway (for the gateway's figures)."""
     out = Outcome()
     rest_rss = _rss_kb(pids)
     cpu0 = _cpu_seconds(pids)
@@ -224,7 +225,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
             out.finished += 1
 
     bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober())]
-    watcher = asyncio.ensure_future(watch_gateway(port, done)) if gateway else None
+    watcher = asyncio.ensure_future(watch_gateway(port, backend_port, done)) if backend_port else None
     t0 = time.monotonic()
     await asyncio.gather(*(one(random.uniform(0, ramp)) for _ in range(n)))
     elapsed = time.monotonic() - t0
@@ -291,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             svc, port, pids = start_target(target, tmp, backend)
             try:
                 for n in (int(x) for x in args.inflight.split(",")):
+                    watched = backend.port if target.startswith("gateway") else None
                     row = {"target": target, **asyncio.run(load(port, pids, n, args.ramp, args.timeout,
-                                                                 gateway=target.startswith("gateway")))}
+                                                                 backend_port=watched))}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:

@@ -57,6 +57,9 @@ def request_kind(protocol_kind: str | None, path: str) -> str:
     return "other"
 
 
+_SHED = "shed: the worker is overloaded"
+
+
 @dataclass
 class _Request:
     """What one proxied request did, filled in as it goes."""
@@ -236,6 +239,8 @@ class Metrics:
             "at once instead), excused (the event loop stalled during the attempt: not counted)",
             ["source", "verdict"], **kw)
         self._owner_sources: dict[str, Any] = {}
+        self._shed_logged = float("-inf")
+        self._shed_since_log = 0
         self.queries = ActiveQueries(gauge=self.queries_in_flight)
         self._ruleset_version: str | None = None
         self._kinds: dict[tuple[str, str], Any] = {}
@@ -270,6 +275,23 @@ class Metrics:
         rec = _mine()
         if rec is not None:
             rec.failure = reason
+
+    def shed_statement(self, reason: str, message: str) -> None:
+        """A new statement refused because the worker is overloaded (gateway/overload.py).
+        Logged once per 10 s with a count, not per statement: a line per refusal would add
+        work to a worker that has too much."""
+        self.shed.labels(reason).inc()
+        rec = _mine()
+        if rec is not None:
+            rec.failure = _SHED
+        self._shed_since_log += 1
+        now = time.monotonic()
+        if now - self._shed_logged >= 10.0:
+            error_log.warning("shedding new statements (%d since the last such line, at most "
+                              "one per 10s): %s", self._shed_since_log, message,
+                              extra={"event": "statements_shed", "reason": reason,
+                                     "count": self._shed_since_log})
+            self._shed_logged, self._shed_since_log = now, 0
 
     def rejected(self, rule: str | None) -> None:
         self.rejects.labels(rule or "").inc()
@@ -317,6 +339,8 @@ class Metrics:
             return
         rec.label = label
         rec.counted = True
+        if rec.failure is _SHED:
+            return   # counted and logged in batches by shed_statement
         if rec.failure is not None:
             level = logging.INFO if rec.failure.startswith("rejected") else logging.WARNING
             error_log.log(level, "statement failed at the gateway (%s): user=%s source=%s remote=%s",

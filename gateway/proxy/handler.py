@@ -213,7 +213,6 @@ class ProxyHandler(LeanHandler):
         after Retry-After seconds (a 503 only after 0.1-0.2 s, and then hides the message);
         JDBC and the CLI show the status with the message. Polls are never shed."""
         gw = self.gw
-        gw.metrics.shed.labels(reason).inc()
         s = gw.config.server
         retry = int(math.ceil(s.shedRetryAfter))
         if reason == "loop-lag":
@@ -221,6 +220,7 @@ class ProxyHandler(LeanHandler):
         else:
             why = f"it proxies {gw.in_flight} requests (limit server.shedInFlight {s.shedInFlight})"
         message = f"The gateway is overloaded: {why}; retry in {retry}s"
+        gw.metrics.shed_statement(reason, message)
         query_id = P.new_query_id()
         gw.statement_refused(None, query_id, "REJECTED", message)
         self.clear()

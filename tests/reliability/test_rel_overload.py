@@ -127,6 +127,8 @@ def test_a_stalled_gateway_keeps_its_only_backend_and_sheds_new_statements(gatew
         assert doc["error"]["errorName"] == "QUERY_QUEUE_FULL"
         assert doc["error"]["message"].startswith("The gateway is overloaded: its event loop ran")
         assert "server.shedLoopLag" in doc["error"]["message"]
+        wait_for(lambda: "shedding new statements (1 since the last such line" in gw.log(), timeout=5,
+                 message="the shed logged")
 
         # A poll of the running query is never shed.
         poll = requests.get(next_uri, timeout=10)
