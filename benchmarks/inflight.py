@@ -6,7 +6,9 @@
 The fake coordinator (benchmarks/longpoll_backend.py) runs queries of ``--query-seconds`` made of
 long polls of ``--poll-seconds``. The client is one asyncio process that follows ``nextUri`` like
 a Trino client: one keep-alive connection per query (as separate clients have), every query
-started within ``--ramp`` seconds, each until FINISHED. While they run, a probe submits
+started within ``--ramp`` seconds, each until FINISHED. A statement the gateway sheds (429) is
+sent again after its ``Retry-After``, at most 3 attempts in all, as the Trino Python client does
+(``max_attempts`` 3); only the last refusal counts as a failure. While they run, a probe submits
 ``select 1`` on a new connection every 0.25 s and times it to FINISHED.
 
 Per target and size it reports: failed queries (any error, non-200 answer or a last state other
@@ -40,6 +42,7 @@ import machine  # noqa: E402
 import services as S  # noqa: E402
 
 TARGETS = ("direct", "nginx", "gateway1", "gateway2")
+SUBMIT_ATTEMPTS = 3   # the Trino Python client's max_attempts: a 429 is retried after Retry-After
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Outcome:
     errors: dict[str, int] = field(default_factory=dict)
     probe_ms: list[float] = field(default_factory=list)
     probe_failed: int = 0
+    shed_retries: int = 0
 
     def fail(self, why: str) -> None:
         self.failed += 1
@@ -58,7 +62,7 @@ class Outcome:
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, target: str,
-                    host: str, body: bytes = b"") -> tuple[int, bytes]:
+                    host: str, body: bytes = b"", retry_after: list[float] | None = None) -> tuple[int, bytes]:
     head = (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nX-Trino-User: bench\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     writer.write(head + body)
@@ -74,6 +78,8 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         name, _, value = line.decode("latin-1").partition(":")
         if name.strip().lower() == "content-length":
             length = int(value)
+        elif name.strip().lower() == "retry-after" and retry_after is not None:
+            retry_after.append(float(value))
     return code, await reader.readexactly(length)
 
 
@@ -87,9 +93,15 @@ async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float 
         return None
     host = f"127.0.0.1:{port}"
     try:
-        code, body = await asyncio.wait_for(_exchange(reader, writer, "POST", "/v1/statement", host, sql.encode()),
-                                            timeout)
-        out.requests += 1
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            wait: list[float] = []
+            code, body = await asyncio.wait_for(
+                _exchange(reader, writer, "POST", "/v1/statement", host, sql.encode(), wait), timeout)
+            out.requests += 1
+            if code != 429 or attempt == SUBMIT_ATTEMPTS:
+                break
+            out.shed_retries += 1
+            await asyncio.sleep(wait[0] if wait else 1.0)
         while True:
             if code != 200:
                 out.fail(f"http {code}")
@@ -239,7 +251,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
         "requests": out.requests, "seconds": round(elapsed, 1),
         "probe_p50_ms": round(statistics.median(probes), 1) if probes else None,
         "probe_p99_ms": round(probes[min(len(probes) - 1, int(len(probes) * 0.99))], 1) if probes else None,
-        "probes": len(probes), "probe_failed": out.probe_failed,
+        "probes": len(probes), "probe_failed": out.probe_failed, "shed_retries": out.shed_retries,
         "kb_per_query": round((peak[0] - rest_rss) / n, 1) if pids else None,
         "cpu_us_per_request": round(cpu / max(1, out.requests) * 1e6, 1) if pids else None,
         **seen,
