@@ -410,24 +410,26 @@ class Gateway:
                     self._seen[attr] = now
 
     def note_forward_failure(self, backend: Backend, exc: BackendError, elapsed: float = 0.0,
-                             lag: float = 0.0) -> None:
+                             lag: float = 0.0) -> str | None:
         """Passive health: a forward that could not connect or timed out is a hint, the probe it
         triggers the verdict (gateway/overload.py ``forward_verdict``). It marks the backend
         UNHEALTHY only when another backend of its group can take its new queries, and never
-        when the event loop stalled during the attempt (``lag`` of ``elapsed`` seconds)."""
+        when the event loop stalled during the attempt (``lag`` of ``elapsed`` seconds).
+        The verdict (``gateway.overload.forward_verdict``), or None when health is not concerned."""
         if exc.sent and not exc.timeout:
-            return   # the backend answered and then failed: about that request, not its health
-        if self.registry.state(backend.name).health is not Health.HEALTHY:
-            return   # already out of routing: the monitor brings it back
+            return None   # the backend answered and then failed: about that request, not its health
         budget = self.client.request_timeout if exc.sent else self.client.connect_timeout
         counts = failure_counts(timeout=exc.timeout, elapsed=elapsed, lag=lag, budget=budget)
         peers = sum(1 for b in self.registry.available(backend.routingGroup) if b.name != backend.name)
         verdict = forward_verdict(counts=counts, healthy_peers=peers)
-        self.metrics.health_hints.labels("forward", verdict).inc()
         if verdict == EXCUSED:
+            self.metrics.health_hints.labels("forward", verdict).inc()
             log.info("backend %s: a forward failed while the event loop stalled %.2fs of %.2fs; "
                      "not counted: %s", backend.name, lag, elapsed, exc)
-            return
+            return verdict
+        if self.registry.state(backend.name).health is not Health.HEALTHY:
+            return None   # already out of routing: the monitor brings it back
+        self.metrics.health_hints.labels("forward", verdict).inc()
         if verdict == MARK:
             log.warning("backend %s marked UNHEALTHY after a failed forward (probing it now): %s",
                         backend.name, exc)
@@ -437,6 +439,7 @@ class Gateway:
                         "'%s', so it stays HEALTHY until the probe started now says otherwise: %s",
                         backend.name, backend.routingGroup, exc)
         self.monitor.probe_soon(backend.name)
+        return verdict
 
     def shed(self) -> str | None:
         """Why a new statement is refused now because this worker is overloaded, or None."""

@@ -217,7 +217,7 @@ CONNECT_TIMEOUT = BackendError("timed out connecting after 5s", sent=False, time
 
 def test_one_failed_connect_never_takes_out_the_last_healthy_backend() -> None:
     gw, probed = _gateway("only")
-    gw.note_forward_failure(gw.registry.get("only"), REFUSED, 0.001, 0.0)
+    assert gw.note_forward_failure(gw.registry.get("only"), REFUSED, 0.001, 0.0) == PROBE
     assert gw.registry.state("only").health is Health.HEALTHY
     assert probed == ["only"]            # ... but it is probed at once: the probe decides
     assert _hints(gw, "forward", PROBE) == 1
@@ -225,7 +225,7 @@ def test_one_failed_connect_never_takes_out_the_last_healthy_backend() -> None:
 
 def test_a_failed_connect_marks_a_backend_down_when_others_take_its_queries() -> None:
     gw, probed = _gateway("a", "b")
-    gw.note_forward_failure(gw.registry.get("a"), REFUSED, 0.001, 0.0)
+    assert gw.note_forward_failure(gw.registry.get("a"), REFUSED, 0.001, 0.0) == MARK
     assert gw.registry.state("a").health is Health.UNHEALTHY
     assert gw.registry.state("b").health is Health.HEALTHY
     assert probed == ["a"]
@@ -236,7 +236,7 @@ def test_a_failed_connect_marks_a_backend_down_when_others_take_its_queries() ->
 
 def test_a_connect_timeout_during_a_loop_stall_is_not_counted() -> None:
     gw, probed = _gateway("a", "b")
-    gw.note_forward_failure(gw.registry.get("a"), CONNECT_TIMEOUT, 5.0, 0.9)
+    assert gw.note_forward_failure(gw.registry.get("a"), CONNECT_TIMEOUT, 5.0, 0.9) == EXCUSED
     assert gw.registry.state("a").health is Health.HEALTHY and probed == []
     assert _hints(gw, "forward", EXCUSED) == 1
     gw.note_forward_failure(gw.registry.get("a"), CONNECT_TIMEOUT, 5.0, 0.0)   # no stall: counts
@@ -245,7 +245,8 @@ def test_a_connect_timeout_during_a_loop_stall_is_not_counted() -> None:
 
 def test_an_error_after_the_request_was_sent_is_not_about_health() -> None:
     gw, probed = _gateway("a", "b")
-    gw.note_forward_failure(gw.registry.get("a"), BackendError("connection lost", sent=True), 1.0, 0.0)
+    assert gw.note_forward_failure(gw.registry.get("a"), BackendError("connection lost", sent=True),
+                                   1.0, 0.0) is None
     assert gw.registry.state("a").health is Health.HEALTHY and probed == []
 
 

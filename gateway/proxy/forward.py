@@ -16,6 +16,7 @@ from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
 from gateway.backends import Backend
+from gateway.overload import EXCUSED
 from gateway.proxy.client import BackendClient, BackendError, ResponseSink
 
 __all__ = ["Forwarder", "StatementLost", "NoBackendReached"]
@@ -67,7 +68,7 @@ class Forwarder:
     """Sends client requests to backends; owns which backends refuse ``X-Forwarded-*``."""
 
     def __init__(self, client: BackendClient, *, x_forwarded: bool, trust_forwarded: bool,
-                 on_failure: Callable[[Backend, BackendError, float, float], None],
+                 on_failure: Callable[[Backend, BackendError, float, float], str | None],
                  timing: Any = None, lag: Any = None) -> None:
         self.client = client
         self.x_forwarded = x_forwarded
@@ -90,7 +91,10 @@ class Forwarder:
 
         ``sink.begin(backend)`` (if it has one) runs before each attempt. A failure is noted for
         passive health, with the attempt's duration and how long the event loop stalled during
-        it (``on_failure(backend, exc, elapsed, lag)``), and raised as ``BackendError``."""
+        it (``on_failure(backend, exc, elapsed, lag)``), and raised as ``BackendError``. When
+        that verdict is ``excused`` (the connect timed out while the loop stalled: we did not
+        get to it) and nothing was sent, the request is sent once more."""
+        stalled_once = False
         begin = getattr(sink, "begin", None)
         if not isinstance(client_headers, list):
             client_headers = list(client_headers)   # read again after a 406
@@ -109,7 +113,13 @@ class Forwarder:
             except BackendError as exc:
                 elapsed = time.perf_counter() - t0
                 self._timed(sink, t0, f"{backend.proxyTo}: {exc}")
-                self.on_failure(backend, exc, elapsed, lag.stalled() - stalled if lag is not None else 0.0)
+                verdict = self.on_failure(backend, exc, elapsed,
+                                          lag.stalled() - stalled if lag is not None else 0.0)
+                if verdict == EXCUSED and not exc.sent and not stalled_once:
+                    stalled_once = True
+                    log.info("backend %s: %s while the event loop stalled; trying once more",
+                             backend.name, exc)
+                    continue
                 raise
             self._timed(sink, t0, None)
             if forwarded and relay.refused:
