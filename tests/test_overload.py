@@ -263,9 +263,11 @@ def test_shed_reads_the_loop_lag_and_in_flight_count() -> None:
 
 
 def test_probe_soon_probes_one_backend_once_at_a_time() -> None:
+    server = _slow_info_server(0.05)
+
     async def main() -> list[Any]:
-        reg = Registry([Backend("b", "http://b:8080")])
-        mon = Monitor(reg, MonitorConfig(type="noop", interval=3600))
+        reg = Registry([Backend("b", f"http://127.0.0.1:{server.server_address[1]}")])
+        mon = Monitor(reg, MonitorConfig(type="info-api", interval=3600, timeout=1.0))
         mon.probe_soon("b")              # not running: nothing
         assert mon._early == {}
         mon.start()
@@ -281,7 +283,22 @@ def test_probe_soon_probes_one_backend_once_at_a_time() -> None:
         await mon.stop()
         return out
 
-    assert asyncio.run(main()) == [Health.HEALTHY, {}]
+    try:
+        assert asyncio.run(main()) == [Health.HEALTHY, {}]
+    finally:
+        server.shutdown()
+
+
+def test_probe_soon_does_nothing_for_the_noop_monitor() -> None:
+    async def main() -> dict[str, Any]:
+        mon = Monitor(Registry([Backend("b", "http://b:8080")]), MonitorConfig(type="noop", interval=3600))
+        mon.start()
+        mon.probe_soon("b")              # noop says HEALTHY whatever happens: no evidence
+        early = dict(mon._early)
+        await mon.stop()
+        return early
+
+    assert asyncio.run(main()) == {}
 
 
 # -- probes on their own thread ---------------------------------------------------------------

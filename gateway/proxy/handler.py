@@ -154,9 +154,6 @@ class ProxyHandler(LeanHandler):
             gw.metrics.statement_failed("shutting-down")
             return self._failed("The gateway is shutting down; submit the query again",
                                 base, "SERVER_SHUTTING_DOWN")
-        shed = gw.shed()
-        if shed is not None:
-            return self._shed(shed, base)
         body = bytes(self._body)
         headers = self.request.headers
         if not utf8(body):   # no cluster can run it; say so the Trino way (not a 400/500)
@@ -167,6 +164,11 @@ class ProxyHandler(LeanHandler):
         # and are recorded like any other; only the backend is given.
         pinned: str | None = None
         target = P.kill_query_target(body[:4096].decode("utf-8", "replace"))
+        # An overloaded worker refuses new statements first; a kill_query is not shed (it
+        # frees a cluster's resources and is what an operator sends when things go wrong).
+        shed = None if target else gw.shed()
+        if shed is not None:
+            return self._shed(shed, base)
         if target:
             pinned = await gw.owner(P.QUERY, target, headers)
         txn = P.transaction_id(headers.get("X-Trino-Transaction-Id"))
