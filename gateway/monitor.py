@@ -1,11 +1,12 @@
 """The cluster monitor: probe every backend each ``monitor.interval`` and keep its state.
 
 Probes run concurrently with ``monitor.timeout`` each, so a hung coordinator delays nobody.
-In the gateway they run on a thread with an event loop of their own (``own_thread``,
-``gateway/probe_thread.py``), so a busy proxy loop cannot starve them or fire their deadlines
-late; results are applied on the proxy's loop. What an answer *means* lives in ``gateway/monitor_probes.py``
-(pure functions); this module only does the HTTP and writes results into the registry's
-``BackendState`` objects, which the balancer reads on the request path.
+In the gateway the rounds and their probes run on a thread with an event loop of their own
+(``own_thread``, ``gateway/probe_thread.py``), so a busy proxy loop can neither delay a round
+nor fire a probe's deadline late; results are applied on the proxy's loop. What an answer
+*means* lives in ``gateway/monitor_probes.py`` (pure functions); this module only does the
+HTTP and writes results into the registry's ``BackendState`` objects, which the balancer reads
+on the request path.
 
 Monitor types (``monitor.type``):
 
