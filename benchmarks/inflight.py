@@ -6,13 +6,19 @@
 The fake coordinator (benchmarks/longpoll_backend.py) runs queries of ``--query-seconds`` made of
 long polls of ``--poll-seconds``. The client is one asyncio process that follows ``nextUri`` like
 a Trino client: one keep-alive connection per query (as separate clients have), every query
-started within ``--ramp`` seconds, each until FINISHED. While they run, a probe submits
+started within ``--ramp`` seconds, each until FINISHED. A statement the gateway sheds (429) is
+sent again after its ``Retry-After``, at most 3 attempts in all, as the Trino Python client does
+(``max_attempts`` 3); only the last refusal counts as a failure. While they run, a probe submits
 ``select 1`` on a new connection every 0.25 s and times it to FINISHED.
 
 Per target and size it reports: failed queries (any error, non-200 answer or a last state other
 than FINISHED) and failed probes, probe latency p50/p99, the proxy's resident memory per
 in-flight query (peak minus at rest), and the proxy's CPU time per request it forwarded (all its
-processes: nginx workers, gateway workers). The descriptor limit of every process is raised to
+processes: nginx workers, gateway workers). For the gateway also its own view of the overload
+(gateway/overload.py): the longest gap between two monitor probes as the fake coordinator saw
+them arrive (``monitor.interval`` is 2 s; with one worker the gap shows whether rounds keep
+their interval), state-API samples that were not HEALTHY, statements shed, failures excused
+because the loop stalled, and the p99 event-loop lag (upper bucket bound). The descriptor limit of every process is raised to
 its hard limit (printed), since each query holds two descriptors in a proxy.
 """
 from __future__ import annotations
@@ -36,6 +42,7 @@ import machine  # noqa: E402
 import services as S  # noqa: E402
 
 TARGETS = ("direct", "nginx", "gateway1", "gateway2")
+SUBMIT_ATTEMPTS = 3   # the Trino Python client's max_attempts: a 429 is retried after Retry-After
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Outcome:
     errors: dict[str, int] = field(default_factory=dict)
     probe_ms: list[float] = field(default_factory=list)
     probe_failed: int = 0
+    shed_retries: int = 0
 
     def fail(self, why: str) -> None:
         self.failed += 1
@@ -54,7 +62,7 @@ class Outcome:
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, target: str,
-                    host: str, body: bytes = b"") -> tuple[int, bytes]:
+                    host: str, body: bytes = b"", retry_after: list[float] | None = None) -> tuple[int, bytes]:
     head = (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nX-Trino-User: bench\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     writer.write(head + body)
@@ -70,6 +78,8 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         name, _, value = line.decode("latin-1").partition(":")
         if name.strip().lower() == "content-length":
             length = int(value)
+        elif name.strip().lower() == "retry-after" and retry_after is not None:
+            retry_after.append(float(value))
     return code, await reader.readexactly(length)
 
 
@@ -83,9 +93,15 @@ async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float 
         return None
     host = f"127.0.0.1:{port}"
     try:
-        code, body = await asyncio.wait_for(_exchange(reader, writer, "POST", "/v1/statement", host, sql.encode()),
-                                            timeout)
-        out.requests += 1
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            wait: list[float] = []
+            code, body = await asyncio.wait_for(
+                _exchange(reader, writer, "POST", "/v1/statement", host, sql.encode(), wait), timeout)
+            out.requests += 1
+            if code != 429 or attempt == SUBMIT_ATTEMPTS:
+                break
+            out.shed_retries += 1
+            await asyncio.sleep(wait[0] if wait else 1.0)
         while True:
             if code != 200:
                 out.fail(f"http {code}")
@@ -132,7 +148,67 @@ def _rss_kb(pids: list[int]) -> int:
     return total
 
 
-async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float) -> dict[str, Any]:
+async def _admin_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    try:
+        return await asyncio.wait_for(_exchange(reader, writer, "GET", path, f"127.0.0.1:{port}"), timeout)
+    finally:
+        writer.close()
+
+
+def _metric_sum(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def _histogram_p99(text: str, name: str) -> float | None:
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rpartition(" ")[2])
+    if not buckets or not buckets.get(float("inf")):
+        return None
+    total = buckets[float("inf")]
+    return next(le for le, count in sorted(buckets.items()) if count >= 0.99 * total)
+
+
+async def watch_gateway(port: int, backend_port: int, done: asyncio.Event) -> dict[str, Any]:
+    """The gateway's view while the load runs: health from its state API, probe gaps from the
+    fake coordinator (not from the gateway's API, whose answers wait behind the load)."""
+    t0 = time.time()
+    not_healthy = samples = 0
+    while not done.is_set():
+        try:
+            code, body = await _admin_get(port, "/api/public/backends/bench/state")
+            if code == 200:
+                doc = json.loads(body)
+                samples += 1
+                not_healthy += doc["health"] != "HEALTHY"
+        except (OSError, asyncio.TimeoutError, ValueError):
+            pass
+        await asyncio.sleep(0.5)
+    code, body = await _admin_get(backend_port, "/_probes")
+    times = sorted(t for t in json.loads(body) if t >= t0) if code == 200 else []
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    code, body = await _admin_get(port, "/metrics")
+    text = body.decode() if code == 200 else ""
+    return {"monitor_probe_gap_max_s": round(max(gaps), 2) if gaps else None,
+            "monitor_probes_seen": len(times), "state_not_healthy": f"{not_healthy}/{samples}",
+            "shed": _metric_sum(text, "trino_gateway_shed_total"),
+            "excused": _metric_sum(text, "trino_gateway_health_hints_total", verdict="excused"),
+            "loop_lag_p99_s": _histogram_p99(text, "trino_gateway_event_loop_lag_seconds")}
+
+
+async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
+               backend_port: int | None = None) -> dict[str, Any]:
+    """``backend_port``: the fake coordinator behind a gateway (for the gateway's figures)."""
     out = Outcome()
     rest_rss = _rss_kb(pids)
     cpu0 = _cpu_seconds(pids)
@@ -161,11 +237,13 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float) 
             out.finished += 1
 
     bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober())]
+    watcher = asyncio.ensure_future(watch_gateway(port, backend_port, done)) if backend_port else None
     t0 = time.monotonic()
     await asyncio.gather(*(one(random.uniform(0, ramp)) for _ in range(n)))
     elapsed = time.monotonic() - t0
     done.set()
     await asyncio.gather(*bg)
+    seen = await watcher if watcher is not None else {}
     cpu = _cpu_seconds(pids) - cpu0
     probes = sorted(out.probe_ms)
     return {
@@ -173,9 +251,10 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float) 
         "requests": out.requests, "seconds": round(elapsed, 1),
         "probe_p50_ms": round(statistics.median(probes), 1) if probes else None,
         "probe_p99_ms": round(probes[min(len(probes) - 1, int(len(probes) * 0.99))], 1) if probes else None,
-        "probes": len(probes), "probe_failed": out.probe_failed,
+        "probes": len(probes), "probe_failed": out.probe_failed, "shed_retries": out.shed_retries,
         "kb_per_query": round((peak[0] - rest_rss) / n, 1) if pids else None,
         "cpu_us_per_request": round(cpu / max(1, out.requests) * 1e6, 1) if pids else None,
+        **seen,
     }
 
 
@@ -192,6 +271,8 @@ def start_target(name: str, tmp: Path, backend: S.Service) -> tuple[S.Service | 
     workers = int(name.removeprefix("gateway"))
     cfg = S.gateway_config(tmp, [("bench", backend.url)], rules=0, workers=workers, name=name)
     cfg["monitor"]["interval"] = "2s"
+    # Every query comes from 127.0.0.1 (one client process, like a load balancer in front).
+    cfg["server"]["maxConnectionsPerAddress"] = 0
     svc = S.start_gateway(tmp, cfg, name=name)
     return svc, svc.port, S.worker_pids(svc)
 
@@ -223,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             svc, port, pids = start_target(target, tmp, backend)
             try:
                 for n in (int(x) for x in args.inflight.split(",")):
-                    row = {"target": target, **asyncio.run(load(port, pids, n, args.ramp, args.timeout))}
+                    watched = backend.port if target.startswith("gateway") else None
+                    row = {"target": target, **asyncio.run(load(port, pids, n, args.ramp, args.timeout,
+                                                                 backend_port=watched))}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:

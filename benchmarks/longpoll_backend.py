@@ -23,6 +23,7 @@ import resource
 import sys
 import time
 
+INFO_TIMES: list[float] = []   # unix times of the /v1/info requests (monitor probes)
 INFO = b'{"nodeVersion":{"version":"476"},"environment":"bench","coordinator":true,"starting":false,"uptime":"1.00m"}'
 
 
@@ -122,7 +123,10 @@ class Conn(asyncio.Protocol):
         elif method == "DELETE":
             self._send(204, b"")
         elif path.startswith("/v1/info"):
+            INFO_TIMES.append(time.time())
             self._send(200, INFO)
+        elif path == "/_probes":   # when /v1/info was asked (the benchmark checks probe cadence)
+            self._send(200, json.dumps(INFO_TIMES).encode())
         else:
             self._send(404, b"not found")
         self.busy = False

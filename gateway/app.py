@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import tornado.web
-from tornado.httpclient import AsyncHTTPClient
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
 from gateway import protocol as P
@@ -44,6 +43,7 @@ from gateway.server import backend_ssl_context
 from gateway.unfinished import UnfinishedQueries
 from gateway.metrics_history import MetricsSampler
 from gateway.resolver import Resolver
+from gateway.overload import EXCUSED, MARK, LoopLag, failure_counts, forward_verdict, shed_reason
 
 log = logging.getLogger("gateway")
 route_log = logging.getLogger("gateway.routing")
@@ -77,6 +77,9 @@ class Gateway:
         self.sticky = StickyMap(ttl=config.routing.stickyTtl)
         self.metrics = Metrics()
         backend_tls = backend_ssl_context(config.server)  # once: loading CAs is slow
+        # How late this worker's event loop runs: separates "the backend did not answer" from
+        # "we did not get to it" (gateway/overload.py) and drives shedding of new statements.
+        self.loop_lag = LoopLag(observe=self.metrics.loop_lag.observe)
         self.client = BackendClient(connect_timeout=config.server.backendConnectTimeout,
                                     request_timeout=config.server.backendRequestTimeout,
                                     ssl_context=backend_tls)
@@ -88,7 +91,8 @@ class Gateway:
         self.router = Router(config, self.registry, self.balancer, lambda: self.rules.current)
         self.forwarder = Forwarder(self.client, x_forwarded=config.server.xForwardedFor,
                                    trust_forwarded=config.server.trustForwardedHeaders,
-                                   on_failure=self.note_forward_failure, timing=self.metrics)
+                                   on_failure=self.note_forward_failure, timing=self.metrics,
+                                   lag=self.loop_lag)
         mon = config.monitor
         self.owners = OwnerLookup(
             self.sticky, self.registry,
@@ -96,9 +100,10 @@ class Gateway:
                                username=mon.username, password=mon.password),
             count=self.metrics.owner_lookup, flush_interval=config.store.historyFlushInterval)
         self.lifecycle = Lifecycle()
-        self._monitor_http = None if backend_tls is None else AsyncHTTPClient(
-            force_instance=True, max_clients=256, defaults={"ssl_options": backend_tls})
-        self.monitor = Monitor(self.registry, config.monitor, self._monitor_http)
+        self.monitor = Monitor(self.registry, config.monitor, own_thread=True,
+                               http_defaults=None if backend_tls is None else {"ssl_options": backend_tls})
+        self.monitor.lag = self.loop_lag
+        self.monitor.on_excused = lambda: self.metrics.health_hints.labels("probe", EXCUSED).inc()
         self.admission = Admission(self)
         self.offload = Offload()              # SQL analysis and rules checks, with a time budget
         self.passwords = PasswordChecks()     # PBKDF2 off the event loop
@@ -153,6 +158,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        self.loop_lag.start()
         self.store = await open_async_store(cfg)
         await self._shared_secrets()
         self.offload.start()
@@ -191,6 +197,7 @@ class Gateway:
         for t in self._tasks:
             t.cancel()
         await self.monitor.stop()
+        self.loop_lag.stop()
         await self.admission.stop()
         await self.sampler.stop()
         await self.resolver.stop()
@@ -204,8 +211,6 @@ class Gateway:
         self.client.close()
         await self.offload.close()
         self.passwords.close()
-        if self._monitor_http is not None:
-            self._monitor_http.close()
 
     def reload_config(self) -> None:
         """SIGHUP: reload what can change safely at run time (today: the rules files)."""
@@ -404,12 +409,43 @@ class Gateway:
                     counter.inc(now - seen)
                     self._seen[attr] = now
 
-    def note_forward_failure(self, backend: Backend, exc: BackendError) -> None:
-        """Passive health: a backend we cannot reach takes no new queries until a probe says so."""
-        if not exc.sent or exc.timeout:
-            if self.registry.state(backend.name).health is not Health.UNHEALTHY:
-                log.warning("backend %s marked UNHEALTHY after a failed forward: %s", backend.name, exc)
+    def note_forward_failure(self, backend: Backend, exc: BackendError, elapsed: float = 0.0,
+                             lag: float = 0.0) -> str | None:
+        """Passive health: a forward that could not connect or timed out is a hint, the probe it
+        triggers the verdict (gateway/overload.py ``forward_verdict``). It marks the backend
+        UNHEALTHY only when another backend of its group can take its new queries, and never
+        when the event loop stalled during the attempt (``lag`` of ``elapsed`` seconds).
+        The verdict (``gateway.overload.forward_verdict``), or None when health is not concerned."""
+        if exc.sent and not exc.timeout:
+            return None   # the backend answered and then failed: about that request, not its health
+        budget = self.client.request_timeout if exc.sent else self.client.connect_timeout
+        counts = failure_counts(timeout=exc.timeout, elapsed=elapsed, lag=lag, budget=budget)
+        peers = sum(1 for b in self.registry.available(backend.routingGroup) if b.name != backend.name)
+        verdict = forward_verdict(counts=counts, healthy_peers=peers)
+        if verdict == EXCUSED:
+            self.metrics.health_hints.labels("forward", verdict).inc()
+            log.info("backend %s: a forward failed while the event loop stalled %.2fs of %.2fs; "
+                     "not counted: %s", backend.name, lag, elapsed, exc)
+            return verdict
+        if self.registry.state(backend.name).health is not Health.HEALTHY:
+            return None   # already out of routing: the monitor brings it back
+        self.metrics.health_hints.labels("forward", verdict).inc()
+        if verdict == MARK:
+            log.warning("backend %s marked UNHEALTHY after a failed forward (probing it now): %s",
+                        backend.name, exc)
             self.registry.mark_unhealthy(backend.name, str(exc))
+        else:
+            log.warning("backend %s: a forward failed; it is the last HEALTHY backend of group "
+                        "'%s', so it stays HEALTHY until the probe started now says otherwise: %s",
+                        backend.name, backend.routingGroup, exc)
+        self.monitor.probe_soon(backend.name)
+        return verdict
+
+    def shed(self) -> str | None:
+        """Why a new statement is refused now because this worker is overloaded, or None."""
+        s = self.config.server
+        return shed_reason(lag=self.loop_lag.recent(), in_flight=self.in_flight,
+                           max_lag=s.shedLoopLag, max_in_flight=s.shedInFlight)
 
 
 def _redact_url(url: str) -> str:

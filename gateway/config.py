@@ -73,6 +73,12 @@ class ServerConfig:
     maxConnections: int | None = None             # client connections per worker; null: descriptor limit - reserve
     maxConnectionsPerAddress: int = 256           # client connections per worker from one address; 0: no cap
     reservedDescriptors: int = 128                # kept for backends, the monitor, the store, rules reloads
+    # Shedding (gateway/overload.py): NEW statements get 429 + Retry-After while this worker's
+    # event loop ran this late within the last 2 s, or it proxies this many requests; polls of
+    # running queries are never shed. 0 turns a limit off.
+    shedLoopLag: float = 1.0
+    shedInFlight: int = 8000
+    shedRetryAfter: float = 2.0                   # the Retry-After sent with a shed statement (whole seconds)
     shutdownGracePeriod: float = 30.0             # SIGTERM: how long in-flight requests may finish
     xForwardedFor: bool = True                    # add X-Forwarded-For / -Proto / -Host and Via
     trustForwardedHeaders: bool = False           # honour X-Forwarded-Proto/Host from a load balancer
@@ -199,7 +205,7 @@ _DURATION_KEYS = {
     "shutdownGracePeriod", "historyRetention", "historyFlushInterval", "syncInterval", "stickyTtl",
     "interval", "timeout", "maxQueueWait", "sessionTtl", "clientTimeout",
     "metricsInterval", "metricsRetention", "resolveAfter",
-    "analysisTimeout", "rulesCheckTimeout",
+    "analysisTimeout", "rulesCheckTimeout", "shedLoopLag", "shedRetryAfter",
 }
 _POLICIES = ("least-queued", "round-robin", "random", "user-hash")
 _MONITORS = ("info-api", "ui-api", "metrics", "noop")
@@ -464,7 +470,9 @@ def _check_values(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: server.maxBodySize: must be positive")
     if s.headerTimeout <= 0:
         raise ConfigError(f"{src}: server.headerTimeout: must be positive")
-    for key in ("maxConnectionsPerAddress", "reservedDescriptors"):
+    if s.shedRetryAfter < 1:
+        raise ConfigError(f"{src}: server.shedRetryAfter: must be at least 1s (clients read whole seconds)")
+    for key in ("maxConnectionsPerAddress", "reservedDescriptors", "shedInFlight"):
         if getattr(s, key) < 0:
             raise ConfigError(f"{src}: server.{key}: cannot be negative")
     if s.maxConnections is not None and s.maxConnections < 1:

@@ -57,6 +57,9 @@ def request_kind(protocol_kind: str | None, path: str) -> str:
     return "other"
 
 
+_SHED = "shed: the worker is overloaded"
+
+
 @dataclass
 class _Request:
     """What one proxied request did, filled in as it goes."""
@@ -221,7 +224,23 @@ class Metrics:
             "Follow-ups routed to the backend owning their query, segment, transaction or OAuth2 "
             "exchange, by how the owner was found: token (from the URI, no lookup), memory, probe "
             "(asking every backend), store, none (not found)", ["source"], **kw)
+        self.loop_lag = Histogram(
+            "trino_gateway_event_loop_lag_seconds",
+            "How late this worker's event loop ran a timer due every 50 ms (time it was busy or "
+            "stalled); sustained values near server.shedLoopLag mean the worker is overloaded",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), **kw)
+        self.shed = Counter("trino_gateway_shed_total",
+                            "New statements refused with 429 + Retry-After because this worker "
+                            "was overloaded, by reason (loop-lag, in-flight)", ["reason"], **kw)
+        self.health_hints = Counter(
+            "trino_gateway_health_hints_total",
+            "Forward failures and probe timeouts by what they did to the backend's health: mark "
+            "(UNHEALTHY, others take the queries), probe (last HEALTHY backend of its group: probed "
+            "at once instead), excused (the event loop stalled during the attempt: not counted)",
+            ["source", "verdict"], **kw)
         self._owner_sources: dict[str, Any] = {}
+        self._shed_logged = float("-inf")
+        self._shed_since_log = 0
         self.queries = ActiveQueries(gauge=self.queries_in_flight)
         self._ruleset_version: str | None = None
         self._kinds: dict[tuple[str, str], Any] = {}
@@ -256,6 +275,23 @@ class Metrics:
         rec = _mine()
         if rec is not None:
             rec.failure = reason
+
+    def shed_statement(self, reason: str, message: str) -> None:
+        """A new statement refused because the worker is overloaded (gateway/overload.py).
+        Logged once per 10 s with a count, not per statement: a line per refusal would add
+        work to a worker that has too much."""
+        self.shed.labels(reason).inc()
+        rec = _mine()
+        if rec is not None:
+            rec.failure = _SHED
+        self._shed_since_log += 1
+        now = time.monotonic()
+        if now - self._shed_logged >= 10.0:
+            error_log.warning("shedding new statements (%d since the last such line, at most "
+                              "one per 10s): %s", self._shed_since_log, message,
+                              extra={"event": "statements_shed", "reason": reason,
+                                     "count": self._shed_since_log})
+            self._shed_logged, self._shed_since_log = now, 0
 
     def rejected(self, rule: str | None) -> None:
         self.rejects.labels(rule or "").inc()
@@ -303,6 +339,8 @@ class Metrics:
             return
         rec.label = label
         rec.counted = True
+        if rec.failure is _SHED:
+            return   # counted and logged in batches by shed_statement
         if rec.failure is not None:
             level = logging.INFO if rec.failure.startswith("rejected") else logging.WARNING
             error_log.log(level, "statement failed at the gateway (%s): user=%s source=%s remote=%s",
@@ -380,4 +418,6 @@ METRIC_NAMES = (
     "trino_gateway_admission_queued_queries", "trino_gateway_admission_wait_seconds",
     "trino_gateway_admission_dispatched_total", "trino_gateway_admission_rejected_total",
     "trino_gateway_admission_dropped_total", "trino_gateway_owner_lookups_total",
+    "trino_gateway_event_loop_lag_seconds", "trino_gateway_shed_total",
+    "trino_gateway_health_hints_total",
 )

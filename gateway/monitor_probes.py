@@ -35,7 +35,7 @@ from gateway.config import MonitorConfig
 
 __all__ = [
     "ProbeResult", "Transition", "parse_info", "parse_stats", "parse_queued_users",
-    "parse_metrics", "parse_openmetrics", "describe_error", "http_error", "apply_probe",
+    "parse_metrics", "parse_openmetrics", "describe_error", "is_timeout", "http_error", "apply_probe",
     "discount_routed", "RUNNING_METRIC", "QUEUED_METRIC", "NODES_METRIC",
 ]
 
@@ -55,6 +55,9 @@ class ProbeResult:
     running: int | None = None
     workers: int | None = None
     user_queued: dict[str, int] | None = None
+    # A probe that timed out while the gateway's own event loop stalled: it says nothing about
+    # the backend (gateway/overload.py), so it changes nothing.
+    inconclusive: bool = False
 
     @property
     def ok(self) -> bool:
@@ -223,16 +226,24 @@ def _seconds(t: float) -> str:
     return f"{t:g}s"
 
 
+def is_timeout(exc: BaseException | None) -> bool:
+    """Whether a request failed because its time ran out (rather than an answer or a refusal)."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return True
+    if isinstance(exc, HTTPClientError):
+        return exc.code == 599 and "timeout" in str(exc.message or exc).lower()
+    if isinstance(exc, StreamClosedError):
+        return is_timeout(exc.real_error)
+    return False
+
+
 def describe_error(exc: BaseException, timeout: float) -> str:
     """A short message for a request that did not produce a response."""
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+    if is_timeout(exc) and not isinstance(exc, StreamClosedError):
         return f"timed out after {_seconds(timeout)}"
     if isinstance(exc, HTTPClientError):
         if exc.code == 599:
-            text = str(exc.message or exc)
-            if "timeout" in text.lower():
-                return f"timed out after {_seconds(timeout)}"
-            return _short(text)
+            return _short(str(exc.message or exc))
         return f"HTTP {exc.code}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
@@ -276,7 +287,10 @@ def _is_passive_mark(state: BackendState) -> bool:
 
 def apply_probe(name: str, state: BackendState, result: ProbeResult, cfg: MonitorConfig,
                 now: float) -> Transition | None:
-    """Fold one probe result into ``state``; return the health change, if any."""
+    """Fold one probe result into ``state``; return the health change, if any. An
+    inconclusive result (see ``ProbeResult.inconclusive``) changes nothing."""
+    if result.inconclusive:
+        return None
     old = state.health
     state.last_probe = now
     if result.queued is not None:

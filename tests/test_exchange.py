@@ -191,7 +191,7 @@ def _backend(name: str) -> Backend:
 
 def _forwarder(client: FakeClient, failures: list[str]) -> Forwarder:
     return Forwarder(client, x_forwarded=True, trust_forwarded=False,  # type: ignore[arg-type]
-                     on_failure=lambda b, exc: failures.append(b.name))
+                     on_failure=lambda b, exc, *_: failures.append(b.name))
 
 
 def test_a_406_for_forwarded_headers_is_sent_again_without_them_and_remembered():
@@ -230,3 +230,35 @@ def test_failover_only_while_nothing_was_sent():
     with pytest.raises(NoBackendReached, match="b1: refused"):
         asyncio.run(_forwarder(client, []).submit([_backend("b1")], "/v1/statement", [], b"q",
                                                   BufferSink(), base=GW, remote_ip="x"))
+
+
+def test_a_connect_that_timed_out_while_the_loop_stalled_is_tried_once_more():
+    """on_failure says 'excused' (gateway/overload.py): nothing was sent and the backend never
+    had its connect timeout, so the same request goes to the same backend once more."""
+    stalled = BackendError("timed out connecting after 5s", sent=False, timeout=True)
+    verdicts: list[str] = []
+
+    def excused(b: Backend, exc: BackendError, elapsed: float, lag: float) -> str:
+        verdicts.append(b.name)
+        return "excused"
+
+    client = FakeClient({"http://b1:8080": [stalled, 200]})
+    fw = Forwarder(client, x_forwarded=False, trust_forwarded=False,  # type: ignore[arg-type]
+                   on_failure=excused)
+    sink = BufferSink()
+    assert asyncio.run(fw.send(_backend("b1"), "POST", "/v1/statement", [], b"q", sink,
+                               base=GW, remote_ip="x")) == 200
+    assert [c[0] for c in client.calls] == ["http://b1:8080"] * 2 and verdicts == ["b1"]
+    # only once: a second stalled connect fails the request
+    client = FakeClient({"http://b1:8080": [stalled, stalled, 200]})
+    fw = Forwarder(client, x_forwarded=False, trust_forwarded=False,  # type: ignore[arg-type]
+                   on_failure=excused)
+    with pytest.raises(BackendError):
+        asyncio.run(fw.send(_backend("b1"), "GET", "/v1/info", [], None, BufferSink(), base=GW, remote_ip="x"))
+    # a failure that counts ('mark', 'probe') is not tried again here
+    client = FakeClient({"http://b1:8080": [stalled, 200]})
+    fw = Forwarder(client, x_forwarded=False, trust_forwarded=False,  # type: ignore[arg-type]
+                   on_failure=lambda *_: "probe")
+    with pytest.raises(BackendError):
+        asyncio.run(fw.send(_backend("b1"), "GET", "/v1/info", [], None, BufferSink(), base=GW, remote_ip="x"))
+    assert len(client.calls) == 1

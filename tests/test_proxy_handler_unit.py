@@ -186,3 +186,35 @@ def test_a_tampered_token_is_refused_without_any_backend_call(tmp_path):
     conn = asyncio.run(go())
     assert conn.status == 400 and b"routing token" in conn.body
     assert client.sent == []
+
+
+def test_an_overloaded_worker_sheds_new_statements_but_never_polls_or_kill_query(tmp_path):
+    """gateway/overload.py: 429 + Retry-After + a Trino error document for a new statement;
+    a token follow-up and a kill_query still go to their backend."""
+    gw = _gateway(tmp_path)
+    client = ScriptedClient([(200, [("Content-Type", "application/json")], _page(QID, "e1", next_token=1)),
+                             (200, [("Content-Type", "application/json")], _page(QID, "e1", next_token=2)),
+                             (200, [("Content-Type", "application/json")], _page(QID, "e1", next_token=None))])
+    gw.forwarder.client = client  # type: ignore[assignment]
+    gw.learn(P.QUERY, QID, "e1")
+
+    async def go() -> None:
+        gw.config.server.shedInFlight = 0
+        first = await _run(gw, "POST", "/v1/statement", {"X-Trino-User": "alice", "X-Trino-Client-Tags": "etl"},
+                           b"SELECT 1")
+        path = json.loads(first.body)["nextUri"].split("://", 1)[1].split("/", 1)[1]
+        gw.config.server.shedInFlight = 1   # the request being served is the one in flight
+        shed = await _run(gw, "POST", "/v1/statement", {"X-Trino-User": "alice"}, b"SELECT 2")
+        assert shed.status == 429 and shed.headers is not None and shed.headers["Retry-After"] == "2"
+        doc = json.loads(shed.body)
+        assert doc["error"]["errorName"] == "QUERY_QUEUE_FULL"
+        assert doc["error"]["message"] == ("The gateway is overloaded: it proxies 1 requests (limit "
+                                           "server.shedInFlight 1); retry in 2s")
+        poll = await _run(gw, "GET", "/" + path, {"X-Trino-User": "alice"})
+        assert poll.status == 200
+        kill = await _run(gw, "POST", "/v1/statement", {"X-Trino-User": "alice"},
+                          f"CALL system.runtime.kill_query(query_id => '{QID}')".encode())
+        assert kill.status == 200
+    asyncio.run(go())
+    assert [m for _, m, _ in client.sent] == ["POST", "GET", "POST"]     # the shed one never left
+    assert gw.metrics.shed.labels("in-flight")._value.get() == 1

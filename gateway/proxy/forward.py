@@ -16,6 +16,7 @@ from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
 from gateway.backends import Backend
+from gateway.overload import EXCUSED
 from gateway.proxy.client import BackendClient, BackendError, ResponseSink
 
 __all__ = ["Forwarder", "StatementLost", "NoBackendReached"]
@@ -67,13 +68,14 @@ class Forwarder:
     """Sends client requests to backends; owns which backends refuse ``X-Forwarded-*``."""
 
     def __init__(self, client: BackendClient, *, x_forwarded: bool, trust_forwarded: bool,
-                 on_failure: Callable[[Backend, BackendError], None],
-                 timing: Any = None) -> None:
+                 on_failure: Callable[[Backend, BackendError, float, float], str | None],
+                 timing: Any = None, lag: Any = None) -> None:
         self.client = client
         self.x_forwarded = x_forwarded
         self.trust_forwarded = trust_forwarded
         self.on_failure = on_failure
         self.timing = timing                  # Metrics: backend time per request
+        self.lag = lag                        # overload.LoopLag: loop stalls during an attempt
         self.no_forwarded: set[str] = set()   # backends that answered 406 to X-Forwarded-*
 
     def headers_for(self, backend: Backend, client_headers: Sequence[tuple[str, str]], *,
@@ -88,7 +90,11 @@ class Forwarder:
         """Forward one request and stream the answer into ``sink``; the status code.
 
         ``sink.begin(backend)`` (if it has one) runs before each attempt. A failure is noted for
-        passive health and raised as ``BackendError``."""
+        passive health, with the attempt's duration and how long the event loop stalled during
+        it (``on_failure(backend, exc, elapsed, lag)``), and raised as ``BackendError``. When
+        that verdict is ``excused`` (the connect timed out while the loop stalled: we did not
+        get to it) and nothing was sent, the request is sent once more."""
+        stalled_once = False
         begin = getattr(sink, "begin", None)
         if not isinstance(client_headers, list):
             client_headers = list(client_headers)   # read again after a 406
@@ -99,12 +105,21 @@ class Forwarder:
             relay: Any = _Refused406(sink) if forwarded else sink
             if self.timing is not None:
                 self.timing.backend_start(sink)
+            lag = self.lag
+            stalled = lag.stalled() if lag is not None else 0.0
             t0 = time.perf_counter()
             try:
                 code = await self.client.fetch(backend.proxyTo, method, uri, headers, body, relay)
             except BackendError as exc:
+                elapsed = time.perf_counter() - t0
                 self._timed(sink, t0, f"{backend.proxyTo}: {exc}")
-                self.on_failure(backend, exc)
+                verdict = self.on_failure(backend, exc, elapsed,
+                                          lag.stalled() - stalled if lag is not None else 0.0)
+                if verdict == EXCUSED and not exc.sent and not stalled_once:
+                    stalled_once = True
+                    log.info("backend %s: %s while the event loop stalled; trying once more",
+                             backend.name, exc)
+                    continue
                 raise
             self._timed(sink, t0, None)
             if forwarded and relay.refused:

@@ -10,6 +10,7 @@ the handler wires them to sockets, and bytes stream through with back-pressure.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Awaitable
 
@@ -17,7 +18,7 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
 from gateway import protocol as P
-from gateway.backends import Backend
+from gateway.backends import Backend, Health
 from gateway.lifecycle import Started
 from gateway.proxy import exchange as X
 from gateway.limits import utf8
@@ -163,6 +164,11 @@ class ProxyHandler(LeanHandler):
         # and are recorded like any other; only the backend is given.
         pinned: str | None = None
         target = P.kill_query_target(body[:4096].decode("utf-8", "replace"))
+        # An overloaded worker refuses new statements first; a kill_query is not shed (it
+        # frees a cluster's resources and is what an operator sends when things go wrong).
+        shed = None if target else gw.shed()
+        if shed is not None:
+            return self._shed(shed, base)
         if target:
             pinned = await gw.owner(P.QUERY, target, headers)
         txn = P.transaction_id(headers.get("X-Trino-Transaction-Id"))
@@ -203,6 +209,29 @@ class ProxyHandler(LeanHandler):
         if route is not None:   # a statement the gateway refused: recorded as REJECTED
             self.gw.statement_refused(route, query_id, "REJECTED", message)
         self.finish(P.failed_query(message, gateway_base=base, error_name=error_name, query_id=query_id))
+
+    def _shed(self, reason: str, base: str) -> None:
+        """This worker is overloaded (gateway/overload.py): refuse the new statement before any
+        work, with 429 + Retry-After and a Trino error document. The Python client retries a 429
+        after Retry-After seconds (a 503 only after 0.1-0.2 s, and then hides the message);
+        JDBC and the CLI show the status with the message. Polls are never shed."""
+        gw = self.gw
+        s = gw.config.server
+        retry = int(math.ceil(s.shedRetryAfter))
+        if reason == "loop-lag":
+            why = f"its event loop ran {gw.loop_lag.recent():.2f}s late (limit server.shedLoopLag {s.shedLoopLag:g}s)"
+        else:
+            why = f"it proxies {gw.in_flight} requests (limit server.shedInFlight {s.shedInFlight})"
+        message = f"The gateway is overloaded: {why}; retry in {retry}s"
+        gw.metrics.shed_statement(reason, message)
+        query_id = P.new_query_id()
+        gw.statement_refused(None, query_id, "REJECTED", message)
+        self.clear()
+        self.set_status(429)
+        self.set_header("Retry-After", str(retry))
+        self.set_header("Content-Type", "application/json")
+        self.finish(P.failed_query(message, gateway_base=base, error_name="QUERY_QUEUE_FULL",
+                                   query_id=query_id))
 
     def _query_lost(self, kind: P.RequestKind, exc: BackendError) -> bool:
         """A result-page poll whose backend refuses connections (not a timeout, which may pass)."""
@@ -264,8 +293,7 @@ class ProxyHandler(LeanHandler):
                 return self._plain(404, f"{what} {kind.key} is not known to the gateway or any backend\n")
         body = bytes(self._body) if self._body or req.method in ("POST", "PUT", "PATCH") else None
         try:
-            await gw.forwarder.send(backend, req.method or "GET", self._uri, req.headers.get_all(), body,
-                                    self, base=base, remote_ip=req.remote_ip or "")
+            await self._send_follow_up(backend, body, base)
         except BackendError as exc:
             if self._headers_written:
                 return self._abort(exc)
@@ -284,6 +312,28 @@ class ProxyHandler(LeanHandler):
                             rw.final_state() if rw is not None else (None, None))
         if ended is not None:
             gw.query_finished(kind.key or "", *ended)
+
+    async def _send_follow_up(self, backend: Backend, body: bytes | None, base: str) -> None:
+        """Forward a follow-up; a connect that timed out is tried again until
+        ``backendRequestTimeout`` has passed. Nothing was sent, so any method may be repeated,
+        and the query is still running on its backend: a burst that overflowed the backend's
+        accept queue, or a stalled event loop, must not lose it to a 504 the gateway made.
+        It stops early when the monitor (probing the backend because of the failure) finds
+        it down."""
+        req = self.request
+        give_up = time.monotonic() + self.gw.config.server.backendRequestTimeout
+        while True:
+            try:
+                await self.gw.forwarder.send(backend, req.method or "GET", self._uri, req.headers.get_all(),
+                                             body, self, base=base, remote_ip=req.remote_ip or "")
+                return
+            except BackendError as exc:
+                if exc.sent or not exc.timeout or self._headers_written or self._client_gone \
+                        or time.monotonic() >= give_up \
+                        or self.gw.registry.state(backend.name).health is not Health.HEALTHY:
+                    raise   # ... or the monitor's probe found the backend down: no hope
+                log.info("backend %s: connect timed out for %s %s; trying again", backend.name,
+                         req.method, self._path)
 
     def _owner_removed(self, kind: P.RequestKind, name: str, base: str) -> None:
         """A routing token names a backend that is no longer configured."""

@@ -1,0 +1,145 @@
+"""Overload: telling "the backend did not answer" from "we did not get to it", and shedding.
+
+A worker whose event loop is saturated (a full garbage collection, a burst of answers, CPU
+starvation on a shared box) runs its timers late. A connect or probe that "timed out" during
+such a stall may never have had its budget: the backend could have answered in time and the
+loop just did not look. Counting that as a backend failure turns the gateway's own overload
+into a dead cluster (every new statement then fails with NO_NODES_AVAILABLE). So:
+
+* ``LoopLag`` measures the loop: a cheap timer every ``interval`` notes how late it ran. The
+  cumulative lateness (``stalled()``) taken before and after an attempt is the time the loop was
+  not running during it; ``recent()`` is the worst lateness of the last few seconds.
+* ``failure_counts`` (pure) decides whether a failed attempt counts against the backend.
+* ``forward_verdict`` (pure) decides what one failed forward does to a backend's health.
+* ``shed_reason`` (pure) decides whether a NEW statement is refused because this worker is
+  overloaded. Polls of running queries are never shed: refusing them would lose queries that
+  already cost a cluster work; a new statement can be retried (the answer is 429 with
+  ``Retry-After``, see docs/deployment.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any, Callable
+
+__all__ = ["LoopLag", "failure_counts", "forward_verdict", "shed_reason", "FAIR_SHARE",
+           "MARK", "PROBE", "EXCUSED"]
+
+# A timed-out attempt counts against the backend only when the loop gave it at least this share
+# of its budget. Below 1.0 on purpose: timers always fire a little late, and a dead backend must
+# still be found while the loop has ordinary sub-millisecond jitter.
+FAIR_SHARE = 0.9
+
+MARK, PROBE, EXCUSED = "mark", "probe", "excused"
+
+
+def failure_counts(*, timeout: bool, elapsed: float, lag: float, budget: float) -> bool:
+    """Whether one failed attempt (connect, request or probe) counts against the backend.
+
+    ``elapsed``: wall time of the attempt; ``lag``: how long the event loop was stalled during
+    it (``LoopLag.stalled()`` after minus before); ``budget``: the timeout it had.
+
+    An answer that was an error (refused, reset, HTTP 5xx, a bad document) always counts: the
+    backend itself spoke. A timeout counts only when the loop actually ran for at least
+    ``FAIR_SHARE`` of the budget: ``elapsed - lag >= FAIR_SHARE * budget``.
+    """
+    if not timeout:
+        return True
+    return elapsed - max(0.0, lag) >= FAIR_SHARE * budget
+
+
+def forward_verdict(*, counts: bool, healthy_peers: int) -> str:
+    """What a failed forward (nothing sent, or a timeout) does to its backend's health.
+
+    A forward failure is a *hint*, the monitor's probe is the verdict:
+
+    * ``EXCUSED``: it does not count (the loop stalled, see ``failure_counts``): nothing changes.
+    * ``PROBE``: it counts, but the backend is the last HEALTHY one of its routing group
+      (``healthy_peers`` = other HEALTHY, active backends of the group): it stays HEALTHY and is
+      probed at once; a dead cluster goes UNHEALTHY as soon as that probe fails, a cluster
+      that only refused one connect under a burst keeps taking queries.
+    * ``MARK``: it counts and others can take new queries: UNHEALTHY now (failover costs
+      nothing), probed at once so a healthy answer restores it quickly.
+    """
+    if not counts:
+        return EXCUSED
+    return MARK if healthy_peers > 0 else PROBE
+
+
+def shed_reason(*, lag: float, in_flight: int, max_lag: float, max_in_flight: int) -> str | None:
+    """Why a new statement is refused now (``loop-lag`` or ``in-flight``), or None to accept.
+
+    ``lag``: the worst event-loop lateness of the last few seconds; ``in_flight``: requests this
+    worker is proxying. A limit of 0 is off."""
+    if max_lag > 0 and lag >= max_lag:
+        return "loop-lag"
+    if max_in_flight > 0 and in_flight >= max_in_flight:
+        return "in-flight"
+    return None
+
+
+class LoopLag:
+    """Samples how late the event loop runs a timer every ``interval`` seconds.
+
+    ``observe(lag)`` (e.g. a histogram's ``observe``) gets every sample. The timer is one
+    ``call_later`` per interval: nothing per request."""
+
+    def __init__(self, interval: float = 0.05, window: float = 2.0,
+                 observe: Callable[[float], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.window = window
+        self._observe = observe
+        self._clock = clock
+        self._total = 0.0                   # lateness summed over all samples
+        self._due: float | None = None      # when the next sample should run
+        self._recent: collections.deque[tuple[float, float]] = collections.deque()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._handle is not None:
+            return
+        self._due = self._clock() + self.interval
+        self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._due = None
+
+    def _tick(self) -> None:
+        now = self._clock()
+        self.sample(now)
+        self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    def sample(self, now: float) -> float:
+        """Record the timer that was due at ``self._due`` running at ``now``; the lateness."""
+        lag = max(0.0, now - self._due) if self._due is not None else 0.0
+        self._due = now + self.interval
+        self._total += lag
+        if lag > 0.001:   # only real stalls are kept for recent(); jitter is not news
+            self._recent.append((now, lag))
+        while self._recent and self._recent[0][0] < now - self.window:
+            self._recent.popleft()
+        if self._observe is not None:
+            self._observe(lag)
+        return lag
+
+    def pending(self) -> float:
+        """How late the next sample already is (the loop may be stalled right now)."""
+        if self._due is None:
+            return 0.0
+        return max(0.0, self._clock() - self._due)
+
+    def stalled(self) -> float:
+        """Cumulative lateness so far, including the stall in progress; subtract two readings
+        to get the stall during an attempt."""
+        return self._total + self.pending()
+
+    def recent(self) -> float:
+        """The worst lateness within the last ``window`` seconds (a stall in progress too)."""
+        floor = self._clock() - self.window
+        worst = max((lag for t, lag in self._recent if t >= floor), default=0.0)
+        return max(worst, self.pending())
