@@ -79,7 +79,8 @@ class Gateway:
         backend_tls = backend_ssl_context(config.server)  # once: loading CAs is slow
         self.client = BackendClient(connect_timeout=config.server.backendConnectTimeout,
                                     request_timeout=config.server.backendRequestTimeout,
-                                    ssl_context=backend_tls)
+                                    ssl_context=backend_tls,
+                                    on_connect=self.metrics.backend_connects.inc)
         self.balancer = Balancer(config.routing.policy)
         self.rules = RulesWatcher(
             config.routing.rules, missing_ok=not config.rules_configured,
