@@ -343,6 +343,12 @@ class BackendClient:
         self._pools: dict[tuple[str, str, int], collections.deque[_Conn]] = {}
         self._bounds: dict[tuple[str, str, int], IdleBound] = {}
         self._addr: dict[str, tuple[str, str, int, str]] = {}
+        # Exchanges waiting on a backend, checked for silence by one timer (_sweep) rather than
+        # a timer per request: a long poll parked on a backend then holds no timer handle, no
+        # context copy and no argument tuple for the garbage collector to walk (issue 19).
+        self._waiting: dict[_Conn, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = 1.0
 
     def _bound(self, key: tuple[str, str, int]) -> IdleBound:
         b = self._bounds.get(key)
@@ -450,7 +456,8 @@ class BackendClient:
             bound.acquire(time.monotonic())   # in use until this attempt ends (IdleBound)
             try:
                 waiter = conn.start(data, sink, method == "HEAD")
-                timer = loop.call_later(timeout, _check_timeout, conn, waiter, timeout) if timeout else None
+                if timeout:
+                    self._watch(conn, timeout, loop)
                 try:
                     pending = await waiter
                 except _Lost as lost:
@@ -476,8 +483,7 @@ class BackendClient:
                     conn.close()
                     raise
                 finally:
-                    if timer is not None:
-                        timer.cancel()
+                    self._waiting.pop(conn, None)
                 if pending is not None:
                     try:
                         await pending
@@ -493,7 +499,37 @@ class BackendClient:
                 bound.release(time.monotonic())
         raise AssertionError("unreachable")
 
+    def _watch(self, conn: _Conn, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail ``conn``'s exchange once the backend is silent for ``timeout`` seconds (checked
+        every ``min(1 s, timeout / 4)``, so it fires up to that much later)."""
+        self._waiting[conn] = timeout
+        tick = min(1.0, max(0.01, timeout / 4))
+        if self._sweeper is not None and tick >= self._tick:
+            return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._tick = tick
+        self._sweeper = loop.call_later(tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = time.monotonic()
+        for conn, timeout in list(self._waiting.items()):
+            waiter = conn.waiter
+            if waiter is None or waiter.done():
+                self._waiting.pop(conn, None)
+            elif conn.paused:
+                conn.activity = now   # time paused for a slow client is not the backend's silence
+            elif now - conn.activity >= timeout:
+                self._waiting.pop(conn, None)
+                waiter.set_exception(_Timeout())
+        if self._waiting:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._pools.values():
             for conn in idle:
                 conn.close()
@@ -509,20 +545,6 @@ CLOSES_AFTER = frozenset({400, 406, 408, 413, 414, 431})
 
 class _Timeout(Exception):
     pass
-
-
-def _check_timeout(conn: _Conn, waiter: "asyncio.Future[Any]", timeout: float) -> None:
-    """No byte from the backend for ``timeout`` seconds (time paused for a slow client excluded)."""
-    if waiter.done():
-        return
-    now = time.monotonic()
-    if conn.paused:
-        conn.activity = now
-    idle = now - conn.activity
-    if idle < timeout:
-        asyncio.get_running_loop().call_later(max(0.01, timeout - idle), _check_timeout, conn, waiter, timeout)
-        return
-    waiter.set_exception(_Timeout())
 
 
 def _maybe_read(exc: BaseException | None) -> bool:
