@@ -78,9 +78,19 @@ asyncio.run(main())
 """
 
 
+def _kind(o: Any) -> str:
+    """The type, and for bound methods and coroutines what they are (where the count goes)."""
+    t = type(o).__qualname__
+    if t == "method":
+        return f"method {type(o.__self__).__qualname__}.{o.__func__.__name__}"
+    if t == "coroutine":
+        return f"coroutine {o.__qualname__}"
+    return t
+
+
 def _tracked() -> tuple[int, collections.Counter[str]]:
     objs = gc.get_objects()
-    return len(objs), collections.Counter(type(o).__qualname__ for o in objs)
+    return len(objs), collections.Counter(_kind(o) for o in objs)
 
 
 def _full_collection_seconds(repeat: int = 5) -> float:
@@ -117,7 +127,7 @@ async def _measure(gw: Any, port: int, sizes: list[int], out: list[dict[str, Any
         row = {"inflight": n, "objects_per_query": round((now_n - base_n) / n, 1),
                "full_gc_ms_per_1000": round((now_t - base_t) * 1000 / n * 1000, 2),
                "full_gc_ms": round(now_t * 1000, 1),
-               "top_types": {k: round(v / n, 2) for k, v in grew.most_common(25) if v > 0}}
+               "top_types": {k: round(v / n, 2) for k, v in grew.most_common(40) if v > 0}}
         out.append(row)
         print(json.dumps(row), flush=True)
         client.kill()

@@ -445,13 +445,16 @@ class BackendClient:
             if with_length:
                 headers.append(("Content-Length", str(len(body or b""))))
         data = serialize_head(f"{method} {target} HTTP/1.1", headers)
+        del headers   # serialized: not kept in this frame while the backend holds a long poll
         if body:
             data += body
         timeout = request_timeout if request_timeout is not None else self.request_timeout
         loop = asyncio.get_running_loop()
         key = (scheme, host, port)
         bound = self._bound(key)
-        for attempt in (0, 1):
+        attempt = -1
+        while attempt < 1:   # one retry on a fresh connection (a while: no iterator held while waiting)
+            attempt += 1
             conn, reused = await self._connect(key)
             bound.acquire(time.monotonic())   # in use until this attempt ends (IdleBound)
             try:
