@@ -207,9 +207,10 @@ async def watch_gateway(port: int, backend_port: int, done: asyncio.Event) -> di
 
 
 async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
-               backend_port: int | None = None) -> dict[str, Any]:
+               backend_port: int | None = None, gateway: bool = False) -> dict[str, Any]:
     """``backend_port``: the fake coordinator behind a gateway (for the gateway's figures)."""
     out = Outcome()
+    counters = await asyncio.to_thread(gateway_counters, port) if gateway else {}
     rest_rss = _rss_kb(pids)
     cpu0 = _cpu_seconds(pids)
     peak = [rest_rss]
@@ -246,6 +247,8 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
     seen = await watcher if watcher is not None else {}
     cpu = _cpu_seconds(pids) - cpu0
     probes = sorted(out.probe_ms)
+    extra = gateway_figures(counters, await asyncio.to_thread(gateway_counters, port), elapsed,
+                            n + len(probes) + out.probe_failed) if gateway else {}
     return {
         "inflight": n, "finished": out.finished, "failed": out.failed, "errors": out.errors,
         "requests": out.requests, "seconds": round(elapsed, 1),
@@ -255,7 +258,43 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
         "kb_per_query": round((peak[0] - rest_rss) / n, 1) if pids else None,
         "cpu_us_per_request": round(cpu / max(1, out.requests) * 1e6, 1) if pids else None,
         **seen,
+        **extra,
     }
+
+
+def gateway_counters(port: int) -> dict[tuple[str, ...], float]:
+    """The gateway's GC pause histogram and backend connects from /metrics (since it started)."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    out: dict[tuple[str, ...], float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name.startswith("trino_gateway_gc_pause_seconds") or \
+                    smp.name == "trino_gateway_backend_connects_total":
+                key = (smp.name, smp.labels.get("generation", ""), smp.labels.get("le", ""))
+                out[key] = out.get(key, 0.0) + smp.value
+    return out
+
+
+def gateway_figures(before: dict[tuple[str, ...], float], after: dict[tuple[str, ...], float],
+                    seconds: float, statements: int) -> dict[str, Any]:
+    """GC share of the run's wall time, full collections, the longest pause (as the upper bound
+    of its histogram bucket) and backend connects per statement, between two readings."""
+    d = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    gc_s = sum(v for k, v in d.items() if k[0].endswith("_sum"))
+    longest = 0.0
+    for gen in {k[1] for k in d if k[0].endswith("_bucket")}:
+        total = d.get(("trino_gateway_gc_pause_seconds_bucket", gen, "+Inf"), 0.0)
+        les = sorted(float(k[2]) for k in d if k[0].endswith("_bucket") and k[1] == gen
+                     and d[k] >= total > 0)
+        if les:
+            longest = max(longest, les[0])
+    return {"gc_share_pct": round(100 * gc_s / seconds, 2),
+            "gc_full": int(d.get(("trino_gateway_gc_pause_seconds_count", "2", ""), 0)),
+            "gc_longest_pause_le_s": longest,
+            "connects_per_query": round(d.get(("trino_gateway_backend_connects_total", "", ""), 0.0)
+                                        / max(1, statements), 3)}
 
 
 def start_target(name: str, tmp: Path, backend: S.Service) -> tuple[S.Service | None, int, list[int]]:
@@ -306,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                 for n in (int(x) for x in args.inflight.split(",")):
                     watched = backend.port if target.startswith("gateway") else None
                     row = {"target": target, **asyncio.run(load(port, pids, n, args.ramp, args.timeout,
-                                                                 backend_port=watched))}
+                                                                 backend_port=watched,
+                                                                 gateway=watched is not None))}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:

@@ -275,7 +275,9 @@ def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
 
 def worker_pids(svc: Service) -> list[int]:
     """The gateway process itself, or its workers when it supervises several (never the
-    store processes each of them runs, gateway/store/process.py)."""
+    helper processes each of them runs: gateway/store/process.py, gateway/offload.py; with
+    one worker the offload child used to be taken for the worker, so CPU and memory figures
+    and py-spy profiles measured the wrong process)."""
     def children(pid: int) -> list[int]:
         try:
             kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -287,7 +289,7 @@ def worker_pids(svc: Service) -> list[int]:
                 cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"gateway.store.process" not in cmd:
+            if b"gateway.store.process" not in cmd and b"gateway.offload" not in cmd:
                 out.append(kid)
         return out
     return children(svc.pid) or [svc.pid]

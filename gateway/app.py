@@ -82,7 +82,8 @@ class Gateway:
         self.loop_lag = LoopLag(observe=self.metrics.loop_lag.observe)
         self.client = BackendClient(connect_timeout=config.server.backendConnectTimeout,
                                     request_timeout=config.server.backendRequestTimeout,
-                                    ssl_context=backend_tls)
+                                    ssl_context=backend_tls,
+                                    on_connect=self.metrics.backend_connects.inc)
         self.balancer = Balancer(config.routing.policy)
         self.rules = RulesWatcher(
             config.routing.rules, missing_ok=not config.rules_configured,

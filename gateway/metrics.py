@@ -34,6 +34,8 @@ error_log = logging.getLogger("gateway.errors")
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+_GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
 # A query with no request for this long is taken as abandoned by its client (clients poll
 # continuously while a query runs; Trino answers a poll within about a second). It bounds how
 # long an abandoned query can hold up a graceful shutdown.
@@ -241,6 +243,15 @@ class Metrics:
         self._owner_sources: dict[str, Any] = {}
         self._shed_logged = float("-inf")
         self._shed_since_log = 0
+        self.gc_pauses = Histogram(
+            "trino_gateway_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector (every request of the worker waits), by "
+            "generation (2: full collections)", ["generation"], buckets=_GC_BUCKETS, **kw)
+        self._gc_children: dict[int, Any] = {}
+        self.backend_connects = Counter(
+            "trino_gateway_backend_connects_total",
+            "New connections opened to backends for forwarding (a pooled connection reused is not "
+            "counted)", **kw)
         self.queries = ActiveQueries(gauge=self.queries_in_flight)
         self._ruleset_version: str | None = None
         self._kinds: dict[tuple[str, str], Any] = {}
@@ -317,6 +328,13 @@ class Metrics:
             if error is not None:
                 rec.backend_error = error
         rec.backend_seconds += seconds
+
+    def gc_pause(self, generation: int, seconds: float) -> None:
+        """One garbage-collector pause (gateway/gcpolicy.py hands them over from the loop)."""
+        h = self._gc_children.get(generation)
+        if h is None:
+            h = self._gc_children[generation] = self.gc_pauses.labels(str(generation))
+        h.observe(seconds)
 
     def owner_lookup(self, source: str) -> None:
         """How the owner of a follow-up was found (token, memory, probe, store, none)."""
@@ -420,4 +438,5 @@ METRIC_NAMES = (
     "trino_gateway_admission_dropped_total", "trino_gateway_owner_lookups_total",
     "trino_gateway_event_loop_lag_seconds", "trino_gateway_shed_total",
     "trino_gateway_health_hints_total",
+    "trino_gateway_gc_pause_seconds", "trino_gateway_backend_connects_total",
 )

@@ -33,6 +33,7 @@ from typing import Any
 from gateway.proxy.server import HTTPServer  # Tornado's interface, faster HTTP/1.1 layer (docs/benchmarks.md)
 from tornado.netutil import bind_sockets
 
+from gateway import gcpolicy
 from gateway.config import Config, ConfigError, ServerConfig, load_config
 from gateway.limits import ConnectionLimits, bound_allocator, descriptor_limit
 from gateway.logs import setup_logging
@@ -250,6 +251,9 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
         if tls_sockets:
             servers.append(HTTPServer(app, ssl_options=tls_context(config), **opts))
             servers[1].add_sockets(tls_sockets)
+    # After add_sockets froze what start-up built (gateway/proxy/server.py), in this process:
+    # a forked worker gets its own settings and scheduler (gateway/gcpolicy.py).
+    stop_gc = gcpolicy.install(observe=gw.metrics.gc_pause)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -264,6 +268,7 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
         ready_callback(gw, port)
     await stop.wait()
     await _drain(gw, servers)
+    stop_gc()
     log.info("stopped")
     return 0
 

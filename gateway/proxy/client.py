@@ -12,6 +12,7 @@ which decides whether a POST may be retried elsewhere (a statement is never sent
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import ssl
 import time
@@ -276,19 +277,85 @@ class _Conn(asyncio.Protocol):
             self.waiter.set_result(pending)
 
 
+class IdleBound:
+    """How many idle connections to one backend are worth keeping: as many as were in use at
+    once recently (this window or the previous one), at least ``floor``, at most ``ceiling``.
+
+    A fixed small bound churned after a stall (issue 19): a garbage-collector pause or a burst
+    let many long polls answer at once, all but 64 of the freed connections were closed, and the
+    next polls connected again by the thousand (17,030 connects for 10,000 queries), overflowing
+    the backend's accept queue. Bounded by recent use instead, the pool keeps what the load just
+    needed, and shrinks again within two windows once it needs less."""
+
+    __slots__ = ("window", "floor", "ceiling", "in_use", "_peak", "_previous", "_since")
+
+    def __init__(self, window: float = 60.0, floor: int = 8, ceiling: int = 65536) -> None:
+        self.window = window
+        self.floor = floor
+        self.ceiling = ceiling
+        self.in_use = 0
+        self._peak = 0          # most in use at once in the current window
+        self._previous = 0      # ... in the window before
+        self._since = 0.0
+
+    def _roll(self, now: float) -> None:
+        if now - self._since >= self.window:
+            # a window with no traffic at all leaves nothing to remember from before it
+            self._previous = self._peak if now - self._since < 2 * self.window else 0
+            self._peak = self.in_use
+            self._since = now
+
+    def acquire(self, now: float) -> None:
+        self._roll(now)
+        self.in_use += 1
+        if self.in_use > self._peak:
+            self._peak = self.in_use
+
+    def release(self, now: float) -> None:
+        self._roll(now)
+        self.in_use = max(0, self.in_use - 1)
+
+    def limit(self, now: float) -> int:
+        """Idle connections to keep now."""
+        self._roll(now)
+        return min(self.ceiling, max(self.floor, self._peak, self._previous))
+
+
 class BackendClient:
-    """Keep-alive HTTP/1.1 client for forwarding; one per process."""
+    """Keep-alive HTTP/1.1 client for forwarding; one per process.
+
+    Idle connections per backend are bounded by recent use (``IdleBound``; ``max_idle_per_host``
+    is the ceiling) and closed once idle for ``idle_ttl``. ``on_connect`` is called for every
+    new connection (the ``trino_gateway_backend_connects_total`` metric)."""
 
     def __init__(self, *, connect_timeout: float = 5.0, request_timeout: float = 60.0,
-                 max_idle_per_host: int = 64, idle_ttl: float = 15.0,
-                 max_body_size: int = 1 << 40, ssl_context: ssl.SSLContext | None = None) -> None:
+                 max_idle_per_host: int = 65536, min_idle_per_host: int = 8, idle_ttl: float = 15.0,
+                 max_body_size: int = 1 << 40, ssl_context: ssl.SSLContext | None = None,
+                 on_connect: Any = None) -> None:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.max_idle_per_host = max_idle_per_host
+        self.min_idle_per_host = min_idle_per_host
         self.idle_ttl = idle_ttl
         self.ssl_context = ssl_context
-        self._pools: dict[tuple[str, str, int], list[_Conn]] = {}
+        self.on_connect = on_connect
+        self.connects = 0
+        self._pools: dict[tuple[str, str, int], collections.deque[_Conn]] = {}
+        self._bounds: dict[tuple[str, str, int], IdleBound] = {}
         self._addr: dict[str, tuple[str, str, int, str]] = {}
+        # Exchanges waiting on a backend, checked for silence by one timer (_sweep) rather than
+        # a timer per request: a long poll parked on a backend then holds no timer handle, no
+        # context copy and no argument tuple for the garbage collector to walk (issue 19).
+        self._waiting: dict[_Conn, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = 1.0
+
+    def _bound(self, key: tuple[str, str, int]) -> IdleBound:
+        b = self._bounds.get(key)
+        if b is None:
+            b = self._bounds[key] = IdleBound(window=max(1.0, 4 * self.idle_ttl), floor=self.min_idle_per_host,
+                                              ceiling=self.max_idle_per_host)
+        return b
 
     def _target(self, base: str) -> tuple[str, str, int, str]:
         t = self._addr.get(base)
@@ -321,6 +388,9 @@ class BackendClient:
         # requests that reuse it (gateway/metrics.py keeps a request's record there).
         connecting = loop.create_task(loop.create_connection(lambda: _Conn(key), host, port, ssl=ctx),
                                       context=contextvars.Context())
+        self.connects += 1
+        if self.on_connect is not None:
+            self.on_connect()
         try:
             _, conn = await asyncio.wait_for(connecting, self.connect_timeout)
         except asyncio.TimeoutError:
@@ -336,11 +406,21 @@ class BackendClient:
         if conn.closed or conn.buf:
             conn.close()
             return
-        idle = self._pools.setdefault(conn.key, [])
-        if len(idle) >= self.max_idle_per_host:
+        idle = self._pools.get(conn.key)
+        if idle is None:
+            idle = self._pools[conn.key] = collections.deque()
+        now = time.monotonic()
+        # Oldest first: drop what expired or was closed by the backend, then what the bound
+        # no longer covers; the connection just used is the one to keep.
+        while idle and (idle[0].closed or now - idle[0].idle_since >= self.idle_ttl):
+            idle.popleft().close()
+        limit = self._bound(conn.key).limit(now)
+        while idle and len(idle) >= limit:
+            idle.popleft().close()
+        if limit < 1:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now
         idle.append(conn)
 
     async def fetch(self, base: str, method: str, target: str,
@@ -365,55 +445,94 @@ class BackendClient:
             if with_length:
                 headers.append(("Content-Length", str(len(body or b""))))
         data = serialize_head(f"{method} {target} HTTP/1.1", headers)
+        del headers   # serialized: not kept in this frame while the backend holds a long poll
         if body:
             data += body
         timeout = request_timeout if request_timeout is not None else self.request_timeout
         loop = asyncio.get_running_loop()
-        for attempt in (0, 1):
-            conn, reused = await self._connect((scheme, host, port))
-            waiter = conn.start(data, sink, method == "HEAD")
-            timer = loop.call_later(timeout, _check_timeout, conn, waiter, timeout) if timeout else None
+        key = (scheme, host, port)
+        bound = self._bound(key)
+        attempt = -1
+        while attempt < 1:   # one retry on a fresh connection (a while: no iterator held while waiting)
+            attempt += 1
+            conn, reused = await self._connect(key)
+            bound.acquire(time.monotonic())   # in use until this attempt ends (IdleBound)
             try:
-                pending = await waiter
-            except _Lost as lost:
-                conn.close()
-                # A stale keep-alive connection: retry once on a fresh one, unless this is a POST
-                # the backend may have read (a POST is never sent twice).
-                if not conn.started and reused and attempt == 0 and (
-                        method != "POST" or not _maybe_read(lost.exc)):
-                    continue
-                if not conn.started:
-                    raise BackendError("backend closed the connection before answering"
-                                       if lost.exc is None else f"connection lost: {lost.exc}",
-                                       sent=True) from None
-                raise BackendError("backend closed the connection mid-response"
-                                   if lost.exc is None else f"connection lost: {lost.exc}", sent=True) from None
-            except _Timeout:
-                conn.close()
-                raise BackendError(f"no answer within {timeout:g}s", sent=True, timeout=True) from None
-            except HTTPParseError as exc:
-                conn.close()
-                raise BackendError(f"malformed response: {exc}", sent=True) from None
-            except BaseException:
-                conn.close()
-                raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            if pending is not None:
+                waiter = conn.start(data, sink, method == "HEAD")
+                if timeout:
+                    self._watch(conn, timeout, loop)
                 try:
-                    await pending
+                    pending = await waiter
+                except _Lost as lost:
+                    conn.close()
+                    # A stale keep-alive connection: retry once on a fresh one, unless this is a POST
+                    # the backend may have read (a POST is never sent twice).
+                    if not conn.started and reused and attempt == 0 and (
+                            method != "POST" or not _maybe_read(lost.exc)):
+                        continue
+                    if not conn.started:
+                        raise BackendError("backend closed the connection before answering"
+                                           if lost.exc is None else f"connection lost: {lost.exc}",
+                                           sent=True) from None
+                    raise BackendError("backend closed the connection mid-response"
+                                       if lost.exc is None else f"connection lost: {lost.exc}", sent=True) from None
+                except _Timeout:
+                    conn.close()
+                    raise BackendError(f"no answer within {timeout:g}s", sent=True, timeout=True) from None
+                except HTTPParseError as exc:
+                    conn.close()
+                    raise BackendError(f"malformed response: {exc}", sent=True) from None
                 except BaseException:
                     conn.close()
                     raise
-            if conn.keep_alive and not conn.closed:
-                self._release(conn)
-            else:
-                conn.close()
-            return conn.code
+                finally:
+                    self._waiting.pop(conn, None)
+                if pending is not None:
+                    try:
+                        await pending
+                    except BaseException:
+                        conn.close()
+                        raise
+                if conn.keep_alive and not conn.closed:
+                    self._release(conn)
+                else:
+                    conn.close()
+                return conn.code
+            finally:
+                bound.release(time.monotonic())
         raise AssertionError("unreachable")
 
+    def _watch(self, conn: _Conn, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail ``conn``'s exchange once the backend is silent for ``timeout`` seconds (checked
+        every ``min(1 s, timeout / 4)``, so it fires up to that much later)."""
+        self._waiting[conn] = timeout
+        tick = min(1.0, max(0.01, timeout / 4))
+        if self._sweeper is not None and tick >= self._tick:
+            return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._tick = tick
+        self._sweeper = loop.call_later(tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = time.monotonic()
+        for conn, timeout in list(self._waiting.items()):
+            waiter = conn.waiter
+            if waiter is None or waiter.done():
+                self._waiting.pop(conn, None)
+            elif conn.paused:
+                conn.activity = now   # time paused for a slow client is not the backend's silence
+            elif now - conn.activity >= timeout:
+                self._waiting.pop(conn, None)
+                waiter.set_exception(_Timeout())
+        if self._waiting:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._pools.values():
             for conn in idle:
                 conn.close()
@@ -429,20 +548,6 @@ CLOSES_AFTER = frozenset({400, 406, 408, 413, 414, 431})
 
 class _Timeout(Exception):
     pass
-
-
-def _check_timeout(conn: _Conn, waiter: "asyncio.Future[Any]", timeout: float) -> None:
-    """No byte from the backend for ``timeout`` seconds (time paused for a slow client excluded)."""
-    if waiter.done():
-        return
-    now = time.monotonic()
-    if conn.paused:
-        conn.activity = now
-    idle = now - conn.activity
-    if idle < timeout:
-        asyncio.get_running_loop().call_later(max(0.01, timeout - idle), _check_timeout, conn, waiter, timeout)
-        return
-    waiter.set_exception(_Timeout())
 
 
 def _maybe_read(exc: BaseException | None) -> bool:

@@ -95,13 +95,12 @@ class Forwarder:
         that verdict is ``excused`` (the connect timed out while the loop stalled: we did not
         get to it) and nothing was sent, the request is sent once more."""
         stalled_once = False
-        begin = getattr(sink, "begin", None)
         if not isinstance(client_headers, list):
             client_headers = list(client_headers)   # read again after a 406
         while True:
             headers, forwarded = self.headers_for(backend, client_headers, base=base, remote_ip=remote_ip)
-            if begin is not None:
-                begin(backend)
+            if hasattr(sink, "begin"):   # looked up each time: no bound method held while waiting
+                sink.begin(backend)
             relay: Any = _Refused406(sink) if forwarded else sink
             if self.timing is not None:
                 self.timing.backend_start(sink)
@@ -109,7 +108,9 @@ class Forwarder:
             stalled = lag.stalled() if lag is not None else 0.0
             t0 = time.perf_counter()
             try:
-                code = await self.client.fetch(backend.proxyTo, method, uri, headers, body, relay)
+                call = self.client.fetch(backend.proxyTo, method, uri, headers, body, relay)
+                del headers   # not held by this frame for the whole long poll (garbage collector)
+                code = await call
             except BackendError as exc:
                 elapsed = time.perf_counter() - t0
                 self._timed(sink, t0, f"{backend.proxyTo}: {exc}")

@@ -98,13 +98,15 @@ class ProxyHandler(LeanHandler):
 
     # -- dispatch --------------------------------------------------------------------------
 
-    async def get(self) -> None: await self._dispatch()
-    async def head(self) -> None: await self._dispatch()
-    async def post(self) -> None: await self._dispatch()
-    async def put(self) -> None: await self._dispatch()
-    async def delete(self) -> None: await self._dispatch()
-    async def patch(self) -> None: await self._dispatch()
-    async def options(self) -> None: await self._dispatch()
+    # Plain methods returning the dispatch coroutine: one coroutine less per request in flight
+    # for the garbage collector to walk (issue 19).
+    def get(self) -> Awaitable[None]: return self._dispatch()
+    def head(self) -> Awaitable[None]: return self._dispatch()
+    def post(self) -> Awaitable[None]: return self._dispatch()
+    def put(self) -> Awaitable[None]: return self._dispatch()
+    def delete(self) -> Awaitable[None]: return self._dispatch()
+    def patch(self) -> Awaitable[None]: return self._dispatch()
+    def options(self) -> Awaitable[None]: return self._dispatch()
 
     async def _dispatch(self) -> None:
         if self._finished:

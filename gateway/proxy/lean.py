@@ -203,8 +203,7 @@ class LeanHandler:
 
     async def _execute(self) -> None:
         try:
-            method = getattr(self, (self.request.method or "GET").lower())
-            result = method()
+            result = getattr(self, (self.request.method or "GET").lower())()
             if result is not None:
                 await result
             if self._auto_finish and not self._finished:

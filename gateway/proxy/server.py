@@ -89,18 +89,19 @@ def _done_future(exc: BaseException | None = None) -> "asyncio.Future[None]":
     return f
 
 
-class _Request:
-    """One request/response exchange: Tornado's ``HTTPConnection`` for the application."""
+class _Request(_Context):
+    """One request/response exchange: Tornado's ``HTTPConnection`` for the application, and
+    its own ``context`` (one object less per request in flight for the garbage collector)."""
 
-    __slots__ = ("conn", "context", "method", "version", "headers", "delegate", "max_body_size",
+    __slots__ = ("conn", "method", "version", "headers", "delegate", "max_body_size",
                  "body_timeout", "remaining", "chunked", "decoder", "received", "read_finished",
                  "write_finished", "headers_written", "chunking", "expected", "keep_alive",
                  "close_callback", "body_started", "last_progress", "__weakref__")
 
     def __init__(self, conn: "_Connection", method: str, version: str, headers: HTTPHeaders,
                  length: int | None) -> None:
+        _Context.__init__(self, conn.address, conn.protocol_name, conn.server.trusted_downstream)
         self.conn = conn
-        self.context = _Context(conn.address, conn.protocol_name, conn.server.trusted_downstream)
         self.method = method
         self.version = version
         self.headers = headers
@@ -120,6 +121,10 @@ class _Request:
         self.close_callback: Callable[[], None] | None = None
         self.body_started = 0.0
         self.last_progress = 0.0
+
+    @property
+    def context(self) -> _Context:
+        return self
 
     # -- tornado.httputil.HTTPConnection ------------------------------------------------------
 
