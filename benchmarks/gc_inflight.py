@@ -3,7 +3,7 @@
     python3 benchmarks/gc_inflight.py --inflight 1000            # ~20 s
     python3 benchmarks/gc_inflight.py --inflight 1000,5000 --json /tmp/gc.json
 
-Runs one gateway worker in this process (``gateway.server.serve``, no rules, history in SQLite)
+Runs one gateway worker in this process (``gateway.runtime.serve.serve``, no rules, history in SQLite)
 in front of the long-polling fake coordinator (benchmarks/longpoll_backend.py, polls held for
 45 s). A client subprocess starts ``N`` queries, each on its own connection, and leaves each one
 parked on a long poll (POST, first poll, second poll held by the backend). With all ``N`` parked,
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "--query-seconds", "300", "--poll-seconds", "45"],
                              tmp, tmp / "longpoll.log")
     from gateway.config import config_from_dict
-    from gateway.server import serve
+    from gateway.runtime.serve import serve
     cfg = S.gateway_config(tmp, [("bench", backend.url)], rules=0, name="gc")
     cfg["server"]["port"] = S.free_port()
     cfg["server"]["maxConnectionsPerAddress"] = 0   # every client connection comes from 127.0.0.1

@@ -15,7 +15,7 @@ Per target and size it reports: failed queries (any error, non-200 answer or a l
 than FINISHED) and failed probes, probe latency p50/p99, the proxy's resident memory per
 in-flight query (peak minus at rest), and the proxy's CPU time per request it forwarded (all its
 processes: nginx workers, gateway workers). For the gateway also its own view of the overload
-(gateway/overload.py): the longest gap between two monitor probes as the fake coordinator saw
+(gateway/runtime/overload.py): the longest gap between two monitor probes as the fake coordinator saw
 them arrive (``monitor.interval`` is 2 s; with one worker the gap shows whether rounds keep
 their interval), state-API samples that were not HEALTHY, statements shed, failures excused
 because the loop stalled, and the p99 event-loop lag (upper bucket bound). The descriptor limit of every process is raised to

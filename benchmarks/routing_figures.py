@@ -30,7 +30,7 @@ _TEMP_DIRS: list[Path] = []
 def _gateway(rules_yaml: str) -> Any:
     from tornado.httputil import HTTPHeaders  # noqa: F401  (imported for side effects of types)
     from gateway.app import Gateway
-    from gateway.backends import Backend, Health
+    from gateway.backends.state import Backend, Health
     from gateway.config import config_from_dict
     from gateway.routing.rules import parse_ruleset
     tmp = Path(tempfile.mkdtemp(prefix="tgw-route-"))

@@ -208,7 +208,7 @@ def start_bare_tornado(tmp: Path) -> Service:
 
 
 def start_cluster(tmp: Path, name: str, *flags: str) -> Service:
-    return _spawn_ready(f"cluster-{name}", [sys.executable, "-m", "gateway.demo.cluster", "--name", name,
+    return _spawn_ready(f"cluster-{name}", [sys.executable, "-m", "gateway.sim.cluster", "--name", name,
                                             "--port", "0", *flags], REPO, tmp / f"cluster-{name}.log")
 
 
@@ -275,7 +275,7 @@ def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
 
 def worker_pids(svc: Service) -> list[int]:
     """The gateway process itself, or its workers when it supervises several (never the
-    helper processes each of them runs: gateway/store/process.py, gateway/offload.py; with
+    helper processes each of them runs: gateway/store/process.py, gateway/runtime/offload.py; with
     one worker the offload child used to be taken for the worker, so CPU and memory figures
     and py-spy profiles measured the wrong process)."""
     def children(pid: int) -> list[int]:
@@ -289,7 +289,7 @@ def worker_pids(svc: Service) -> list[int]:
                 cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"gateway.store.process" not in cmd and b"gateway.offload" not in cmd:
+            if b"gateway.store.process" not in cmd and b"gateway.runtime.offload" not in cmd:
                 out.append(kid)
         return out
     return children(svc.pid) or [svc.pid]

@@ -17,7 +17,7 @@ import tornado.web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
 from gateway import protocol as P
-from gateway.backends import Backend, Health, Registry
+from gateway.backends.state import Backend, Health, Registry
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.logs import text_lines
@@ -28,7 +28,7 @@ from gateway.routing.balancer import Balancer
 from gateway.routing.owners import BackendProbe, OwnerLookup
 from gateway.routing.context import sql_inputs
 from gateway.routing.sql import SqlFacts
-from gateway.offload import Offload, PasswordChecks
+from gateway.runtime.offload import Offload, PasswordChecks
 from gateway.limits import mask_credentials
 from gateway.routing.reload import RulesWatcher
 from gateway.routing.router import Route, Router
@@ -37,13 +37,13 @@ from gateway.routing.tokens import TokenKeys
 from gateway.store.base import DuplicateBackend, HistoryRow
 from gateway.store.process import ProcessStore
 from gateway.store.writer import AsyncStore, HistoryWriter, StoreCalls
-from gateway.monitor import Monitor
-from gateway.admission import Admission
-from gateway.server import backend_ssl_context
-from gateway.unfinished import UnfinishedQueries
+from gateway.backends.monitor import Monitor
+from gateway.admission.control import Admission
+from gateway.runtime.serve import backend_ssl_context
+from gateway.backends.unfinished import UnfinishedQueries
 from gateway.metrics_history import MetricsSampler
-from gateway.resolver import Resolver
-from gateway.overload import EXCUSED, MARK, LoopLag, failure_counts, forward_verdict, shed_reason
+from gateway.backends.resolver import Resolver
+from gateway.runtime.overload import EXCUSED, MARK, LoopLag, failure_counts, forward_verdict, shed_reason
 
 log = logging.getLogger("gateway")
 route_log = logging.getLogger("gateway.routing")
@@ -78,7 +78,7 @@ class Gateway:
         self.metrics = Metrics()
         backend_tls = backend_ssl_context(config.server)  # once: loading CAs is slow
         # How late this worker's event loop runs: separates "the backend did not answer" from
-        # "we did not get to it" (gateway/overload.py) and drives shedding of new statements.
+        # "we did not get to it" (gateway/runtime/overload.py) and drives shedding of new statements.
         self.loop_lag = LoopLag(observe=self.metrics.loop_lag.observe)
         self.client = BackendClient(connect_timeout=config.server.backendConnectTimeout,
                                     request_timeout=config.server.backendRequestTimeout,
@@ -413,10 +413,10 @@ class Gateway:
     def note_forward_failure(self, backend: Backend, exc: BackendError, elapsed: float = 0.0,
                              lag: float = 0.0) -> str | None:
         """Passive health: a forward that could not connect or timed out is a hint, the probe it
-        triggers the verdict (gateway/overload.py ``forward_verdict``). It marks the backend
+        triggers the verdict (gateway/runtime/overload.py ``forward_verdict``). It marks the backend
         UNHEALTHY only when another backend of its group can take its new queries, and never
         when the event loop stalled during the attempt (``lag`` of ``elapsed`` seconds).
-        The verdict (``gateway.overload.forward_verdict``), or None when health is not concerned."""
+        The verdict (``gateway.runtime.overload.forward_verdict``), or None when health is not concerned."""
         if exc.sent and not exc.timeout:
             return None   # the backend answered and then failed: about that request, not its health
         budget = self.client.request_timeout if exc.sent else self.client.connect_timeout
@@ -456,7 +456,7 @@ def _redact_url(url: str) -> str:
 def make_app(gw: Gateway) -> tornado.web.Application:
     from gateway.proxy.handler import proxy_route
     from gateway.admin import routes as admin_routes
-    from gateway.admission_http import HELD_PATH, HeldQueryHandler
+    from gateway.admission.held import HELD_PATH, HeldQueryHandler
     proxy = proxy_route(gw)
     # Statement submissions and result pages first: they are most requests, and matching them
     # against every admin route before the catch-all cost more than routing them (no admin or

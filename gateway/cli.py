@@ -27,9 +27,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.port is not None:
         config.server.port = args.port
-    from gateway.server import prepare_workers
+    from gateway.runtime.serve import prepare_workers
     prepare_workers(config)
-    from gateway.server import serve
+    from gateway.runtime.serve import serve
     return serve(config)
 
 
@@ -60,12 +60,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo.run import run_demo
+    from gateway.sim.demo import run_demo
     return run_demo(port=args.port, cluster_base_port=args.cluster_port)
 
 
 def _cmd_hash_password(args: argparse.Namespace) -> int:
-    from gateway.auth import hash_password
+    from gateway.admin.auth import hash_password
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         again = getpass.getpass("Again: ")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.routing.cli_rules import add_rules_parser
     rules_sub = add_rules_parser(sub)
-    from gateway.migrate.cli import add_migrate_parsers
+    from gateway.javamigration.cli import add_migrate_parsers
     add_migrate_parsers(sub, rules_sub)
     return p
 

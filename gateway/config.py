@@ -73,7 +73,7 @@ class ServerConfig:
     maxConnections: int | None = None             # client connections per worker; null: descriptor limit - reserve
     maxConnectionsPerAddress: int = 256           # client connections per worker from one address; 0: no cap
     reservedDescriptors: int = 128                # kept for backends, the monitor, the store, rules reloads
-    # Shedding (gateway/overload.py): NEW statements get 429 + Retry-After while this worker's
+    # Shedding (gateway/runtime/overload.py): NEW statements get 429 + Retry-After while this worker's
     # event loop ran this late within the last 2 s, or it proxies this many requests; polls of
     # running queries are never shed. 0 turns a limit off.
     shedLoopLag: float = 1.0
@@ -381,7 +381,7 @@ def config_from_dict(data: Any, src: str = "<dict>", base_dir: str | None = None
     cfg.auth = _section(AuthConfig, auth_rest, src, "auth")
     if not isinstance(users, dict):
         raise ConfigError(f"{src}: auth.users: expected a mapping of user name to settings")
-    from gateway.auth import password_hash_problem   # auth imports this module
+    from gateway.admin.auth import password_hash_problem   # auth imports this module
     from gateway.limits import MAX_USER_CHARS
     for uname, udata in users.items():
         u = _section(UserConfig, udata, src, f"auth.users.{uname}")

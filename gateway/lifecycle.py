@@ -20,7 +20,7 @@ log = logging.getLogger("gateway.lifecycle")
 class Started:
     """A query now exists on ``backend``: what routing decided for it and when."""
     query_id: str
-    backend: Any              # gateway.backends.Backend
+    backend: Any              # gateway.backends.state.Backend
     route: Any                # gateway.routing.router.Route
     submitted_at: float
     queued_ms: int | None     # time held in the gateway queue (None: never held)

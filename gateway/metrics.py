@@ -288,7 +288,7 @@ class Metrics:
             rec.failure = reason
 
     def shed_statement(self, reason: str, message: str) -> None:
-        """A new statement refused because the worker is overloaded (gateway/overload.py).
+        """A new statement refused because the worker is overloaded (gateway/runtime/overload.py).
         Logged once per 10 s with a count, not per statement: a line per refusal would add
         work to a worker that has too much."""
         self.shed.labels(reason).inc()
@@ -330,7 +330,7 @@ class Metrics:
         rec.backend_seconds += seconds
 
     def gc_pause(self, generation: int, seconds: float) -> None:
-        """One garbage-collector pause (gateway/gcpolicy.py hands them over from the loop)."""
+        """One garbage-collector pause (gateway/runtime/gcpolicy.py hands them over from the loop)."""
         h = self._gc_children.get(generation)
         if h is None:
             h = self._gc_children[generation] = self.gc_pauses.labels(str(generation))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.periodic import Periodic
+from gateway.runtime.periodic import Periodic
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

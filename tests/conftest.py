@@ -99,7 +99,7 @@ class ClusterProcess:
 
 def spawn_cluster(name: str, port: int = 0, *args: str) -> ClusterProcess:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.demo.cluster", "--name", name, "--port", str(port), *args],
+        [sys.executable, "-m", "gateway.sim.cluster", "--name", name, "--port", str(port), *args],
         stdout=subprocess.PIPE, stderr=None, cwd=REPO)
     assert proc.stdout is not None
     deadline = time.monotonic() + 30

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.backends import Backend, BackendState
+from gateway.backends.state import Backend, BackendState
 from gateway.routing.balancer import POLICIES, Balancer, rendezvous_weight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,7 +251,7 @@ def test_user_hash_without_user_is_random() -> None:
 
 def test_user_hash_choice_does_not_depend_on_the_process_hash_seed() -> None:
     # Every worker process and replica must send a user to the same backend.
-    code = ("from gateway.backends import Backend;from gateway.routing.balancer import Balancer;"
+    code = ("from gateway.backends.state import Backend;from gateway.routing.balancer import Balancer;"
             "bs=[Backend(f't{i}', f'http://t{i}:1') for i in range(5)];"
             "print([Balancer('user-hash').pick(bs, {}, f'u{i}').name for i in range(40)])")
     outs = set()

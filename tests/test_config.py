@@ -146,7 +146,7 @@ def test_configuration_doc_lists_every_key_with_its_default():
 def test_the_docs_complete_example_loads(monkeypatch):
     monkeypatch.setenv("GATEWAY_DB_PASSWORD", "x")
     monkeypatch.setenv("GATEWAY_SESSION_SECRET", "y")
-    from gateway.auth import hash_password
+    from gateway.admin.auth import hash_password
     monkeypatch.setenv("GATEWAY_OPS_PASSWORD_HASH", hash_password("z", iterations=1000))
     example = DOC.read_text().split("## A complete example", 1)[1]
     text = re.search(r"```yaml\n(.*?)```", example, re.DOTALL).group(1)
@@ -210,6 +210,6 @@ def test_a_malformed_password_hash_is_refused_at_start_with_the_key_named(passwo
 
 
 def test_a_real_password_hash_loads():
-    from gateway.auth import hash_password
+    from gateway.admin.auth import hash_password
     cfg = C.config_from_dict({"auth": {"users": {"ops": {"password": hash_password("pw", iterations=1000)}}}})
     assert "ops" in cfg.auth.users

@@ -9,7 +9,7 @@ import pytest
 from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
-from gateway.backends import Backend
+from gateway.backends.state import Backend
 from gateway.proxy import exchange as X
 from gateway.proxy.client import BackendError, BufferSink
 from gateway.proxy.forward import Forwarder, NoBackendReached, StatementLost
@@ -233,7 +233,7 @@ def test_failover_only_while_nothing_was_sent():
 
 
 def test_a_connect_that_timed_out_while_the_loop_stalled_is_tried_once_more():
-    """on_failure says 'excused' (gateway/overload.py): nothing was sent and the backend never
+    """on_failure says 'excused' (gateway/runtime/overload.py): nothing was sent and the backend never
     had its connect timeout, so the same request goes to the same backend once more."""
     stalled = BackendError("timed out connecting after 5s", sent=False, timeout=True)
     verdicts: list[str] = []

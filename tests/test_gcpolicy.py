@@ -1,4 +1,4 @@
-"""Garbage-collector settings and full-collection scheduling of a worker (gateway/gcpolicy.py)."""
+"""Garbage-collector settings and full-collection scheduling of a worker (gateway/runtime/gcpolicy.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -6,8 +6,8 @@ import gc
 
 import pytest
 
-from gateway import gcpolicy
-from gateway.gcpolicy import FullCollections, GcPauses
+from gateway.runtime import gcpolicy
+from gateway.runtime.gcpolicy import FullCollections, GcPauses
 
 
 @pytest.mark.parametrize("since,cpu,due", [

@@ -18,11 +18,11 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 
-from gateway.backends import Backend, BackendState, Health, Registry
+from gateway.backends.state import Backend, BackendState, Health, Registry
 from gateway.config import MonitorConfig
-from gateway.demo.cluster import run_cluster_in_thread
-from gateway.monitor import Monitor
-from gateway.monitor_probes import (
+from gateway.sim.cluster import run_cluster_in_thread
+from gateway.backends.monitor import Monitor
+from gateway.backends.probes import (
     NODES_METRIC, QUEUED_METRIC, RUNNING_METRIC, ProbeResult, apply_probe, describe_error,
     discount_routed, parse_info, parse_metrics, parse_openmetrics, parse_queued_users, parse_stats,
 )
@@ -314,7 +314,7 @@ def test_discount_routed_keeps_queries_routed_while_the_probe_was_in_flight() ->
 
 # =================================================================================================
 # Over HTTP. A small fake coordinator checks what the monitor sends (credentials, cookies,
-# re-login); the simulated cluster (gateway/demo/cluster.py) covers the cluster scenarios below.
+# re-login); the simulated cluster (gateway/sim/cluster.py) covers the cluster scenarios below.
 # =================================================================================================
 
 
@@ -676,7 +676,7 @@ def test_first_round_is_done_even_without_backends() -> None:
     asyncio.run(main())
 
 
-# -- against simulated clusters (gateway/demo/cluster.py) -------------------------------------------
+# -- against simulated clusters (gateway/sim/cluster.py) -------------------------------------------
 # The simulator's `hang` control holds only statement requests, so "slow" uses a socket that
 # accepts connections and never answers.
 

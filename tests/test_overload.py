@@ -1,4 +1,4 @@
-"""Overload decisions (gateway/overload.py): loop lag, what a failure counts, shedding."""
+"""Overload decisions (gateway/runtime/overload.py): loop lag, what a failure counts, shedding."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from gateway.backends import Backend, Health, Registry
+from gateway.backends.state import Backend, Health, Registry
 from gateway.config import ConfigError, MonitorConfig, config_from_dict
-from gateway.monitor import Monitor
-from gateway.monitor_probes import ProbeResult, apply_probe
-from gateway.overload import (EXCUSED, MARK, PROBE, LoopLag, failure_counts, forward_verdict,
+from gateway.backends.monitor import Monitor
+from gateway.backends.probes import ProbeResult, apply_probe
+from gateway.runtime.overload import (EXCUSED, MARK, PROBE, LoopLag, failure_counts, forward_verdict,
                               shed_reason)
 from gateway.proxy.client import BackendError
 

@@ -61,7 +61,7 @@ def _run_pg_test(url: str, require: bool) -> subprocess.CompletedProcess[str]:
     import os
     env = {**os.environ, "TRINO_GATEWAY_TEST_PG_URL": url, "TRINO_GATEWAY_REQUIRE_PG": "1" if require else "0"}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                           "tests/migrate/test_import_backends.py::test_missing_table_is_a_clear_error"],
+                           "tests/javamigration/test_import_backends.py::test_missing_table_is_a_clear_error"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 

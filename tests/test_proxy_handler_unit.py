@@ -11,7 +11,7 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from gateway import protocol as P
 from gateway.app import Gateway
-from gateway.backends import Backend, Health
+from gateway.backends.state import Backend, Health
 from gateway.config import config_from_dict
 from gateway.lifecycle import Started
 from gateway.proxy.handler import ProxyHandler
@@ -189,7 +189,7 @@ def test_a_tampered_token_is_refused_without_any_backend_call(tmp_path):
 
 
 def test_an_overloaded_worker_sheds_new_statements_but_never_polls_or_kill_query(tmp_path):
-    """gateway/overload.py: 429 + Retry-After + a Trino error document for a new statement;
+    """gateway/runtime/overload.py: 429 + Retry-After + a Trino error document for a new statement;
     a token follow-up and a kill_query still go to their backend."""
     gw = _gateway(tmp_path)
     client = ScriptedClient([(200, [("Content-Type", "application/json")], _page(QID, "e1", next_token=1)),

@@ -19,11 +19,11 @@ import requests
 import trino
 from trino.transaction import IsolationLevel
 
-from gateway.demo import sim_protocol as proto
-from gateway.demo.cluster import run_cluster_in_thread, spawn_cluster_process
-from gateway.demo.sim_control import Control, ControlError
-from gateway.demo.sim_http import external_base
-from gateway.demo.sim_sql import (HeaderError, Session, SqlError, SqlPlan, bind_parameters,
+from gateway.sim import protocol as proto
+from gateway.sim.cluster import run_cluster_in_thread, spawn_cluster_process
+from gateway.sim.controls import Control, ControlError
+from gateway.sim.handlers import external_base
+from gateway.sim.planner import (HeaderError, Session, SqlError, SqlPlan, bind_parameters,
                                   parse_session, plan, strip_prefixes)
 
 USER = {"X-Trino-User": "alice"}

@@ -16,11 +16,11 @@ from tornado.web import RequestHandler
 
 from gateway.admin import backend_ops
 from gateway.admin.errors import ApiError
-from gateway.auth import Authenticator, is_loopback, parse_basic, sql_visible
-from gateway.backends import Backend
+from gateway.admin.auth import Authenticator, is_loopback, parse_basic, sql_visible
+from gateway.backends.state import Backend
 from gateway.config import ConfigError, validate_name, validate_url
 from gateway.limits import control_chars, loads_json, mask_credentials
-from gateway.offload import Busy
+from gateway.runtime.offload import Busy
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -73,7 +73,7 @@ class ApiHandler(RequestHandler):
         from gateway.admin.session import (
             CSRF_HEADER, SESSION_COOKIE, host_is_ours, own_hosts, sessions_for, tokens_equal,
         )
-        from gateway.auth import is_cross_site
+        from gateway.admin.auth import is_cross_site
         req = self.request
         if write and is_cross_site(req.headers, own_hosts(self.gw, req)):
             raise ApiError(403, "Cross-site request refused: state changes must come from the "

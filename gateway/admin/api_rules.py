@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.admin.api import ApiError, ApiHandler
 from gateway.admin.rules_files import RulesFileError, file_version, read_rules_file
-from gateway.offload import OverBudget
+from gateway.runtime.offload import OverBudget
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from gateway.admin.errors import ApiError
-from gateway.backends import Backend
+from gateway.backends.state import Backend
 from gateway.config import ConfigError, validate_name
 from gateway.limits import mask_credentials
 from gateway.store.base import DuplicateBackend

@@ -5,7 +5,7 @@ the stylesheet and a small script that adds live validation, confirmations and r
 page works without the script. Each page module (``pages_dashboard``, ``pages_clusters``,
 ``pages_history``, ``pages_rules``) holds its handlers and the pure functions they use.
 
-Access (see ``gateway.auth.page_access``): with users configured, reading needs a session with
+Access (see ``gateway.admin.auth.page_access``): with users configured, reading needs a session with
 role ``user`` or ``admin`` and changing needs ``admin``; without users everyone reads and only
 loopback callers change. Every POST needs the CSRF token (form field ``_csrf`` or header
 ``X-CSRF-Token``).
@@ -28,9 +28,9 @@ from gateway.admin.session import (
     COOKIE_PATH, CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, FLASH_COOKIE, SESSION_COOKIE, Session,
     host_is_ours, own_hosts, sessions_for, tokens_equal,
 )
-from gateway.auth import Access, is_cross_site, is_loopback, page_access
+from gateway.admin.auth import Access, is_cross_site, is_loopback, page_access
 from gateway.limits import MAX_USER_CHARS, control_chars, mask_credentials
-from gateway.offload import Busy
+from gateway.runtime.offload import Busy
 from gateway.resources import resource_dir
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ class LoginHandler(PageHandler):
             return self.render_page("login.html", status=429, next=nxt, user=user,
                                     error=f"Too many failed logins. Try again in {seconds} s.")
         auth = self.sessions.authenticator
-        # PBKDF2 takes a good part of a second: not on the event loop (gateway.offload).
+        # PBKDF2 takes a good part of a second: not on the event loop (gateway.runtime.offload).
         try:
             roles = await self.gw.passwords.run(auth.check, user, password) if user and not too_long else None
         except Busy:

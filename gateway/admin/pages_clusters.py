@@ -4,7 +4,7 @@ Changes go through the same validation as the REST API (``api.parse_backend``) a
 order: the store first, then this process's registry; other processes follow the store. A
 deactivated backend takes no new queries but finishes what it runs; the page shows how many
 queries it still has: the queries the gateway routed there and has not seen finish (from the
-shared history, ``gateway.unfinished``), and the monitor's running/queued counts when the
+shared history, ``gateway.backends.unfinished``), and the monitor's running/queued counts when the
 monitor reports them (``ui-api``, ``metrics``).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gateway.admin import backend_ops
 from gateway.admin.api import ApiError, parse_backend
 from gateway.admin.pages import BASE, PageHandler
 from gateway.admin.pages_dashboard import BackendView
-from gateway.backends import Backend
+from gateway.backends.state import Backend
 from gateway.limits import mask_credentials
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from markupsafe import Markup
 from gateway.admin.charts import (PALETTE, bucket_counts, bucket_seconds, distribution_chart,
                                   line_chart, queries_chart)
 from gateway.admin.pages import BASE, PageHandler
-from gateway.backends import Backend, BackendState, Health
+from gateway.backends.state import Backend, BackendState, Health
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

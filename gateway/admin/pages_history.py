@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 from tornado.web import HTTPError
 
 from gateway.admin.pages import BASE, PageHandler
-from gateway.auth import sql_visible
+from gateway.admin.auth import sql_visible
 from gateway.store.base import HistoryRow
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 
 from tornado.web import create_signed_value, decode_signed_value
 
-from gateway.auth import Authenticator
+from gateway.admin.auth import Authenticator
 from gateway.config import AuthConfig
 from gateway.limits import cap_user
 

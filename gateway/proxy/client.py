@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPHeaders
 
-from gateway.proxy.http1 import (ChunkedDecoder, HTTPParseError, body_length, find_head_end,
+from gateway.runtime.http1 import (ChunkedDecoder, HTTPParseError, body_length, find_head_end,
                                  parse_response_head, serialize_head)
 
 

@@ -1,6 +1,6 @@
 """The decisions of one client ↔ backend exchange, as pure code (no sockets, no Tornado app).
 
-The proxy handler (``gateway.proxy.handler``), the gateway queue (``gateway.admission``) and the
+The proxy handler (``gateway.proxy.handler``), the gateway queue (``gateway.admission.control``) and the
 forwarder (``gateway.proxy.forward``) only move bytes; what to do with them is decided here:
 
 - ``resolve_token``: which backend a follow-up that carries a routing token belongs to.

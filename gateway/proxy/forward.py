@@ -1,7 +1,7 @@
 """The one forwarding path: every request the gateway sends to a backend on a client's behalf.
 
 Statements from the proxy handler, statements the gateway queue dispatches later
-(``gateway.admission``), follow-ups, the repeat after a 406 for ``X-Forwarded-*`` headers, and
+(``gateway.admission.control``), follow-ups, the repeat after a 406 for ``X-Forwarded-*`` headers, and
 the next candidate after a backend that could not be reached (failover): all go through
 ``Forwarder.send`` / ``Forwarder.submit``. Response handling (headers, URIs, what an answer
 teaches) is one pure function set, ``gateway.proxy.exchange``, applied by the sinks.
@@ -15,8 +15,8 @@ from typing import Any, Awaitable, Callable, Sequence
 from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
-from gateway.backends import Backend
-from gateway.overload import EXCUSED
+from gateway.backends.state import Backend
+from gateway.runtime.overload import EXCUSED
 from gateway.proxy.client import BackendClient, BackendError, ResponseSink
 
 __all__ = ["Forwarder", "StatementLost", "NoBackendReached"]

@@ -18,7 +18,7 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
 from gateway import protocol as P
-from gateway.backends import Backend, Health
+from gateway.backends.state import Backend, Health
 from gateway.lifecycle import Started
 from gateway.proxy import exchange as X
 from gateway.limits import utf8
@@ -189,7 +189,7 @@ class ProxyHandler(LeanHandler):
             gw.metrics.statement_failed("no-backend")
             return self._failed(route.reason, base, "NO_NODES_AVAILABLE", route=route)
         if not route.pinned and gw.admission.capped(route.group):
-            # Admission control (gateway/admission.py): a slot on a backend, or wait in line.
+            # Admission control (gateway/admission/control.py): a slot on a backend, or wait in line.
             backend, lease = await gw.admission.try_admit(route)
             if backend is None:
                 self.set_header("Content-Type", "application/json")
@@ -213,7 +213,7 @@ class ProxyHandler(LeanHandler):
         self.finish(P.failed_query(message, gateway_base=base, error_name=error_name, query_id=query_id))
 
     def _shed(self, reason: str, base: str) -> None:
-        """This worker is overloaded (gateway/overload.py): refuse the new statement before any
+        """This worker is overloaded (gateway/runtime/overload.py): refuse the new statement before any
         work, with 429 + Retry-After and a Trino error document. The Python client retries a 429
         after Retry-After seconds (a 503 only after 0.1-0.2 s, and then hides the message);
         JDBC and the CLI show the status with the message. Polls are never shed."""

@@ -10,7 +10,7 @@ what the proxy needs (status, headers, write/flush/finish, signed cookies, ``pre
 
 It plugs into a Tornado application as a ``Router`` (``HandlerRoute``), so it receives Tornado's
 own ``HTTPServerRequest`` and works on Tornado's HTTP server as well as on
-``gateway.proxy.server``.
+``gateway.runtime.http_server``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from tornado.iostream import StreamClosedError
 from tornado.routing import Router
 from tornado.web import RequestHandler, create_signed_value, decode_signed_value
 
-from gateway.proxy.http1 import has_control_chars
+from gateway.runtime.http1 import has_control_chars
 
 app_log = logging.getLogger("tornado.application")
 _SERVER = f"TornadoServer/{tornado.version}"

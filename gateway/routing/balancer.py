@@ -27,7 +27,7 @@ import random
 from functools import lru_cache
 from typing import Mapping, Sequence
 
-from gateway.backends import Backend, BackendState
+from gateway.backends.state import Backend, BackendState
 from gateway.limits import MAX_USER_CHARS
 
 __all__ = ["Balancer", "POLICIES", "rendezvous_weight"]

@@ -60,7 +60,7 @@ def build_context(headers: Any, body: bytes, remote_address: str | None, *, anal
     Only the first ``max_sql_bytes`` bytes of the body are decoded and analysed; the ``query``
     symbol is that (possibly truncated) text. ``prepared`` overrides the statements read from
     ``X-Trino-Prepared-Statement``. ``facts`` are SQL facts computed already (off the event
-    loop, ``gateway.offload``); without them and with ``analyze_sql`` they are computed here.
+    loop, ``gateway.runtime.offload``); without them and with ``analyze_sql`` they are computed here.
     """
     if not isinstance(headers, HTTPHeaders):
         headers = _to_http_headers(headers)

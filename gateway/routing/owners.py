@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable
 from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
-from gateway.backends import Backend, Registry
+from gateway.backends.state import Backend, Registry
 from gateway.proxy.client import BackendClient, BackendError, BufferSink
 from gateway.routing.sticky import StickyMap
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from tornado.httputil import HTTPHeaders
 
-from gateway.backends import Backend, Health, Registry
+from gateway.backends.state import Backend, Health, Registry
 from gateway.config import Config
 from gateway.routing.balancer import Balancer
 from gateway.routing.context import build_context
@@ -69,7 +69,7 @@ class Router:
 
     def context(self, headers: HTTPHeaders, body: bytes, remote_ip: str, *,
                 analyze_sql: bool = False, facts: SqlFacts | None = None) -> dict[str, Any]:
-        """``facts``: SQL facts computed elsewhere (off the event loop, gateway/offload.py)."""
+        """``facts``: SQL facts computed elsewhere (off the event loop, gateway/runtime/offload.py)."""
         ruleset = self.ruleset()
         return build_context(headers, body, remote_ip,
                              analyze_sql=analyze_sql or bool(ruleset is not None and ruleset.uses_sql),

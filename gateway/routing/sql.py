@@ -71,7 +71,7 @@ def _key(sql: str, catalog: str | None, schema: str | None, prepared: dict[str, 
 
 def cached(sql: str, catalog: str | None, schema: str | None,
            prepared: dict[str, str] | None = None) -> SqlFacts | None:
-    """The cached facts of ``sql``, or None (``gateway.offload`` asks before it sends work away)."""
+    """The cached facts of ``sql``, or None (``gateway.runtime.offload`` asks before it sends work away)."""
     key = _key(sql, catalog, schema, prepared)
     with _cache_lock:
         hit = _cache.get(key)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.backends import Backend
+from gateway.backends.state import Backend
 
 __all__ = [
     "StoreError", "DuplicateBackend", "HistoryRow", "Store", "SqlStore", "Migration",
@@ -128,7 +128,7 @@ _HELD_SELECT = "SELECT " + ", ".join(_HELD_COLUMNS) + " FROM held_queries"
 @dataclass(frozen=True)
 class HeldRow:
     """A statement held in the gateway queue, as every process sees it (``held_queries``).
-    ``statement`` and ``answer`` are JSON written and read by gateway/admission_shared.py."""
+    ``statement`` and ``answer`` are JSON written and read by gateway/admission/shared.py."""
     query_id: str
     slug: str
     holder: str

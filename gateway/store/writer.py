@@ -22,7 +22,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from gateway.backends import Backend
+from gateway.backends.state import Backend
 
 from .base import STICKY_KINDS, HistoryRow, Store, StoreError
 

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from gateway.auth import hash_password
+from gateway.admin.auth import hash_password
 from tests.conftest import GatewayProcess, gateway_config, start_gateway, wait_for
 
 PASSWORDS = {"ops": "ops-secret", "analyst": "analyst-secret", "robot": "robot-secret",

@@ -1,10 +1,10 @@
-"""Access decisions of gateway/auth.py: roles, SQL visibility, cross-site requests, the
+"""Access decisions of gateway/admin/auth.py: roles, SQL visibility, cross-site requests, the
 verification cache."""
 from __future__ import annotations
 
 import pytest
 
-from gateway.auth import Authenticator, hash_password, is_cross_site, page_access, sql_visible
+from gateway.admin.auth import Authenticator, hash_password, is_cross_site, page_access, sql_visible
 from gateway.config import AuthConfig, UserConfig
 
 

@@ -108,7 +108,7 @@ def test_auth_mode_line_without_users_warns_read_only(caplog):
 
 
 def test_auth_mode_line_names_users_and_roles_but_no_secret(caplog):
-    from gateway.auth import hash_password
+    from gateway.admin.auth import hash_password
     ops_hash, ann_hash = hash_password("a", iterations=1), hash_password("b", iterations=1)
     cfg = {"auth": {"users": {"ops": {"password": ops_hash, "roles": ["admin"]},
                               "ann": {"password": ann_hash}},

@@ -6,7 +6,7 @@ import base64
 import pytest
 
 from gateway.admin.session import LoginLimiter, SessionManager, tokens_equal
-from gateway.auth import hash_password
+from gateway.admin.auth import hash_password
 from gateway.config import AuthConfig, UserConfig
 
 

@@ -1,5 +1,5 @@
 """Adoption of a held query whose holder stopped, without sockets: two real ``Gateway``
-objects (two processes) share one SQLite store (gateway/admission_shared.py)."""
+objects (two processes) share one SQLite store (gateway/admission/shared.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import time
 from tornado.httputil import HTTPHeaders
 
 from gateway.app import Gateway
-from gateway.backends import Backend, Health
+from gateway.backends.state import Backend, Health
 from gateway.config import config_from_dict
 from gateway.routing.router import Route
 from gateway.store import open_store

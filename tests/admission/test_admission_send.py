@@ -11,9 +11,9 @@ import time
 from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
-from gateway.admission import Held
+from gateway.admission.control import Held
 from gateway.app import Gateway
-from gateway.backends import Backend
+from gateway.backends.state import Backend
 from gateway.config import config_from_dict
 from gateway.lifecycle import Started
 from gateway.routing.router import Route

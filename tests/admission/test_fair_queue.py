@@ -1,7 +1,7 @@
 """The gateway queue's order: priority, then users taking turns, then arrival."""
 from __future__ import annotations
 
-from gateway.admission_queue import FairQueue
+from gateway.admission.fair_queue import FairQueue
 
 
 def drain(q: FairQueue) -> list:

@@ -1,6 +1,6 @@
 """A query held in the gateway queue lives in one process; its client's polls may reach any
 worker (a new connection per request, SO_REUSEPORT) or replica. Every process answers them
-(gateway/admission_shared.py): queued pages, the dispatched first answer, cancels, and, if the
+(gateway/admission/shared.py): queued pages, the dispatched first answer, cancels, and, if the
 holder stops, adoption of the statement by another process."""
 from __future__ import annotations
 

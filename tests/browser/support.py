@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import hash_password
+from gateway.admin.auth import hash_password
 from tests.conftest import ClusterProcess, gateway_config
 
 CHROMIUM = os.environ.get("TRINO_GATEWAY_CHROMIUM", "/usr/bin/chromium")

@@ -131,7 +131,7 @@ def test_a_busy_cluster_port_is_a_clear_error(tmp_path):
 
 
 def test_the_readmes_backend_commands_name_the_demos_backends():
-    from gateway.demo.run import CLUSTERS
+    from gateway.sim.demo import CLUSTERS
     readme = (REPO / "README.md").read_text()
     block = re.search(r"Manage backends at run time.*?```sh\n(.*?)```", readme, re.DOTALL).group(1)
     named = set(re.findall(r"/(?:activate|deactivate|backends)/([\w.-]+)", block))

@@ -9,7 +9,7 @@ import pytest
 import requests
 import trino
 
-from gateway.resolver import decide
+from gateway.backends.resolver import decide
 from tests.conftest import gateway_config, wait_for
 
 RULES = ('name: no-drop\ncondition: query =~ "(?i)\\\\s*drop.*"\nreject: "DROP is frozen until Monday"\n'
@@ -87,8 +87,8 @@ def test_long_running_queries_do_not_hide_abandoned_ones_from_the_resolver() -> 
     import asyncio
     from types import SimpleNamespace
 
-    from gateway import resolver as R
-    from gateway.backends import Backend, Registry
+    from gateway.backends import resolver as R
+    from gateway.backends.state import Backend, Registry
     from gateway.config import MonitorConfig
     from gateway.store import HistoryRow
     from gateway.store.writer import AsyncStore, HistoryWriter

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 import trino
 
-from gateway.demo.sim_http import make_oauth_token
+from gateway.sim.handlers import make_oauth_token
 from tests.admission.test_admission_js import CACHE as JS_CACHE
 from tests.admission.test_admission_js import js_client  # noqa: F401  (a fixture)
 from tests.conftest import gateway_config, spawn_cluster, wait_for

@@ -1,19 +1,19 @@
 """Rules and requests for the routing parity test (trino-gateway vs ours after ``rules convert``).
 
 ``PHASES`` are trino-gateway MVEL rules files, loaded by trino-gateway as they are: its
-documented examples (from tests/migrate/rulesets.py) and ``generated_rules()``, a seeded larger
+documented examples (from tests/javamigration/rulesets.py) and ``generated_rules()``, a seeded larger
 ruleset of the kinds of rules teams write (sources, users, client tags, a team header, SQL facts,
 if/else actions, priorities with ties, rules without priority) plus a few rules the converter
 must report as not exactly convertible. ``requests()`` builds the varied statement submissions
-(tests/migrate/harness.py's vocabulary, with trino-gateway's SQL facts written by hand).
+(tests/javamigration/harness.py's vocabulary, with trino-gateway's SQL facts written by hand).
 """
 from __future__ import annotations
 
 import itertools
 import random
 
-from tests.migrate import harness, rulesets
-from tests.migrate.reference import Request
+from tests.javamigration import harness, rulesets
+from tests.javamigration.reference import Request
 
 GROUPS = ("etl", "etl-special", "bi", "ds", "batch", "vip", "meta", "reports")
 SENTINEL_GROUP = "sentinel"

@@ -34,7 +34,7 @@ from tests.conftest import REPO, gateway_config, spawn_cluster, wait_for
 from tests.javagw import launcher
 from tests.javagw.parity_rules import (ALL_GROUPS, PHASES, SENTINEL_GROUP, SENTINEL_HEADER, UNCONVERTIBLE_GROUP,
                                       UNCONVERTIBLE_RULES, requests, with_sentinel)
-from tests.migrate.reference import ERROR, Request, load_ref_rules, route
+from tests.javamigration.reference import ERROR, Request, load_ref_rules, route
 
 pytestmark = pytest.mark.javagw
 
@@ -176,7 +176,7 @@ def test_routing_parity(java_gateway_factory: Callable[..., launcher.JavaGateway
 
 def test_unconvertible_rules_decide_in_reference_semantics() -> None:
     """The reported rules do decide some of the requests (trino-gateway's semantics as
-    tests/migrate/reference.py models them), so the separate count is not always zero."""
+    tests/javamigration/reference.py models them), so the separate count is not always zero."""
     text = with_sentinel(PHASES[-1][1], PHASES[-1][0])
     ref_all = load_ref_rules(text)
     ref_conv = load_ref_rules(text, skip=UNCONVERTIBLE_RULES)

@@ -14,7 +14,7 @@ import trino
 import yaml
 
 from gateway.config import ConfigError, ServerConfig, config_from_dict
-from gateway.server import backend_ssl_context
+from gateway.runtime.serve import backend_ssl_context
 from tests.conftest import gateway_config, wait_for
 from tests.ops.support import TlsRelay, free_port, make_cert
 

@@ -21,7 +21,7 @@ import requests
 from hypothesis import given, settings, strategies as st
 from tornado.web import create_signed_value
 
-from gateway.auth import hash_password
+from gateway.admin.auth import hash_password
 from gateway.routing.rules import RulesError, load_ruleset
 from tests.conftest import gateway_config, spawn_cluster, wait_for
 from tests.reliability.helpers import raw_exchange

@@ -7,7 +7,7 @@ from collections import Counter
 
 from tornado.httputil import HTTPHeaders
 
-from gateway.backends import Backend, Registry
+from gateway.backends.state import Backend, Registry
 from gateway.routing.owners import NOWHERE, BackendProbe, OwnerLookup
 from gateway.routing.sticky import StickyMap
 

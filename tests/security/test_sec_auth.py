@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway import auth as A
+from gateway.admin import auth as A
 from gateway.admin.session import LoginLimiter
 from gateway.config import AuthConfig, UserConfig
 MAX_USER_CHARS = 256   # gateway.limits.MAX_USER_CHARS

@@ -10,7 +10,7 @@ from typing import Any
 
 import requests
 
-from gateway.auth import hash_password
+from gateway.admin.auth import hash_password
 from tests.conftest import gateway_config, wait_for
 from tests.security.support import csrf_session
 

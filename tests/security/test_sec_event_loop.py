@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from gateway.auth import hash_password
+from gateway.admin.auth import hash_password
 from tests.conftest import REPO, gateway_config, wait_for
 from tests.reliability.helpers import sizes
 from tests.security.support import LoopWatch

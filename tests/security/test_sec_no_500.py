@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from gateway.auth import hash_password
+from gateway.admin.auth import hash_password
 from tests.conftest import REPO, gateway_config
 from tests.reliability.helpers import raw_exchange
 

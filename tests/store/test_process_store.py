@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 import pytest
 
-from gateway.backends import Backend
+from gateway.backends.state import Backend
 from gateway.store import DuplicateBackend, HistoryRow, HistoryWriter, StoreError, open_store
 from gateway.store.process import ProcessStore, _Priority
 from tests.conftest import wait_for

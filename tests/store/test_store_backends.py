@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.backends import Backend
+from gateway.backends.state import Backend
 from gateway.store import DuplicateBackend, StoreError
 
 

@@ -1,4 +1,4 @@
-"""The shared rows of held queries (gateway/admission_shared.py), on SQLite and PostgreSQL."""
+"""The shared rows of held queries (gateway/admission/shared.py), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import uuid

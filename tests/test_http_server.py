@@ -1,0 +1,211 @@
+"""The gateway's HTTP/1.1 server (gateway/runtime/http_server.py) under a Tornado application, over raw sockets.
+
+Each test starts the server in-process on an ephemeral port and speaks bytes to it, so the
+framing rules (keep-alive, pipelining, 100-continue, chunked bodies, errors, timeouts) are
+checked exactly, without a client library smoothing them over.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+import tornado.web
+from tornado.netutil import bind_sockets
+
+from gateway.runtime.http_server import HTTPServer
+
+
+class Echo(tornado.web.RequestHandler):
+    def post(self) -> None:
+        self.write(b"got:" + self.request.body)
+
+    def get(self) -> None:
+        self.write(f"path={self.request.path} ip={self.request.remote_ip} proto={self.request.protocol}")
+
+
+class Stream(tornado.web.RequestHandler):
+    async def get(self) -> None:
+        for i in range(3):
+            self.write(f"part{i};")
+            await self.flush()
+
+
+@tornado.web.stream_request_body
+class Upload(tornado.web.RequestHandler):
+    def prepare(self) -> None:
+        self.n = 0
+
+    def data_received(self, chunk: bytes) -> None:
+        self.n += len(chunk)
+
+    def put(self) -> None:
+        self.write(f"bytes={self.n}")
+
+
+class Closing(tornado.web.RequestHandler):
+    closed: list[bool] = []
+
+    async def get(self) -> None:
+        await asyncio.sleep(5)
+
+    def on_connection_close(self) -> None:
+        Closing.closed.append(True)
+
+
+def serve(test: Callable[[int], Awaitable[Any]], **opts: Any) -> Any:
+    async def main() -> Any:
+        app = tornado.web.Application([(r"/echo.*", Echo), (r"/stream", Stream), (r"/upload", Upload),
+                                       (r"/hang", Closing)])
+        socks = bind_sockets(0, "127.0.0.1")
+        server = HTTPServer(app, **opts)
+        server.add_sockets(socks)
+        try:
+            return await asyncio.wait_for(test(socks[0].getsockname()[1]), 10)
+        finally:
+            server.stop()
+            await server.close_all_connections()
+    return asyncio.run(main())
+
+
+async def read_response(r: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+    head = await r.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+    if "content-length" in headers:
+        body = await r.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await r.readuntil(b"\r\n")).strip(), 16)
+            body += (await r.readexactly(size + 2))[:-2]
+            if size == 0:
+                break
+    else:
+        body = await r.read()
+    return lines[0].encode(), headers, body
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order():
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                b"GET /echo/two HTTP/1.1\r\nHost: x\r\n\r\n")
+        s1, h1, b1 = await read_response(r)
+        s2, h2, b2 = await read_response(r)
+        assert s1.startswith(b"HTTP/1.1 200") and b1 == b"got:abc"
+        assert b2.startswith(b"path=/echo/two ip=127.0.0.1 proto=http")
+        w.write(b"GET /echo/three HTTP/1.1\r\nHost: x\r\n\r\n")   # still open
+        assert (await read_response(r))[2].startswith(b"path=/echo/three")
+        w.close()
+    serve(t)
+
+
+def test_expect_100_continue_and_a_chunked_request_body():
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert (await r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+        w.write(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        status, _, body = await read_response(r)
+        assert status.startswith(b"HTTP/1.1 200") and body == b"got:abcde"
+        w.close()
+    serve(t)
+
+
+def test_streamed_response_is_chunked_and_streamed_upload_is_counted():
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        _, h, body = await read_response(r)
+        assert h["transfer-encoding"] == "chunked" and body == b"part0;part1;part2;"
+        w.write(b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000)
+        assert (await read_response(r))[2] == b"bytes=100000"
+        w.close()
+    serve(t)
+
+
+def test_malformed_requests_get_400_and_the_connection_closes():
+    async def t(port: int) -> None:
+        for bad in (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"NONSENSE\r\n\r\n",
+                    b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(bad)
+            data = await r.read()
+            assert data.startswith(b"HTTP/1.1 400"), data
+            w.close()
+    serve(t)
+
+
+def test_too_large_head_gets_431_and_too_large_body_gets_400():
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET / HTTP/1.1\r\nX: " + b"a" * 5000 + b"\r\n\r\n")
+        assert (await r.read()).startswith(b"HTTP/1.1 431")
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+        assert (await r.read()).startswith(b"HTTP/1.1 400")
+    serve(t, max_header_size=4096, max_body_size=1000)
+
+
+def test_http10_and_connection_close_end_the_connection_after_the_response():
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /echo HTTP/1.0\r\n\r\n")
+        status, h, _ = await read_response(r)
+        assert status.startswith(b"HTTP/1.1 200") and await r.read() == b""
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert (await read_response(r))[1].get("connection") == "Keep-Alive"
+        w.close()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await read_response(r))[1].get("connection") == "close" and await r.read() == b""
+    serve(t)
+
+
+def test_head_request_gets_headers_only():
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await r.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405") or head.startswith(b"HTTP/1.1 200")
+        nxt = await read_response(r)   # the next response follows the head directly: no body bytes
+        assert nxt[0].startswith(b"HTTP/1.1 200") and nxt[2].startswith(b"path=/echo/after")
+        w.close()
+    serve(t)
+
+
+def test_xheaders_give_the_client_address_and_scheme_behind_a_load_balancer():
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: https\r\n\r\n")
+        assert (await read_response(r))[2] == b"path=/echo ip=10.1.2.3 proto=https"
+        w.close()
+    serve(t, xheaders=True)
+
+
+def test_client_leaving_during_a_response_reaches_on_connection_close():
+    Closing.closed.clear()
+
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.1)
+        w.close()
+        deadline = time.monotonic() + 5
+        while not Closing.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert Closing.closed
+    serve(t)
+
+
+def test_idle_connections_are_closed_after_the_idle_timeout():
+    async def t(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        await read_response(r)
+        started = time.monotonic()
+        assert await asyncio.wait_for(r.read(), 5) == b""   # closed by the server
+        assert time.monotonic() - started >= 0.2
+    serve(t, idle_connection_timeout=0.3)
