@@ -1,7 +1,7 @@
 """Packaging hook (everything else is in pyproject.toml).
 
 The store's migrations live in ``sql/`` at the repository root, where the code finds them in a
-checkout; an installed package looks in ``gateway/sql/`` instead (``gateway.store.base.
+checkout; an installed package looks in ``gateway/sql/`` instead (``gateway.store.sql.
 migrations_dir``). This build step copies them there, so a wheel, ``pip install .`` and the
 Docker image carry them. The same holds for the admin page templates (``templates/`` →
 ``gateway/templates/``) and the example rules the demo routes with (``rules/`` →

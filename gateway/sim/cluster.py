@@ -152,7 +152,7 @@ class SimulatedCluster:
     # ------------------------------------------------------------ control
 
     def set_control(self, **changes: Any) -> dict[str, Any]:
-        """Change control fields (see sim_control); returns the whole state."""
+        """Change control fields (see controls.py); returns the whole state."""
         self.control.update(changes)
         return self.control.as_dict()
 

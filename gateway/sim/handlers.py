@@ -1,8 +1,8 @@
 """HTTP side of the simulated coordinator: the base handler and the statement protocol.
 
 Handlers are thin wrappers around `Engine` and the cluster's state: read the request, ask,
-write the `Reply`; protocol decisions live in sim_engine / sim_sql / sim_protocol. The other
-endpoints (health, UI, metrics, spooling, OAuth2, /_sim) are in sim_endpoints.py, which
+write the `Reply`; protocol decisions live in engine.py / planner.py / protocol.py. The other
+endpoints (health, UI, metrics, spooling, OAuth2, /_sim) are in endpoints.py, which
 also builds the application. `external_base(...)` (pure) computes the base URI that every
 returned URI starts with.
 """

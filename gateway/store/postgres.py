@@ -14,7 +14,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .base import Cursor, SqlStore, StoreError, load_migrations, migrations_dir, redact_url
+from .base import StoreError, redact_url
+from .sql import Cursor, SqlStore, load_migrations, migrations_dir
 
 __all__ = ["PostgresStore"]
 
@@ -96,7 +97,7 @@ class PostgresStore(SqlStore):
 
     def _id_prefix_sql(self, prefix: str) -> tuple[str, list[Any]]:
         # LIKE 'prefix%' (case-sensitive) uses the text_pattern_ops index of migration 0004.
-        from .base import escape_like
+        from .sql import escape_like
         return "query_id LIKE ?", [escape_like(prefix) + "%"]
 
     def _lock_group(self, cur: Cursor, group: str) -> None:

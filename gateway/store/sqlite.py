@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from .base import Cursor, SqlStore, StoreError, load_migrations, migrations_dir
+from .base import StoreError
+from .sql import Cursor, SqlStore, load_migrations, migrations_dir
 
 log = logging.getLogger("gateway.store")
 

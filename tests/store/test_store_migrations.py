@@ -5,7 +5,7 @@ import threading
 import time
 
 from gateway.store import open_store
-from gateway.store.base import load_migrations, migrations_dir
+from gateway.store.sql import load_migrations, migrations_dir
 
 
 def _expected_versions(kind: str) -> list[int]:

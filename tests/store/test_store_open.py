@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.store import HistoryRow, StoreError, open_store
-from gateway.store.base import (history_filter_sql, load_migrations, migrations_dir, redact_url)
+from gateway.store.base import redact_url
+from gateway.store.sql import history_filter_sql, load_migrations, migrations_dir
 from gateway.store.sqlite import parse_sqlite_url, split_script
 
 

@@ -111,7 +111,7 @@ def test_metric_samples_first_writer_wins_and_old_ones_go(store) -> None:
 def test_sqlite_text_search_uses_the_fts_index(tmp_path) -> None:
     store = SqliteStore(f"sqlite:///{tmp_path}/h.db")
     store.migrate()
-    from gateway.store.base import history_filter_sql
+    from gateway.store.sql import history_filter_sql
     where, params = history_filter_sql(text="orders", like=store.LIKE, text_sql=store._text_sql)
     plan = " ".join(str(r[-1]) for r in store._read(
         f"EXPLAIN QUERY PLAN SELECT query_id FROM query_history WHERE {where}", params))
