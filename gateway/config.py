@@ -207,8 +207,6 @@ _DURATION_KEYS = {
     "metricsInterval", "metricsRetention", "resolveAfter",
     "analysisTimeout", "rulesCheckTimeout", "shedLoopLag", "shedRetryAfter",
 }
-_POLICIES = ("least-queued", "round-robin", "random", "user-hash")
-_MONITORS = ("info-api", "ui-api", "metrics", "noop")
 
 
 def _substitute_env(value: Any, src: str, path: str) -> Any:
@@ -451,6 +449,47 @@ def require_paths(cfg: Config) -> None:
             raise ConfigError(f"{src}: {key}: {path!r} does not exist{hint}")
 
 
+def _check_plugins(cfg: Config, src: str) -> None:
+    """``routing.policy``, ``monitor.type`` and the scheme of ``store.url`` name a built-in or an
+    installed plugin (gateway/plugins.py); a named plugin is loaded now, so a broken one stops
+    the start with its entry point named instead of failing on the first query or probe."""
+    # Imported here: these modules import this one.
+    from gateway.backends.monitor import MONITOR_TYPES
+    from gateway.plugins import PluginError
+    from gateway.routing.balancer import POLICIES
+    from gateway.store import STORE_KINDS, store_kind
+
+    url = cfg.store.url
+    kind = store_kind(url)
+    if not kind or "://" not in url:
+        raise ConfigError(f"{key_location(src, 'store.url')}: store.url: expected sqlite:///path, "
+                          f"postgresql://... or a store kind of {STORE_KINDS.describe()}, got {url!r}")
+    for key, value, plugins in (("routing.policy", cfg.routing.policy, POLICIES),
+                                ("monitor.type", cfg.monitor.type, MONITOR_TYPES),
+                                ("store.url", kind, STORE_KINDS)):
+        try:
+            plugins.get(value)
+        except PluginError as exc:
+            raise ConfigError(f"{key_location(src, key)}: {key}: {exc.detail}") from None
+
+
+def key_location(src: str, key: str) -> str:
+    """``file:line`` of the dotted ``key`` in the YAML file ``src`` (``src`` alone when it is not a
+    file or the key is not written there, e.g. a default). Only called for an error."""
+    try:
+        with open(src, "rb") as fh:
+            node = yaml.compose(fh)
+    except (OSError, yaml.YAMLError, TypeError):
+        return src
+    for part in key.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return src
+        node = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+        if node is None:
+            return src
+    return f"{src}:{node.start_mark.line + 1}"
+
+
 def _check_values(cfg: Config, src: str) -> None:
     s = cfg.server
     if not (0 <= s.port <= 65535):
@@ -479,17 +518,12 @@ def _check_values(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: server.maxConnections: must be at least 1 (or null: automatic)")
     if s.publicUrl and _CONTROL.search(s.publicUrl):
         raise ConfigError(f"{src}: server.publicUrl: control characters are not allowed in a URL")
-    if cfg.routing.policy not in _POLICIES:
-        raise ConfigError(f"{src}: routing.policy: {cfg.routing.policy!r} is not one of {', '.join(_POLICIES)}")
     validate_name(cfg.routing.defaultGroup, f"{src}: routing.defaultGroup")
-    if cfg.monitor.type not in _MONITORS:
-        raise ConfigError(f"{src}: monitor.type: {cfg.monitor.type!r} is not one of {', '.join(_MONITORS)}")
     if cfg.monitor.interval <= 0 or cfg.monitor.timeout <= 0:
         raise ConfigError(f"{src}: monitor.interval and monitor.timeout must be positive")
     if cfg.monitor.healthyThreshold < 1 or cfg.monitor.unhealthyThreshold < 1:
         raise ConfigError(f"{src}: monitor thresholds must be at least 1")
-    if not (cfg.store.url.startswith("sqlite://") or cfg.store.url.startswith(("postgresql://", "postgres://"))):
-        raise ConfigError(f"{src}: store.url: expected sqlite:///path or postgresql://..., got {cfg.store.url!r}")
+    _check_plugins(cfg, src)
     if cfg.logging.format not in ("text", "json"):
         raise ConfigError(f"{src}: logging.format: expected text or json")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

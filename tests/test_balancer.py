@@ -26,18 +26,18 @@ def states_for(backends: list[Backend], **per_name: BackendState) -> dict[str, B
 
 # -- common ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", POLICIES.builtin_names())
 def test_no_candidates_gives_none(policy: str) -> None:
     assert Balancer(policy).pick([], {}, "alice") is None
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", POLICIES.builtin_names())
 def test_single_candidate_is_chosen(policy: str) -> None:
     [only] = group(1)
     assert Balancer(policy).pick([only], {}, "alice") is only
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", POLICIES.builtin_names())
 def test_every_pick_is_a_candidate_even_without_states(policy: str) -> None:
     backends = group(4)
     bal = Balancer(policy, rng=random.Random(7))
@@ -276,7 +276,7 @@ def test_rendezvous_weight_differs_per_backend_and_user() -> None:
 
 # -- speed -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", POLICIES.builtin_names())
 def test_pick_takes_a_few_microseconds_for_ten_backends(policy: str) -> None:
     backends = group(10)
     st = {b.name: BackendState(queued=i % 3, running=i, user_queued={"alice": i % 2})

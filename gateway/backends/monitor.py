@@ -16,6 +16,10 @@ Monitor types (``monitor.type``):
   and logging in again on 401; then ``/ui/api/stats`` and ``/ui/api/query?state=QUEUED``.
 * ``metrics``: ``GET /metrics`` with ``X-Trino-User`` (and Basic auth when a password is set).
 * ``noop``: no requests; every backend is HEALTHY.
+* a plugin's type (entry-point group ``trino_gateway.monitor_types``): a factory called with the
+  ``monitor`` configuration that returns an object with ``async probe(backend, fetch) ->
+  ProbeResult``; ``await fetch(url, **HTTPRequest options)`` is the monitor's own fetch, within
+  ``monitor.timeout`` (docs/extending.md).
 
 Every health change is logged on ``gateway.monitor`` at INFO, e.g.
 ``backend trino-2 HEALTHY -> UNHEALTHY: connection refused``.
@@ -41,6 +45,7 @@ from tornado.ioloop import IOLoop
 
 from gateway.backends.state import Backend, Health, Registry
 from gateway.config import MonitorConfig
+from gateway.plugins import Plugins
 from gateway.backends.probes import (
     NODES_METRIC, QUEUED_METRIC, RUNNING_METRIC, ProbeResult, Transition, apply_probe,
     describe_error, discount_routed, is_timeout, parse_info, parse_metrics, parse_queued_users,
@@ -49,7 +54,7 @@ from gateway.backends.probes import (
 from gateway.runtime.overload import EXCUSED, LoopLag, failure_counts
 from gateway.backends.probe_thread import ProbeThread
 
-__all__ = ["Monitor", "DEFAULT_MONITOR_USER"]
+__all__ = ["Monitor", "DEFAULT_MONITOR_USER", "MONITOR_TYPES"]
 
 log = logging.getLogger("gateway.monitor")
 
@@ -60,6 +65,10 @@ _UI_COOKIE = "Trino-UI-Token"
 # every round instead, so least-queued balances per interval rather than over all time.
 _COUNTLESS = ("info-api", "noop")
 _METRICS_QUERY = urlencode([("name[]", m) for m in (RUNNING_METRIC, QUEUED_METRIC, NODES_METRIC)])
+
+# monitor.type -> the built-ins (implemented by ``Monitor`` itself) and plugin factories.
+MONITOR_TYPES: Plugins[Any] = Plugins("trino_gateway.monitor_types", "monitor type",
+                                      {t: t for t in ("info-api", "ui-api", "metrics", "noop")})
 
 RoundCallback = Callable[["Monitor"], Any]
 TransitionCallback = Callable[[Transition], Any]
@@ -99,6 +108,7 @@ class Monitor:
         self._early: dict[str, asyncio.Task[Any]] = {}   # backend name -> its early probe
         self.lag: LoopLag | None = None   # the event loop's lag (set by the gateway)
         self.on_excused: Callable[[], Any] | None = None  # a probe timeout was not counted
+        self._plugin: Any = None                 # a plugin monitor type's probe object
 
     @property
     def username(self) -> str:
@@ -219,7 +229,7 @@ class Monitor:
         if self.cfg.type == "noop":
             return ProbeResult(Health.HEALTHY)
         step = {"info-api": self._probe_info, "ui-api": self._probe_ui,
-                "metrics": self._probe_metrics}.get(self.cfg.type)
+                "metrics": self._probe_metrics}.get(self.cfg.type) or self._plugin_step()
         if step is None:
             return ProbeResult(Health.UNHEALTHY, f"unknown monitor type {self.cfg.type!r}")
         started = time.monotonic()
@@ -295,6 +305,20 @@ class Monitor:
             error = response.error or OSError("no response")
             raise _ProbeFailed(describe_error(error, self.cfg.timeout), timeout=is_timeout(error))
         return response
+
+    def _plugin_step(self) -> Callable[[Backend, float], Any] | None:
+        """The probe of a plugin's monitor type (None: no such type; config validation says so)."""
+        if self._plugin is None:
+            if self.cfg.type not in MONITOR_TYPES:
+                return None
+            self._plugin = MONITOR_TYPES.get(self.cfg.type)(self.cfg)
+        plugin = self._plugin
+
+        async def step(backend: Backend, deadline: float) -> ProbeResult:
+            async def fetch(url: str, **kw: Any) -> HTTPResponse:
+                return await self._fetch(url, deadline, **kw)
+            return await plugin.probe(backend, fetch)
+        return step
 
     async def _probe_info(self, backend: Backend, deadline: float) -> ProbeResult:
         response = await self._fetch(backend.proxyTo + "/v1/info", deadline)

@@ -19,22 +19,36 @@ The caller passes the candidates, already filtered to active HEALTHY backends
     Rendezvous (highest-random-weight) hashing of (user, backend name): a user stays on the
     same backend while it is available, and when a backend leaves only its users move.
     The hash is stable across processes and restarts. Requests without a user go random.
+
+More policies come from plugins (entry-point group ``trino_gateway.policies``, see
+``gateway.plugins`` and docs/extending.md): a factory called with ``rng`` (a
+``random.Random``) that returns an object with the ``Policy.pick`` method below.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 from functools import lru_cache
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from gateway.backends.state import Backend, BackendState
 from gateway.limits import MAX_USER_CHARS
+from gateway.plugins import Plugins
 
-__all__ = ["Balancer", "POLICIES", "rendezvous_weight"]
-
-POLICIES = ("least-queued", "round-robin", "random", "user-hash")
+__all__ = ["Balancer", "Policy", "POLICIES", "rendezvous_weight"]
 
 _EMPTY = BackendState()
+
+
+class Policy(Protocol):
+    """What a balancing policy does (the built-ins below, or a plugin's)."""
+
+    def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+             user: str | None) -> Backend:
+        """One of ``candidates`` (at least two, all of one routing group, all available) for a
+        new query of ``user``. ``states`` are the monitor's live counts by backend name."""
+        ...
 
 
 def rendezvous_weight(user: str, backend_name: str) -> int:
@@ -57,58 +71,24 @@ def _weight(user: str, backend_name: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-class Balancer:
-    """Chooses a backend with one policy; keeps only round-robin positions per group."""
+class _Turns:
+    """Round-robin positions per routing group (round-robin, and least-queued ties)."""
 
-    def __init__(self, policy: str = "least-queued", rng: random.Random | None = None) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"unknown routing policy {policy!r}; expected one of {', '.join(POLICIES)}")
-        self.policy = policy
-        self._rng = rng or random.Random()
-        # Round-robin position per routing group (for round-robin and least-queued ties).
+    def __init__(self) -> None:
         self._turn: dict[str, int] = {}
-        self._pick = {
-            "least-queued": self._least_queued,
-            "round-robin": self._round_robin,
-            "random": self._random,
-            "user-hash": self._user_hash,
-        }[policy]
 
-    def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
-             user: str | None, *, dry_run: bool = False) -> Backend | None:
-        """The backend for a new query of ``user``, or None when there is no candidate.
-
-        ``dry_run`` (explain) answers what the next real pick would be and changes nothing:
-        neither the round-robin position nor the live random generator."""
-        if not candidates:
-            return None
-        if len(candidates) == 1:
-            return candidates[0]
-        if dry_run:
-            shadow = Balancer(self.policy, random.Random())
-            shadow._turn = dict(self._turn)
-            return shadow._pick(candidates, states, user)
-        return self._pick(candidates, states, user)
-
-    @staticmethod
-    def note_routed(backend_name: str, user: str | None, states: Mapping[str, BackendState]) -> None:
-        """Count a query routed to ``backend_name``; the monitor resets this on the next probe."""
-        st = states.get(backend_name)
-        if st is None:
-            return
-        st.routed_since_probe += 1
-        if user:
-            st.user_routed_since_probe[user] = st.user_routed_since_probe.get(user, 0) + 1
-
-    # -- policies -------------------------------------------------------------------------
-
-    def _next_turn(self, group: str) -> int:
+    def next(self, group: str) -> int:
         turn = self._turn.get(group, 0)
         self._turn[group] = turn + 1
         return turn
 
-    def _least_queued(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
-                      user: str | None) -> Backend:
+
+class LeastQueued(_Turns):
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+
+    def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+             user: str | None) -> Backend:
         best_key: tuple[int, int, int] | None = None
         ties: list[Backend] = []
         for b in candidates:
@@ -125,19 +105,71 @@ class Balancer:
                 ties.append(b)
         if len(ties) == 1:
             return ties[0]
-        return ties[self._next_turn(candidates[0].routingGroup) % len(ties)]
+        return ties[self.next(candidates[0].routingGroup) % len(ties)]
 
-    def _round_robin(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
-                     user: str | None) -> Backend:
-        return candidates[self._next_turn(candidates[0].routingGroup) % len(candidates)]
 
-    def _random(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
-                user: str | None) -> Backend:
-        return candidates[self._rng.randrange(len(candidates))]
+class RoundRobin(_Turns):
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
 
-    def _user_hash(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
-                   user: str | None) -> Backend:
+    def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+             user: str | None) -> Backend:
+        return candidates[self.next(candidates[0].routingGroup) % len(candidates)]
+
+
+class RandomChoice:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+             user: str | None) -> Backend:
+        return candidates[self.rng.randrange(len(candidates))]
+
+
+class UserHash(RandomChoice):
+    def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+             user: str | None) -> Backend:
         if not user:
-            return self._random(candidates, states, user)
+            return super().pick(candidates, states, user)
         # The name breaks (astronomically rare) equal weights so every process agrees.
         return max(candidates, key=lambda b: (rendezvous_weight(user, b.name), b.name))
+
+
+# routing.policy -> a factory taking ``rng`` and returning a ``Policy``.
+POLICIES: Plugins[Callable[..., Policy]] = Plugins("trino_gateway.policies", "routing policy", {
+    "least-queued": LeastQueued,
+    "round-robin": RoundRobin,
+    "random": RandomChoice,
+    "user-hash": UserHash,
+})
+
+
+class Balancer:
+    """Chooses a backend with one policy; the policy keeps whatever state it needs."""
+
+    def __init__(self, policy: str = "least-queued", rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self._policy: Policy = POLICIES.get(policy)(rng=rng or random.Random())
+
+    def pick(self, candidates: Sequence[Backend], states: Mapping[str, BackendState],
+             user: str | None, *, dry_run: bool = False) -> Backend | None:
+        """The backend for a new query of ``user``, or None when there is no candidate.
+
+        ``dry_run`` (explain) answers what the next real pick would be and changes nothing:
+        it asks a copy of the policy (its round-robin positions, its random generator)."""
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        policy = copy.deepcopy(self._policy) if dry_run else self._policy
+        return policy.pick(candidates, states, user)
+
+    @staticmethod
+    def note_routed(backend_name: str, user: str | None, states: Mapping[str, BackendState]) -> None:
+        """Count a query routed to ``backend_name``; the monitor resets this on the next probe."""
+        st = states.get(backend_name)
+        if st is None:
+            return
+        st.routed_since_probe += 1
+        if user:
+            st.user_routed_since_probe[user] = st.user_routed_since_probe.get(user, 0) + 1
