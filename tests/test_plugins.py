@@ -8,6 +8,7 @@ gateway process started with it on ``PYTHONPATH``.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import textwrap
 import uuid
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from gateway import config as C
-from gateway.backends.state import Backend
+from gateway.backends.monitor import Monitor
+from gateway.backends.state import Backend, Health, Registry
 from gateway.routing.balancer import POLICIES, Balancer
 from gateway.store import STORE_KINDS, StoreError, open_store
 from tests.conftest import cluster_of, gateway_config, wait_for
@@ -34,6 +36,16 @@ class LastByName:
 
     def pick(self, candidates, states, user):
         return max(candidates, key=lambda b: b.name)
+
+
+class AlwaysHealthy:
+    """A monitor type without counts that never makes a request."""
+
+    def __init__(self, config):
+        self.config = config
+
+    async def probe(self, backend, fetch):
+        return ProbeResult(Health.HEALTHY)
 
 
 class InfoExceptEtl:
@@ -83,6 +95,7 @@ ENTRY_POINTS = """\
 
     [trino_gateway.monitor_types]
     info-except-etl = {m}:InfoExceptEtl
+    always-healthy = {m}:AlwaysHealthy
 
     [trino_gateway.store_kinds]
     plainfile = {m}:file_store
@@ -152,10 +165,21 @@ def test_monitor_type_and_store_kind_are_checked_against_their_registries(tmp_pa
     with pytest.raises(C.ConfigError) as err:
         _config(tmp_path, "monitor:\n  type: ping\n")
     assert "gw.yaml:2: monitor.type: 'ping' is not one of info-api, ui-api, metrics, noop; plugins in " \
-           "entry-point group trino_gateway.monitor_types: info-except-etl" in str(err.value)
+           "entry-point group trino_gateway.monitor_types: always-healthy = " in str(err.value)
+    assert f"info-except-etl = {plugin}:InfoExceptEtl from {plugin} 0.1" in str(err.value)
     with pytest.raises(C.ConfigError) as err:
         _config(tmp_path, "store:\n  url: mysql://u@h/db\n")
     assert "gw.yaml:2: store.url: 'mysql' is not one of sqlite, postgresql, postgres; plugins" in str(err.value)
+
+
+def test_a_plugin_monitor_type_probes_and_countless_answers_clear_the_routed_counters(plugin: str) -> None:
+    reg = Registry([Backend("trino-1", "http://127.0.0.1:9")])   # nothing listens: no request is made
+    st = reg.state("trino-1")
+    st.routed_since_probe, st.user_routed_since_probe = 5, {"alice": 5}
+    mon = Monitor(reg, C.MonitorConfig(type="always-healthy", timeout=1))
+    asyncio.run(mon.run_round())
+    assert st.health is Health.HEALTHY
+    assert (st.routed_since_probe, st.user_routed_since_probe) == (0, {})   # as info-api: per round
 
 
 def test_a_plugin_store_kind_opens_and_a_wrong_one_is_refused(tmp_path: Path, plugin: str) -> None:

@@ -163,7 +163,8 @@ class Monitor:
                 or self.registry.states.get(backend.name) is not state:
             return None
         transition = apply_probe(backend.name, state, result, self.cfg, now)
-        if result.queued is not None or (self.cfg.type in _COUNTLESS and result.ok):
+        # A plugin type that reports no counts is countless too (cleared every round).
+        if result.queued is not None or (result.ok and (self.cfg.type in _COUNTLESS or self._plugin is not None)):
             discount_routed(state, routed, user_routed)
         if transition is not None:
             log.info(transition.message(), extra={
