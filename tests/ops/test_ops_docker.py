@@ -201,3 +201,8 @@ def test_wheel_carries_migrations_templates_static_files_and_example_rules(built
         assert f"gateway/rules/{rule.name}" in names, rule
     assert not [n for n in names if n.startswith(("rules/", "tests/", "docker/", "benchmarks/"))]
     assert "gateway/cli.py" in names and "gateway/store/base.py" in names
+    # every module of the checkout (a package the build config misses is not left out), and no
+    # other (a stale build/ from before a module moved would ship the old module too)
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "gateway").rglob("*.py")}
+    assert modules - names == set()
+    assert {n for n in names if n.startswith("gateway/") and n.endswith(".py")} - modules == set()
