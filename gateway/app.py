@@ -468,6 +468,22 @@ def make_app(gw: Gateway) -> tornado.web.Application:
     handlers.append((r".*", proxy))
     from gateway.resources import resource_dir
     templates = str(resource_dir("templates"))
-    return tornado.web.Application(
+    app = tornado.web.Application(
         handlers, cookie_secret=gw.cookie_secret, xsrf_cookies=False, compress_response=False,
         template_path=templates, log_function=gw.metrics.log_request)
+    # The same two first rules, taken by the HTTP server without walking the rule list
+    # (gateway/runtime/http_server.py FastRoute; the list stays for Tornado's own server).
+    from gateway.runtime.http_server import FastRoute
+    app.fast_route = FastRoute(hot_path, proxy)  # type: ignore[attr-defined]
+    return app
+
+
+def hot_path(target: str) -> bool:
+    """Does a request target fall under the first two rules of ``make_app`` (result pages,
+    token follow-ups, new statements)? Exactly their regular expressions (``.*$`` stops at a
+    line break; such a target goes the long way)."""
+    from gateway.routing.tokens import PREFIX
+    path = target.partition("?")[0]
+    if "\n" in path:
+        return False
+    return path.startswith(PREFIX) or path == "/v1/statement" or path.startswith("/v1/statement/executing/")
