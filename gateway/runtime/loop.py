@@ -9,10 +9,12 @@ insists on uvloop and fails at start-up without it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any, Callable, Coroutine, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.server")
 ENV = "TRINO_GATEWAY_LOOP"
 CHOICES = ("auto", "uvloop", "asyncio")
 
@@ -58,4 +60,6 @@ def kind(loop: asyncio.AbstractEventLoop) -> str:
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on the chosen loop."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        # as asyncio's own loop says which selector it uses, at the same level
+        log.debug("event loop: %s", kind(runner.get_loop()))
         return runner.run(main)
