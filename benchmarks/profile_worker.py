@@ -30,10 +30,10 @@ IDLE = r"_worker \(concurrent/futures/thread\.py:8\d\)|Condition\.wait|_check_in
 COMPONENTS = (
     ("epoll_wait (idle or busy polling)", r"EpollSelector\.select"),
     ("socket writes (send syscalls)", r"Transport\.write \(|write_to_fd|_SelectorSocketTransport\._write"),
-    ("socket reads, event loop, selector", r"asyncio/|selectors\.py|tornado/platform/|_read_to_buffer"),
+    ("socket reads, event loop, selector", r"asyncio/|uvloop|selectors\.py|tornado/platform/|_read_to_buffer"),
     ("Tornado HTTP/1.1 layer (parse, IOStream)", r"tornado/(http1connection|iostream|httputil|tcpclient|netutil|ioloop|concurrent)"),
     ("Tornado RequestHandler and routing", r"tornado/(web|routing|gen|escape)"),
-    ("gateway HTTP layer (server, client, lean handler)", r"gateway/proxy/(server|client|http1|lean)"),
+    ("gateway HTTP layer (server, client, lean handler)", r"gateway/proxy/(client|lean)|gateway/runtime/(http_server|http1)"),
     ("proxy handler and protocol (rewriting, headers)", r"gateway/proxy/handler|gateway/protocol"),
     ("routing: context, rules, balancer", r"gateway/routing/|rule_engine/"),
     ("logging", r"logging/|gateway/logs"),

@@ -33,7 +33,7 @@ from gateway.limits import mask_credentials
 from gateway.routing.reload import RulesWatcher
 from gateway.routing.router import Route, Router
 from gateway.routing.sticky import StickyMap
-from gateway.routing.tokens import TokenKeys
+from gateway.routing.tokens import PREFIX, TokenKeys
 from gateway.store.base import DuplicateBackend, HistoryRow
 from gateway.store.process import ProcessStore
 from gateway.store.writer import AsyncStore, HistoryWriter, StoreCalls
@@ -453,21 +453,38 @@ def _redact_url(url: str) -> str:
     return mask_credentials(url)
 
 
+# The application's first rules, both the proxy: statement submissions and result pages are
+# most requests, and matching them against every admin route before the catch-all cost more
+# than routing them (no admin or held-query path lies under these).
+HOT_RULES = (r"/v1/statement(?:/executing/.*)?", PREFIX + ".*")
+
+
 def make_app(gw: Gateway) -> tornado.web.Application:
     from gateway.proxy.handler import proxy_route
     from gateway.admin import routes as admin_routes
     from gateway.admission.held import HELD_PATH, HeldQueryHandler
     proxy = proxy_route(gw)
-    # Statement submissions and result pages first: they are most requests, and matching them
-    # against every admin route before the catch-all cost more than routing them (no admin or
-    # held-query path lies under these two).
-    from gateway.routing.tokens import PREFIX
-    handlers: list[Any] = [(r"/v1/statement(?:/executing/.*)?", proxy), (PREFIX + ".*", proxy)]
+    handlers: list[Any] = [(pattern, proxy) for pattern in HOT_RULES]
     handlers += admin_routes(gw)
     handlers.append((HELD_PATH, HeldQueryHandler, {"gateway": gw}))
     handlers.append((r".*", proxy))
     from gateway.resources import resource_dir
     templates = str(resource_dir("templates"))
-    return tornado.web.Application(
+    app = tornado.web.Application(
         handlers, cookie_secret=gw.cookie_secret, xsrf_cookies=False, compress_response=False,
         template_path=templates, log_function=gw.metrics.log_request)
+    # The same first rules, taken by the HTTP server without walking the rule list
+    # (gateway/runtime/http_server.py FastRoute; the list stays for Tornado's own server).
+    from gateway.runtime.http_server import FastRoute
+    app.fast_route = FastRoute(hot_path, proxy)  # type: ignore[attr-defined]
+    return app
+
+
+def hot_path(target: str) -> bool:
+    """Does a request target fall under ``HOT_RULES`` (result pages, token follow-ups, new
+    statements)? Only where their regular expressions match (a line break, which ``.*`` does
+    not cross, sends a target the long way; tests/test_fast_route.py)."""
+    path = target.partition("?")[0]
+    if "\n" in path:
+        return False
+    return path.startswith(PREFIX) or path == "/v1/statement" or path.startswith("/v1/statement/executing/")

@@ -18,6 +18,7 @@ import asyncio
 import threading
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
+from gateway.runtime import loop as event_loop
 from gateway.runtime.overload import LoopLag
 
 __all__ = ["ProbeThread"]
@@ -40,7 +41,7 @@ class ProbeThread:
         ready = threading.Event()
 
         def main() -> None:
-            loop = asyncio.new_event_loop()
+            loop = event_loop.loop_factory()()   # the same kind as the worker's loop
             asyncio.set_event_loop(loop)
             self.loop = loop
             self.lag = LoopLag()

@@ -34,6 +34,7 @@ from gateway.runtime.http_server import HTTPServer  # Tornado's interface, faste
 from tornado.netutil import bind_sockets
 
 from gateway.runtime import gcpolicy
+from gateway.runtime import loop as event_loop
 from gateway.config import Config, ConfigError, ServerConfig, load_config
 from gateway.limits import ConnectionLimits, bound_allocator, descriptor_limit
 from gateway.logs import setup_logging
@@ -78,9 +79,14 @@ def serve(config: Config, *, ready_callback: Any = None) -> int:
         except (OSError, ssl.SSLError) as exc:
             log.error("cannot load the TLS certificate or key: %s", exc)
             return 1
+    try:
+        event_loop.loop_factory()   # a bad TRINO_GATEWAY_LOOP fails here, once, before any worker
+    except event_loop.LoopChoiceError as exc:
+        log.error("%s", exc)
+        return 1
     if s.workers > 1:
         return _supervise(config, (sockets, tls_sockets))
-    return asyncio.run(_run_worker(config, (sockets, tls_sockets), ready_callback))
+    return event_loop.run(_run_worker(config, (sockets, tls_sockets), ready_callback))
 
 
 def tls_context(config: Config) -> ssl.SSLContext:
@@ -148,7 +154,7 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
                 def ready(_gw: Any, _port: int) -> None:
                     os.write(ready_w, b"r")
                     os.close(ready_w)
-                code = asyncio.run(_run_worker(config, sockets, ready, worker=i))
+                code = event_loop.run(_run_worker(config, sockets, ready, worker=i))
             except BaseException:  # noqa: BLE001 - a forked worker never returns into the supervisor
                 log.exception("worker %d failed", i)
             finally:
@@ -261,7 +267,8 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
     loop.add_signal_handler(signal.SIGHUP, lambda: reload_on_sighup(config, gw))
     port = sockets[0].getsockname()[1]
     scheme = "https" if s.tls.certFile and not tls_sockets else "http"
-    log.info("worker %d listening on %s:%d (%s)", worker, s.host, port, scheme)
+    log.info("worker %d listening on %s:%d (%s) on the %s event loop", worker, s.host, port, scheme,
+             event_loop.kind(loop))
     if tls_sockets:
         log.info("worker %d listening on %s:%d (https)", worker, s.host, tls_sockets[0].getsockname()[1])
     if ready_callback is not None:
