@@ -297,7 +297,8 @@ def gateway_figures(before: dict[tuple[str, ...], float], after: dict[tuple[str,
                                         / max(1, statements), 3)}
 
 
-def start_target(name: str, tmp: Path, backend: S.Service) -> tuple[S.Service | None, int, list[int]]:
+def start_target(name: str, tmp: Path, backend: S.Service,
+                 server: dict[str, Any] | None = None) -> tuple[S.Service | None, int, list[int]]:
     if name == "direct":
         return None, backend.port, []
     if name == "nginx":
@@ -312,6 +313,7 @@ def start_target(name: str, tmp: Path, backend: S.Service) -> tuple[S.Service | 
     cfg["monitor"]["interval"] = "2s"
     # Every query comes from 127.0.0.1 (one client process, like a load balancer in front).
     cfg["server"]["maxConnectionsPerAddress"] = 0
+    cfg["server"].update(server or {})   # --server KEY=VALUE
     svc = S.start_gateway(tmp, cfg, name=name)
     return svc, svc.port, S.worker_pids(svc)
 
@@ -325,7 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", type=float, default=10.0, help="seconds over which the queries start")
     p.add_argument("--timeout", type=float, default=60.0, help="per request, as a client would allow")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--server", action="append", default=[], metavar="KEY=VALUE",
+                   help="a gateway server.* setting for this run (YAML value), e.g. shedLoopLag=0")
     args = p.parse_args(argv)
+    import yaml
+    server: dict[str, Any] = {}
+    for item in args.server:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--server {item!r}: expected KEY=VALUE")
+        server[key] = yaml.safe_load(value)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # inherited by everything started here
     print(f"# machine: {machine.describe() if hasattr(machine, 'describe') else os.uname().nodename}; "
@@ -340,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             if target == "nginx" and not S.nginx_available():
                 print("# nginx not installed: skipped", flush=True)
                 continue
-            svc, port, pids = start_target(target, tmp, backend)
+            svc, port, pids = start_target(target, tmp, backend, server)
             try:
                 for n in (int(x) for x in args.inflight.split(",")):
                     watched = backend.port if target.startswith("gateway") else None

@@ -76,7 +76,7 @@ class ServerConfig:
     # Shedding (gateway/runtime/overload.py): NEW statements get 429 + Retry-After while this worker's
     # event loop ran this late within the last 2 s, or it proxies this many requests; polls of
     # running queries are never shed. 0 turns a limit off.
-    shedLoopLag: float = 1.0
+    shedLoopLag: float = 3.0
     shedInFlight: int = 8000
     shedRetryAfter: float = 2.0                   # the Retry-After sent with a shed statement (whole seconds)
     shutdownGracePeriod: float = 30.0             # SIGTERM: how long in-flight requests may finish

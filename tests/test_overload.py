@@ -253,6 +253,7 @@ def test_an_error_after_the_request_was_sent_is_not_about_health() -> None:
 def test_shed_reads_the_loop_lag_and_in_flight_count() -> None:
     gw, _ = _gateway("a")
     gw.config.server.shedInFlight = 3
+    gw.config.server.shedLoopLag = 1.0
     assert gw.shed() is None
     gw.in_flight = 3
     assert gw.shed() == "in-flight"

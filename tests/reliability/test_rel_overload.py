@@ -20,7 +20,7 @@ import requests
 from tests.conftest import gateway_config, spawn_cluster, wait_for
 from tests.reliability.helpers import metric
 
-STALL_SECONDS = 2.5   # longer than monitor.timeout (1s) and server.shedLoopLag (1s)
+STALL_SECONDS = 2.5   # longer than monitor.timeout (1s) and the server.shedLoopLag set below (1s)
 
 
 class ProbeHoldingRelay:
