@@ -38,8 +38,16 @@ def js_client() -> Path:
         pytest.skip("node and npm are needed for the JavaScript client test")
     if not (CACHE / "node_modules" / "trino-client").exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(CACHE),
-                            "trino-client@0.2.9"], capture_output=True, text=True, timeout=300)
+        # --prefer-offline: npm's cache answers when it can. The timeout stays well under the
+        # test timeout (300 s): a registry npm cannot reach (no proxy or CA settings in the
+        # environment) makes npm retry for minutes, and the skip must say so, not time out.
+        try:
+            r = subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefer-offline",
+                                "--prefix", str(CACHE), "trino-client@0.2.9"],
+                               capture_output=True, text=True, timeout=150)
+        except subprocess.TimeoutExpired:
+            pytest.skip("cannot install trino-client from npm: no answer in 150 s (registry, proxy or "
+                        "CA settings: NODE_EXTRA_CA_CERTS, npm_config_*)")
         if r.returncode != 0:
             pytest.skip(f"cannot install trino-client from npm: {r.stderr[-500:]}")
     script = CACHE / "held.js"
