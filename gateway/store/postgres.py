@@ -38,6 +38,11 @@ class PostgresStore(SqlStore):
     REAL = "double precision"
     DIFFERS = "IS DISTINCT FROM"
     MINUTE = "floor(submitted_at / 60) * 60"
+    # By row address (a TID scan): the plan cannot turn into a nested loop over the table when
+    # its statistics are stale (a 10,000-row batch once ran past the 30 s statement timeout
+    # as `query_id IN (SELECT ...)` on a freshly filled table).
+    RETENTION_DELETE = ("DELETE FROM query_history WHERE ctid = ANY(ARRAY(SELECT ctid FROM query_history "
+                        "WHERE submitted_at < ? LIMIT ?))")
 
     def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
         self.url = url

@@ -208,6 +208,9 @@ class SqlStore(Store):
     REAL = "REAL"                      # the floating-point type's name
     DIFFERS = "IS NOT"                 # null-safe inequality
     MINUTE = "CAST(submitted_at / 60 AS INTEGER) * 60"
+    # One batch of retention: rows older than ?, at most ? of them.
+    RETENTION_DELETE = ("DELETE FROM query_history WHERE rowid IN (SELECT rowid FROM query_history "
+                        "WHERE submitted_at < ? LIMIT ?)")
 
     @abc.abstractmethod
     def _write(self, fn: Callable[[Cursor], T]) -> T:
@@ -458,8 +461,7 @@ class SqlStore(Store):
         return {b: int(c) for b, c in rows}
 
     def delete_history_before(self, ts: float) -> int:
-        sql = self._sql("DELETE FROM query_history WHERE query_id IN (SELECT query_id FROM "
-                        "query_history WHERE submitted_at < ? LIMIT ?)")
+        sql = self._sql(self.RETENTION_DELETE)
 
         def run(cur: Cursor) -> int:
             cur.execute(sql, (float(ts), _RETENTION_BATCH))
