@@ -142,6 +142,20 @@ class Gateway:
     def strict_groups(self) -> frozenset[str]:
         return self.router.strict_groups
 
+    async def _first_monitor_round(self) -> None:
+        """Start serving once this process knows which backends are healthy (or the first
+        round overran its probe timeout): before it, every statement got NO_NODES_AVAILABLE.
+        With two workers the second worker's first statements failed while the first worker
+        answered (tests/admin/test_metrics_page.py under CI). The flag is set on this loop,
+        also when the probes run on their own thread."""
+        deadline = time.monotonic() + self.config.monitor.timeout + 2.0
+        while not self.monitor.first_round_done and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if not self.monitor.first_round_done:
+            log.warning("serving before the first monitor round finished (over %.1fs): new "
+                        "statements may find no healthy backend until it does",
+                        self.config.monitor.timeout + 2.0)
+
     async def _shared_secrets(self) -> None:
         """Keys every process of the deployment must agree on: configured, or created once
         and kept in the store (the first process to start stores its candidate)."""
@@ -182,6 +196,7 @@ class Gateway:
                      "routing.defaultGroup '%s' (or the X-Trino-Routing-Group it names)",
                      ", ".join(cfg.routing.rules), os.getcwd(), cfg.routing.defaultGroup)
         self.monitor.start()
+        await self._first_monitor_round()
         self.admission.start()
         self.sampler.start()
         if cfg.store.historyEnabled:
