@@ -146,12 +146,8 @@ class Gateway:
         """Start serving once this process knows which backends are healthy (or the first
         round overran its probe timeout): before it, every statement got NO_NODES_AVAILABLE.
         With two workers the second worker's first statements failed while the first worker
-        answered (tests/admin/test_metrics_page.py under CI). The flag is set on this loop,
-        also when the probes run on their own thread."""
-        deadline = time.monotonic() + self.config.monitor.timeout + 2.0
-        while not self.monitor.first_round_done and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if not self.monitor.first_round_done:
+        answered (tests/admin/test_metrics_page.py under CI)."""
+        if not await self.monitor.wait_first_round(self.config.monitor.timeout + 2.0):
             log.warning("serving before the first monitor round finished (over %.1fs): new "
                         "statements may find no healthy backend until it does",
                         self.config.monitor.timeout + 2.0)

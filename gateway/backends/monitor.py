@@ -92,6 +92,7 @@ class Monitor:
         self.registry = registry
         self.cfg = cfg
         self.first_round_done = False
+        self._first_round = asyncio.Event()   # set with first_round_done, on the proxy loop
         self.rounds = 0
         self._clock = clock
         self._own_client = http_client is None
@@ -134,12 +135,21 @@ class Monitor:
             await self._call(cb, self)
         return transitions
 
+    async def wait_first_round(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first round to finish; whether it did."""
+        try:
+            await asyncio.wait_for(self._first_round.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self.first_round_done
+
     def _round_done(self, backends: list[Backend]) -> None:
         live = {(b.name, b.proxyTo) for b in backends}
         for key in [k for k in list(self._ui_cookies) if k not in live]:   # list(): probes may add
             self._ui_cookies.pop(key, None)
         self.rounds += 1
         self.first_round_done = True
+        self._first_round.set()
 
     async def _probe_and_apply(self, backend: Backend) -> Transition | None:
         state = self.registry.states.get(backend.name)
