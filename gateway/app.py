@@ -2,7 +2,10 @@
 
 ``Gateway`` owns the in-memory state the request path reads (registry, sticky map, current
 ruleset) and the background tasks that keep it fresh (monitor, rules watcher, backend sync,
-history writer). Handlers get the ``Gateway`` and call its small methods.
+history writer). Only this module, the proxy handler and the runners (``runtime/serve.py``,
+``sim/demo.py``) see the ``Gateway``: every other module gets the parts it uses (``make_app``
+hands the admin surface an ``AdminParts``, the held-query handler its four parts; the sampler
+and the resolver are built with theirs in ``start``). tests/test_layout.py keeps it so.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import logging
 import os
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
@@ -41,9 +44,12 @@ from gateway.backends.monitor import Monitor
 from gateway.admission.control import Admission
 from gateway.runtime.serve import backend_ssl_context
 from gateway.backends.unfinished import UnfinishedQueries
-from gateway.metrics_history import MetricsSampler
+from gateway.metrics_history import MetricsSampler, instance_name
 from gateway.backends.resolver import Resolver
 from gateway.runtime.overload import EXCUSED, MARK, LoopLag, failure_counts, forward_verdict, shed_reason
+
+if TYPE_CHECKING:
+    from gateway.admin.parts import AdminParts
 
 log = logging.getLogger("gateway")
 route_log = logging.getLogger("gateway.routing")
@@ -130,8 +136,9 @@ class Gateway:
         self._seen: dict[str, int] = {}
         # Queries routed and not seen finishing, per backend, from the shared history.
         self.unfinished = UnfinishedQueries(window=config.store.historyRetention)
-        self.sampler = MetricsSampler(self, config.store.metricsInterval, config.store.metricsRetention)
-        self.resolver = Resolver(self, config.store.resolveAfter)
+        # Built in start(), once the store and the history writer exist.
+        self.sampler: MetricsSampler | None = None
+        self.resolver: Resolver | None = None
 
     @property
     def no_forwarded(self) -> set[str]:
@@ -194,11 +201,16 @@ class Gateway:
         self.monitor.start()
         await self._first_monitor_round()
         self.admission.start()
+        self.sampler = MetricsSampler(self.store, self.metrics, instance_name(cfg.server.port),
+                                      cfg.store.metricsInterval, cfg.store.metricsRetention,
+                                      refresh_gauges=self.refresh_gauges)
         self.sampler.start()
+        self.resolver = Resolver(cfg.store.resolveAfter, store=self.store, writer=self.writer,
+                                 registry=self.registry, client=self.client, monitor=cfg.monitor)
         if cfg.store.historyEnabled:
             self.resolver.start()
         from gateway.admin import log_auth_mode
-        log_auth_mode(self)
+        log_auth_mode(cfg)
         self._tasks.append(asyncio.get_running_loop().create_task(self._sync_loop()))
         log.info("gateway started: %d backend(s) in group(s) %s, rules %s, store %s",
                  len(self.registry.all()), ", ".join(sorted(self.registry.groups())) or "-",
@@ -211,8 +223,10 @@ class Gateway:
         await self.monitor.stop()
         self.loop_lag.stop()
         await self.admission.stop()
-        await self.sampler.stop()
-        await self.resolver.stop()
+        if self.sampler is not None:
+            await self.sampler.stop()
+        if self.resolver is not None:
+            await self.resolver.stop()
         self.rules.stop()
         if self.writer is not None:
             await self.writer.stop()
@@ -470,14 +484,32 @@ def _redact_url(url: str) -> str:
 HOT_RULES = (r"/v1/statement(?:/executing/.*)?", PREFIX + ".*")
 
 
+def admin_parts(gw: Gateway) -> AdminParts:
+    """What the admin surface may use of a started gateway (the store is open); one per
+    process, so its sessions (login limiter, random secret) are shared by every handler."""
+    from gateway.admin.parts import AdminParts
+    from gateway.admin.session import SessionManager
+    cfg = gw.config
+    return AdminParts(
+        config=cfg, registry=gw.registry, store=gw.store, search_store=gw.search_store,
+        unfinished=gw.unfinished, rules=gw.rules, router=gw.router, sql_facts=gw.sql_facts,
+        offload=gw.offload, passwords=gw.passwords, monitor=gw.monitor, queue=gw.admission,
+        metrics=gw.metrics, refresh_gauges=gw.refresh_gauges,
+        metrics_instance=instance_name(cfg.server.port),
+        shutting_down=lambda: gw.shutting_down, sessions=SessionManager(cfg.auth))
+
+
 def make_app(gw: Gateway) -> tornado.web.Application:
+    """The application of a started gateway (``await gw.start()`` first: the store and the
+    shared keys exist from then on)."""
     from gateway.proxy.handler import proxy_route
     from gateway.admin import routes as admin_routes
     from gateway.admission.held import HELD_PATH, HeldQueryHandler
     proxy = proxy_route(gw)
     handlers: list[Any] = [(pattern, proxy) for pattern in HOT_RULES]
-    handlers += admin_routes(gw)
-    handlers.append((HELD_PATH, HeldQueryHandler, {"gateway": gw}))
+    handlers += admin_routes(admin_parts(gw))
+    handlers.append((HELD_PATH, HeldQueryHandler, {"admission": gw.admission, "registry": gw.registry,
+                                                   "tokens": gw.tokens, "base_url": gw.base_url}))
     handlers.append((r".*", proxy))
     from gateway.resources import resource_dir
     templates = str(resource_dir("templates"))

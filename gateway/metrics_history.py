@@ -19,14 +19,15 @@ import math
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.runtime.periodic import Periodic
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.metrics import Metrics
+    from gateway.store.writer import StoreCalls
 
 log = logging.getLogger("gateway.metrics")
 
@@ -95,33 +96,37 @@ def rates(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
-def instance_name(gw: "Gateway") -> str:
-    """This gateway in the samples table: its host and port (shared by its workers)."""
-    return f"{socket.gethostname()}:{gw.config.server.port}"
+def instance_name(port: int) -> str:
+    """This gateway in the samples table: its host and port (``server.port``, shared by its
+    workers)."""
+    return f"{socket.gethostname()}:{port}"
 
 
 class MetricsSampler(Periodic):
-    """Writes the gateway's metrics to the store every ``interval`` seconds."""
+    """Writes the gateway's metrics to ``store`` every ``interval`` seconds, as ``instance``;
+    ``refresh_gauges`` brings the gauges up to date before each sample."""
 
     what = "metrics sampling"
 
-    def __init__(self, gw: "Gateway", interval: float, retention: float) -> None:
-        self.gw = gw
+    def __init__(self, store: "StoreCalls", metrics: "Metrics", instance: str, interval: float,
+                 retention: float, *, refresh_gauges: Callable[[], None]) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.refresh_gauges = refresh_gauges
         self.interval = self.every = interval
         self.retention = retention
-        self.instance = instance_name(gw)
+        self.instance = instance
         self.written = 0
 
     async def sample_once(self, now: float | None = None) -> int:
         """Sample now (rounded down to the interval); the rows written (0: another worker did)."""
         now = time.time() if now is None else now
         ts = math.floor(now / self.interval) * self.interval
-        self.gw.refresh_gauges()
-        body, _ = self.gw.metrics.render()
+        self.refresh_gauges()
+        body, _ = self.metrics.render()
         samples = samples_from_text(body.decode("utf-8"))
-        assert self.gw.store is not None
-        n = await self.gw.store.call("insert_metric_samples", self.instance, ts, samples,
-                                     now - self.retention)
+        n = await self.store.call("insert_metric_samples", self.instance, ts, samples,
+                                  now - self.retention)
         self.written += n
         return n
 

@@ -1,7 +1,8 @@
 """Admin surface: the REST API (``api.py``, ``api_rules.py``) and the admin pages (``pages*.py``).
 
-``routes(gw)`` lists the API routes first, then the pages under ``/trino-gateway/``.
-``log_auth_mode(gw)`` writes the start-up line saying how the admin surface is protected.
+``routes(parts)`` lists the API routes first, then the pages under ``/trino-gateway/``; every
+handler gets the same ``AdminParts`` (``gateway/admin/parts.py``), never the ``Gateway``.
+``log_auth_mode(config)`` writes the start-up line saying how the admin surface is protected.
 """
 from __future__ import annotations
 
@@ -9,19 +10,20 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts
+    from gateway.config import Config
 
 log = logging.getLogger("gateway.admin")
 
 
-def routes(gw: "Gateway") -> list[Any]:
+def routes(parts: "AdminParts") -> list[Any]:
     from gateway.admin import api, api_rules, pages
-    return api.routes(gw) + api_rules.routes(gw) + pages.routes(gw)
+    return api.routes(parts) + api_rules.routes(parts) + pages.routes(parts)
 
 
-def auth_mode_message(gw: "Gateway") -> str:
+def auth_mode_message(config: "Config") -> str:
     """One line: who may do what on the admin pages and the REST API (never a credential)."""
-    auth = gw.config.auth
+    auth = config.auth
     if not auth.users:
         return ("admin auth: no users configured (auth.users): admin pages are read-only for "
                 "everyone and state-changing endpoints accept only loopback callers")
@@ -37,12 +39,12 @@ def auth_mode_message(gw: "Gateway") -> str:
             f"{auth.sessionTtl:.0f}s, signed with {secret}")
 
 
-def log_auth_mode(gw: "Gateway") -> None:
+def log_auth_mode(config: "Config") -> None:
     """Call once at start (``Gateway.start``)."""
-    auth = gw.config.auth
+    auth = config.auth
     if not auth.users:
-        log.warning(auth_mode_message(gw))
-    elif auth.sessionSecret is None and gw.config.server.workers > 1:
-        log.warning(auth_mode_message(gw))
+        log.warning(auth_mode_message(config))
+    elif auth.sessionSecret is None and config.server.workers > 1:
+        log.warning(auth_mode_message(config))
     else:
-        log.info(auth_mode_message(gw))
+        log.info(auth_mode_message(config))

@@ -23,7 +23,9 @@ from gateway.limits import control_chars, loads_json, mask_credentials
 from gateway.runtime.offload import Busy
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts, SqlFactsOf
+    from gateway.routing.reload import RulesWatcher
+    from gateway.routing.router import Router
 
 log = logging.getLogger("gateway.api")
 _BACKEND_FIELDS = {"name", "proxyTo", "externalUrl", "routingGroup", "active"}
@@ -32,9 +34,9 @@ _BACKEND_FIELDS = {"name", "proxyTo", "externalUrl", "routingGroup", "active"}
 class ApiHandler(RequestHandler):
     """Base: JSON in and out, errors as ``{"error": message}`` with the right status."""
 
-    def initialize(self, gateway: "Gateway") -> None:
-        self.gw = gateway
-        self.auth = Authenticator(gateway.config.auth)
+    def initialize(self, parts: "AdminParts") -> None:
+        self.parts = parts
+        self.auth = Authenticator(parts.config.auth)
         self.roles: list[str] = []
         self.user: str | None = None
 
@@ -71,16 +73,16 @@ class ApiHandler(RequestHandler):
         session must send ``X-CSRF-Token`` on every call other than GET/HEAD.
         """
         from gateway.admin.session import (
-            CSRF_HEADER, SESSION_COOKIE, host_is_ours, own_hosts, sessions_for, tokens_equal,
+            CSRF_HEADER, SESSION_COOKIE, host_is_ours, own_hosts, tokens_equal,
         )
         from gateway.admin.auth import is_cross_site
         req = self.request
-        if write and is_cross_site(req.headers, own_hosts(self.gw, req)):
+        if write and is_cross_site(req.headers, own_hosts(self.parts.config.server, req)):
             raise ApiError(403, "Cross-site request refused: state changes must come from the "
                                 "gateway's own pages or from a script")
         if not write and req.path.startswith("/api/public/"):
             return   # backend state, public as in trino-gateway (load balancers and dashboards read it)
-        sessions = sessions_for(self.gw)
+        sessions = self.parts.sessions
         header = req.headers.get("Authorization")
         creds = parse_basic(header)
         if creds is None and self.auth.enabled and not header:
@@ -99,7 +101,7 @@ class ApiHandler(RequestHandler):
             if write and not is_loopback(req.remote_ip):
                 raise ApiError(403, "No admin users are configured: state changes are accepted "
                                     "only from the gateway's own host (loopback)")
-            if write and not host_is_ours(self.gw, req):
+            if write and not host_is_ours(self.parts.config.server, req):
                 raise ApiError(403, f"Host {req.host!r} is not a name of this gateway: with no admin "
                                     "users configured, state changes must name it by IP address, "
                                     "localhost, its host name or server.publicUrl")
@@ -112,14 +114,14 @@ class ApiHandler(RequestHandler):
                 self.set_header("Retry-After", str(max(1, int(wait + 0.999))))
                 raise ApiError(429, "Too many failed logins; try again later")
             try:   # PBKDF2 on a thread: 40 wrong passwords cost the event loop ~4 s before
-                roles = await self.gw.passwords.run(self.auth.check, *creds)
+                roles = await self.parts.passwords.run(self.auth.check, *creds)
             except Busy:
                 self.set_header("Retry-After", "1")
                 raise ApiError(503, "Too many password checks at once; try again in a second") from None
             if roles is None:
                 sessions.limiter.failed(creds[0], ip)
                 log.warning("API authentication failed for %s from %s",
-                            creds[0] if creds[0] in self.gw.config.auth.users else "an unknown user", ip)
+                            creds[0] if creds[0] in self.parts.config.auth.users else "an unknown user", ip)
         if roles is None:
             self.set_header("WWW-Authenticate", 'Basic realm="trino-gateway"')
             raise ApiError(401, "Authentication required")
@@ -176,7 +178,7 @@ def parse_backend(data: Any, default_group: str) -> Backend:
 class BackendListHandler(ApiHandler):
     async def get(self, which: str) -> None:
         async def go() -> None:
-            backends = sorted(self.gw.registry.all(), key=lambda b: b.name)
+            backends = sorted(self.parts.registry.all(), key=lambda b: b.name)
             if which == "active":
                 backends = [b for b in backends if b.active]
             self.send_json([b.to_json() for b in backends])
@@ -186,17 +188,17 @@ class BackendListHandler(ApiHandler):
 class BackendModifyHandler(ApiHandler):
     async def post(self, action: str) -> None:
         async def go() -> None:
-            gw = self.gw
+            p = self.parts
             who = self.current_user_name()
             if action == "delete":
                 name = _name_from_body(self.request.body)
-                await backend_ops.delete_backend(gw, name, who)
+                await backend_ops.delete_backend(p.store, p.registry, name, who)
                 return self.send_json({"deleted": name})
-            backend = parse_backend(self.json_body(), gw.config.routing.defaultGroup)
+            backend = parse_backend(self.json_body(), p.config.routing.defaultGroup)
             if action == "add":
-                await backend_ops.add_backend(gw, backend, who)
+                await backend_ops.add_backend(p.store, p.registry, backend, who)
             else:
-                await backend_ops.update_backend(gw, backend, who, insert_missing=True)
+                await backend_ops.update_backend(p.store, p.registry, backend, who, insert_missing=True)
             self.send_json(backend.to_json())
         await self.run(True, go)
 
@@ -217,7 +219,9 @@ def _name_from_body(body: bytes) -> str:
 class BackendActivateHandler(ApiHandler):
     async def post(self, action: str, name: str) -> None:
         async def go() -> None:
-            b = await backend_ops.set_active(self.gw, name, action == "activate", self.current_user_name())
+            p = self.parts
+            b = await backend_ops.set_active(p.store, p.registry, name, action == "activate",
+                                             self.current_user_name())
             self.send_json(b.to_json())
         await self.run(True, go)
 
@@ -225,20 +229,20 @@ class BackendActivateHandler(ApiHandler):
 class PublicBackendsHandler(ApiHandler):
     async def get(self, name: str | None = None, state: str | None = None) -> None:
         async def go() -> None:
-            gw = self.gw
+            p = self.parts
             if name is None:
-                return self.send_json([b.to_json() for b in sorted(gw.registry.all(), key=lambda b: b.name)])
-            backend = gw.registry.get(name)
+                return self.send_json([b.to_json() for b in sorted(p.registry.all(), key=lambda b: b.name)])
+            backend = p.registry.get(name)
             if backend is None:
                 raise ApiError(404, f"Backend {name!r} does not exist")
             if state is None:
                 return self.send_json(backend.to_json())
-            st = backend_state_json(backend, gw.registry.state(name))
+            st = backend_state_json(backend, p.registry.state(name))
             # Beside the monitor's counts (null when it cannot count): the queries the gateway
             # routed here and has not seen finish, from the shared history (null: unknown).
-            if gw.store is not None and gw.config.store.historyEnabled:
-                await gw.unfinished.refresh(gw.store, force=True)
-            st["unfinished"] = gw.unfinished.of(name)
+            if p.store is not None and p.config.store.historyEnabled:
+                await p.unfinished.refresh(p.store, force=True)
+            st["unfinished"] = p.unfinished.of(name)
             self.send_json(st)
         await self.run(False, go)
 
@@ -258,17 +262,17 @@ def backend_state_json(backend: Backend, state: Any) -> dict[str, Any]:
 
 
 class HealthHandler(RequestHandler):
-    def initialize(self, gateway: "Gateway") -> None:
-        self.gw = gateway
+    def initialize(self, parts: "AdminParts") -> None:
+        self.parts = parts
 
     def get(self, which: str) -> None:
         self.set_header("Content-Type", "text/plain")
         if which == "livez":
             return self.finish("ok\n")
-        if self.gw.shutting_down:
+        if self.parts.shutting_down():
             self.set_status(503)
             return self.finish("shutting down\n")
-        if not self.gw.monitor.first_round_done:
+        if not self.parts.monitor.first_round_done:
             self.set_status(503)
             return self.finish("waiting for the first monitor round\n")
         self.finish("ready\n")
@@ -277,20 +281,20 @@ class HealthHandler(RequestHandler):
 class RulesHandler(ApiHandler):
     async def get(self) -> None:
         async def go() -> None:
-            self.send_json(rules_json(self.gw))
+            self.send_json(rules_json(self.parts.rules))
         await self.run(False, go)
 
 
-def rules_json(gw: "Gateway") -> dict[str, Any]:
-    watcher = gw.rules
+def rules_json(watcher: "RulesWatcher") -> dict[str, Any]:
     rs = watcher.current
     doc = rs.to_dict() if rs is not None else {"version": None, "loadedAt": None, "files": [], "rules": []}
     doc["error"] = watcher.last_error
     return doc
 
 
-async def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
-    """What routing would do for a described request, without sending anything."""
+async def explain(router: "Router", sql_facts: "SqlFactsOf", data: Any, remote_ip: str) -> dict[str, Any]:
+    """What routing would do for a described request, without sending anything: a dry run of
+    ``router`` with the SQL facts ``sql_facts`` finds off the event loop."""
     if not isinstance(data, dict):
         raise ApiError(400, "Body must be a JSON object")
     known = {"user", "source", "clientTags", "catalog", "schema", "headers", "query", "clientInfo"}
@@ -323,11 +327,11 @@ async def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
         raise ApiError(400, "query must be a string")
     t0 = time.perf_counter()
     body = query.encode("utf-8", "replace")   # lone surrogates from JSON escapes
-    facts, note = await gw.sql_facts(headers, body)   # off the event loop, within its budget
+    facts, note = await sql_facts(headers, body)   # off the event loop, within its budget
     # dry_run: what a real statement would get, without moving the live balancer on
-    route = gw.router.route(headers, body, remote_ip, dry_run=True, facts=facts, note=note)
-    ctx = gw.router.context(headers, body, remote_ip, analyze_sql=True, facts=facts)
-    decision = gw.router.decide(ctx, explain=True)
+    route = router.route(headers, body, remote_ip, dry_run=True, facts=facts, note=note)
+    ctx = router.context(headers, body, remote_ip, analyze_sql=True, facts=facts)
+    decision = router.decide(ctx, explain=True)
     return {
         "routingGroup": route.group,
         "rule": route.rule,
@@ -346,7 +350,8 @@ async def explain(gw: "Gateway", data: Any, remote_ip: str) -> dict[str, Any]:
 class ExplainHandler(ApiHandler):
     async def post(self) -> None:
         async def go() -> None:
-            self.send_json(await explain(self.gw, self.json_body(), self.request.remote_ip or ""))
+            p = self.parts
+            self.send_json(await explain(p.router, p.sql_facts, self.json_body(), self.request.remote_ip or ""))
         await self.run(False, go)
 
 
@@ -362,12 +367,12 @@ class QueriesHandler(ApiHandler):
                 raise ApiError(400, "limit must be an integer") from None
             if not 1 <= limit <= 10000:
                 raise ApiError(400, "limit must be between 1 and 10000")
-            assert self.gw.store is not None
-            auth = self.gw.config.auth
+            assert self.parts.store is not None
+            auth = self.parts.config.auth
             if args["text"] and not sql_visible(None, self.user, self.roles, auth_enabled=self.auth.enabled,
                                                 show_all=auth.showAllQueries):
                 args["user"] = self.user or ""  # searching SQL text: only in SQL this caller may see
-            store = await self.gw.search_store()
+            store = await self.parts.search_store()
             rows = await store.call("query_history", limit=limit, **{k: v for k, v in args.items() if v})
             out = []
             for r in rows:
@@ -382,12 +387,12 @@ class QueriesHandler(ApiHandler):
 
 
 class MetricsHandler(RequestHandler):
-    def initialize(self, gateway: "Gateway") -> None:
-        self.gw = gateway
+    def initialize(self, parts: "AdminParts") -> None:
+        self.parts = parts
 
     def get(self) -> None:
-        self.gw.refresh_gauges()
-        body, ctype = self.gw.metrics.render()
+        self.parts.refresh_gauges()
+        body, ctype = self.parts.metrics.render()
         self.set_header("Content-Type", ctype)
         self.finish(body)
 
@@ -397,8 +402,8 @@ class RootRedirect(RequestHandler):
         self.redirect("/trino-gateway/", permanent=False)
 
 
-def routes(gw: "Gateway") -> list[Any]:
-    a = {"gateway": gw}
+def routes(parts: "AdminParts") -> list[Any]:
+    a = {"parts": parts}
     return [
         (r"/", RootRedirect),
         (r"/gateway/backend/(all|active)", BackendListHandler, a),

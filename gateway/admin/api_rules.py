@@ -20,13 +20,13 @@ from gateway.admin.rules_files import RulesFileError, file_version, read_rules_f
 from gateway.runtime.offload import OverBudget
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts
+    from gateway.routing.reload import RulesWatcher
 
 log = logging.getLogger("gateway.api")
 
 
-def rules_status(gw: "Gateway") -> dict[str, Any]:
-    w = gw.rules
+def rules_status(w: "RulesWatcher") -> dict[str, Any]:
     rs = w.current
     return {"version": rs.version if rs else None, "loadedAt": rs.loaded_at if rs else None,
             "rules": len(rs.rules) if rs else 0, "error": w.last_error,
@@ -41,12 +41,12 @@ def _body(handler: ApiHandler) -> dict[str, Any]:
     return data
 
 
-async def offloaded(gw: "Gateway", task: str, *args: Any) -> dict[str, Any]:
+async def offloaded(parts: "AdminParts", task: str, *args: Any) -> dict[str, Any]:
     """A rules check or save in the offload process (rule-engine compiles conditions in pure
     Python: an 800 KB condition took 15 s), within ``routing.rulesCheckTimeout``."""
-    budget = gw.config.routing.rulesCheckTimeout
+    budget = parts.config.routing.rulesCheckTimeout
     try:
-        result = await gw.offload.run(task, list(gw.rules.paths), *args, budget=budget)
+        result = await parts.offload.run(task, list(parts.rules.paths), *args, budget=budget)
     except OverBudget:
         raise ApiError(422, f"Checking these rules took longer than {budget:g}s "
                             "(routing.rulesCheckTimeout); simplify the conditions") from None
@@ -61,8 +61,8 @@ class RulesCheckHandler(ApiHandler):
     async def post(self) -> None:
         async def go() -> None:
             data = _body(self)
-            self.send_json(await offloaded(self.gw, "rules_check", data.get("file"), data.get("content"),
-                                           self.gw.rules.missing_ok))
+            self.send_json(await offloaded(self.parts, "rules_check", data.get("file"), data.get("content"),
+                                           self.parts.rules.missing_ok))
         await self.run(False, go)
 
 
@@ -70,7 +70,7 @@ class RulesFileHandler(ApiHandler):
     async def get(self) -> None:
         async def go() -> None:
             try:
-                name, data = read_rules_file(self.gw.rules.paths, self.get_argument("file", None))
+                name, data = read_rules_file(self.parts.rules.paths, self.get_argument("file", None))
             except RulesFileError as exc:
                 raise ApiError(exc.code, str(exc)) from None
             self.send_json({"file": name, "fileVersion": file_version(data),
@@ -83,14 +83,14 @@ class RulesFileHandler(ApiHandler):
             base = data.get("baseVersion")
             if base is not None and not isinstance(base, str):
                 raise ApiError(400, "baseVersion must be the fileVersion the edit started from, or null")
-            result = await offloaded(self.gw, "rules_save", data.get("file"), data.get("content"),
-                                     base, "baseVersion" in data, self.gw.rules.missing_ok)
+            result = await offloaded(self.parts, "rules_save", data.get("file"), data.get("content"),
+                                     base, "baseVersion" in data, self.parts.rules.missing_ok)
             if "error" in result:   # 422: the problems of the check come along
                 return self.send_json({"error": result["error"], **result["check"]}, status=422)
             log.info("rules file %s saved by %s (ruleset version %s when reloaded)", result["file"],
                      getattr(self, "user", None) or self.request.remote_ip, result["version"])
-            self.gw.rules.trigger()   # the watcher would notice anyway; this saves the poll delay
-            _, saved = read_rules_file(self.gw.rules.paths, result["file"])
+            self.parts.rules.trigger()   # the watcher would notice anyway; this saves the poll delay
+            _, saved = read_rules_file(self.parts.rules.paths, result["file"])
             self.send_json({**result, "fileVersion": file_version(saved)})
         await self.run(True, go)
 
@@ -98,12 +98,12 @@ class RulesFileHandler(ApiHandler):
 class RulesStatusHandler(ApiHandler):
     async def get(self) -> None:
         async def go() -> None:
-            self.send_json(rules_status(self.gw))
+            self.send_json(rules_status(self.parts.rules))
         await self.run(False, go)
 
 
-def routes(gw: "Gateway") -> list[Any]:
-    a = {"gateway": gw}
+def routes(parts: "AdminParts") -> list[Any]:
+    a = {"parts": parts}
     out: list[Any] = []
     for prefix in ("", "/trino-gateway"):
         out += [

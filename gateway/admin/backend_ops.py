@@ -1,6 +1,7 @@
 """Backend changes shared by the REST API and the clusters page: store first, then registry.
 
 Other processes and replicas see a change when they next poll the store (``store.syncInterval``).
+Each function gets the two parts it changes: the store and this process's backend registry.
 """
 from __future__ import annotations
 
@@ -14,33 +15,34 @@ from gateway.limits import mask_credentials
 from gateway.store.base import DuplicateBackend
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.backends.state import Registry
+    from gateway.store.writer import StoreCalls
 
 log = logging.getLogger("gateway.api")
 
 
-async def add_backend(gw: "Gateway", b: Backend, who: str) -> None:
-    assert gw.store is not None
-    if gw.registry.get(b.name) is not None:
+async def add_backend(store: "StoreCalls | None", registry: "Registry", b: Backend, who: str) -> None:
+    assert store is not None
+    if registry.get(b.name) is not None:
         raise ApiError(409, f"Backend {b.name!r} already exists; use /gateway/backend/modify/update")
     try:
-        await gw.store.call("add_backend", b)
+        await store.call("add_backend", b)
     except DuplicateBackend:
         raise ApiError(409, f"Backend {b.name!r} already exists") from None
-    gw.registry.put(b)
+    registry.put(b)
     log.info("backend %s added by %s: %s group=%s active=%s", b.name, who, b.proxyTo, b.routingGroup, b.active)
 
 
-async def update_backend(gw: "Gateway", b: Backend, who: str, *, insert_missing: bool) -> None:
+async def update_backend(store: "StoreCalls | None", registry: "Registry", b: Backend, who: str, *, insert_missing: bool) -> None:
     """trino-gateway's update inserts a missing backend; the page refuses (it was deleted)."""
-    assert gw.store is not None
-    current = gw.registry.get(b.name)
+    assert store is not None
+    current = registry.get(b.name)
     if not insert_missing and current is None:
         raise ApiError(404, f"Backend {b.name!r} does not exist (it may have been deleted)")
     if current is not None:   # a URL sent back as shown (password masked) keeps its password
         b = _keep_password(b, current)
-    await gw.store.call("upsert_backend", b)
-    gw.registry.put(b)
+    await store.call("upsert_backend", b)
+    registry.put(b)
     log.info("backend %s updated by %s: %s group=%s active=%s", b.name, who, b.proxyTo, b.routingGroup, b.active)
 
 
@@ -62,23 +64,23 @@ def _keep_password(b: Backend, current: Backend) -> Backend:
     return Backend(b.name, proxy_to, external, b.routingGroup, b.active)
 
 
-async def delete_backend(gw: "Gateway", name: str, who: str) -> None:
-    assert gw.store is not None
+async def delete_backend(store: "StoreCalls | None", registry: "Registry", name: str, who: str) -> None:
+    assert store is not None
     _known_name(name)
-    if not await gw.store.call("delete_backend", name):
+    if not await store.call("delete_backend", name):
         raise ApiError(404, f"Backend {name!r} does not exist")
-    gw.registry.remove(name)
+    registry.remove(name)
     log.info("backend %s deleted by %s", name, who)
 
 
-async def set_active(gw: "Gateway", name: str, active: bool, who: str) -> Backend:
+async def set_active(store: "StoreCalls | None", registry: "Registry", name: str, active: bool, who: str) -> Backend:
     """Activate, or deactivate (drain: no new queries; running ones finish where they are)."""
-    assert gw.store is not None
+    assert store is not None
     _known_name(name)
-    current = gw.registry.get(name)
-    if current is None or not await gw.store.call("set_backend_active", name, active):
+    current = registry.get(name)
+    if current is None or not await store.call("set_backend_active", name, active):
         raise ApiError(404, f"Backend {name!r} does not exist")
     b = Backend(current.name, current.proxyTo, current.externalUrl, current.routingGroup, active)
-    gw.registry.put(b)
+    registry.put(b)
     log.info("backend %s %s by %s", name, "activated" if active else "deactivated (draining)", who)
     return b

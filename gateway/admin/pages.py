@@ -26,7 +26,7 @@ from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from gateway.admin.session import (
     COOKIE_PATH, CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, FLASH_COOKIE, SESSION_COOKIE, Session,
-    host_is_ours, own_hosts, sessions_for, tokens_equal,
+    host_is_ours, own_hosts, tokens_equal,
 )
 from gateway.admin.auth import Access, is_cross_site, is_loopback, page_access
 from gateway.limits import MAX_USER_CHARS, control_chars, mask_credentials
@@ -34,7 +34,7 @@ from gateway.runtime.offload import Busy
 from gateway.resources import resource_dir
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts
 
 log = logging.getLogger("gateway.admin")
 
@@ -129,9 +129,9 @@ class PageHandler(RequestHandler):
     need = "read"
     nav = ""
 
-    def initialize(self, gateway: "Gateway") -> None:
-        self.gw = gateway
-        self.sessions = sessions_for(gateway)
+    def initialize(self, parts: "AdminParts") -> None:
+        self.parts = parts
+        self.sessions = parts.sessions
         self.session: Session | None = None
         self.access = Access(False, False)
         self._csrf: str | None = None
@@ -147,7 +147,7 @@ class PageHandler(RequestHandler):
                                   is_loopback(self.request.remote_ip))
         if self.request.method not in ("GET", "HEAD"):
             self.check_csrf()
-            if not self.sessions.enabled and not host_is_ours(self.gw, self.request):
+            if not self.sessions.enabled and not host_is_ours(self.parts.config.server, self.request):
                 raise HTTPError(403, reason="Host is not a name of this gateway (with no admin users, "
                                             "changes must name it by IP address, localhost, its host "
                                             "name or server.publicUrl)")
@@ -166,7 +166,7 @@ class PageHandler(RequestHandler):
         return True
 
     def check_csrf(self) -> None:
-        if is_cross_site(self.request.headers, own_hosts(self.gw, self.request)):
+        if is_cross_site(self.request.headers, own_hosts(self.parts.config.server, self.request)):
             raise HTTPError(403, reason="Cross-site request refused")
         sent = self.get_body_argument(CSRF_FIELD, None) or self.request.headers.get(CSRF_HEADER)
         if not tokens_equal(sent, self.csrf_token()):
@@ -278,14 +278,14 @@ class LoginHandler(PageHandler):
         auth = self.sessions.authenticator
         # PBKDF2 takes a good part of a second: not on the event loop (gateway.runtime.offload).
         try:
-            roles = await self.gw.passwords.run(auth.check, user, password) if user and not too_long else None
+            roles = await self.parts.passwords.run(auth.check, user, password) if user and not too_long else None
         except Busy:
             self.set_header("Retry-After", "1")
             return self.render_page("login.html", status=503, next=nxt, user=user,
                                     error="Too many logins at once. Try again in a second.")
         if roles is None:
             n = limiter.failed(user, ip)
-            known = user in self.gw.config.auth.users
+            known = user in self.parts.config.auth.users
             log.warning("failed admin login for %s from %s (%d in the last minute)",
                         user if known else "an unknown user", ip, n)
             return self.render_page("login.html", status=401, next=nxt, user=user,
@@ -318,18 +318,18 @@ class NotFoundHandler(PageHandler):
             raise HTTPError(404, reason="No such admin page")
 
 
-def routes(gw: "Gateway") -> list[Any]:
+def routes(parts: "AdminParts") -> list[Any]:
     from gateway.admin import (pages_clusters, pages_dashboard, pages_history, pages_metrics,
                                pages_rules)
-    a = {"gateway": gw}
+    a = {"parts": parts}
     return [
         (BASE + r"/static/(.*)", StaticFileHandler, {"path": STATIC}),
         (BASE + r"/login", LoginHandler, a),
         (BASE + r"/logout", LogoutHandler, a),
-        *pages_dashboard.routes(gw),
-        *pages_clusters.routes(gw),
-        *pages_history.routes(gw),
-        *pages_rules.routes(gw),
-        *pages_metrics.routes(gw),
+        *pages_dashboard.routes(parts),
+        *pages_clusters.routes(parts),
+        *pages_history.routes(parts),
+        *pages_rules.routes(parts),
+        *pages_metrics.routes(parts),
         (BASE + r"(?:/.*)?", NotFoundHandler, a),
     ]

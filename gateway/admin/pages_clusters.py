@@ -22,7 +22,7 @@ from gateway.backends.state import Backend
 from gateway.limits import mask_credentials
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts
 
 log = logging.getLogger("gateway.admin")
 
@@ -46,15 +46,15 @@ def backend_from_form(form: dict[str, str], default_group: str) -> Backend:
     return parse_backend(data, default_group)
 
 
-async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: str) -> str:
+async def apply_action(parts: "AdminParts", action: str, form: dict[str, str], who: str) -> str:
     """Do one clusters-page action; the message to show. Raises ``ApiError`` when refused."""
     if action not in ACTIONS:
         raise ApiError(400, f"Unknown action {action!r}; one of {', '.join(ACTIONS)}")
     if action in ("add", "update"):
-        b = backend_from_form(form, gw.config.routing.defaultGroup)
+        b = backend_from_form(form, parts.config.routing.defaultGroup)
         if action == "add":
             try:
-                await backend_ops.add_backend(gw, b, who)
+                await backend_ops.add_backend(parts.store, parts.registry, b, who)
             except ApiError as exc:
                 if exc.code != 409:
                     raise
@@ -62,14 +62,14 @@ async def apply_action(gw: "Gateway", action: str, form: dict[str, str], who: st
                 raise ApiError(409, f"A backend named {b.name!r} already exists. Choose another "
                                     f"Name, or use Edit on its row to change it.") from None
         else:
-            await backend_ops.update_backend(gw, b, who, insert_missing=False)
+            await backend_ops.update_backend(parts.store, parts.registry, b, who, insert_missing=False)
         return f"Backend {b.name} {'added' if action == 'add' else 'saved'}."
     name = form.get("name", "")
     if action == "delete":
-        await backend_ops.delete_backend(gw, name, who)
+        await backend_ops.delete_backend(parts.store, parts.registry, name, who)
         return f"Backend {name} deleted."
     active = action == "activate"
-    await backend_ops.set_active(gw, name, active, who)
+    await backend_ops.set_active(parts.store, parts.registry, name, active, who)
     return (f"Backend {name} activated: it takes new queries." if active else
             f"Backend {name} deactivated: it takes no new queries and finishes those it runs.")
 
@@ -98,11 +98,11 @@ class ClusterRow(BackendView):
         return "draining" if n > 0 else "drained"
 
 
-async def cluster_rows(gw: "Gateway") -> list[ClusterRow]:
-    if gw.store is not None and gw.config.store.historyEnabled:
-        await gw.unfinished.refresh(gw.store, force=True)
-    return [ClusterRow(b, gw.registry.state(b.name), gw.unfinished.of(b.name))
-            for b in sorted(gw.registry.all(), key=lambda b: (b.routingGroup, b.name))]
+async def cluster_rows(parts: "AdminParts") -> list[ClusterRow]:
+    if parts.store is not None and parts.config.store.historyEnabled:
+        await parts.unfinished.refresh(parts.store, force=True)
+    return [ClusterRow(b, parts.registry.state(b.name), parts.unfinished.of(b.name))
+            for b in sorted(parts.registry.all(), key=lambda b: (b.routingGroup, b.name))]
 
 
 class ClustersHandler(PageHandler):
@@ -113,12 +113,12 @@ class ClustersHandler(PageHandler):
 
     async def show(self, status: int = 200, error: str | None = None,
                    form: dict[str, str] | None = None) -> None:
-        rows = await cluster_rows(self.gw)
+        rows = await cluster_rows(self.parts)
         self.render_page("clusters.html", status=status, rows=rows,
                          draining=any(r.drain_state == "draining" for r in rows),
-                         groups=sorted(self.gw.registry.groups() | set(self.gw.config.groups)
-                                       | {self.gw.config.routing.defaultGroup}),
-                         default_group=self.gw.config.routing.defaultGroup,
+                         groups=sorted(self.parts.registry.groups() | set(self.parts.config.groups)
+                                       | {self.parts.config.routing.defaultGroup}),
+                         default_group=self.parts.config.routing.defaultGroup,
                          error=error, form=form or {"active": "on"})
 
     async def post(self) -> None:
@@ -133,11 +133,11 @@ class ClustersHandler(PageHandler):
             return self.render_page("cluster_confirm.html", action=action, name=form["name"],
                                     question=CONFIRM[action].format(name=form["name"]))
         try:
-            message = await apply_action(self.gw, action, form, self.who())
+            message = await apply_action(self.parts, action, form, self.who())
         except ApiError as exc:
             if action == "update":
                 return self.render_page("cluster_edit.html", status=exc.code, error=str(exc), form=form,
-                                        default_group=self.gw.config.routing.defaultGroup)
+                                        default_group=self.parts.config.routing.defaultGroup)
             return await self.show(exc.code, str(exc), form if action == "add" else None)
         self.flash(message)
         self.redirect(BASE + "/clusters")
@@ -150,7 +150,7 @@ class ClusterEditHandler(ClustersHandler):
     need = "write"
 
     def get(self, name: str) -> None:  # type: ignore[override]
-        b = self.gw.registry.get(name)
+        b = self.parts.registry.get(name)
         if b is None:
             self.flash(f"Backend {name} does not exist.", "error")
             return self.redirect(BASE + "/clusters")
@@ -158,11 +158,11 @@ class ClusterEditHandler(ClustersHandler):
                 "externalUrl": mask_credentials(b.externalUrl or ""),
                 "routingGroup": b.routingGroup, "active": "on" if b.active else ""}
         self.render_page("cluster_edit.html", form=form, error=None,
-                         default_group=self.gw.config.routing.defaultGroup)
+                         default_group=self.parts.config.routing.defaultGroup)
 
 
-def routes(gw: "Gateway") -> list[Any]:
-    a = {"gateway": gw}
+def routes(parts: "AdminParts") -> list[Any]:
+    a = {"parts": parts}
     return [
         (BASE + r"/clusters", ClustersHandler, a),
         (BASE + r"/clusters/([^/]+)/edit", ClusterEditHandler, a),

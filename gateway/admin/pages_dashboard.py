@@ -16,7 +16,7 @@ from gateway.admin.pages import BASE, PageHandler
 from gateway.backends.state import Backend, BackendState, Health
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts
 
 HOURS_CHOICES = (1, 3, 6, 24)
 COUNTS_TITLE = {"info-api": "The info-api monitor cannot count a cluster's queries",
@@ -83,21 +83,21 @@ def _sum_known(values: list[int | None]) -> int | None:
     return sum(v for v in values if v is not None)
 
 
-def backend_view(gw: "Gateway", b: Backend) -> BackendView:
-    return BackendView(b, gw.registry.state(b.name), gw.unfinished.of(b.name))
+def backend_view(parts: "AdminParts", b: Backend) -> BackendView:
+    return BackendView(b, parts.registry.state(b.name), parts.unfinished.of(b.name))
 
 
-def group_views(gw: "Gateway") -> list[GroupView]:
+def group_views(parts: "AdminParts") -> list[GroupView]:
     """Groups with backends, plus the default group and configured groups even when empty."""
-    default = gw.config.routing.defaultGroup
-    names = gw.registry.groups() | set(gw.config.groups) | {default}
+    default = parts.config.routing.defaultGroup
+    names = parts.registry.groups() | set(parts.config.groups) | {default}
     out = []
     for name in sorted(names, key=lambda n: (n != default, n)):
-        bs = sorted(gw.registry.in_group(name), key=lambda b: b.name)
-        queue = gw.admission.queues.get(name)
-        out.append(GroupView(name, [backend_view(gw, b) for b in bs],
+        bs = sorted(parts.registry.in_group(name), key=lambda b: b.name)
+        queue = parts.queue.queues.get(name)
+        out.append(GroupView(name, [backend_view(parts, b) for b in bs],
                              is_default=name == default,
-                             held=len(queue) if queue is not None else (0 if gw.admission.capped(name) else None)))
+                             held=len(queue) if queue is not None else (0 if parts.queue.capped(name) else None)))
     return out
 
 
@@ -156,15 +156,15 @@ def backend_series(rows: list[tuple[float, str, int]], since: float, now: float,
     return out
 
 
-async def dashboard_context(gw: "Gateway", hours: int) -> dict[str, Any]:
+async def dashboard_context(parts: "AdminParts", hours: int) -> dict[str, Any]:
     now = time.time()
     since = now - hours * 3600
-    store = gw.store
+    store = parts.store
     error = None
     per_minute: list[tuple[float, int]] | None = None
     per_backend: list[tuple[float, str, int]] = []
-    if store is not None and gw.config.store.historyEnabled:
-        await gw.unfinished.refresh(store, force=True)
+    if store is not None and parts.config.store.historyEnabled:
+        await parts.unfinished.refresh(store, force=True)
     if store is not None:
         try:
             per_minute = await store.call("history_per_minute", since)
@@ -178,8 +178,8 @@ async def dashboard_context(gw: "Gateway", hours: int) -> dict[str, Any]:
     buckets = bucket_counts(per_minute or [], since, now, bucket)
     series = backend_series(per_backend, since, now, bucket)
     per = f"{bucket // 60} min" if bucket < 3600 else f"{bucket // 3600} h"
-    rules = gw.rules.current
-    groups = group_views(gw)
+    rules = parts.rules.current
+    groups = group_views(parts)
     return {
         "groups": groups,
         "summary": summarize(groups, per_minute, now),
@@ -194,11 +194,11 @@ async def dashboard_context(gw: "Gateway", hours: int) -> dict[str, Any]:
         "distribution": Markup(distribution_chart(by_backend)),
         "total": sum(by_backend.values()),
         "history_error": error,
-        "monitor_type": gw.config.monitor.type,
-        "counts_title": COUNTS_TITLE.get(gw.config.monitor.type, ""),
-        "monitor_rounds": getattr(gw.monitor, "rounds", None),
+        "monitor_type": parts.config.monitor.type,
+        "counts_title": COUNTS_TITLE.get(parts.config.monitor.type, ""),
+        "monitor_rounds": getattr(parts.monitor, "rounds", None),
         "rules_version": rules.version if rules else None,
-        "rules_error": gw.rules.last_error,
+        "rules_error": parts.rules.last_error,
         "updated": now,
     }
 
@@ -209,7 +209,7 @@ class DashboardHandler(PageHandler):
     async def get(self) -> None:
         hours = parse_hours(self.get_argument("hours", None))
         refresh = parse_refresh(self.get_argument("refresh", None))
-        ctx = await dashboard_context(self.gw, hours)
+        ctx = await dashboard_context(self.parts, hours)
         given = self.get_argument("refresh", None)
         self.render_page("dashboard.html", refresh=refresh,
                          period_suffix=f"&refresh={refresh}" if given else "",
@@ -224,7 +224,7 @@ class DashboardFragmentHandler(PageHandler):
 
     async def get(self) -> None:
         hours = parse_hours(self.get_argument("hours", None))
-        ctx = await dashboard_context(self.gw, hours)
+        ctx = await dashboard_context(self.parts, hours)
         self.render_page("_dashboard_body.html", **ctx)
 
 
@@ -235,8 +235,8 @@ class IndexRedirect(PageHandler):
         self.redirect(BASE + "/")
 
 
-def routes(gw: "Gateway") -> list[Any]:
-    a = {"gateway": gw}
+def routes(parts: "AdminParts") -> list[Any]:
+    a = {"parts": parts}
     return [
         (BASE, IndexRedirect, a),
         (BASE + r"/", DashboardHandler, a),

@@ -5,7 +5,7 @@ Paging is keyset ("older/newer than this row") through the store's ``before``/``
 positions, so page 1000 of a million rows costs what page 1 costs; the total is counted up to
 ``COUNT_CAP`` ("more than 1000"). Text and tag search use the store's text index (SQLite FTS5,
 PostgreSQL trigrams), and every search runs on the gateway's search store
-(``Gateway.search_store``), so slow searches never hold up other pages.
+(``AdminParts.search_store``), so slow searches never hold up other pages.
 ``/trino-gateway/history.csv`` and ``.json`` download the filtered rows (up to
 ``DOWNLOAD_LIMIT``).
 A viewer with only the ``user`` role sees the SQL text of their own queries only (unless
@@ -29,7 +29,8 @@ from gateway.admin.auth import sql_visible
 from gateway.store.base import HistoryRow
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts
+    from gateway.backends.state import Registry
 
 PAGE_SIZE = 50
 COUNT_CAP = 1000
@@ -135,8 +136,8 @@ def parse_history_args(args: Mapping[str, str], *, viewer: str | None, can_see_a
                         after=parse_cursor(args.get("after")))
 
 
-def query_link(gw: "Gateway", row: HistoryRow) -> str | None:
-    b = gw.registry.get(row.backend) if row.backend else None
+def query_link(registry: "Registry", row: HistoryRow) -> str | None:
+    b = registry.get(row.backend) if row.backend else None
     return f"{b.external_url}/ui/query.html?{row.query_id}" if b is not None else None
 
 
@@ -147,7 +148,7 @@ class HistoryHandler(PageHandler):
         auth_on = self.sessions.enabled
         viewer = self.session.user if self.session else None
         roles = self.session.roles if self.session else None
-        show_all = self.gw.config.auth.showAllQueries
+        show_all = self.parts.config.auth.showAllQueries
         can_see_all = not auth_on or show_all or "admin" in (roles or [])
         return auth_on, viewer, roles, show_all, can_see_all
 
@@ -169,9 +170,9 @@ class HistoryHandler(PageHandler):
             q = parse_history_args(args, viewer=viewer, can_see_all=can_see_all)
         except FilterError as exc:
             q, error = HistoryQuery({}, {k: args.get(k, "") for k in (*TEXT_FILTERS, "since", "until")}, None), str(exc)
-        if error is None and self.gw.store is not None:
+        if error is None and self.parts.store is not None:
             try:
-                store = await self.gw.search_store()
+                store = await self.parts.search_store()
                 rows = await store.call("query_history", limit=PAGE_SIZE + 1, before=q.before,
                                         after=q.after, **q.filters)
                 total = await store.call("count_history", cap=COUNT_CAP, **q.filters)
@@ -180,7 +181,7 @@ class HistoryHandler(PageHandler):
             more = len(rows) > PAGE_SIZE
             # newest first either way; paging newer, the extra row is the newest (the first)
             rows = rows[1:] if q.after is not None and more else rows[:PAGE_SIZE]
-        view = [{"row": r, "link": query_link(self.gw, r), "sql_visible": self.sql_visible(r),
+        view = [{"row": r, "link": query_link(self.parts.registry, r), "sql_visible": self.sql_visible(r),
                  "duration": fmt_duration(r.duration),
                  "queued": fmt_duration(None if r.queued_ms is None else r.queued_ms / 1000)}
                 for r in rows]
@@ -198,8 +199,8 @@ class HistoryHandler(PageHandler):
                          form=q.form, error=error, older=older, newer=newer, newest=newest,
                          own_only=q.own_only, can_see_all=can_see_all, states=STATES,
                          total=total, count_cap=COUNT_CAP, download=download,
-                         groups=sorted(self.gw.registry.groups()),
-                         backends=sorted(b.name for b in self.gw.registry.all()),
+                         groups=sorted(self.parts.registry.groups()),
+                         backends=sorted(b.name for b in self.parts.registry.all()),
                          page_size=PAGE_SIZE, download_limit=DOWNLOAD_LIMIT)
 
 
@@ -216,9 +217,9 @@ class HistoryDownloadHandler(HistoryHandler):
             q = parse_history_args(args, viewer=viewer, can_see_all=can_see_all)
         except FilterError as exc:
             raise HTTPError(400, reason=str(exc)) from None
-        if self.gw.store is None:
+        if self.parts.store is None:
             raise HTTPError(503, reason="no store")
-        store = await self.gw.search_store()
+        store = await self.parts.search_store()
         rows = await store.call("query_history", limit=DOWNLOAD_LIMIT, before=q.before, **q.filters)
         docs = []
         for r in rows:
@@ -252,6 +253,6 @@ def iso(ts: float | None) -> str | None:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def routes(gw: "Gateway") -> list[Any]:
-    return [(BASE + r"/history", HistoryHandler, {"gateway": gw}),
-            (BASE + r"/history\.(csv|json)", HistoryDownloadHandler, {"gateway": gw})]
+def routes(parts: "AdminParts") -> list[Any]:
+    return [(BASE + r"/history", HistoryHandler, {"parts": parts}),
+            (BASE + r"/history\.(csv|json)", HistoryDownloadHandler, {"parts": parts})]

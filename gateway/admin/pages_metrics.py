@@ -21,7 +21,7 @@ from gateway.admin.pages import BASE, PageHandler
 from gateway.metrics_history import Family, families, is_cumulative, rates, series_doc
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts
 
 HOURS_CHOICES = (1, 6, 24)
 MAX_LINES = len(PALETTE)        # label sets drawn; the downloads have all of them
@@ -41,13 +41,13 @@ def label_text(labels: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(no labels)"
 
 
-def current_families(gw: "Gateway") -> list[Any]:
+def current_families(parts: "AdminParts") -> list[Any]:
     """Every metric the gateway defines, with the samples ``/metrics`` has for it now (a
     labelled metric nothing has touched yet has none, and is listed all the same)."""
-    gw.refresh_gauges()
-    body, _ = gw.metrics.render()
+    parts.refresh_gauges()
+    body, _ = parts.metrics.render()
     found = {f.name: f for f in families(body.decode("utf-8"))}
-    for name, kind, doc in gw.metrics.described():
+    for name, kind, doc in parts.metrics.described():
         found.setdefault(name, Family(name, kind, doc))
     return sorted(found.values(), key=lambda f: f.name)
 
@@ -69,24 +69,24 @@ class MetricsHandler(PageHandler):
     nav = "metrics"
 
     def get(self) -> None:
-        fams = current_families(self.gw)
+        fams = current_families(self.parts)
         self.render_page("metrics.html", families=fams, label_text=label_text,
-                         interval=self.gw.config.store.metricsInterval)
+                         interval=self.parts.config.store.metricsInterval)
 
 
 class MetricHandler(PageHandler):
     nav = "metrics"
 
     async def series(self, name: str, hours: int) -> dict[str, Any]:
-        gw = self.gw
-        if gw.store is None:
+        p = self.parts
+        if p.store is None:
             raise HTTPError(503, reason="no store")
         since = time.time() - hours * 3600
-        rows = await gw.store.call("metric_series", gw.sampler.instance, name, since)
-        return series_doc(name, gw.sampler.instance, hours, gw.config.store.metricsInterval, rows)
+        rows = await p.store.call("metric_series", p.metrics_instance, name, since)
+        return series_doc(name, p.metrics_instance, hours, p.config.store.metricsInterval, rows)
 
     def family_of(self, name: str) -> Any:
-        for f in current_families(self.gw):
+        for f in current_families(self.parts):
             if name in (f.name, f.display_name) or name in f.sample_names:
                 return f
         raise HTTPError(404, reason=f"No gateway metric is named {name!r}")
@@ -113,7 +113,7 @@ class MetricHandler(PageHandler):
                          legend=[(lbl, PALETTE[i % len(PALETTE)]) for i, (lbl, _) in enumerate(lines)],
                          more=max(0, len(doc["series"]) - MAX_LINES), current=current,
                          samples=sum(len(s["points"]) for s in doc["series"]),
-                         interval=self.gw.config.store.metricsInterval)
+                         interval=self.parts.config.store.metricsInterval)
 
 
 class MetricDownloadHandler(MetricHandler):
@@ -127,8 +127,8 @@ class MetricDownloadHandler(MetricHandler):
         self.send_download(f"{name}-{hours}h", fmt, doc, series_csv)
 
 
-def routes(gw: "Gateway") -> list[Any]:
-    a = {"gateway": gw}
+def routes(parts: "AdminParts") -> list[Any]:
+    a = {"parts": parts}
     return [
         (BASE + r"/metrics", MetricsHandler, a),
         (BASE + r"/metrics/" + _NAME + r"\.(csv|json)", MetricDownloadHandler, a),

@@ -22,7 +22,8 @@ from gateway.admin.rules_files import (
 from gateway.routing.rules import RuleProblem
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admin.parts import AdminParts
+    from gateway.routing.reload import RulesWatcher
 
 log = logging.getLogger("gateway.admin")
 
@@ -68,7 +69,7 @@ class RulesHandler(PageHandler):
         self.show()
 
     def show(self, status: int = 200, **extra: Any) -> None:
-        w = self.gw.rules
+        w = self.parts.rules
         rs = w.current
         loaded = set(rs.files) if rs else set()
         ctx = {
@@ -104,7 +105,8 @@ class ExplainHandler(RulesHandler):
 
     async def explain_form(self, form: dict[str, str]) -> None:
         try:
-            result = await explain(self.gw, explain_request(form), self.request.remote_ip or "")
+            p = self.parts
+            result = await explain(p.router, p.sql_facts, explain_request(form), self.request.remote_ip or "")
         except (ApiError, ValueError) as exc:
             return self.show(400, explain_form=form, explain_error=str(exc))
         self.show(explain_form=form, explained=result)
@@ -114,7 +116,7 @@ class RulesEditHandler(PageHandler):
     nav = "rules"
 
     async def get(self) -> None:
-        w = self.gw.rules
+        w = self.parts.rules
         file = self.get_argument("file", "")
         if not file and self.get_argument("name", ""):   # the "new file" form: folder + name
             file = os.path.join(self.get_argument("folder", ""), self.get_argument("name", ""))
@@ -127,7 +129,7 @@ class RulesEditHandler(PageHandler):
         problems: list[RuleProblem] = []
         if data is not None:
             try:
-                problems = _problems(await offloaded(self.gw, "rules_check", name, content, w.missing_ok))
+                problems = _problems(await offloaded(self.parts, "rules_check", name, content, w.missing_ok))
             except ApiError as exc:
                 problems = [RuleProblem(name, None, str(exc))]
         self.render_page("rules_edit.html", file=name, content=content, error=None,
@@ -136,13 +138,13 @@ class RulesEditHandler(PageHandler):
     async def post(self) -> None:
         if not self.access.write:
             return self.render_page("error.html", status=403, code=403, message=self.access.reason)
-        w = self.gw.rules
+        w = self.parts.rules
         file = self.get_body_argument("file", "")
         content = self.get_body_argument("content", "", strip=False)   # YAML: whitespace matters
         base = self.get_body_argument("baseVersion", "") or None
         started = time.time()
         try:
-            result = await offloaded(self.gw, "rules_save", file, content, base, True, w.missing_ok)
+            result = await offloaded(self.parts, "rules_save", file, content, base, True, w.missing_ok)
         except ApiError as exc:
             result = {"error": str(exc), "code": exc.code, "check": None}
         if "error" in result:
@@ -152,7 +154,7 @@ class RulesEditHandler(PageHandler):
         who = self.session.user if self.session else f"loopback caller {self.request.remote_ip}"
         log.info("rules file %s saved by %s", result["file"], who)
         w.trigger()
-        ok, message = await wait_for_reload(self.gw, result["version"], started)
+        ok, message = await wait_for_reload(w, result["version"], started)
         self.flash(f"Saved {result['file']}. {message}", "ok" if ok else "error")
         self.redirect(BASE + "/rules")
 
@@ -162,10 +164,9 @@ def _problems(check: dict[str, Any] | None) -> list[RuleProblem]:
     return [RuleProblem(p["file"], p["line"], p["message"]) for p in (check or {}).get("problems", [])]
 
 
-async def wait_for_reload(gw: "Gateway", version: str | None, since: float) -> tuple[bool, str]:
+async def wait_for_reload(w: "RulesWatcher", version: str | None, since: float) -> tuple[bool, str]:
     """Wait briefly for the watcher to load ``version``; (reloaded, what happened)."""
     deadline = time.monotonic() + RELOAD_WAIT
-    w = gw.rules
     while time.monotonic() < deadline:
         rs = w.current
         if rs is not None and rs.version == version:
@@ -177,8 +178,8 @@ async def wait_for_reload(gw: "Gateway", version: str | None, since: float) -> t
     return False, f"The reload has not happened yet (expected version {version}); refresh this page."
 
 
-def routes(gw: "Gateway") -> list[Any]:
-    a = {"gateway": gw}
+def routes(parts: "AdminParts") -> list[Any]:
+    a = {"parts": parts}
     return [
         (BASE + r"/rules", RulesHandler, a),
         (BASE + r"/rules/explain", ExplainHandler, a),

@@ -23,7 +23,6 @@ import hmac
 import json
 import secrets
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -31,15 +30,13 @@ from typing import TYPE_CHECKING, Callable
 from tornado.web import create_signed_value, decode_signed_value
 
 from gateway.admin.auth import Authenticator
-from gateway.config import AuthConfig
+from gateway.config import AuthConfig, ServerConfig
 from gateway.limits import cap_user
 
 if TYPE_CHECKING:
     from tornado.httputil import HTTPServerRequest
 
-    from gateway.app import Gateway
-
-__all__ = ["Session", "SessionManager", "LoginLimiter", "sessions_for", "tokens_equal",
+__all__ = ["Session", "SessionManager", "LoginLimiter", "tokens_equal",
            "SESSION_COOKIE", "CSRF_COOKIE", "FLASH_COOKIE", "COOKIE_PATH", "CSRF_HEADER",
            "CSRF_FIELD", "own_hosts"]
 
@@ -141,7 +138,8 @@ class LoginLimiter:
 
 
 class SessionManager:
-    """Issues and reads session cookies and CSRF cookies for one gateway process."""
+    """Issues and reads session cookies and CSRF cookies for one gateway process (one instance,
+    in ``gateway.admin.parts.AdminParts``: its login limiter and random secret are per process)."""
 
     def __init__(self, auth: AuthConfig, *, clock: Callable[[], float] = time.time,
                  limiter: LoginLimiter | None = None) -> None:
@@ -228,17 +226,6 @@ class SessionManager:
         return (str(kind), str(message)) if message else None
 
 
-_managers: "weakref.WeakKeyDictionary[Gateway, SessionManager]" = weakref.WeakKeyDictionary()
-
-
-def sessions_for(gw: "Gateway") -> SessionManager:
-    """The gateway process's session manager (made on first use, kept while the gateway lives)."""
-    mgr = _managers.get(gw)
-    if mgr is None:
-        mgr = _managers[gw] = SessionManager(gw.config.auth)
-    return mgr
-
-
 @functools.lru_cache(maxsize=1)
 def _machine_names() -> tuple[str, ...]:
     """This machine's names (looked up once: getfqdn may ask DNS)."""
@@ -246,7 +233,7 @@ def _machine_names() -> tuple[str, ...]:
     return tuple({socket.gethostname().lower(), socket.getfqdn().lower()})
 
 
-def host_is_ours(gw: "Gateway", request: "HTTPServerRequest") -> bool:
+def host_is_ours(server: ServerConfig, request: "HTTPServerRequest") -> bool:
     """Whether the ``Host`` a request names can only be this gateway: an IP address, a
     ``localhost`` name, this machine's host name, ``server.host`` or the ``publicUrl`` host.
 
@@ -263,22 +250,20 @@ def host_is_ours(gw: "Gateway", request: "HTTPServerRequest") -> bool:
         return True
     except ValueError:
         pass
-    cfg = gw.config.server
-    names = {"localhost", cfg.host.lower(), *_machine_names()}
-    if cfg.publicUrl:
-        names.add((urlsplit(cfg.publicUrl).hostname or "").lower())
+    names = {"localhost", server.host.lower(), *_machine_names()}
+    if server.publicUrl:
+        names.add((urlsplit(server.publicUrl).hostname or "").lower())
     return host in names or host.endswith(".localhost")
 
 
-def own_hosts(gw: "Gateway", request: "HTTPServerRequest") -> set[str]:
+def own_hosts(server: ServerConfig, request: "HTTPServerRequest") -> set[str]:
     """The ``host[:port]`` names this gateway answers as, for same-origin checks."""
     from urllib.parse import urlsplit
     hosts = {request.host.lower()}
-    cfg = gw.config.server
-    if cfg.trustForwardedHeaders:
+    if server.trustForwardedHeaders:
         fwd = request.headers.get("X-Forwarded-Host")
         if fwd:
             hosts.add(fwd.split(",")[0].strip().lower())
-    if cfg.publicUrl:
-        hosts.add(urlsplit(cfg.publicUrl).netloc.lower())
+    if server.publicUrl:
+        hosts.add(urlsplit(server.publicUrl).netloc.lower())
     return hosts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from tornado.httputil import HTTPHeaders
 from tornado.web import RequestHandler
@@ -23,14 +23,25 @@ from gateway.proxy import exchange as X
 from gateway.store import HeldRow
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from tornado.httputil import HTTPServerRequest
+
+    from gateway.admission.control import Admission
+    from gateway.backends.state import Registry
+    from gateway.routing.tokens import TokenKeys
 
 HELD_PATH = rf"/v1/statement/queued/(\d{{8}}_\d{{6}}_\d{{5}}{HELD_ID_SUFFIX})/([^/]+)/(\d+)"
 
 
 class HeldQueryHandler(RequestHandler):
-    def initialize(self, gateway: "Gateway") -> None:
-        self.gw = gateway
+    def initialize(self, admission: "Admission", registry: "Registry", tokens: "TokenKeys | None",
+                   base_url: "Callable[[HTTPServerRequest], str]") -> None:
+        """``admission`` holds the queries; ``registry`` names the backend of a dispatched one;
+        ``tokens`` mint the routing tokens of its URIs; ``base_url`` is the gateway's URL for
+        a request (``gateway.app.Gateway.base_url``)."""
+        self.admission = admission
+        self.registry = registry
+        self.tokens = tokens
+        self.base_url = base_url
 
     def compute_etag(self) -> None:  # type: ignore[override]
         return None
@@ -42,7 +53,7 @@ class HeldQueryHandler(RequestHandler):
 
     def _find(self, qid: str, slug: str, token: str) -> Held | None:
         """The held query if this process holds it (None: answered 410, or not held here)."""
-        h = self.gw.admission.held.get(qid)
+        h = self.admission.held.get(qid)
         if h is None or slug != h.slug:
             return None
         t = _token(token)
@@ -61,8 +72,8 @@ class HeldQueryHandler(RequestHandler):
             if self._finished:
                 return
             # Not held here: another worker or replica holds it (gateway/admission/shared.py).
-            found = await self.gw.admission.shared.answer(qid, slug, _token(token),
-                                                          _max_wait(self.get_argument("maxWait", None)))
+            found = await self.admission.shared.answer(qid, slug, _token(token),
+                                                       _max_wait(self.get_argument("maxWait", None)))
             if found is None:
                 return self._plain(404, "Query not found\n")
             if isinstance(found, HeldRow):
@@ -77,9 +88,9 @@ class HeldQueryHandler(RequestHandler):
             h.last_poll = time.time()
             if h.state in ("QUEUED", "DISPATCHING"):
                 h.token += 1
-        base = self.gw.base_url(self.request)
+        base = self.base_url(self.request)
         if h.state in ("QUEUED", "DISPATCHING"):
-            return self._json(self.gw.admission.document(h, base))
+            return self._json(self.admission.document(h, base))
         if h.state == "DISPATCHED" and h.response is not None:
             return self._deliver(h, base)
         if h.failure is not None:
@@ -91,7 +102,7 @@ class HeldQueryHandler(RequestHandler):
         self._json(P.failed_query(message, gateway_base=base, error_name=name, query_id=h.id))
 
     def _from_row(self, row: HeldRow, token: int) -> None:
-        base = self.gw.base_url(self.request)
+        base = self.base_url(self.request)
         if row.state in ("QUEUED", "DISPATCHING"):
             if row.state == "DISPATCHING" and row.holder_seen < time.time() - S.HEARTBEAT_STALE:
                 return self._json(S.lost_document(row, base))
@@ -99,7 +110,7 @@ class HeldQueryHandler(RequestHandler):
                                                 time.time() - row.enqueued_at, base, None))
         if row.state == "DISPATCHED":
             a = S.dispatched_answer(row)
-            backend = self.gw.registry.get(a["backend"])
+            backend = self.registry.get(a["backend"])
             if backend is None:
                 return self._json(P.failed_query(f"Backend {a['backend']} was removed", gateway_base=base,
                                                  query_id=row.query_id))
@@ -121,7 +132,7 @@ class HeldQueryHandler(RequestHandler):
     def _send_answer(self, code: int, headers: HTTPHeaders, body: bytes, backend: Backend,
                      transaction: str | None, base: str) -> None:
         self.set_status(code)
-        minter = X.TokenMinter(self.gw.tokens, backend.name) if self.gw.tokens is not None else None
+        minter = X.TokenMinter(self.tokens, backend.name) if self.tokens is not None else None
         out = X.translate_response_headers(
             headers.get_all(), backend_base=backend.proxyTo, gateway_base=base,
             request_transaction=transaction, route=minter, connection=headers.get_list("Connection"))
@@ -132,17 +143,17 @@ class HeldQueryHandler(RequestHandler):
 
     async def head(self, qid: str, slug: str, token: str) -> None:
         if self._find(qid, slug, token) is not None or (
-                not self._finished and await self.gw.admission.shared.exists(qid, slug)):
+                not self._finished and await self.admission.shared.exists(qid, slug)):
             self.set_status(200)
             return self.finish()
         if not self._finished:
             self._plain(404, "Query not found\n")
 
     async def delete(self, qid: str, slug: str, token: str) -> None:
-        h = self.gw.admission.held.get(qid)
+        h = self.admission.held.get(qid)
         if h is not None and slug == h.slug:
-            self.gw.admission.cancel(h)
-        elif not await self.gw.admission.shared.cancel(qid, slug):   # its holder cancels it
+            self.admission.cancel(h)
+        elif not await self.admission.shared.cancel(qid, slug):   # its holder cancels it
             return self._plain(404, "Query not found\n")
         self.set_status(204)
         self.finish()

@@ -33,7 +33,10 @@ from gateway.proxy.client import BackendError, BufferSink
 from gateway.store.base import HistoryRow
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.backends.state import Registry
+    from gateway.config import MonitorConfig
+    from gateway.proxy.client import BackendClient
+    from gateway.store.writer import HistoryWriter, StoreCalls
 
 log = logging.getLogger("gateway")
 
@@ -74,8 +77,15 @@ def decide(backend: str, code: int, body: bytes) -> tuple[str, str | None] | Non
 class Resolver(Periodic):
     what = "resolving unfinished queries"
 
-    def __init__(self, gw: "Gateway", after: float) -> None:
-        self.gw = gw
+    def __init__(self, after: float, *, store: "StoreCalls", writer: "HistoryWriter",
+                 registry: "Registry", client: "BackendClient", monitor: "MonitorConfig") -> None:
+        """Reads unresolved rows from ``store``, asks their backend (from ``registry``) with
+        ``client`` as ``monitor`` says (credentials, timeout), records through ``writer``."""
+        self.store = store
+        self.writer = writer
+        self.registry = registry
+        self.client = client
+        self.monitor = monitor
         self.after = after
         self.every = max(1.0, after / 2) if after > 0 else 0.0
         self.resolved = 0
@@ -85,12 +95,9 @@ class Resolver(Periodic):
 
     async def resolve_once(self, now: float | None = None) -> int:
         """One round; the number of rows given a final state."""
-        gw = self.gw
-        if gw.store is None or gw.writer is None:
-            return 0
         now = time.time() if now is None else now
-        rows: list[HistoryRow] = await gw.store.call("unresolved_history", now - self.after, BATCH,
-                                                     after=self._cursor)
+        rows: list[HistoryRow] = await self.store.call("unresolved_history", now - self.after, BATCH,
+                                                       after=self._cursor)
         self._cursor = (rows[-1].submitted_at, rows[-1].query_id) if len(rows) == BATCH else None
         results = await asyncio.gather(*(self._ask(r) for r in rows))
         n = 0
@@ -98,21 +105,20 @@ class Resolver(Periodic):
             if result is None:
                 continue
             state, error = result
-            gw.writer.update_state(row.query_id, state, error, time.time())
+            self.writer.update_state(row.query_id, state, error, time.time())
             n += 1
         if n:
             log.info("resolved %d unfinished quer%s by asking their clusters", n, "y" if n == 1 else "ies")
-            await gw.writer.flush()
+            await self.writer.flush()
         self.resolved += n
         return n
 
     async def _ask(self, row: HistoryRow) -> tuple[str, str | None] | None:
-        gw = self.gw
-        backend = gw.registry.get(row.backend) if row.backend else None
+        backend = self.registry.get(row.backend) if row.backend else None
         if backend is None:
             return ("UNKNOWN", f"backend {row.backend} was removed from the gateway before the "
                                "query's end was seen") if row.backend else None
-        mon = gw.config.monitor
+        mon = self.monitor
         headers = HTTPHeaders()
         user = mon.username or row.user or "trino-gateway"
         headers["X-Trino-User"] = user
@@ -121,8 +127,8 @@ class Resolver(Periodic):
             headers["Authorization"] = f"Basic {token}"
         sink = BufferSink()
         try:
-            code = await gw.client.fetch(backend.proxyTo, "GET", f"/v1/query/{row.query_id}",
-                                         headers, None, sink, request_timeout=mon.timeout)
+            code = await self.client.fetch(backend.proxyTo, "GET", f"/v1/query/{row.query_id}",
+                                           headers, None, sink, request_timeout=mon.timeout)
         except BackendError:
             return None
         return decide(backend.name, code, bytes(sink.body))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from types import SimpleNamespace
 
 import pytest
 
@@ -95,13 +94,11 @@ def test_ago_wording():
     assert fmt_ago(0.0, 3600.0) == "60 min ago"
 
 
-def _gw(cfg: dict) -> SimpleNamespace:
-    return SimpleNamespace(config=config_from_dict(cfg))
 
 
 def test_auth_mode_line_without_users_warns_read_only(caplog):
     with caplog.at_level(logging.INFO, logger="gateway.admin"):
-        log_auth_mode(_gw({}))
+        log_auth_mode(config_from_dict({}))
     rec = caplog.records[-1]
     assert rec.levelno == logging.WARNING
     assert "read-only" in rec.getMessage() and "loopback" in rec.getMessage()
@@ -113,10 +110,11 @@ def test_auth_mode_line_names_users_and_roles_but_no_secret(caplog):
     cfg = {"auth": {"users": {"ops": {"password": ops_hash, "roles": ["admin"]},
                               "ann": {"password": ann_hash}},
                     "sessionSecret": "TOPSECRET"}}
-    msg = auth_mode_message(_gw(cfg))
+    msg = auth_mode_message(config_from_dict(cfg))
     assert "admin: ops" in msg and "user: ann" in msg and "auth.sessionSecret" in msg
     assert ops_hash.split("$")[3] not in msg and ann_hash.split("$")[3] not in msg and "TOPSECRET" not in msg
     with caplog.at_level(logging.INFO, logger="gateway.admin"):
-        log_auth_mode(_gw({**cfg, "server": {"workers": 2}, "auth": {**cfg["auth"], "sessionSecret": None}}))
+        log_auth_mode(config_from_dict({**cfg, "server": {"workers": 2},
+                                       "auth": {**cfg["auth"], "sessionSecret": None}}))
     assert caplog.records[-1].levelno == logging.WARNING
     assert "random secret" in caplog.records[-1].getMessage()

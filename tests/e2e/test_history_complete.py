@@ -85,7 +85,6 @@ def test_long_running_queries_do_not_hide_abandoned_ones_from_the_resolver() -> 
     """More queries still running than one round asks about: the next round goes on after
     them, so an abandoned query behind them is resolved too."""
     import asyncio
-    from types import SimpleNamespace
 
     from gateway.backends import resolver as R
     from gateway.backends.state import Backend, Registry
@@ -106,9 +105,8 @@ def test_long_running_queries_do_not_hide_abandoned_ones_from_the_resolver() -> 
                 return 200
 
         writer = HistoryWriter(store)
-        gw = SimpleNamespace(store=store, writer=writer, registry=Registry([Backend("b1", "http://x:1")]),
-                             client=Client(), config=SimpleNamespace(monitor=MonitorConfig()))
-        res = R.Resolver(gw, after=60.0)
+        res = R.Resolver(60.0, store=store, writer=writer, registry=Registry([Backend("b1", "http://x:1")]),
+                         client=Client(), monitor=MonitorConfig())
         assert await res.resolve_once(now=10_000.0) == 0          # the first 50: all still running
         assert await res.resolve_once(now=10_000.0) == 1          # then the ones after them
         rows = await store.call("query_history", query_id="q999")
