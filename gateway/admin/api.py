@@ -351,7 +351,8 @@ class ExplainHandler(ApiHandler):
     async def post(self) -> None:
         async def go() -> None:
             p = self.parts
-            self.send_json(await explain(p.router, p.sql_facts, self.json_body(), self.request.remote_ip or ""))
+            self.send_json(await explain(p.router, p.sql_facts, self.json_body(),
+                                         self.request.remote_ip or ""))
         await self.run(False, go)
 
 

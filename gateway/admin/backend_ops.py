@@ -33,7 +33,8 @@ async def add_backend(store: "StoreCalls | None", registry: "Registry", b: Backe
     log.info("backend %s added by %s: %s group=%s active=%s", b.name, who, b.proxyTo, b.routingGroup, b.active)
 
 
-async def update_backend(store: "StoreCalls | None", registry: "Registry", b: Backend, who: str, *, insert_missing: bool) -> None:
+async def update_backend(store: "StoreCalls | None", registry: "Registry", b: Backend, who: str, *,
+                         insert_missing: bool) -> None:
     """trino-gateway's update inserts a missing backend; the page refuses (it was deleted)."""
     assert store is not None
     current = registry.get(b.name)
@@ -73,7 +74,8 @@ async def delete_backend(store: "StoreCalls | None", registry: "Registry", name:
     log.info("backend %s deleted by %s", name, who)
 
 
-async def set_active(store: "StoreCalls | None", registry: "Registry", name: str, active: bool, who: str) -> Backend:
+async def set_active(store: "StoreCalls | None", registry: "Registry", name: str, active: bool,
+                     who: str) -> Backend:
     """Activate, or deactivate (drain: no new queries; running ones finish where they are)."""
     assert store is not None
     _known_name(name)

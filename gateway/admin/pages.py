@@ -21,7 +21,6 @@ from urllib.parse import quote, urlsplit
 
 import jinja2
 from markupsafe import Markup
-from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from gateway.admin.session import (
@@ -278,7 +277,8 @@ class LoginHandler(PageHandler):
         auth = self.sessions.authenticator
         # PBKDF2 takes a good part of a second: not on the event loop (gateway.runtime.offload).
         try:
-            roles = await self.parts.passwords.run(auth.check, user, password) if user and not too_long else None
+            roles = (await self.parts.passwords.run(auth.check, user, password)
+                     if user and not too_long else None)
         except Busy:
             self.set_header("Retry-After", "1")
             return self.render_page("login.html", status=503, next=nxt, user=user,

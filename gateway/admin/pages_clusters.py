@@ -10,7 +10,6 @@ monitor reports them (``ui-api``, ``metrics``).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 

@@ -95,9 +95,9 @@ def group_views(parts: "AdminParts") -> list[GroupView]:
     for name in sorted(names, key=lambda n: (n != default, n)):
         bs = sorted(parts.registry.in_group(name), key=lambda b: b.name)
         queue = parts.queue.queues.get(name)
-        out.append(GroupView(name, [backend_view(parts, b) for b in bs],
-                             is_default=name == default,
-                             held=len(queue) if queue is not None else (0 if parts.queue.capped(name) else None)))
+        held = len(queue) if queue is not None else (0 if parts.queue.capped(name) else None)
+        out.append(GroupView(name, [backend_view(parts, b) for b in bs], is_default=name == default,
+                             held=held))
     return out
 
 

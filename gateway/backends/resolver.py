@@ -24,7 +24,7 @@ import base64
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tornado.httputil import HTTPHeaders
 
