@@ -22,7 +22,6 @@ ALLOWED = {
     "gateway/runtime/serve.py": "runs a Gateway in a worker: start, drain, SIGHUP, stop",
     "gateway/sim/demo.py": "runs a Gateway for `trino-gateway demo`: start, stop",
     "gateway/admission/control.py": "not narrowed yet: Admission(gw) is on the request path",
-    "gateway/admission/shared.py": "not narrowed yet: store and tokens through Admission.gw",
 }
 
 

@@ -107,7 +107,8 @@ class Admission:
         # Held queries are shared through the store with every other process
         # (gateway/admission/shared.py): this process's name there, and forgotten rows.
         self.instance = uuid.uuid4().hex
-        self.shared = S.SharedHeld(self)
+        # the store and the token keys exist once the gateway has started: read them then
+        self.shared = S.SharedHeld(self, store=lambda: gw.store, tokens=lambda: gw.tokens)
         self._forgotten: list[str] = []
 
     # -- configuration -------------------------------------------------------------------

@@ -25,7 +25,7 @@ import base64
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tornado.httputil import HTTPHeaders
 
@@ -35,6 +35,8 @@ from gateway.store import HeldRow
 
 if TYPE_CHECKING:
     from gateway.admission.control import Admission, Held
+    from gateway.routing.tokens import TokenKeys
+    from gateway.store.writer import StoreCalls
 
 log = logging.getLogger("gateway.admission")
 
@@ -90,18 +92,23 @@ def queued_document(query_id: str, slug: str, token: int, group: str, waited: fl
 class SharedHeld:
     """Answers for held queries this process does not hold, from the store."""
 
-    def __init__(self, admission: "Admission") -> None:
+    def __init__(self, admission: "Admission", *, store: Callable[[], StoreCalls | None],
+                 tokens: Callable[[], TokenKeys | None]) -> None:
+        """``admission`` adopts a held query whose holder stopped; ``store`` and ``tokens``
+        give the gateway's store and routing-token keys (None until it has started)."""
         self.admission = admission
+        self.store = store
+        self.tokens = tokens
 
     def slug(self, query_id: str) -> str | None:
         """The secret part of a held query's nextUri, signed with the routing-token key, so
         that another process refuses a made-up one without asking the store (None: no key,
         a random slug then)."""
-        tokens = self.admission.gw.tokens
+        tokens = self.tokens()
         return None if tokens is None else "y" + tokens.encode("", SLUG_KIND, query_id)
 
     def _genuine(self, query_id: str, slug: str) -> bool:
-        tokens = self.admission.gw.tokens
+        tokens = self.tokens()
         if tokens is None or not slug.startswith("y"):
             return tokens is None
         try:
@@ -111,7 +118,7 @@ class SharedHeld:
             return False
 
     async def _poll(self, query_id: str, slug: str, *, cancel: bool = False) -> HeldRow | None:
-        store = self.admission.gw.store
+        store = self.store()
         if store is None or not self._genuine(query_id, slug):
             return None
         try:
