@@ -38,6 +38,34 @@ def test_rates_per_second_and_counter_restarts() -> None:
     assert rates([(0, 10), (10, 30), (20, 5), (30, 5)]) == [(10, 2.0), (20, 0.5), (30, 0.0)]
 
 
+def test_sampler_writes_the_rendered_metrics_once_per_interval_with_its_parts_alone() -> None:
+    """The sampler needs no Gateway, only its parts: gauges refreshed first, the rendered
+    samples stored at the interval boundary, a second worker's write of that time a no-op."""
+    import asyncio
+
+    from gateway.metrics import Metrics
+    from gateway.metrics_history import MetricsSampler
+    from gateway.store.writer import AsyncStore
+
+    async def run() -> tuple[list[int], list[int], list[tuple[str, float, float]]]:
+        store = await AsyncStore.open("sqlite:///:memory:")
+        metrics = Metrics()
+        refreshed: list[int] = []
+        one = MetricsSampler(store, metrics, "host:8080", 30.0, 3600.0,
+                             refresh_gauges=lambda: refreshed.append(1))
+        two = MetricsSampler(store, metrics, "host:8080", 30.0, 3600.0, refresh_gauges=lambda: None)
+        metrics.rule_reloads.labels("ok").inc(3)
+        written = [await one.sample_once(now=1015.0), await two.sample_once(now=1019.0)]
+        rows = await store.call("metric_series", "host:8080", "trino_gateway_rule_reloads_total", 0.0)
+        await store.close()
+        return refreshed, written, rows
+
+    refreshed, written, rows = asyncio.run(run())
+    assert refreshed == [1]
+    assert written[0] > 0 and written[1] == 0
+    assert rows == [('{"outcome": "ok"}', 990.0, 3.0)]
+
+
 def test_line_chart_draws_one_line_per_series_and_escapes() -> None:
     svg = line_chart([("a<b", [(0, 1), (60, 2)]), ("c", [(30, 5)])], 0, 60, title="t&t")
     assert svg.count("<polyline") == 1 and svg.count("<circle") == 1
