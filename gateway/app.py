@@ -42,6 +42,7 @@ from gateway.store.process import ProcessStore
 from gateway.store.writer import AsyncStore, HistoryWriter, StoreCalls
 from gateway.backends.monitor import Monitor
 from gateway.admission.control import Admission
+from gateway.admission.parts import AdmissionParts
 from gateway.runtime.serve import backend_ssl_context
 from gateway.backends.unfinished import UnfinishedQueries
 from gateway.metrics_history import MetricsSampler, instance_name
@@ -111,7 +112,12 @@ class Gateway:
                                http_defaults=None if backend_tls is None else {"ssl_options": backend_tls})
         self.monitor.lag = self.loop_lag
         self.monitor.on_excused = lambda: self.metrics.health_hints.labels("probe", EXCUSED).inc()
-        self.admission = Admission(self)
+        self.admission = Admission(AdmissionParts(
+            config=config, registry=self.registry, balancer=self.balancer, metrics=self.metrics,
+            client=self.client, forwarder=self.forwarder, lifecycle=self.lifecycle,
+            store=lambda: self.store, tokens=lambda: self.tokens,
+            route_statement=self.route_statement, statement_refused=self.statement_refused,
+            learn=self.learn, taught=self.taught))
         self.offload = Offload()              # SQL analysis and rules checks, with a time budget
         self.passwords = PasswordChecks()     # PBKDF2 off the event loop
         self.monitor.on_round(lambda *_: self.admission.monitor_round())

@@ -21,7 +21,6 @@ ALLOWED = {
     "gateway/proxy/handler.py": "the request path's orchestration (narrowed on its own)",
     "gateway/runtime/serve.py": "runs a Gateway in a worker: start, drain, SIGHUP, stop",
     "gateway/sim/demo.py": "runs a Gateway for `trino-gateway demo`: start, stop",
-    "gateway/admission/control.py": "not narrowed yet: Admission(gw) is on the request path",
 }
 
 

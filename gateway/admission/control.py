@@ -38,8 +38,9 @@ from gateway.proxy.client import BackendError, BufferSink
 from gateway.store import HeldRow
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.admission.parts import AdmissionParts
     from gateway.routing.router import Route
+    from gateway.store.writer import StoreCalls
 
 log = logging.getLogger("gateway.admission")
 
@@ -88,8 +89,12 @@ class Held:
 
 
 class Admission:
-    def __init__(self, gw: "Gateway") -> None:
-        self.gw = gw
+    def __init__(self, parts: "AdmissionParts") -> None:
+        """``parts``: what admission uses of the gateway (``gateway/admission/parts.py``)."""
+        self.parts = parts
+        self.config = parts.config
+        self.registry = parts.registry
+        self.metrics = parts.metrics
         self.queues: dict[str, FairQueue[Held]] = {}
         self.held: dict[str, Held] = {}
         self._lease_of: dict[str, str] = {}     # query id -> lease id (this process's admissions)
@@ -103,20 +108,24 @@ class Admission:
         self.rejected = 0       # refused: queue full or waited too long
         self.dispatched = 0
         self._enabled = any(g.maxRunningQueries is not None or g.maxQueriesPerUser is not None
-                            for g in gw.config.groups.values())
+                            for g in parts.config.groups.values())
         # Held queries are shared through the store with every other process
         # (gateway/admission/shared.py): this process's name there, and forgotten rows.
         self.instance = uuid.uuid4().hex
-        # the store and the token keys exist once the gateway has started: read them then
-        self.shared = S.SharedHeld(self, store=lambda: gw.store, tokens=lambda: gw.tokens)
+        self.shared = S.SharedHeld(self, store=parts.store, tokens=parts.tokens)
         self._forgotten: list[str] = []
+
+    @property
+    def store(self) -> "StoreCalls | None":
+        """The gateway's store (None before it started)."""
+        return self.parts.store()
 
     # -- configuration -------------------------------------------------------------------
 
     def capped(self, group: str | None) -> bool:
         if group is None:
             return False
-        g = self.gw.config.groups.get(group)
+        g = self.config.groups.get(group)
         return g is not None and (g.maxRunningQueries is not None or g.maxQueriesPerUser is not None)
 
     @property
@@ -145,15 +154,15 @@ class Admission:
 
     async def _acquire(self, group: str, user: str | None,
                        backends: list[Backend]) -> tuple[Backend | None, str | None]:
-        cfg = self.gw.config.group(group)
-        states = self.gw.registry
+        cfg = self.config.group(group)
+        states = self.registry
         candidates = [(b.name, states.state(b.name).running + states.state(b.name).queued) for b in backends]
         lease_id = uuid.uuid4().hex
-        assert self.gw.store is not None
+        assert self.store is not None
         try:
-            name = await self.gw.store.call("acquire_lease", lease_id, group, user, candidates,
-                                            cfg.maxRunningQueries, cfg.maxQueriesPerUser,
-                                            time.time(), LEASE_TTL)
+            name = await self.store.call("acquire_lease", lease_id, group, user, candidates,
+                                         cfg.maxRunningQueries, cfg.maxQueriesPerUser,
+                                         time.time(), LEASE_TTL)
         except Exception as exc:
             # Without the store there is no fleet-wide count: admit rather than fail queries,
             # and say so (caps resume with the store).
@@ -162,7 +171,7 @@ class Admission:
             return (backends[0] if backends else None), None
         if name is None:
             return None, None
-        return self.gw.registry.get(name), lease_id
+        return self.registry.get(name), lease_id
 
     def admitted(self, lease_id: str | None, query_id: str | None, group: str) -> None:
         """The POST went through (or not): bind the lease to the cluster's query id."""
@@ -173,7 +182,7 @@ class Admission:
             return
         self._lease_of[query_id] = lease_id
         self._group_of[query_id] = group
-        assert self.gw.store is not None
+        assert self.store is not None
         asyncio.get_running_loop().create_task(self._call("bind_lease", lease_id, query_id))
 
     def touch(self, query_id: str) -> None:
@@ -207,20 +216,20 @@ class Admission:
         Its row is in the store before the client sees its nextUri, so any process answers."""
         group = route.group
         assert group is not None
-        cfg = self.gw.config.group(group)
+        cfg = self.config.group(group)
         queue = self.queues.setdefault(group, FairQueue())
         refusal = queue_refusal(queue, route.user, remote_ip, group, cfg)   # per user / address
         if refusal is not None:
             self.rejected += 1
-            self.gw.metrics.admission_rejected.labels(group, refusal[0]).inc()
+            self.metrics.admission_rejected.labels(group, refusal[0]).inc()
             return P.failed_query(refusal[1], gateway_base=base, error_name="QUERY_QUEUE_FULL")
         if len(queue) >= cfg.maxQueued:
             self.rejected += 1
-            self.gw.metrics.admission_rejected.labels(group, "maxQueued").inc()
+            self.metrics.admission_rejected.labels(group, "maxQueued").inc()
             message = (f"Routing group '{group}' is at capacity and its gateway queue is full "
                        f"(maxQueued {cfg.maxQueued}); try again later")
             qid = P.new_query_id()
-            self.gw.statement_refused(route, qid, "REJECTED", message)
+            self.parts.statement_refused(route, qid, "REJECTED", message)
             return P.failed_query(message, gateway_base=base, error_name="QUERY_QUEUE_FULL",
                                   query_id=qid)
         now = time.time()
@@ -235,10 +244,10 @@ class Admission:
         return self.document(h, base)
 
     async def _put_row(self, h: Held, now: float) -> None:
-        assert self.gw.store is not None
+        assert self.store is not None
         try:
-            await self.gw.store.call("put_held", HeldRow(h.id, h.slug, self.instance, now, h.group, now, now,
-                                                         "QUEUED", False, S.statement_json(h)))
+            await self.store.call("put_held", HeldRow(h.id, h.slug, self.instance, now, h.group, now, now,
+                                                      "QUEUED", False, S.statement_json(h)))
             h.shared_at = time.time()
         except Exception as exc:   # it still works within this process
             log.warning("cannot share held query %s through the store: %s", h.id, exc)
@@ -247,16 +256,16 @@ class Admission:
         queue = self.queues.setdefault(h.group, FairQueue())
         queue.push(h, priority=h.priority, user=h.user or "")
         self.held[h.id] = h
-        self.gw.metrics.admission_queued.labels(h.group).set(len(queue))
+        self.metrics.admission_queued.labels(h.group).set(len(queue))
 
     async def adopt(self, row: HeldRow, token: int) -> Held | None:
         """Hold a query whose holder stopped (its heartbeat is stale): route its statement
         again and queue it here. None if another process adopted it first."""
         now = time.time()
-        assert self.gw.store is not None
+        assert self.store is not None
         try:
-            if not await self.gw.store.call("adopt_held", row.query_id, self.instance,
-                                            now - S.HEARTBEAT_STALE, now):
+            if not await self.store.call("adopt_held", row.query_id, self.instance,
+                                         now - S.HEARTBEAT_STALE, now):
                 return None
         except Exception as exc:
             log.warning("cannot adopt held query %s: %s", row.query_id, exc)
@@ -266,7 +275,7 @@ class Admission:
         for name, value in st["headers"]:
             headers.add(name, value)
         body = base64.b64decode(st["body"])
-        route = await self.gw.route_statement(headers, body, st["remoteIp"])
+        route = await self.parts.route_statement(headers, body, st["remoteIp"])
         h = Held(row.query_id, route.group or row.routing_group, route.user, route.queue_priority, body,
                  list(headers.get_all()), st["remoteIp"], route, row.enqueued_at, st["base"],
                  slug=row.slug, token=token, last_poll=now, shared_at=now)
@@ -296,14 +305,14 @@ class Admission:
             queue = self.queues.get(h.group)
             if queue is not None:
                 queue.remove(h)
-                self.gw.metrics.admission_queued.labels(h.group).set(len(queue))
+                self.metrics.admission_queued.labels(h.group).set(len(queue))
             h.state = "CANCELED"
             h.finished_at = time.time()
             h.changed.set()
             asyncio.get_running_loop().create_task(self._publish_end(h))
             log.info("held query %s canceled by its client after %.1fs", h.id, h.waited)
-            self.gw.statement_refused(h.route, h.id, "CANCELED", "Canceled by the client while "
-                                      "held at the gateway", submitted_at=h.enqueued)
+            self.parts.statement_refused(h.route, h.id, "CANCELED", "Canceled by the client while "
+                                         "held at the gateway", submitted_at=h.enqueued)
         elif h.state == "DISPATCHING":
             h.cancel_requested = True  # _send cancels it on the cluster once it exists
         elif h.state == "DISPATCHED" and h.response is not None:
@@ -321,8 +330,8 @@ class Admission:
         if next_uri:
             path = "/" + next_uri.split("://", 1)[1].split("/", 1)[1]
             try:
-                await self.gw.client.fetch(h.backend.proxyTo, "DELETE", path, HTTPHeaders(), None,
-                                           BufferSink(limit=0))
+                await self.parts.client.fetch(h.backend.proxyTo, "DELETE", path, HTTPHeaders(), None,
+                                              BufferSink(limit=0))
             except BackendError:
                 pass
 
@@ -338,16 +347,16 @@ class Admission:
             while queue:
                 h = queue.peek()
                 assert h is not None
-                available = self.gw.registry.available(group)
+                available = self.registry.available(group)
                 if not available:
                     return
-                first = self.gw.balancer.pick(available, self.gw.registry.states, h.user)
+                first = self.parts.balancer.pick(available, self.registry.states, h.user)
                 ordered = [first] + [b for b in available if b is not first] if first else available
                 backend, lease_id = await self._acquire(group, h.user, ordered)
                 if backend is None:
                     return
                 queue.pop()
-                self.gw.metrics.admission_queued.labels(group).set(len(queue))
+                self.metrics.admission_queued.labels(group).set(len(queue))
                 h.state = "DISPATCHING"
                 if not await self._claim(h):
                     # another process adopted it (this one was taken for stopped): it sends it
@@ -360,12 +369,12 @@ class Admission:
             self._dispatching.discard(group)
 
     async def _send(self, h: Held, backend: Backend, lease_id: str | None) -> None:
-        gw = self.gw
+        p = self.parts
         sink = BufferSink(limit=16 << 20)
         try:
             # The same forwarding path as the proxy handler's (406 retry, failure notes).
-            code = await gw.forwarder.send(backend, "POST", "/v1/statement", h.headers, h.body, sink,
-                                           base=h.base, remote_ip=h.remote_ip)
+            code = await p.forwarder.send(backend, "POST", "/v1/statement", h.headers, h.body, sink,
+                                          base=h.base, remote_ip=h.remote_ip)
         except BackendError as exc:
             if lease_id:
                 self._release_soon(lease_id)
@@ -393,17 +402,17 @@ class Admission:
         h.state = "DISPATCHED"
         h.finished_at = time.time()
         self.dispatched += 1
-        gw.metrics.admission_dispatched.labels(h.group).inc()
-        gw.metrics.admission_wait.labels(h.group).observe(h.waited)
+        self.metrics.admission_dispatched.labels(h.group).inc()
+        self.metrics.admission_wait.labels(h.group).observe(h.waited)
         self.admitted(lease_id, qid, h.group)
         # What the answer teaches (a transaction started, an OAuth2 exchange), as for any response.
         taught = X.translate_response_headers(
             sink.headers.get_all(), backend_base=backend.proxyTo, gateway_base=h.base,
             request_transaction=h.transaction, route=None)
-        gw.taught(taught, backend.name)
+        p.taught(taught, backend.name)
         if qid:
-            gw.learn(P.QUERY, qid, backend.name)
-            gw.lifecycle.started(Started(qid, backend, h.route, h.enqueued, int(h.waited * 1000)))
+            p.learn(P.QUERY, qid, backend.name)
+            p.lifecycle.started(Started(qid, backend, h.route, h.enqueued, int(h.waited * 1000)))
         log.info("held query %s dispatched to %s as %s after %.1fs", h.id, backend.name, qid, h.waited)
         if h.cancel_requested:
             self.cancel(h)
@@ -423,21 +432,21 @@ class Admission:
                 log.exception("admission tick failed")
 
     async def _claim(self, h: Held) -> bool:
-        if self.gw.store is None:
+        if self.store is None:
             return True
         try:
-            return bool(await self.gw.store.call("claim_held", h.id, self.instance))
+            return bool(await self.store.call("claim_held", h.id, self.instance))
         except Exception as exc:   # store unavailable: only this process can know the query
             log.warning("cannot claim held query %s in the store (%s); sending it", h.id, exc)
             return True
 
     async def _heartbeat(self, now: float) -> None:
         """Tell other processes this holder lives; learn the polls and cancels they saw."""
-        if self.gw.store is None or not any(h.state in ("QUEUED", "DISPATCHING") for h in self.held.values()):
+        if self.store is None or not any(h.state in ("QUEUED", "DISPATCHING") for h in self.held.values()):
             return
         asked = time.time()
         try:
-            rows = await self.gw.store.call("sync_held", self.instance, now)
+            rows = await self.store.call("sync_held", self.instance, now)
         except Exception as exc:
             log.warning("held-query heartbeat failed: %s", exc)
             return
@@ -462,19 +471,19 @@ class Admission:
 
     async def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        timeout = self.gw.config.query.clientTimeout
+        timeout = self.config.query.clientTimeout
         await self._heartbeat(now)
         for h in list(self.held.values()):
             if h.state == "QUEUED":
-                wait_cap = self.gw.config.group(h.group).maxQueueWait
+                wait_cap = self.config.group(h.group).maxQueueWait
                 if now - h.last_poll > timeout:
                     # recorded before cancel(), whose own row would say "canceled by the client"
-                    self.gw.statement_refused(h.route, h.id, "CANCELED", "Held at the gateway; its "
-                                              "client stopped polling", submitted_at=h.enqueued)
+                    self.parts.statement_refused(h.route, h.id, "CANCELED", "Held at the gateway; its "
+                                                 "client stopped polling", submitted_at=h.enqueued)
                     self.cancel(h)
                     h.state = "ABANDONED"
                     self.dropped += 1
-                    self.gw.metrics.admission_dropped.labels(h.group).inc()
+                    self.metrics.admission_dropped.labels(h.group).inc()
                     log.warning("held query %s dropped: its client stopped polling %.0fs ago",
                                 h.id, now - h.last_poll)
                 elif now - h.enqueued > wait_cap:
@@ -487,16 +496,16 @@ class Admission:
                                  f"routing group '{h.group}', more than maxQueueWait "
                                  f"{wait_cap:.0f}s", "EXCEEDED_TIME_LIMIT")
                     self.rejected += 1
-                    self.gw.metrics.admission_rejected.labels(h.group, "maxQueueWait").inc()
-                    self.gw.statement_refused(h.route, h.id, "QUEUED_TIMEOUT", h.failure[0],
-                                              submitted_at=h.enqueued)
+                    self.metrics.admission_rejected.labels(h.group, "maxQueueWait").inc()
+                    self.parts.statement_refused(h.route, h.id, "QUEUED_TIMEOUT", h.failure[0],
+                                                 submitted_at=h.enqueued)
                     h.changed.set()
                     await self._publish_end(h)
             elif h.finished_at is not None and now - max(h.finished_at, h.last_poll) > 60:
                 del self.held[h.id]  # delivered or ended a minute ago: forget it
                 self._forgotten.append(h.id)
         for group, queue in list(self.queues.items()):
-            self.gw.metrics.admission_queued.labels(group).set(len(queue))
+            self.metrics.admission_queued.labels(group).set(len(queue))
             if queue:
                 await self.dispatch(group)
         if now - self._last_renew >= RENEW_EVERY:
@@ -515,10 +524,10 @@ class Admission:
             await self._call("release_leases", sorted(ids))
 
     async def _call(self, method: str, *args: Any) -> None:
-        if self.gw.store is None:
+        if self.store is None:
             return
         try:
-            await self.gw.store.call(method, *args)
+            await self.store.call(method, *args)
         except Exception as exc:
             log.warning("admission store call %s failed: %s", method, exc)
 
