@@ -3,9 +3,10 @@
 ``Gateway`` owns the in-memory state the request path reads (registry, sticky map, current
 ruleset) and the background tasks that keep it fresh (monitor, rules watcher, backend sync,
 history writer). Only this module, the proxy handler and the runners (``runtime/serve.py``,
-``sim/demo.py``) see the ``Gateway``: every other module gets the parts it uses (``make_app``
-hands the admin surface an ``AdminParts``, the held-query handler its four parts; the sampler
-and the resolver are built with theirs in ``start``). tests/test_layout.py keeps it so.
+``sim/demo.py``) see the ``Gateway``: every other module gets the parts it uses (admission an
+``AdmissionParts``; ``make_app`` hands the admin surface an ``AdminParts`` and the held-query
+handler its four parts; the sampler and the resolver are built with theirs in ``start``).
+tests/test_layout.py keeps it so.
 """
 from __future__ import annotations
 
