@@ -118,3 +118,38 @@ def test_auth_mode_line_names_users_and_roles_but_no_secret(caplog):
                                        "auth": {**cfg["auth"], "sessionSecret": None}}))
     assert caplog.records[-1].levelno == logging.WARNING
     assert "random secret" in caplog.records[-1].getMessage()
+
+
+def test_dashboard_groups_from_the_parts_alone_with_gateway_queue_counts():
+    """The dashboard needs only its parts (no Gateway): every group with backends, the default
+    and configured ones even when empty; the held count of a capped group is its queue's
+    length (0 with no queue yet), and None (no gateway queue at all) for an uncapped group."""
+    from types import SimpleNamespace
+
+    from gateway.admin.pages_dashboard import group_views
+    from gateway.backends.state import Backend, Health, Registry
+
+    cfg = config_from_dict({"routing": {"defaultGroup": "adhoc"},
+                            "groups": {"etl": {"maxRunningQueries": 1}, "bi": {"maxQueriesPerUser": 2},
+                                       "empty": {}}})
+    registry = Registry([Backend("a1", "http://a1:8080", None, "adhoc", True),
+                         Backend("e1", "http://e1:8080", None, "etl", True),
+                         Backend("e2", "http://e2:8080", None, "etl", False)])
+    registry.state("e1").health = Health.HEALTHY
+
+    class Queue:
+        queues = {"etl": ["h1", "h2"]}
+
+        def capped(self, group):
+            return bool(cfg.groups.get(group) and (cfg.groups[group].maxRunningQueries
+                                                   or cfg.groups[group].maxQueriesPerUser))
+
+    unfinished = SimpleNamespace(of=lambda name: {"e1": 3}.get(name))
+    parts = SimpleNamespace(config=cfg, registry=registry, queue=Queue(), unfinished=unfinished)
+    views = {g.name: g for g in group_views(parts)}
+    assert list(views) == ["adhoc", "bi", "empty", "etl"]           # the default group first
+    assert views["adhoc"].is_default and views["adhoc"].held is None
+    assert views["etl"].held == 2 and views["bi"].held == 0 and views["empty"].held is None
+    assert [b.backend.name for b in views["etl"].backends] == ["e1", "e2"]
+    assert views["etl"].healthy == 1 and views["etl"].unfinished is None   # e2: not known
+    assert views["empty"].backends == [] and views["empty"].css == "bad"
