@@ -308,6 +308,12 @@ def start_target(name: str, tmp: Path, backend: S.Service,
             "worker_processes 1;", "worker_processes 1;\nworker_rlimit_nofile 65536;")
         svc = S.start_nginx("inflight-nginx", tmp, conf, port)
         return svc, port, S.worker_pids(svc)
+    if name in ("pyfloor", "pyfloor+"):   # the floor of a pure-Python proxy (benchmarks/floor_proxy.py)
+        svc = S._spawn_ready(name, [sys.executable, str(HERE / "floor_proxy.py"), "--port", "0",
+                                    "--upstream", f"127.0.0.1:{backend.port}",
+                                    *(["--features"] if name == "pyfloor+" else [])],
+                             tmp, tmp / f"{name}.log")
+        return svc, svc.port, [svc.pid]
     workers = int(name.removeprefix("gateway"))
     cfg = S.gateway_config(tmp, [("bench", backend.url)], rules=0, workers=workers, name=name)
     cfg["monitor"]["interval"] = "2s"
