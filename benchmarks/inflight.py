@@ -83,14 +83,19 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return code, await reader.readexactly(length)
 
 
-async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float | None:
-    """One query to its end on one connection; the seconds it took, or None when it failed."""
+async def run_query(port: int, sql: str, out: Outcome, timeout: float,
+                    phases: list[float] | None = None) -> float | None:
+    """One query to its end on one connection; the seconds it took, or None when it failed.
+    ``phases`` gets the milliseconds since the start when the connect, the POST and each poll
+    ended (the probe's breakdown)."""
     t0 = time.monotonic()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
     except Exception as exc:  # noqa: BLE001 - counted by kind
         out.fail(f"connect: {type(exc).__name__}")
         return None
+    if phases is not None:
+        phases.append(round((time.monotonic() - t0) * 1000, 1))
     host = f"127.0.0.1:{port}"
     try:
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
@@ -98,6 +103,8 @@ async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float 
             code, body = await asyncio.wait_for(
                 _exchange(reader, writer, "POST", "/v1/statement", host, sql.encode(), wait), timeout)
             out.requests += 1
+            if phases is not None:
+                phases.append(round((time.monotonic() - t0) * 1000, 1))
             if code != 429 or attempt == SUBMIT_ATTEMPTS:
                 break
             out.shed_retries += 1
@@ -119,11 +126,33 @@ async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float 
             path = nxt.split("/", 3)[3]
             code, body = await asyncio.wait_for(_exchange(reader, writer, "GET", "/" + path, host), timeout)
             out.requests += 1
+            if phases is not None:
+                phases.append(round((time.monotonic() - t0) * 1000, 1))
     except Exception as exc:  # noqa: BLE001 - counted by kind
         out.fail(type(exc).__name__)
         return None
     finally:
         writer.close()
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting to be accepted on the socket listening on ``port`` (Recv-Q of ``ss``)."""
+    import subprocess
+    try:
+        text = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                              timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    depths = [int(line.split()[1]) for line in text.splitlines() if line.split()[:1] == ["LISTEN"]]
+    return sum(depths) if depths else None
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full (all
+    listeners: the proxy's and the fake coordinator's), TcpExt ListenOverflows."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+             if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1])).get("ListenOverflows", 0)) if len(lines) >= 2 else 0
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -221,15 +250,29 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
             peak[0] = max(peak[0], _rss_kb(pids))
             await asyncio.sleep(0.5)
 
+    slowest: list[tuple[float, list[float]]] = []   # (ms, phases) of every probe
+
     async def prober() -> None:
         while not done.is_set():
-            t = await run_query(port, "select 1", probe_out := Outcome(), timeout)
+            phases: list[float] = []
+            t = await run_query(port, "select 1", probe_out := Outcome(), timeout, phases)
             if t is None:
                 out.probe_failed += 1
             else:
                 out.probe_ms.append(t * 1000)
+                slowest.append((t * 1000, phases))
             out.requests += probe_out.requests
             await asyncio.sleep(0.25)
+
+    listen_q: list[int] = []
+
+    async def listen_queue() -> None:
+        """The accept queue of the proxy's listening socket (``ss`` Recv-Q), every 0.1 s."""
+        while not done.is_set():
+            depth = await asyncio.to_thread(accept_queue, port)
+            if depth is not None:
+                listen_q.append(depth)
+            await asyncio.sleep(0.1)
 
     async def one(delay: float) -> None:
         await asyncio.sleep(delay)
@@ -237,7 +280,9 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
         if await run_query(port, "SELECT * FROM big", out, timeout) is not None:
             out.finished += 1
 
-    bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober())]
+    overflows0 = listen_overflows()
+    bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober()),
+          asyncio.ensure_future(listen_queue())]
     watcher = asyncio.ensure_future(watch_gateway(port, backend_port, done)) if backend_port else None
     t0 = time.monotonic()
     await asyncio.gather(*(one(random.uniform(0, ramp)) for _ in range(n)))
@@ -255,6 +300,11 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
         "probe_p50_ms": round(statistics.median(probes), 1) if probes else None,
         "probe_p99_ms": round(probes[min(len(probes) - 1, int(len(probes) * 0.99))], 1) if probes else None,
         "probes": len(probes), "probe_failed": out.probe_failed, "shed_retries": out.shed_retries,
+        # the three slowest probes: ms when connect, POST and each poll ended
+        "probe_slowest_phases_ms": [ph for _, ph in sorted(slowest, key=lambda x: -x[0])[:3]],
+        "accept_queue_max": max(listen_q) if listen_q else None,
+        "accept_queue_p90": sorted(listen_q)[int(len(listen_q) * 0.9)] if listen_q else None,
+        "listen_overflows": listen_overflows() - overflows0,
         "kb_per_query": round((peak[0] - rest_rss) / n, 1) if pids else None,
         "cpu_us_per_request": round(cpu / max(1, out.requests) * 1e6, 1) if pids else None,
         **seen,

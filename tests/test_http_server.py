@@ -209,3 +209,37 @@ def test_idle_connections_are_closed_after_the_idle_timeout():
         assert await asyncio.wait_for(r.read(), 5) == b""   # closed by the server
         assert time.monotonic() - started >= 0.2
     serve(t, idle_connection_timeout=0.3)
+
+
+# -- accepting connections (gateway/runtime/accept.py) -------------------------------------------
+
+def test_the_accept_batch_is_this_workers_share_of_the_waiting_connections():
+    from gateway.runtime.accept import MAX_BATCH, accept_batch
+    assert [accept_batch(w, 1) for w in (0, 1, 5, 1000)] == [1, 1, 5, MAX_BATCH]
+    assert [accept_batch(w, 2) for w in (0, 1, 3, 32)] == [1, 1, 2, 16]   # a burst is split
+
+
+def test_a_worker_accepts_every_waiting_connection_in_one_wake_up():
+    """Issue 19: one accept per event-loop iteration let 1,000 connections wait seconds in the
+    kernel's queue of a loaded worker (a `select 1` behind them). The queue is read with
+    TCP_INFO (what `ss` shows as Recv-Q) before and after the loop turned four times."""
+    import socket
+    from gateway.runtime.accept import waiting
+
+    async def main() -> tuple[int, int]:
+        socks = bind_sockets(0, "127.0.0.1")
+        port = socks[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+        before = waiting(socks[0])     # the kernel completed every handshake; none accepted yet
+        server = HTTPServer(tornado.web.Application([(r"/echo.*", Echo)]))
+        server.add_sockets(socks)
+        try:
+            for _ in range(4):
+                await asyncio.sleep(0)
+            return before, waiting(socks[0])
+        finally:
+            server.stop()
+            await server.close_all_connections()
+            for c in clients:
+                c.close()
+    assert asyncio.run(main()) == (50, 0)
