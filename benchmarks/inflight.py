@@ -8,11 +8,15 @@ long polls of ``--poll-seconds``. The client is one asyncio process that follows
 a Trino client: one keep-alive connection per query (as separate clients have), every query
 started within ``--ramp`` seconds, each until FINISHED. A statement the gateway sheds (429) is
 sent again after its ``Retry-After``, at most 3 attempts in all, as the Trino Python client does
-(``max_attempts`` 3); only the last refusal counts as a failure. While they run, a probe submits
-``select 1`` on a new connection every 0.25 s and times it to FINISHED.
+(``max_attempts`` 3); only the last refusal counts as a failure. While they run, a probe process
+of its own (so that the load client's event loop does not delay it) submits ``select 1`` on a
+new connection every 0.25 s and times it to FINISHED: connect, POST and each poll.
 
 Per target and size it reports: failed queries (any error, non-200 answer or a last state other
-than FINISHED) and failed probes, probe latency p50/p99, the proxy's resident memory per
+than FINISHED) and failed probes, probe latency p50/p99 and the phases of the three slowest
+probes, the depth of the proxy's accept queue (``ss`` Recv-Q every 0.1 s: max and p90) and the
+kernel's count of connections dropped on a full accept queue (``ListenOverflows``, every
+listener of the host), the proxy's resident memory per
 in-flight query (peak minus at rest), and the proxy's CPU time per request it forwarded (all its
 processes: nginx workers, gateway workers). For the gateway also its own view of the overload
 (gateway/runtime/overload.py): the longest gap between two monitor probes as the fake coordinator saw
@@ -135,6 +139,21 @@ async def run_query(port: int, sql: str, out: Outcome, timeout: float,
         writer.close()
 
 
+async def probe_main(port: int, timeout: float) -> None:
+    """The ``--probe`` process: a ``select 1`` every 0.25 s until stdin closes; one JSON line
+    each: [ms or null, phases, requests]."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    closed = asyncio.ensure_future(reader.read())
+    while not closed.done():
+        phases: list[float] = []
+        t = await run_query(port, "select 1", probe_out := Outcome(), timeout, phases)
+        print(json.dumps([None if t is None else round(t * 1000, 1), phases, probe_out.requests]),
+              flush=True)
+        await asyncio.wait([closed], timeout=0.25)
+
+
 def accept_queue(port: int) -> int | None:
     """Connections waiting to be accepted on the socket listening on ``port`` (Recv-Q of ``ss``)."""
     import subprocess
@@ -196,10 +215,10 @@ def _metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def _histogram_p99(text: str, name: str) -> float | None:
+def _histogram_p99(text: str, name: str, **labels: str) -> float | None:
     buckets: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
+        if line.startswith(name + "_bucket{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rpartition(" ")[2])
     if not buckets or not buckets.get(float("inf")):
@@ -232,7 +251,12 @@ async def watch_gateway(port: int, backend_port: int, done: asyncio.Event) -> di
             "monitor_probes_seen": len(times), "state_not_healthy": f"{not_healthy}/{samples}",
             "shed": _metric_sum(text, "trino_gateway_shed_total"),
             "excused": _metric_sum(text, "trino_gateway_health_hints_total", verdict="excused"),
-            "loop_lag_p99_s": _histogram_p99(text, "trino_gateway_event_loop_lag_seconds")}
+            "loop_lag_p99_s": _histogram_p99(text, "trino_gateway_event_loop_lag_seconds"),
+            # the gateway's own view of a new statement, from its request to its answer's end
+            # (compare with the probe's POST phase: the rest is before the handler started)
+            "statement_p99_s": _histogram_p99(text, "trino_gateway_request_seconds", kind="statement"),
+            "statement_overhead_p99_s": _histogram_p99(text, "trino_gateway_proxy_overhead_seconds",
+                                                       kind="statement")}
 
 
 async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
@@ -253,16 +277,31 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
     slowest: list[tuple[float, list[float]]] = []   # (ms, phases) of every probe
 
     async def prober() -> None:
-        while not done.is_set():
-            phases: list[float] = []
-            t = await run_query(port, "select 1", probe_out := Outcome(), timeout, phases)
+        """``select 1`` timed by a process of its own (``--probe``): in this one, the load's
+        5,000-10,000 connections delay the probe's own reads (this loop's lag, seconds on a busy
+        machine, was counted as the proxy's latency: nginx's p99 read 5.9 s once)."""
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--probe", str(port), "--timeout", str(timeout),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert child.stdout is not None and child.stdin is not None
+        stopping = asyncio.ensure_future(done.wait())
+        while True:
+            line = asyncio.ensure_future(child.stdout.readline())
+            await asyncio.wait([line, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not line.done():
+                line.cancel()
+                break
+            if not line.result():
+                break
+            t, phases, requests = json.loads(line.result())
             if t is None:
                 out.probe_failed += 1
             else:
-                out.probe_ms.append(t * 1000)
-                slowest.append((t * 1000, phases))
-            out.requests += probe_out.requests
-            await asyncio.sleep(0.25)
+                out.probe_ms.append(t)
+                slowest.append((t, phases))
+            out.requests += requests
+        child.stdin.close()   # the child ends its current probe and exits
+        await child.wait()
 
     listen_q: list[int] = []
 
@@ -379,7 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--server", action="append", default=[], metavar="KEY=VALUE",
                    help="a gateway server.* setting for this run (YAML value), e.g. shedLoopLag=0")
+    p.add_argument("--probe", type=int, metavar="PORT", help=argparse.SUPPRESS)   # the probe process
     args = p.parse_args(argv)
+    if args.probe:
+        asyncio.run(probe_main(args.probe, args.timeout))
+        return 0
     import yaml
     server: dict[str, Any] = {}
     for item in args.server:
