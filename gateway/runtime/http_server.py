@@ -16,11 +16,14 @@ limit, ``xheaders`` (remote address and scheme from a trusted load balancer).
 """
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import gc
 import logging
 import socket
 import ssl
+import termios
 import time
 from typing import Any, Awaitable, Callable
 
@@ -200,6 +203,20 @@ class _Request(_Context):
         if self.chunking:
             return format_chunk(chunk)
         return chunk
+
+
+def _unread(conn: "_Connection") -> bool:
+    """Whether bytes wait unread in ``conn``'s socket (its event loop stalled: not the client's
+    fault). Asked only before closing a connection for ``headerTimeout``."""
+    sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+    if sock is None:
+        return False
+    try:
+        waiting = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting, True)
+    except (OSError, ValueError):
+        return False
+    return waiting[0] > 0
 
 
 def _can_keep_alive(version: str, method: str, headers: HTTPHeaders, length: int | None) -> bool:
@@ -641,7 +658,8 @@ class HTTPServer:
         now = time.monotonic()
         for conn in list(self.connections):
             if conn.phase == _HEAD and conn.head_started is not None \
-                    and now - conn.head_started > self.header_timeout:
+                    and now - conn.head_started > self.header_timeout and not _unread(conn):
+                # (bytes waiting unread: the client sent them; this worker did not get to them)
                 log.info("%s took over %.0fs to send a request head; closed", conn.address[0],
                          self.header_timeout)
                 conn.abort()
