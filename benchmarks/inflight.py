@@ -8,11 +8,15 @@ long polls of ``--poll-seconds``. The client is one asyncio process that follows
 a Trino client: one keep-alive connection per query (as separate clients have), every query
 started within ``--ramp`` seconds, each until FINISHED. A statement the gateway sheds (429) is
 sent again after its ``Retry-After``, at most 3 attempts in all, as the Trino Python client does
-(``max_attempts`` 3); only the last refusal counts as a failure. While they run, a probe submits
-``select 1`` on a new connection every 0.25 s and times it to FINISHED.
+(``max_attempts`` 3); only the last refusal counts as a failure. While they run, a probe process
+of its own (so that the load client's event loop does not delay it) submits ``select 1`` on a
+new connection every 0.25 s and times it to FINISHED: connect, POST and each poll.
 
 Per target and size it reports: failed queries (any error, non-200 answer or a last state other
-than FINISHED) and failed probes, probe latency p50/p99, the proxy's resident memory per
+than FINISHED) and failed probes, probe latency p50/p99 and the phases of the three slowest
+probes, the depth of the proxy's accept queue (``ss`` Recv-Q every 0.1 s: max and p90) and the
+kernel's count of connections dropped on a full accept queue (``ListenOverflows``, every
+listener of the host), the proxy's resident memory per
 in-flight query (peak minus at rest), and the proxy's CPU time per request it forwarded (all its
 processes: nginx workers, gateway workers). For the gateway also its own view of the overload
 (gateway/runtime/overload.py): the longest gap between two monitor probes as the fake coordinator saw
@@ -83,14 +87,19 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return code, await reader.readexactly(length)
 
 
-async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float | None:
-    """One query to its end on one connection; the seconds it took, or None when it failed."""
+async def run_query(port: int, sql: str, out: Outcome, timeout: float,
+                    phases: list[float] | None = None) -> float | None:
+    """One query to its end on one connection; the seconds it took, or None when it failed.
+    ``phases`` gets the milliseconds since the start when the connect, the POST and each poll
+    ended (the probe's breakdown)."""
     t0 = time.monotonic()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
     except Exception as exc:  # noqa: BLE001 - counted by kind
         out.fail(f"connect: {type(exc).__name__}")
         return None
+    if phases is not None:
+        phases.append(round((time.monotonic() - t0) * 1000, 1))
     host = f"127.0.0.1:{port}"
     try:
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
@@ -98,6 +107,8 @@ async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float 
             code, body = await asyncio.wait_for(
                 _exchange(reader, writer, "POST", "/v1/statement", host, sql.encode(), wait), timeout)
             out.requests += 1
+            if phases is not None:
+                phases.append(round((time.monotonic() - t0) * 1000, 1))
             if code != 429 or attempt == SUBMIT_ATTEMPTS:
                 break
             out.shed_retries += 1
@@ -119,11 +130,48 @@ async def run_query(port: int, sql: str, out: Outcome, timeout: float) -> float 
             path = nxt.split("/", 3)[3]
             code, body = await asyncio.wait_for(_exchange(reader, writer, "GET", "/" + path, host), timeout)
             out.requests += 1
+            if phases is not None:
+                phases.append(round((time.monotonic() - t0) * 1000, 1))
     except Exception as exc:  # noqa: BLE001 - counted by kind
         out.fail(type(exc).__name__)
         return None
     finally:
         writer.close()
+
+
+async def probe_main(port: int, timeout: float) -> None:
+    """The ``--probe`` process: a ``select 1`` every 0.25 s until stdin closes; one JSON line
+    each: [ms or null, phases, requests]."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    closed = asyncio.ensure_future(reader.read())
+    while not closed.done():
+        phases: list[float] = []
+        t = await run_query(port, "select 1", probe_out := Outcome(), timeout, phases)
+        print(json.dumps([None if t is None else round(t * 1000, 1), phases, probe_out.requests]),
+              flush=True)
+        await asyncio.wait([closed], timeout=0.25)
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting to be accepted on the socket listening on ``port`` (Recv-Q of ``ss``)."""
+    import subprocess
+    try:
+        text = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                              timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    depths = [int(line.split()[1]) for line in text.splitlines() if line.split()[:1] == ["LISTEN"]]
+    return sum(depths) if depths else None
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full (all
+    listeners: the proxy's and the fake coordinator's), TcpExt ListenOverflows."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+             if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1])).get("ListenOverflows", 0)) if len(lines) >= 2 else 0
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -167,10 +215,10 @@ def _metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def _histogram_p99(text: str, name: str) -> float | None:
+def _histogram_p99(text: str, name: str, **labels: str) -> float | None:
     buckets: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
+        if line.startswith(name + "_bucket{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rpartition(" ")[2])
     if not buckets or not buckets.get(float("inf")):
@@ -203,7 +251,12 @@ async def watch_gateway(port: int, backend_port: int, done: asyncio.Event) -> di
             "monitor_probes_seen": len(times), "state_not_healthy": f"{not_healthy}/{samples}",
             "shed": _metric_sum(text, "trino_gateway_shed_total"),
             "excused": _metric_sum(text, "trino_gateway_health_hints_total", verdict="excused"),
-            "loop_lag_p99_s": _histogram_p99(text, "trino_gateway_event_loop_lag_seconds")}
+            "loop_lag_p99_s": _histogram_p99(text, "trino_gateway_event_loop_lag_seconds"),
+            # the gateway's own view of a new statement, from its request to its answer's end
+            # (compare with the probe's POST phase: the rest is before the handler started)
+            "statement_p99_s": _histogram_p99(text, "trino_gateway_request_seconds", kind="statement"),
+            "statement_overhead_p99_s": _histogram_p99(text, "trino_gateway_proxy_overhead_seconds",
+                                                       kind="statement")}
 
 
 async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
@@ -221,15 +274,44 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
             peak[0] = max(peak[0], _rss_kb(pids))
             await asyncio.sleep(0.5)
 
+    slowest: list[tuple[float, list[float]]] = []   # (ms, phases) of every probe
+
     async def prober() -> None:
-        while not done.is_set():
-            t = await run_query(port, "select 1", probe_out := Outcome(), timeout)
+        """``select 1`` timed by a process of its own (``--probe``): in this one, the load's
+        5,000-10,000 connections delay the probe's own reads (this loop's lag, seconds on a busy
+        machine, was counted as the proxy's latency: nginx's p99 read 5.9 s once)."""
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--probe", str(port), "--timeout", str(timeout),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert child.stdout is not None and child.stdin is not None
+        stopping = asyncio.ensure_future(done.wait())
+        while True:
+            line = asyncio.ensure_future(child.stdout.readline())
+            await asyncio.wait([line, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not line.done():
+                line.cancel()
+                break
+            if not line.result():
+                break
+            t, phases, requests = json.loads(line.result())
             if t is None:
                 out.probe_failed += 1
             else:
-                out.probe_ms.append(t * 1000)
-            out.requests += probe_out.requests
-            await asyncio.sleep(0.25)
+                out.probe_ms.append(t)
+                slowest.append((t, phases))
+            out.requests += requests
+        child.stdin.close()   # the child ends its current probe and exits
+        await child.wait()
+
+    listen_q: list[int] = []
+
+    async def listen_queue() -> None:
+        """The accept queue of the proxy's listening socket (``ss`` Recv-Q), every 0.1 s."""
+        while not done.is_set():
+            depth = await asyncio.to_thread(accept_queue, port)
+            if depth is not None:
+                listen_q.append(depth)
+            await asyncio.sleep(0.1)
 
     async def one(delay: float) -> None:
         await asyncio.sleep(delay)
@@ -237,7 +319,9 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
         if await run_query(port, "SELECT * FROM big", out, timeout) is not None:
             out.finished += 1
 
-    bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober())]
+    overflows0 = listen_overflows()
+    bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober()),
+          asyncio.ensure_future(listen_queue())]
     watcher = asyncio.ensure_future(watch_gateway(port, backend_port, done)) if backend_port else None
     t0 = time.monotonic()
     await asyncio.gather(*(one(random.uniform(0, ramp)) for _ in range(n)))
@@ -255,6 +339,11 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
         "probe_p50_ms": round(statistics.median(probes), 1) if probes else None,
         "probe_p99_ms": round(probes[min(len(probes) - 1, int(len(probes) * 0.99))], 1) if probes else None,
         "probes": len(probes), "probe_failed": out.probe_failed, "shed_retries": out.shed_retries,
+        # the three slowest probes: ms when connect, POST and each poll ended
+        "probe_slowest_phases_ms": [ph for _, ph in sorted(slowest, key=lambda x: -x[0])[:3]],
+        "accept_queue_max": max(listen_q) if listen_q else None,
+        "accept_queue_p90": sorted(listen_q)[int(len(listen_q) * 0.9)] if listen_q else None,
+        "listen_overflows": listen_overflows() - overflows0,
         "kb_per_query": round((peak[0] - rest_rss) / n, 1) if pids else None,
         "cpu_us_per_request": round(cpu / max(1, out.requests) * 1e6, 1) if pids else None,
         **seen,
@@ -335,7 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--server", action="append", default=[], metavar="KEY=VALUE",
                    help="a gateway server.* setting for this run (YAML value), e.g. shedLoopLag=0")
+    p.add_argument("--probe", type=int, metavar="PORT", help=argparse.SUPPRESS)   # the probe process
     args = p.parse_args(argv)
+    if args.probe:
+        asyncio.run(probe_main(args.probe, args.timeout))
+        return 0
     import yaml
     server: dict[str, Any] = {}
     for item in args.server:

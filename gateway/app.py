@@ -101,7 +101,8 @@ class Gateway:
         self.forwarder = Forwarder(self.client, x_forwarded=config.server.xForwardedFor,
                                    trust_forwarded=config.server.trustForwardedHeaders,
                                    on_failure=self.note_forward_failure, timing=self.metrics,
-                                   lag=self.loop_lag)
+                                   lag=self.loop_lag, retry_for=config.server.backendRequestTimeout,
+                                   healthy=self._healthy, stopping=lambda: self.shutting_down)
         mon = config.monitor
         self.owners = OwnerLookup(
             self.sticky, self.registry,
@@ -441,6 +442,11 @@ class Gateway:
                 if now > seen:
                     counter.inc(now - seen)
                     self._seen[attr] = now
+
+    def _healthy(self, backend: Backend) -> bool:
+        """Whether the monitor still takes ``backend`` for HEALTHY (a failed connect is tried
+        again only then)."""
+        return self.registry.state(backend.name).health is Health.HEALTHY
 
     def note_forward_failure(self, backend: Backend, exc: BackendError, elapsed: float = 0.0,
                              lag: float = 0.0) -> str | None:

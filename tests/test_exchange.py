@@ -262,3 +262,129 @@ def test_a_connect_that_timed_out_while_the_loop_stalled_is_tried_once_more():
     with pytest.raises(BackendError):
         asyncio.run(fw.send(_backend("b1"), "GET", "/v1/info", [], None, BufferSink(), base=GW, remote_ip="x"))
     assert len(client.calls) == 1
+
+
+# -- a connect that timed out is tried again (issue 19: an overflowing accept queue) -------------
+
+class Clock:
+    """``time`` for gateway.proxy.forward: each timed-out connect takes ``step`` seconds."""
+
+    def __init__(self, step: float = 5.0) -> None:
+        self.t = 1000.0
+        self.step = step
+
+    def now(self) -> float:
+        return self.t
+
+
+class SlowTimeouts(FakeClient):
+    def __init__(self, script: dict[str, list[object]], clock: Clock) -> None:
+        super().__init__(script)
+        self.clock = clock
+
+    async def fetch(self, base, method, target, headers, body, sink, **kw):
+        step = self.script[base][0]
+        if isinstance(step, BackendError) and step.timeout:
+            self.clock.t += self.clock.step
+        return await super().fetch(base, method, target, headers, body, sink, **kw)
+
+
+def _timed_out() -> BackendError:
+    return BackendError("timed out connecting after 5s", sent=False, timeout=True)
+
+
+def _refused() -> BackendError:
+    return BackendError("cannot connect: Connection refused", sent=False)
+
+
+class GoneSink(BufferSink):
+    gone = True
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    from types import SimpleNamespace
+    from gateway.proxy import forward
+    c = Clock()
+    monkeypatch.setattr(forward, "time", SimpleNamespace(monotonic=c.now, perf_counter=c.now))
+    return c
+
+
+def _patient(client: FakeClient, *, retry_for: float = 60.0, healthy=None, stopping=None) -> Forwarder:
+    return Forwarder(client, x_forwarded=False, trust_forwarded=False,  # type: ignore[arg-type]
+                     on_failure=lambda *_: "probe", retry_for=retry_for, healthy=healthy,
+                     stopping=stopping)
+
+
+def _submit(fw: Forwarder, names: list[str], sink: BufferSink | None = None) -> Backend:
+    return asyncio.run(fw.submit([_backend(n) for n in names], "/v1/statement", [], b"q",
+                                 sink if sink is not None else BufferSink(), base=GW, remote_ip="x"))
+
+
+def test_a_statement_whose_connects_timed_out_is_tried_again_until_a_backend_accepts(clock):
+    client = SlowTimeouts({"http://b1:8080": [_timed_out(), _timed_out(), _timed_out(), 200]}, clock)
+    sink = BufferSink()
+    assert _submit(_patient(client), ["b1"], sink).name == "b1"
+    assert [c[0] for c in client.calls] == ["http://b1:8080"] * 4 and sink.code == 200
+    # every candidate whose connect timed out is tried again, in the order given
+    client = SlowTimeouts({"http://b1:8080": [_timed_out(), _timed_out()],
+                           "http://b2:8080": [_timed_out(), 200]}, clock)
+    assert _submit(_patient(client), ["b1", "b2"]).name == "b2"
+    assert [c[0] for c in client.calls] == ["http://b1:8080", "http://b2:8080"] * 2
+    # a follow-up (or a held statement) the same way: send() is patient by default
+    client = SlowTimeouts({"http://b1:8080": [_timed_out(), _timed_out(), 200]}, clock)
+    assert asyncio.run(_patient(client).send(_backend("b1"), "GET", "/v1/statement/executing/q/y/1",
+                                             [], None, BufferSink(), base=GW, remote_ip="x")) == 200
+    assert len(client.calls) == 3
+
+
+def test_a_refused_connect_is_never_tried_again(clock):
+    client = SlowTimeouts({"http://b1:8080": [_refused(), _refused(), 200]}, clock)
+    with pytest.raises(NoBackendReached, match="b1: cannot connect: Connection refused"):
+        _submit(_patient(client), ["b1"])
+    assert len(client.calls) == 1
+    with pytest.raises(BackendError):
+        asyncio.run(_patient(client).send(_backend("b1"), "GET", "/v1/info", [], None, BufferSink(),
+                                          base=GW, remote_ip="x"))
+    assert len(client.calls) == 2
+    # refused on one, timed out on the other: only the one that timed out is tried again
+    client = SlowTimeouts({"http://b1:8080": [_refused(), 200],
+                           "http://b2:8080": [_timed_out(), 200]}, clock)
+    assert _submit(_patient(client), ["b1", "b2"]).name == "b2"
+    assert [c[0] for c in client.calls] == ["http://b1:8080", "http://b2:8080", "http://b2:8080"]
+
+
+def test_retries_stop_at_the_bound_when_unhealthy_when_stopping_and_when_the_client_left(clock):
+    # retry_for 12 s, 5 s per timed-out connect: attempts end at +5 and +10 (tried again) and +15
+    script = [_timed_out(), _timed_out(), _timed_out(), 200]
+    client = SlowTimeouts({"http://b1:8080": list(script)}, clock)
+    with pytest.raises(NoBackendReached) as none:
+        _submit(_patient(client, retry_for=12), ["b1"])
+    assert len(client.calls) == 3
+    assert none.value.tried == ["b1: timed out connecting after 5s"]   # each backend named once
+    client = SlowTimeouts({"http://b1:8080": list(script)}, clock)
+    with pytest.raises(BackendError):
+        asyncio.run(_patient(client, retry_for=12).send(_backend("b1"), "GET", "/v1/info", [], None,
+                                                         BufferSink(), base=GW, remote_ip="x"))
+    assert len(client.calls) == 3
+    # the monitor no longer takes the backend for HEALTHY (the probe the failure started)
+    client = SlowTimeouts({"http://b1:8080": list(script)}, clock)
+    with pytest.raises(NoBackendReached):
+        _submit(_patient(client, healthy=lambda b: False), ["b1"])
+    assert len(client.calls) == 1
+    # the gateway is shutting down
+    client = SlowTimeouts({"http://b1:8080": list(script)}, clock)
+    with pytest.raises(NoBackendReached):
+        _submit(_patient(client, stopping=lambda: True), ["b1"])
+    assert len(client.calls) == 1
+    # the client went away (the sink says so)
+    client = SlowTimeouts({"http://b1:8080": list(script)}, clock)
+    with pytest.raises(BackendError):
+        asyncio.run(_patient(client).send(_backend("b1"), "GET", "/v1/info", [], None, GoneSink(),
+                                          base=GW, remote_ip="x"))
+    assert len(client.calls) == 1
+    # no bound (the constructor's default): not tried again
+    client = SlowTimeouts({"http://b1:8080": list(script)}, clock)
+    with pytest.raises(NoBackendReached):
+        _submit(_patient(client, retry_for=0), ["b1"])
+    assert len(client.calls) == 1

@@ -14,6 +14,7 @@ from gateway.app import Gateway
 from gateway.backends.state import Backend, Health
 from gateway.config import config_from_dict
 from gateway.lifecycle import Started
+from gateway.proxy.client import BackendError
 from gateway.proxy.handler import ProxyHandler
 from gateway.routing.rules import parse_ruleset
 
@@ -66,13 +67,18 @@ class FakeConnection:
 
 
 class ScriptedClient:
-    def __init__(self, answers: list[tuple[int, list[tuple[str, str]], bytes]]) -> None:
+    """Answers in order: (status, headers, body), or a BackendError to raise."""
+
+    def __init__(self, answers: list[Any]) -> None:
         self.answers = answers
         self.sent: list[tuple[str, str, str]] = []
 
     async def fetch(self, base, method, target, headers, body, sink, **kw):
         self.sent.append((base, method, target))
-        code, head, payload = self.answers.pop(0)
+        answer = self.answers.pop(0)
+        if isinstance(answer, BackendError):
+            raise answer
+        code, head, payload = answer
         sink.on_headers(code, "", HTTPHeaders(head))
         if payload:
             sink.on_chunk(payload)
@@ -218,3 +224,30 @@ def test_an_overloaded_worker_sheds_new_statements_but_never_polls_or_kill_query
     asyncio.run(go())
     assert [m for _, m, _ in client.sent] == ["POST", "GET", "POST"]     # the shed one never left
     assert gw.metrics.shed.labels("in-flight")._value.get() == 1
+
+
+def test_connects_that_time_out_are_tried_again_for_statements_and_polls_but_a_refused_one_fails(tmp_path):
+    """Issue 19: a burst overflowed the only backend's accept queue; nothing was sent, so the
+    statement (and the poll) goes to it again instead of failing with NO_NODES_AVAILABLE."""
+    gw = _gateway(tmp_path)
+    timed_out = BackendError("timed out connecting after 5s", sent=False, timeout=True)
+    json_head = [("Content-Type", "application/json")]
+    client = ScriptedClient([timed_out, timed_out, timed_out, (200, json_head, _page(QID, "e1", next_token=1)),
+                             timed_out, timed_out, (200, json_head, _page(QID, "e1", next_token=None)),
+                             BackendError("cannot connect: Connection refused", sent=False)])
+    gw.forwarder.client = client  # type: ignore[assignment]
+    etl = {"X-Trino-User": "alice", "X-Trino-Client-Tags": "etl"}   # one backend: e1
+
+    async def go() -> None:
+        first = await _run(gw, "POST", "/v1/statement", etl, b"SELECT 1")
+        doc = json.loads(first.body)
+        assert first.status == 200 and "error" not in doc, doc
+        path = doc["nextUri"].split("://", 1)[1].split("/", 1)[1]
+        poll = await _run(gw, "GET", "/" + path, {"X-Trino-User": "alice"})
+        assert poll.status == 200 and json.loads(poll.body)["id"] == QID
+        refused = await _run(gw, "POST", "/v1/statement", etl, b"SELECT 2")
+        error = json.loads(refused.body)["error"]
+        assert error["errorName"] == "NO_NODES_AVAILABLE" and "Connection refused" in error["message"]
+    asyncio.run(go())
+    assert [m for _, m, _ in client.sent] == ["POST"] * 4 + ["GET"] * 3 + ["POST"]   # refused: once
+    assert gw.registry.state("e1").health is Health.HEALTHY   # the last backend of its group

@@ -88,6 +88,19 @@ class Held:
         return (self.finished_at or time.time()) - self.enqueued
 
 
+class _HeldSink(BufferSink):
+    """The first answer to a held query; ``gone`` once its client canceled it, so the
+    forwarder does not try a timed-out connect again for it (gateway/proxy/forward.py)."""
+
+    def __init__(self, h: Held) -> None:
+        super().__init__(limit=16 << 20)
+        self.held = h
+
+    @property
+    def gone(self) -> bool:
+        return self.held.cancel_requested
+
+
 class Admission:
     def __init__(self, parts: "AdmissionParts") -> None:
         """``parts``: what admission uses of the gateway (``gateway/admission/parts.py``)."""
@@ -370,7 +383,7 @@ class Admission:
 
     async def _send(self, h: Held, backend: Backend, lease_id: str | None) -> None:
         p = self.parts
-        sink = BufferSink(limit=16 << 20)
+        sink = _HeldSink(h)
         try:
             # The same forwarding path as the proxy handler's (406 retry, failure notes).
             code = await p.forwarder.send(backend, "POST", "/v1/statement", h.headers, h.body, sink,
@@ -383,6 +396,8 @@ class Admission:
                 h.state = "QUEUED"
                 self.queues.setdefault(h.group, FairQueue()).push_front(h, priority=h.priority,
                                                                         user=h.user or "")
+                if h.cancel_requested:   # canceled while it was being sent: nothing to send now
+                    self.cancel(h)
                 return
             h.failure = (f"Backend {backend.name} failed while accepting the held query: {exc}",
                          "GENERIC_INTERNAL_ERROR")

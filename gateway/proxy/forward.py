@@ -65,17 +65,29 @@ class _Refused406:
 
 
 class Forwarder:
-    """Sends client requests to backends; owns which backends refuse ``X-Forwarded-*``."""
+    """Sends client requests to backends; owns which backends refuse ``X-Forwarded-*``.
+
+    A connect that timed out sent nothing, so the request may be sent again: ``send`` and
+    ``submit`` do so for up to ``retry_for`` seconds (``server.backendRequestTimeout``) while
+    the backend is still ``healthy`` (the probe the failure started has not found it down), the
+    gateway is not ``stopping`` and the client has not gone (``sink.gone``, if the sink has it).
+    A backend's accept queue that overflowed in a burst must not fail a query (issue 19). A
+    refused connect is not tried again: the backend is down (failover, or fail fast)."""
 
     def __init__(self, client: BackendClient, *, x_forwarded: bool, trust_forwarded: bool,
                  on_failure: Callable[[Backend, BackendError, float, float], str | None],
-                 timing: Any = None, lag: Any = None) -> None:
+                 timing: Any = None, lag: Any = None, retry_for: float = 0.0,
+                 healthy: Callable[[Backend], bool] | None = None,
+                 stopping: Callable[[], bool] | None = None) -> None:
         self.client = client
         self.x_forwarded = x_forwarded
         self.trust_forwarded = trust_forwarded
         self.on_failure = on_failure
         self.timing = timing                  # Metrics: backend time per request
         self.lag = lag                        # overload.LoopLag: loop stalls during an attempt
+        self.retry_for = retry_for            # seconds a timed-out connect is tried again (0: never)
+        self.healthy = healthy                # is the backend still worth trying (monitor's view)
+        self.stopping = stopping              # the gateway is shutting down
         self.no_forwarded: set[str] = set()   # backends that answered 406 to X-Forwarded-*
 
     def headers_for(self, backend: Backend, client_headers: Sequence[tuple[str, str]], *,
@@ -84,17 +96,30 @@ class Forwarder:
         return P.forward_header_pairs(client_headers, remote_ip=remote_ip, base=base, forwarded=forwarded,
                                       trust_forwarded=self.trust_forwarded), forwarded
 
+    def may_retry(self, exc: BackendError, sink: Any, give_up: float) -> bool:
+        """Whether a request that failed with ``exc`` may be sent again, before the backend's
+        health is asked: only a connect that timed out (nothing sent), before ``give_up``
+        (a ``time.monotonic()``), while the gateway runs and the client waits."""
+        return (exc.timeout and not exc.sent and time.monotonic() < give_up
+                and not getattr(sink, "gone", False)
+                and not (self.stopping is not None and self.stopping()))
+
+    def _still_healthy(self, backend: Backend) -> bool:
+        return self.healthy is None or self.healthy(backend)
+
     async def send(self, backend: Backend, method: str, uri: str,
                    client_headers: Sequence[tuple[str, str]], body: bytes | None, sink: ResponseSink,
-                   *, base: str, remote_ip: str) -> int:
+                   *, base: str, remote_ip: str, patient: bool = True) -> int:
         """Forward one request and stream the answer into ``sink``; the status code.
 
         ``sink.begin(backend)`` (if it has one) runs before each attempt. A failure is noted for
         passive health, with the attempt's duration and how long the event loop stalled during
         it (``on_failure(backend, exc, elapsed, lag)``), and raised as ``BackendError``. When
         that verdict is ``excused`` (the connect timed out while the loop stalled: we did not
-        get to it) and nothing was sent, the request is sent once more."""
+        get to it) and nothing was sent, the request is sent once more. When ``patient``, a
+        connect that timed out is tried again (see the class); the last failure is raised."""
         stalled_once = False
+        give_up = 0.0
         if not isinstance(client_headers, list):
             client_headers = list(client_headers)   # read again after a 406
         while True:
@@ -121,6 +146,13 @@ class Forwarder:
                     log.info("backend %s: %s while the event loop stalled; trying once more",
                              backend.name, exc)
                     continue
+                if patient:
+                    if give_up == 0.0:   # from the first attempt: no clock read per request
+                        give_up = time.monotonic() - elapsed + self.retry_for
+                    if self.may_retry(exc, sink, give_up) and self._still_healthy(backend):
+                        log.info("backend %s: connect timed out for %s %s; trying again",
+                                 backend.name, method, uri.split("?", 1)[0])
+                        continue
                 raise
             self._timed(sink, t0, None)
             if forwarded and relay.refused:
@@ -139,19 +171,32 @@ class Forwarder:
                      *, base: str, remote_ip: str) -> Backend:
         """POST a new statement to the first candidate that can be reached (failover only while
         nothing was sent: a POST that reached a backend may have created the query, §7.3).
+        When no candidate could be reached, the candidates whose connect timed out (not
+        refused) and that are still HEALTHY are tried again, in order, until ``retry_for``
+        (see the class): a burst that overflowed the only backend's accept queue must not fail
+        a new statement with ``NO_NODES_AVAILABLE``.
 
         The backend that answered; ``StatementLost`` or ``NoBackendReached`` otherwise."""
-        tried: list[str] = []
+        tried: dict[str, str] = {}   # backend name: its last failure
         if not isinstance(client_headers, list):
             client_headers = list(client_headers)
-        for backend in candidates:
-            try:
-                await self.send(backend, "POST", uri, client_headers, body, sink, base=base,
-                                remote_ip=remote_ip)
-            except BackendError as exc:
-                if exc.sent:
-                    raise StatementLost(backend, exc) from exc
-                tried.append(f"{backend.name}: {exc}")
-                continue
-            return backend
-        raise NoBackendReached(tried)
+        give_up = time.monotonic() + self.retry_for
+        while True:
+            timed_out: list[Backend] = []
+            for backend in candidates:
+                try:
+                    await self.send(backend, "POST", uri, client_headers, body, sink, base=base,
+                                    remote_ip=remote_ip, patient=False)
+                except BackendError as exc:
+                    if exc.sent:
+                        raise StatementLost(backend, exc) from exc
+                    tried[backend.name] = str(exc)
+                    if self.may_retry(exc, sink, give_up):
+                        timed_out.append(backend)
+                    continue
+                return backend
+            candidates = [b for b in timed_out if self._still_healthy(b)]
+            if not candidates:
+                raise NoBackendReached([f"{name}: {why}" for name, why in tried.items()])
+            log.info("new statement: the connect to %s timed out; trying again",
+                     ", ".join(b.name for b in candidates))

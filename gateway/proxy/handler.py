@@ -18,7 +18,7 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
 from gateway import protocol as P
-from gateway.backends.state import Backend, Health
+from gateway.backends.state import Backend
 from gateway.lifecycle import Started
 from gateway.proxy import exchange as X
 from gateway.limits import utf8
@@ -295,7 +295,11 @@ class ProxyHandler(LeanHandler):
                 return self._plain(404, f"{what} {kind.key} is not known to the gateway or any backend\n")
         body = bytes(self._body) if self._body or req.method in ("POST", "PUT", "PATCH") else None
         try:
-            await self._send_follow_up(backend, body, base)
+            # A connect that timed out is tried again until backendRequestTimeout (forward.py):
+            # the query still runs on its backend; a burst that overflowed the backend's accept
+            # queue, or a stalled event loop, must not lose it to a 504 the gateway made.
+            await gw.forwarder.send(backend, req.method or "GET", self._uri, req.headers.get_all(),
+                                    body, self, base=base, remote_ip=req.remote_ip or "")
         except BackendError as exc:
             if self._headers_written:
                 return self._abort(exc)
@@ -315,28 +319,6 @@ class ProxyHandler(LeanHandler):
         if ended is not None:
             gw.query_finished(kind.key or "", *ended)
 
-    async def _send_follow_up(self, backend: Backend, body: bytes | None, base: str) -> None:
-        """Forward a follow-up; a connect that timed out is tried again until
-        ``backendRequestTimeout`` has passed. Nothing was sent, so any method may be repeated,
-        and the query is still running on its backend: a burst that overflowed the backend's
-        accept queue, or a stalled event loop, must not lose it to a 504 the gateway made.
-        It stops early when the monitor (probing the backend because of the failure) finds
-        it down."""
-        req = self.request
-        give_up = time.monotonic() + self.gw.config.server.backendRequestTimeout
-        while True:
-            try:
-                await self.gw.forwarder.send(backend, req.method or "GET", self._uri, req.headers.get_all(),
-                                             body, self, base=base, remote_ip=req.remote_ip or "")
-                return
-            except BackendError as exc:
-                if exc.sent or not exc.timeout or self._headers_written or self._client_gone \
-                        or time.monotonic() >= give_up \
-                        or self.gw.registry.state(backend.name).health is not Health.HEALTHY:
-                    raise   # ... or the monitor's probe found the backend down: no hope
-                log.info("backend %s: connect timed out for %s %s; trying again", backend.name,
-                         req.method, self._path)
-
     def _owner_removed(self, kind: P.RequestKind, name: str, base: str) -> None:
         """A routing token names a backend that is no longer configured."""
         message = f"Backend {name} that owns this {kind.kind} was removed from the gateway"
@@ -347,6 +329,11 @@ class ProxyHandler(LeanHandler):
         return self._plain(404, message + "\n")
 
     # -- forwarding plumbing -----------------------------------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        """The client went away: the forwarder does not try a failed connect again for it."""
+        return self._client_gone
 
     def begin(self, backend: Backend) -> None:
         """Before each attempt of the forwarder: a fresh response state for ``backend``."""

@@ -16,11 +16,14 @@ limit, ``xheaders`` (remote address and scheme from a trusted load balancer).
 """
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import gc
 import logging
 import socket
 import ssl
+import termios
 import time
 from typing import Any, Awaitable, Callable
 
@@ -30,6 +33,7 @@ from tornado.httputil import (HTTPHeaders, HTTPInputError, HTTPOutputError, HTTP
 from tornado.iostream import StreamClosedError
 
 from gateway.limits import ConnectionLimits, trim_memory
+from gateway.runtime.accept import Acceptor
 from gateway.runtime.http1 import (LAST_CHUNK, ChunkedDecoder, HTTPParseError, body_length, find_head_end, format_chunk,
                                  parse_request_head, serialize_head)
 
@@ -199,6 +203,20 @@ class _Request(_Context):
         if self.chunking:
             return format_chunk(chunk)
         return chunk
+
+
+def _unread(conn: "_Connection") -> bool:
+    """Whether bytes wait unread in ``conn``'s socket (its event loop stalled: not the client's
+    fault). Asked only before closing a connection for ``headerTimeout``."""
+    sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+    if sock is None:
+        return False
+    try:
+        waiting = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting, True)
+    except (OSError, ValueError):
+        return False
+    return waiting[0] > 0
 
 
 def _can_keep_alive(version: str, method: str, headers: HTTPHeaders, length: int | None) -> bool:
@@ -552,7 +570,7 @@ class HTTPServer:
                  max_body_size: int | None = None, body_timeout: float | None = None,
                  max_header_size: int | None = None, trusted_downstream: list[str] | None = None,
                  header_timeout: float | None = None, body_progress_timeout: float | None = None,
-                 limits: ConnectionLimits | None = None, **_unused: Any) -> None:
+                 limits: ConnectionLimits | None = None, workers: int = 1, **_unused: Any) -> None:
         self.delegate = delegate
         self.fast_route: FastRoute | None = getattr(delegate, "fast_route", None)
         self.ssl_context: ssl.SSLContext | None = None
@@ -569,37 +587,26 @@ class HTTPServer:
         self.trusted_downstream = set(trusted_downstream or [])
         self.connections: set[_Connection] = set()
         self.stopping_connections = False
-        self._servers: list[asyncio.AbstractServer] = []
-        self._starting: list[asyncio.Task[None]] = []
+        self.workers = workers                  # processes sharing the listening sockets
+        self._acceptors: list[Acceptor] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._trim = False
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
-        """Start accepting on already-bound, listening sockets (as Tornado's ``add_sockets``)."""
-        loop = asyncio.get_running_loop()
+        """Start accepting on already-bound, listening sockets (as Tornado's ``add_sockets``).
+        Each wake-up accepts this worker's share of the waiting connections
+        (``gateway.runtime.accept``); the kernel's queue is 1024 long."""
         for sock in sockets:
-            self._starting.append(loop.create_task(self._serve(sock)))
+            sock.listen(1024)
+            self._acceptors.append(Acceptor(sock, lambda: _Connection(self), ssl_context=self.ssl_context,
+                                            workers=self.workers))
         _freeze_startup_objects()
-
-    async def _serve(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        # asyncio accepts up to `backlog` waiting connections per wake-up. With several worker
-        # processes on one socket, the first awake took a whole burst (wrk's 32 connections) and
-        # the others idled; accepting one at a time lets each worker take its share. The kernel
-        # queue keeps its length (listen again after asyncio's listen(backlog)).
-        server = await loop.create_server(lambda: _Connection(self), sock=sock, ssl=self.ssl_context,
-                                          backlog=1)
-        sock.listen(1024)
-        self._servers.append(server)
 
     def stop(self) -> None:
         """Stop accepting new connections; open ones stay."""
-        for t in self._starting:
-            if not t.done():
-                t.cancel()
-        for s in self._servers:
-            s.close()
-        self._servers.clear()
+        for a in self._acceptors:
+            a.close()
+        self._acceptors.clear()
 
     async def close_all_connections(self) -> None:
         """Close every connection: idle ones now, busy ones after their current response."""
@@ -651,7 +658,8 @@ class HTTPServer:
         now = time.monotonic()
         for conn in list(self.connections):
             if conn.phase == _HEAD and conn.head_started is not None \
-                    and now - conn.head_started > self.header_timeout:
+                    and now - conn.head_started > self.header_timeout and not _unread(conn):
+                # (bytes waiting unread: the client sent them; this worker did not get to them)
                 log.info("%s took over %.0fs to send a request head; closed", conn.address[0],
                          self.header_timeout)
                 conn.abort()

@@ -246,7 +246,7 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
     opts = dict(xheaders=s.trustForwardedHeaders, idle_connection_timeout=s.idleConnectionTimeout,
                 max_body_size=s.maxBodySize + 1, body_timeout=s.backendRequestTimeout,
                 header_timeout=s.headerTimeout, body_progress_timeout=s.bodyProgressTimeout,
-                limits=limits)
+                limits=limits, workers=s.workers)
     servers = []
     if s.tls.certFile and not tls_sockets:  # HTTPS only, on server.port
         servers.append(HTTPServer(app, ssl_options=tls_context(config), **opts))

@@ -282,18 +282,24 @@ class ClientThreads:
 class BlackHoleRelay:
     """Relays TCP to ``upstream`` until ``swallow()``: from then on it accepts connections and
     reads requests but never answers (a frozen coordinator, a network partition). ``relay()``
-    passes traffic again. ``connections`` counts connections accepted since the start."""
+    passes traffic again. ``connections`` counts connections accepted since the start.
+    ``overflow()`` stops accepting and fills the accept queue (a coordinator swamped by a
+    burst: the kernel drops new SYNs, connects time out); ``accept_again()`` ends it."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, backlog: int = 256) -> None:
         self.upstream_port = upstream_port
         self.hole = threading.Event()
+        self.accepting = threading.Event()
+        self.accepting.set()
+        self._paused = threading.Event()
+        self._fillers: list[socket.socket] = []
         self.connections = 0
         self.swallowed_requests = 0
         self._stop = threading.Event()
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(256)
+        self._listener.listen(backlog)
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
         self._socks: list[socket.socket] = []
@@ -310,11 +316,30 @@ class BlackHoleRelay:
     def relay(self) -> None:
         self.hole.clear()
 
+    def overflow(self) -> None:
+        """Stop accepting and fill the accept queue until a connect times out."""
+        self.accepting.clear()
+        if not self._paused.wait(5):
+            raise AssertionError("the relay did not stop accepting")
+        while True:
+            s = socket.socket()
+            s.settimeout(0.3)
+            try:
+                s.connect(("127.0.0.1", self.port))
+            except OSError:   # timed out: the queue is full, SYNs are dropped
+                s.close()
+                return
+            self._fillers.append(s)
+
+    def accept_again(self) -> None:
+        self.accepting.set()
+
     def close(self) -> None:
         self._stop.set()
+        self.accepting.set()
         self._listener.close()
         with self._lock:
-            for s in self._socks:
+            for s in self._socks + self._fillers:
                 try:
                     s.close()
                 except OSError:
@@ -326,6 +351,11 @@ class BlackHoleRelay:
 
     def _accept(self) -> None:
         while not self._stop.is_set():
+            if not self.accepting.is_set():
+                self._paused.set()
+                self.accepting.wait(0.2)
+                continue
+            self._paused.clear()
             try:
                 conn, _ = self._listener.accept()
             except (socket.timeout, OSError):

@@ -18,7 +18,7 @@ import time
 import requests
 
 from tests.conftest import gateway_config, spawn_cluster, wait_for
-from tests.reliability.helpers import metric
+from tests.reliability.helpers import BlackHoleRelay, metric
 
 STALL_SECONDS = 2.5   # longer than monitor.timeout (1s) and the server.shedLoopLag set below (1s)
 
@@ -173,4 +173,32 @@ def test_a_dead_only_backend_still_goes_unhealthy_at_once(gateway_factory, tmp_p
         text = gw.api("GET", "/metrics").text
         assert metric(text, "trino_gateway_health_hints_total", source="forward", verdict="probe") == 1
     finally:
+        cluster.stop()
+
+
+def test_a_new_statement_waits_out_a_backend_whose_accept_queue_overflowed(gateway_factory, tmp_path):
+    """A burst filled the only backend's accept queue: the kernel drops the gateway's SYNs and
+    its connect times out. Nothing was sent, so the statement is tried again (it failed with
+    NO_NODES_AVAILABLE before, issue 19) and runs once the backend accepts again."""
+    cluster = spawn_cluster("ovl-queue")
+    relay = BlackHoleRelay(cluster.port, backlog=0)
+    try:
+        cfg = gateway_config(tmp_path, None, monitor={"interval": "60s", "timeout": "5s"},
+                             server={"backendConnectTimeout": "300ms"})
+        cfg["backends"] = [{"name": "ovl-queue", "proxyTo": relay.url, "routingGroup": "adhoc"}]
+        gw = gateway_factory(cfg)
+        relay.overflow()
+        answer: dict[str, requests.Response] = {}
+        post = threading.Thread(target=lambda: answer.update(r=_post(gw)))
+        post.start()
+        wait_for(lambda: "the connect to ovl-queue timed out; trying again" in gw.log(), timeout=10,
+                 message="the statement tried again")
+        relay.accept_again()
+        post.join(20)
+        doc = answer["r"].json()
+        assert answer["r"].status_code == 200 and "error" not in doc, doc
+        assert doc["id"] and doc["stats"]["state"] != "FAILED"
+        assert _state(gw, "ovl-queue")["health"] == "HEALTHY"
+    finally:
+        relay.close()
         cluster.stop()
