@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import urllib.request
@@ -34,23 +33,6 @@ import load as L  # noqa: E402
 import machine as M  # noqa: E402
 import services as S  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
-
-
-def nginx_workers(svc: S.Service) -> list[int]:
-    kids = Path(f"/proc/{svc.pid}/task/{svc.pid}/children").read_text().split()
-    return [int(k) for k in kids] or [svc.pid]
-
-
 def token_poll(gw: S.Service) -> L.RequestSpec:
     """The nextUri the gateway writes into a result page: what clients poll."""
     req = urllib.request.Request(gw.url + H.GET.path, headers=H.GET.headers)
@@ -62,9 +44,9 @@ def token_poll(gw: S.Service) -> L.RequestSpec:
 
 def measure(bench: H.Bench, spec: L.RequestSpec, svc: S.Service, pids: list[int],
             connections: int) -> dict[str, float]:
-    c0 = cpu_seconds(pids)
+    c0 = S.cpu_seconds(pids)
     r = bench.load(spec, svc, connections)
-    cpu = cpu_seconds(pids) - c0
+    cpu = S.cpu_seconds(pids) - c0
     return {"rps": r.rps, "cpu_us": cpu / max(1, r.requests) * 1e6, "requests": r.requests}
 
 
@@ -78,7 +60,7 @@ def main() -> int:
                                   "(collapsed stacks; summarise with profile_worker.summarize)")
     args = ap.parse_args()
     if not (L.wrk_available() and S.nginx_available()):
-        print("poll_cpu: needs wrk and nginx", file=sys.stderr)
+        print("cpu_per_request: needs wrk and nginx", file=sys.stderr)
         return 2
     bench = H.Bench(S.new_tmp(), "wrk", args.reps, args.seconds, False)
     stack = H.Stack(bench)
@@ -91,7 +73,7 @@ def main() -> int:
             bare = S.start_bare_tornado(bench.tmp)
             stack.services.append(bare)
         gw_pids = S.worker_pids(stack.gateway)
-        ng_pids = nginx_workers(stack.nginx)
+        ng_pids = S.worker_pids(stack.nginx)
         bench.load(gw_spec, stack.gateway, args.connections, 1)
         bench.load(ng_spec, stack.nginx, args.connections, 1)
         rows = []

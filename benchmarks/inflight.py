@@ -174,18 +174,6 @@ def listen_overflows() -> int:
     return int(dict(zip(lines[0], lines[1])).get("ListenOverflows", 0)) if len(lines) >= 2 else 0
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except OSError:
-            pass
-    return total
-
-
 def _rss_kb(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -265,7 +253,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
     out = Outcome()
     counters = await asyncio.to_thread(gateway_counters, port) if gateway else {}
     rest_rss = _rss_kb(pids)
-    cpu0 = _cpu_seconds(pids)
+    cpu0 = S.cpu_seconds(pids)
     peak = [rest_rss]
     done = asyncio.Event()
 
@@ -329,7 +317,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
     done.set()
     await asyncio.gather(*bg)
     seen = await watcher if watcher is not None else {}
-    cpu = _cpu_seconds(pids) - cpu0
+    cpu = S.cpu_seconds(pids) - cpu0
     probes = sorted(out.probe_ms)
     extra = gateway_figures(counters, await asyncio.to_thread(gateway_counters, port), elapsed,
                             n + len(probes) + out.probe_failed) if gateway else {}

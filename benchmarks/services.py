@@ -6,6 +6,7 @@ nginx-light``); nothing is installed here.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -293,6 +294,19 @@ def worker_pids(svc: Service) -> list[int]:
                 out.append(kid)
         return out
     return children(svc.pid) or [svc.pid]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes ``pids`` used so far; a process gone counts 0."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
 
 
 def proc_status_kb(pid: int, field_name: str) -> int:
