@@ -15,10 +15,11 @@ import socket
 import threading
 import time
 
+import pytest
 import requests
 
 from tests.conftest import gateway_config, spawn_cluster, wait_for
-from tests.reliability.helpers import BlackHoleRelay, metric
+from tests.reliability.helpers import BlackHoleRelay, free_port, metric
 
 STALL_SECONDS = 2.5   # longer than monitor.timeout (1s) and the server.shedLoopLag set below (1s)
 
@@ -199,6 +200,47 @@ def test_a_new_statement_waits_out_a_backend_whose_accept_queue_overflowed(gatew
         assert answer["r"].status_code == 200 and "error" not in doc, doc
         assert doc["id"] and doc["stats"]["state"] != "FAILED"
         assert _state(gw, "ovl-queue")["health"] == "HEALTHY"
+    finally:
+        relay.close()
+        cluster.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_python_client_runs_a_query_through_a_backend_whose_accept_queue_overflowed(
+        gateway_factory, tmp_path, workers):
+    """The same as above with the official Trino client, one and two workers: the client sees
+    nothing of the dropped SYNs, and the whole query (statement and every poll) completes."""
+    import trino
+    cluster = spawn_cluster("ovl-client")
+    relay = BlackHoleRelay(cluster.port, backlog=0)
+    try:
+        cfg = gateway_config(tmp_path, None, monitor={"interval": "60s", "timeout": "5s"},
+                             server={"backendConnectTimeout": "300ms", "workers": workers,
+                                     "port": free_port()})
+        cfg["backends"] = [{"name": "ovl-client", "proxyTo": relay.url, "routingGroup": "adhoc"}]
+        gw = gateway_factory(cfg)
+        relay.overflow()
+        result: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                conn = trino.dbapi.connect(host="127.0.0.1", port=gw.port, user="alice",
+                                           http_scheme="http")
+                cur = conn.cursor()
+                cur.execute("SELECT count(*) FROM tpch.tiny.nation")
+                result["rows"] = cur.fetchall()
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                result["error"] = exc
+
+        client = threading.Thread(target=run)
+        client.start()
+        wait_for(lambda: "the connect to ovl-client timed out; trying again" in gw.log(), timeout=10,
+                 message="the statement tried again")
+        relay.accept_again()
+        client.join(30)
+        assert not client.is_alive(), "the query did not finish"
+        assert result.get("rows") == [[25]], result
+        assert _state(gw, "ovl-client")["health"] == "HEALTHY"
     finally:
         relay.close()
         cluster.stop()
