@@ -44,10 +44,12 @@ def token_poll(gw: S.Service) -> L.RequestSpec:
 
 def measure(bench: H.Bench, spec: L.RequestSpec, svc: S.Service, pids: list[int],
             connections: int) -> dict[str, float]:
-    c0 = S.cpu_seconds(pids)
+    u0, s0 = S.cpu_split(pids)
     r = bench.load(spec, svc, connections)
-    cpu = S.cpu_seconds(pids) - c0
-    return {"rps": r.rps, "cpu_us": cpu / max(1, r.requests) * 1e6, "requests": r.requests}
+    u1, s1 = S.cpu_split(pids)
+    n = max(1, r.requests)
+    return {"rps": r.rps, "cpu_us": (u1 - u0 + s1 - s0) / n * 1e6, "requests": r.requests,
+            "user_us": (u1 - u0) / n * 1e6, "sys_us": (s1 - s0) / n * 1e6}
 
 
 def main() -> int:
@@ -89,8 +91,9 @@ def main() -> int:
         for rep in range(args.reps):
             ng = measure(bench, ng_spec, stack.nginx, ng_pids, args.connections)
             gw = measure(bench, gw_spec, stack.gateway, gw_pids, args.connections)
-            line = (f"rep {rep + 1}: nginx {ng['cpu_us']:.1f} µs/request ({ng['rps']:,.0f}/s), "
-                    f"gateway {gw['cpu_us']:.1f} µs/request ({gw['rps']:,.0f}/s)")
+            line = (f"rep {rep + 1}: nginx {ng['cpu_us']:.1f} µs/request (user {ng['user_us']:.0f}, "
+                    f"system {ng['sys_us']:.0f}; {ng['rps']:,.0f}/s), gateway {gw['cpu_us']:.1f} µs/request "
+                    f"(user {gw['user_us']:.0f}, system {gw['sys_us']:.0f}; {gw['rps']:,.0f}/s)")
             if args.request == "poll":
                 rows.append(gw["cpu_us"] / ng["cpu_us"])
                 line += f": {rows[-1]:.2f}× nginx"

@@ -298,15 +298,24 @@ def worker_pids(svc: Service) -> list[int]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system) the processes ``pids`` used so far; a process gone counts 0."""
-    total = 0.0
+    user, system = cpu_split(pids)
+    return user + system
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds the processes ``pids`` used so far; a process gone counts 0.
+    System time is the kernel's share: socket calls, and on loopback the receiving side's
+    network stack, which runs inside the sender's send()."""
+    user = system = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
         except OSError:
             pass
-    return total
+    return user, system
 
 
 def proc_status_kb(pid: int, field_name: str) -> int:

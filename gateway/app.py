@@ -27,6 +27,7 @@ from gateway.metrics import Metrics
 from gateway.logs import text_lines
 from gateway.lifecycle import Lifecycle, Started
 from gateway.proxy.client import BackendClient, BackendError
+from gateway.proxy.follow import FollowUps
 from gateway.proxy.forward import Forwarder
 from gateway.routing.balancer import Balancer
 from gateway.routing.owners import BackendProbe, OwnerLookup
@@ -48,7 +49,7 @@ from gateway.runtime.serve import backend_ssl_context
 from gateway.backends.unfinished import UnfinishedQueries
 from gateway.metrics_history import MetricsSampler, instance_name
 from gateway.backends.resolver import Resolver
-from gateway.runtime.overload import EXCUSED, MARK, LoopLag, failure_counts, forward_verdict, shed_reason
+from gateway.runtime.overload import EXCUSED, MARK, Active, LoopLag, failure_counts, forward_verdict, shed_reason
 
 if TYPE_CHECKING:
     from gateway.admin.parts import AdminParts
@@ -120,6 +121,11 @@ class Gateway:
             store=lambda: self.store, tokens=lambda: self.tokens,
             route_statement=self.route_statement, statement_refused=self.statement_refused,
             learn=self.learn, taught=self.taught))
+        self.active = Active()               # requests proxied now (handler and fast path)
+        self.follow_ups = FollowUps(
+            tokens=lambda: self.tokens, registry=self.registry, metrics=self.metrics,
+            lifecycle=self.lifecycle, forwarder=self.forwarder, active=self.active,
+            base_for=self.base_for, taught=self.taught)
         self.offload = Offload()              # SQL analysis and rules checks, with a time budget
         self.passwords = PasswordChecks()     # PBKDF2 off the event loop
         self.monitor.on_round(lambda *_: self.admission.monitor_round())
@@ -140,7 +146,6 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self._backends_stamp: str | None = None
         self.started_at = time.time()
-        self.in_flight = 0
         self._seen: dict[str, int] = {}
         # Queries routed and not seen finishing, per backend, from the shared history.
         self.unfinished = UnfinishedQueries(window=config.store.historyRetention)
@@ -299,12 +304,17 @@ class Gateway:
 
     def base_url(self, request: HTTPServerRequest) -> str:
         """The URL clients use to reach the gateway, for URIs written into responses."""
+        return self.base_for(request.protocol, request.headers)
+
+    def base_for(self, protocol: str, headers: HTTPHeaders) -> str:
+        """``base_url`` from a request's scheme and headers (Tornado's ``request.host``: the
+        Host header, else 127.0.0.1)."""
         if self.config.server.publicUrl:
             return self.config.server.publicUrl
-        host = request.host
+        host = headers.get("Host") or "127.0.0.1"
         if self.config.server.trustForwardedHeaders:
-            host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
-        return f"{request.protocol}://{host}"
+            host = headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+        return f"{protocol}://{host}"
 
     def groups_with_backends(self) -> set[str]:
         return self.router.groups_with_backends()
@@ -480,6 +490,11 @@ class Gateway:
         self.monitor.probe_soon(backend.name)
         return verdict
 
+    @property
+    def in_flight(self) -> int:
+        """Requests this worker is proxying now."""
+        return self.active.n
+
     def shed(self) -> str | None:
         """Why a new statement is refused now because this worker is overloaded, or None."""
         s = self.config.server
@@ -533,6 +548,9 @@ def make_app(gw: Gateway) -> tornado.web.Application:
     # (gateway/runtime/http_server.py FastRoute; the list stays for Tornado's own server).
     from gateway.runtime.http_server import FastRoute
     app.fast_route = FastRoute(hot_path, proxy)  # type: ignore[attr-defined]
+    # Token follow-ups (result-page polls) from the parsed head to the forwarder
+    # (gateway/proxy/follow.py); what it does not take goes the way above.
+    app.follow_ups = gw.follow_ups  # type: ignore[attr-defined]
     return app
 
 

@@ -255,9 +255,9 @@ def test_shed_reads_the_loop_lag_and_in_flight_count() -> None:
     gw.config.server.shedInFlight = 3
     gw.config.server.shedLoopLag = 1.0
     assert gw.shed() is None
-    gw.in_flight = 3
+    gw.active.n = 3
     assert gw.shed() == "in-flight"
-    gw.in_flight = 0
+    gw.active.n = 0
     gw.loop_lag.sample(gw.loop_lag._clock())   # first sample: no lag yet
     gw.loop_lag._due = gw.loop_lag._clock() - 1.5   # the next sample is 1.5 s overdue
     assert gw.shed() == "loop-lag"

@@ -8,6 +8,7 @@ forwarder (``gateway.proxy.forward``) only move bytes; what to do with them is d
 - ``translate_response_headers``: which response headers reach the client, rewritten how, and
   what they teach (transactions started or cleared, OAuth2 exchanges).
 - ``query_end``: whether a response ended its query, and how.
+- ``follow_up_failure``: what the client of a follow-up is told when its backend failed.
 
 Like the sans-IO protocol layers of mitmproxy or h11: inputs in, decisions out, so every rule
 has an exact unit test (``tests/test_exchange.py``).
@@ -21,7 +22,8 @@ from gateway import protocol as P
 from gateway.routing.tokens import PREFIX, TokenError, TokenKeys, split_path
 
 __all__ = ["ROUTABLE", "TokenRoute", "TokenMinter", "resolve_token", "ResponseHeaders",
-           "translate_response_headers", "query_end", "STATEMENT_PATH"]
+           "translate_response_headers", "query_end", "STATEMENT_PATH", "FollowUpFailure",
+           "follow_up_failure"]
 
 # Request kinds whose URIs carry a routing token (they name the resource the token is bound to).
 ROUTABLE = frozenset({P.QUERY, P.SPOOL, P.OAUTH_TOKEN, P.OAUTH_INITIATE})
@@ -143,3 +145,27 @@ def query_end(kind: P.RequestKind, method: str, path: str, status: int,
         if state is not None:
             return state, error
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpFailure:
+    """The answer to a follow-up whose backend failed before answering."""
+    status: int      # 502/504 with ``message`` as plain text; 200: a FAILED query document
+    message: str
+    lost: bool       # the query is lost: end it FAILED (history, admission) and say so
+
+
+def follow_up_failure(kind: P.RequestKind, method: str, path: str, backend: str, group: str,
+                      error: str, *, sent: bool, timeout: bool) -> FollowUpFailure:
+    """What the client of a follow-up is told when ``backend`` failed with ``error``.
+
+    A result-page poll whose backend refuses connections (nothing sent, not a timeout, which
+    may pass) lost its query: the coordinator is down and its queries died with it. A FAILED
+    document ends the query with a message every client shows; a 502 would be retried and
+    then shown as a bare "bad gateway". Anything else is a 504 (timed out) or a 502."""
+    if kind.kind == P.QUERY and method == "GET" and path.startswith(STATEMENT_PATH) \
+            and not sent and not timeout:
+        return FollowUpFailure(200, f"Backend {backend} (group {group}) that ran query {kind.key} "
+                                    f"cannot be reached ({error}); the query is lost, submit it again",
+                               True)
+    return FollowUpFailure(504 if timeout else 502, f"Backend {backend} did not answer: {error}\n", False)

@@ -133,7 +133,7 @@ class ProxyHandler(LeanHandler):
             kind = P.classify(method, req.path, req.query, req.headers.get("Referer"))
         self._kind = kind
         self.gw.metrics.request_started(kind.kind)
-        self.gw.in_flight += 1
+        self.gw.active.n += 1
         try:
             if kind.kind == P.STATEMENT:
                 await self._statement()
@@ -144,7 +144,7 @@ class ProxyHandler(LeanHandler):
                 raise
             self._finished = True   # on_chunk stopped a page the client left: nothing to answer
         finally:
-            self.gw.in_flight -= 1
+            self.gw.active.n -= 1
             self.gw.metrics.request_done(kind.kind, self.get_status(), time.perf_counter() - self._started)
 
     # -- new statements ----------------------------------------------------------------------
@@ -235,11 +235,6 @@ class ProxyHandler(LeanHandler):
         self.finish(P.failed_query(message, gateway_base=base, error_name="QUERY_QUEUE_FULL",
                                    query_id=query_id))
 
-    def _query_lost(self, kind: P.RequestKind, exc: BackendError) -> bool:
-        """A result-page poll whose backend refuses connections (not a timeout, which may pass)."""
-        return (kind.kind == P.QUERY and self.request.method == "GET"
-                and self._path.startswith(X.STATEMENT_PATH) and not exc.sent and not exc.timeout)
-
     async def _send_statement(self, candidates: list[Backend], body: bytes, base: str, route: Route) -> None:
         """Forward a POST; on a connection that never opened, the next candidate (forward.py)."""
         gw = self.gw
@@ -303,16 +298,12 @@ class ProxyHandler(LeanHandler):
         except BackendError as exc:
             if self._headers_written:
                 return self._abort(exc)
-            if self._query_lost(kind, exc):
-                # The coordinator refuses connections: it is down and its queries died with
-                # it. A FAILED document ends the query with a message every client shows;
-                # a 502 would be retried and then shown as a bare "bad gateway".
-                message = (f"Backend {backend.name} (group {backend.routingGroup}) that ran query "
-                           f"{kind.key} cannot be reached ({exc}); the query is lost, submit it again")
-                gw.query_finished(kind.key or "", "FAILED", message)
-                return self._failed(message, base, "GENERIC_INTERNAL_ERROR", query_id=kind.key)
-            code = 504 if exc.timeout else 502
-            return self._plain(code, f"Backend {backend.name} did not answer: {exc}\n")
+            failure = X.follow_up_failure(kind, req.method or "GET", self._path, backend.name,
+                                          backend.routingGroup, str(exc), sent=exc.sent, timeout=exc.timeout)
+            if failure.lost:
+                gw.query_finished(kind.key or "", "FAILED", failure.message)
+                return self._failed(failure.message, base, "GENERIC_INTERNAL_ERROR", query_id=kind.key)
+            return self._plain(failure.status, failure.message)
         rw = self._rewriter
         ended = X.query_end(kind, req.method or "GET", self._path, self.get_status(),
                             rw.final_state() if rw is not None else (None, None))

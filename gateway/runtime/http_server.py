@@ -146,34 +146,65 @@ class _Request(_Context):
         assert isinstance(start_line, ResponseStartLine)
         if headers.get("Server", "").startswith("TornadoServer"):
             del headers["Server"]   # Tornado's default names its version: nothing a client needs
-        code = start_line.code
-        no_body = self.method == "HEAD" or code in (204, 304) or 100 <= code < 200
-        has_length = "Content-Length" in headers
-        self.chunking = (self.version == "HTTP/1.1" and not no_body and not has_length
-                         and "Transfer-Encoding" not in headers)
-        if not no_body and not has_length and not self.chunking:
-            self.keep_alive = False   # the body ends when the connection does
-        if self.version == "HTTP/1.1":
-            if not self.keep_alive:
-                headers["Connection"] = "close"
-        elif self.keep_alive:
-            headers["Connection"] = "Keep-Alive"
-        if self.chunking:
-            headers["Transfer-Encoding"] = "chunked"
-        if self.method == "HEAD" or code == 304:
-            self.expected = 0
-        elif has_length:
-            try:
-                self.expected = int(headers["Content-Length"])
-            except ValueError:
-                self.expected = None
-        else:
-            self.expected = None
-        data = serialize_head(f"HTTP/1.1 {code} {start_line.reason}", headers)
+        length = headers.get("Content-Length")
+        framing = self._framing(start_line.code, length, "Transfer-Encoding" in headers)
+        for name, value in framing:
+            headers[name] = value
+        data = serialize_head(f"HTTP/1.1 {start_line.code} {start_line.reason}", headers)
         self.headers_written = True
         if chunk:
             data += self._frame(chunk)
         return self.conn.send(data)
+
+    def write_pairs(self, code: int, reason: str, pairs: list[tuple[str, str]], length: int | None,
+                    chunk: bytes | None = None) -> "asyncio.Future[None]":
+        """``write_headers`` for header lines as name/value pairs (the proxy's fast path for
+        token follow-ups: no header object per response). ``pairs`` hold no framing lines
+        (Content-Length, Transfer-Encoding, Connection: ``gateway.protocol.RESPONSE_DROP``);
+        ``length`` is the body's length, or None to stream it (chunked)."""
+        framing = self._framing(code, None if length is None else str(length), False)
+        lines = [f"HTTP/1.1 {code} {reason}"]
+        for name, value in pairs:
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"illegal line break in header {name!r}")
+            lines.append(f"{name}: {value}")
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        for name, value in framing:
+            lines.append(f"{name}: {value}")
+        lines.append("\r\n")
+        data = "\r\n".join(lines).encode("latin-1")
+        self.headers_written = True
+        if chunk:
+            data += self._frame(chunk)
+        return self.conn.send(data)
+
+    def _framing(self, code: int, length: str | None, has_te: bool) -> list[tuple[str, str]]:
+        """Decide how the response body is framed (``chunking``, ``expected``, ``keep_alive``)
+        and return the framing header lines to set."""
+        no_body = self.method == "HEAD" or code in (204, 304) or 100 <= code < 200
+        has_length = length is not None
+        self.chunking = (self.version == "HTTP/1.1" and not no_body and not has_length and not has_te)
+        if not no_body and not has_length and not self.chunking:
+            self.keep_alive = False   # the body ends when the connection does
+        out: list[tuple[str, str]] = []
+        if self.version == "HTTP/1.1":
+            if not self.keep_alive:
+                out.append(("Connection", "close"))
+        elif self.keep_alive:
+            out.append(("Connection", "Keep-Alive"))
+        if self.chunking:
+            out.append(("Transfer-Encoding", "chunked"))
+        if self.method == "HEAD" or code == 304:
+            self.expected = 0
+        elif has_length:
+            try:
+                self.expected = int(length)  # type: ignore[arg-type]
+            except ValueError:
+                self.expected = None
+        else:
+            self.expected = None
+        return out
 
     def write(self, chunk: bytes) -> "asyncio.Future[None]":
         return self.conn.send(self._frame(chunk))
@@ -441,7 +472,11 @@ class _Connection(asyncio.Protocol):
         req.body_started = req.last_progress = time.monotonic()
         if req.chunked:
             req.decoder = ChunkedDecoder()
-        if fast is not None and fast.takes(rh.target):
+        follow = self.server.follow_ups
+        if follow is not None and length is None and rh.method == "GET" \
+                and self._call(follow.take, req, rh.target, rh.headers):
+            result = None   # req.delegate is the follow-up; it starts once the (empty) body is read
+        elif fast is not None and fast.takes(rh.target):
             result = self._call(fast.headers_received, self, req, start_line, rh.headers)
         else:
             delegate = req.delegate = self.server.delegate.start_request(self, req)
@@ -573,6 +608,10 @@ class HTTPServer:
                  limits: ConnectionLimits | None = None, workers: int = 1, **_unused: Any) -> None:
         self.delegate = delegate
         self.fast_route: FastRoute | None = getattr(delegate, "fast_route", None)
+        # GETs with a routing token (result-page polls, the most frequent request) go from the
+        # parsed head straight to the forwarder (``gateway.proxy.follow``): no Tornado request,
+        # handler or routing. ``take(request, target, headers)`` says whether it took one.
+        self.follow_ups: Any = getattr(delegate, "follow_ups", None)
         self.ssl_context: ssl.SSLContext | None = None
         if ssl_options is not None:
             self.ssl_context = netutil.ssl_options_to_context(ssl_options, server_side=True)

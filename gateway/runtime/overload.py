@@ -79,6 +79,16 @@ def shed_reason(*, lag: float, in_flight: int, max_lag: float, max_in_flight: in
     return None
 
 
+class Active:
+    """Requests this worker is proxying now (``n``): shedding reads it, the drain waits for
+    it to reach 0. One shared counter for every part that proxies (handler, fast path)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class LoopLag:
     """Samples how late the event loop runs a timer every ``interval`` seconds.
 

@@ -1,0 +1,316 @@
+"""Token follow-ups straight from the parsed head: the proxy's fast path for result-page polls.
+
+A poll (``GET`` of a ``nextUri`` the gateway wrote, routing token included) is the gateway's
+most frequent request. On the general path it costs a Tornado ``HTTPServerRequest``, a handler
+object with its header objects, three coroutines before the forwarder and the handler's output
+machinery; about half of a poll's CPU time (docs/benchmarks.md, "A floor for a Python proxy").
+Here the HTTP server (``gateway.runtime.http_server``) hands such a request over as soon as its
+head is parsed, and one ``FollowUp`` object carries it: it is the forwarder's sink, writes the
+answer to the client connection as name/value lines, and ends with the same bookkeeping as the
+handler (metrics and access log, the query's lifecycle, in-flight count).
+
+Nothing is decided here that the handler decides differently: which backend (the token,
+``exchange.resolve_token``), the response's header lines (``exchange.translate_response_headers``),
+URI rewriting (``protocol.UriRewriter`` with ``exchange.TokenMinter``), when the query ended
+(``exchange.query_end``), what a failed backend means (``exchange.follow_up_failure``), and
+the forwarding itself (``Forwarder.send``: the one path to a backend, 406 and connect retries
+included). Whatever is unusual goes the general way: a token that does not verify, a removed
+backend, a request with a body, an OAuth2 exchange, a Host header Tornado would refuse.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from tornado.httputil import HTTPHeaders, format_timestamp, responses
+from tornado.httputil import _ABNF  # the Host check Tornado's request applies
+from tornado.iostream import StreamClosedError
+
+from gateway import protocol as P
+from gateway.backends.state import Backend
+from gateway.proxy import exchange as X
+from gateway.proxy.client import BackendError
+from gateway.routing.tokens import PREFIX, TokenError, TokenKeys
+
+log = logging.getLogger("gateway.proxy")
+app_log = logging.getLogger("tornado.application")
+
+_FLUSH_AT = 256 * 1024   # as the handler: bytes buffered for the client before waiting for it
+_KINDS = frozenset({P.QUERY, P.SPOOL})   # what the fast path carries (OAuth2 exchanges: cookies)
+_NO_BODY = frozenset({204, 304})
+_HOST = _ABNF.host
+
+
+class FollowUps:
+    """The HTTP server's hook (``follow_ups`` of the application): ``take`` a request or not.
+
+    Holds the parts a follow-up uses (built once in ``Gateway.__init__``): the routing-token
+    keys (``tokens()``: they exist once the gateway started), the registry, metrics, the
+    query lifecycle, the forwarder, the count of requests proxied now (``active``), the
+    gateway's URL for a request (``base_for(scheme, headers)``) and what a response taught
+    about owners (``taught(translated, backend)``)."""
+
+    __slots__ = ("tokens", "registry", "metrics", "lifecycle", "forwarder", "active", "base_for",
+                 "taught")
+
+    def __init__(self, *, tokens: Callable[[], TokenKeys | None], registry: Any, metrics: Any,
+                 lifecycle: Any, forwarder: Any, active: Any,
+                 base_for: Callable[[str, HTTPHeaders], str],
+                 taught: Callable[[X.ResponseHeaders, str], None]) -> None:
+        self.tokens = tokens
+        self.registry = registry
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.forwarder = forwarder
+        self.active = active
+        self.base_for = base_for
+        self.taught = taught
+
+    def take(self, req: Any, target: str, headers: HTTPHeaders) -> bool:
+        """Take a GET without a body whose target carries a routing token that verifies and
+        names a configured backend; set ``req.delegate``. False: the general path serves it
+        (and answers whatever is wrong with it)."""
+        if not target.startswith(PREFIX):
+            return False
+        keys = self.tokens()
+        if keys is None:
+            return False
+        host = headers.get("Host")
+        if host is None or "," in host or not _HOST.fullmatch(host):
+            return False   # Tornado's request refuses it with a 400: let it
+        path, _, query = target.partition("?")
+        try:
+            route = X.resolve_token(keys, "GET", path, query)
+        except TokenError:
+            return False
+        if route is None or route.kind.kind not in _KINDS:
+            return False
+        backend = self.registry.get(route.backend)
+        if backend is None:
+            return False
+        follow = req.delegate = FollowUp(self, keys, req, headers, route, backend, path)
+        req.close_callback = follow.client_left
+        return True
+
+
+class FollowUp:
+    """One token follow-up: the forwarder's sink, and what the client connection is told.
+
+    It also stands in for the handler where metrics read one (``request``, ``get_status``):
+    the access log and the request counters see a poll the same way on both paths."""
+
+    __slots__ = ("parts", "keys", "conn", "headers", "route", "backend", "path", "base", "status",
+                 "reason", "rewriter", "out", "length", "pending", "pending_len", "streaming",
+                 "gone", "done", "started", "_gateway_metrics")
+
+    method = "GET"
+
+    def __init__(self, parts: FollowUps, keys: TokenKeys, conn: Any, headers: HTTPHeaders,
+                 route: X.TokenRoute, backend: Backend, path: str) -> None:
+        self.parts = parts
+        self.keys = keys
+        self.conn = conn            # gateway.runtime.http_server._Request: the client exchange
+        self.headers = headers
+        self.route = route
+        self.backend = backend
+        self.path = path            # as the client sent it (token included)
+        self.base = ""
+        self.status = 200
+        self.reason = "OK"
+        self.rewriter: P.UriRewriter | None = None
+        self.out: list[tuple[str, str]] = []
+        self.length: int | None = None   # the backend's Content-Length, kept when not rewriting
+        self.pending: list[bytes] = []
+        self.pending_len = 0
+        self.streaming = False      # the head went out: the rest is streamed
+        self.gone = False           # the client went away (the forwarder stops retrying for it)
+        self.done = False
+        self.started = time.perf_counter()
+        self._gateway_metrics: Any = None
+
+    # -- what the metrics read (the handler's names) --------------------------------------------
+
+    @property
+    def request(self) -> "FollowUp":
+        return self
+
+    @property
+    def remote_ip(self) -> str:
+        return self.conn.remote_ip
+
+    def request_time(self) -> float:
+        return time.perf_counter() - self.started
+
+    def get_status(self) -> int:
+        return self.status
+
+    # -- the HTTP server's delegate -----------------------------------------------------------
+
+    def finish(self) -> None:
+        """The request (no body) is complete: forward it."""
+        asyncio.ensure_future(self._run())
+
+    def on_connection_close(self) -> None:
+        self.client_left()
+
+    def client_left(self) -> None:
+        self.gone = True
+
+    # -- the exchange -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        parts = self.parts
+        kind = self.route.kind
+        metrics = parts.metrics
+        metrics.request_started(kind.kind)
+        metrics.owner_lookup("token")
+        parts.active.n += 1
+        try:
+            if kind.kind == P.QUERY:
+                parts.lifecycle.seen(kind.key or "")
+            self.base = parts.base_for(self.conn.protocol, self.headers)
+            await self._forward()
+        except StreamClosedError:
+            if not self.gone:
+                app_log.exception("Uncaught exception GET %s", self.path)
+            self.done = True
+        except Exception:
+            app_log.exception("Uncaught exception GET %s", self.path)
+            if not self.done:
+                if self.streaming:
+                    self._close()
+                else:
+                    self._answer(500, "Internal Server Error", "text/plain; charset=utf-8",
+                                 b"500: Internal Server Error\n")
+        finally:
+            parts.active.n -= 1
+            metrics.request_done(kind.kind, self.status, time.perf_counter() - self.started)
+
+    async def _forward(self) -> None:
+        lifecycle = self.parts.lifecycle
+        backend = self.backend
+        kind = self.route.kind
+        try:
+            await self.parts.forwarder.send(backend, "GET", self.route.uri, self.headers.get_all(), None, self,
+                                    base=self.base, remote_ip=self.conn.remote_ip)
+        except BackendError as exc:
+            if self.streaming:
+                log.warning("backend %s failed mid-response to GET %s: %s", backend.name, self.path, exc)
+                self._close()
+                return
+            failure = X.follow_up_failure(kind, "GET", self.route.path, backend.name, backend.routingGroup,
+                                          str(exc), sent=exc.sent, timeout=exc.timeout)
+            if failure.lost:
+                lifecycle.finished(kind.key or "", "FAILED", failure.message)
+                doc = P.failed_query(failure.message, gateway_base=self.base,
+                                     error_name="GENERIC_INTERNAL_ERROR", query_id=kind.key)
+                self._answer(200, "OK", "application/json", doc)
+            else:
+                self._answer(failure.status, None, "text/plain; charset=utf-8", failure.message.encode())
+            return
+        rw = self.rewriter
+        ended = X.query_end(kind, "GET", self.route.path, self.status,
+                            rw.final_state() if rw is not None else (None, None))
+        if ended is not None:
+            lifecycle.finished(kind.key or "", *ended)
+
+    # -- the forwarder's sink -----------------------------------------------------------------
+
+    def begin(self, backend: Backend) -> None:
+        """Before each attempt: a fresh response state."""
+        self.backend = backend
+        self.rewriter = None
+        self.pending = []
+        self.pending_len = 0
+        self.length = None
+
+    def on_headers(self, code: int, reason: str, headers: HTTPHeaders) -> None:
+        backend = self.backend
+        self.status = code
+        self.reason = reason or _reason(code)
+        minter = X.TokenMinter(self.keys, backend.name)
+        if "json" in headers.get("Content-Type", ""):
+            self.rewriter = P.UriRewriter(self.base, minter)
+        elif "Content-Length" in headers:
+            try:
+                self.length = int(headers["Content-Length"])
+            except ValueError:
+                self.length = None
+        translated = X.translate_response_headers(
+            headers.get_all(), backend_base=backend.proxyTo, gateway_base=self.base,
+            request_transaction=P.transaction_id(self.headers.get("X-Trino-Transaction-Id")),
+            route=minter, connection=headers.get_list("Connection"))
+        self.out = translated.headers
+        self.parts.taught(translated, backend.name)
+
+    def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.gone:
+            raise StreamClosedError()   # stop reading a page nobody will receive
+        rw = self.rewriter
+        if rw is not None:
+            chunk = rw.feed(chunk)
+            if not chunk:
+                return None
+        self.pending.append(chunk)
+        self.pending_len += len(chunk)
+        if self.pending_len >= _FLUSH_AT:
+            return self._flush()
+        return None
+
+    def on_end(self) -> None:
+        rw = self.rewriter
+        if rw is not None:
+            tail = rw.finish()
+            if tail:
+                self.pending.append(tail)
+                self.pending_len += len(tail)
+        if self.streaming:
+            self._flush()
+        else:
+            # The usual page: head and body leave in one send, with the body's length.
+            length = None if self.status in _NO_BODY else self.pending_len
+            if length is not None and self.rewriter is None and self.length is not None \
+                    and self.length != length:
+                length = self.length   # as the handler: the backend's length, checked on finish
+            body = b"".join(self.pending) if self.status not in _NO_BODY else b""
+            self.conn.write_pairs(self.status, self.reason, self.out, length, body)
+        self._end()
+
+    def _flush(self) -> "asyncio.Future[None]":
+        data = b"".join(self.pending)
+        self.pending = []
+        self.pending_len = 0
+        if not self.streaming:
+            self.streaming = True
+            length = self.length if self.rewriter is None else None
+            return self.conn.write_pairs(self.status, self.reason, self.out, length, data)
+        return self.conn.write(data)
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def _answer(self, code: int, reason: str | None, content_type: str, body: bytes) -> None:
+        """An answer the gateway makes itself (the backend failed before answering)."""
+        self.status = code
+        self.reason = reason or _reason(code)
+        # (the lines the handler's own answers carry: Tornado's Date, our Content-Type)
+        pairs = [("Content-Type", content_type), ("Date", format_timestamp(time.time()))]
+        self.conn.write_pairs(code, self.reason, pairs, len(body), body)
+        self._end()
+
+    def _end(self) -> None:
+        self.done = True
+        try:
+            self.conn.finish()
+        finally:
+            self.parts.metrics.log_request(self)
+
+    def _close(self) -> None:
+        """The backend failed mid-response: the client has a partial answer; close so it knows."""
+        self.done = True
+        self.conn.close()
+
+
+def _reason(code: int) -> str:
+    return responses.get(code, "Unknown")

@@ -1,0 +1,254 @@
+"""The fast path for token follow-ups (gateway/proxy/follow.py) answers exactly as the general
+path (the proxy handler) does: the same request, through one HTTP server with the fast path and
+one without, to the same scripted backend, gives the same status, header lines (all but Date),
+body, connection behaviour and lifecycle events. Any difference in what a client sees fails."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import tornado.web
+from tornado.netutil import bind_sockets
+
+from gateway import protocol as P
+from gateway.app import Gateway
+from gateway.backends.state import Backend, Health
+from gateway.config import config_from_dict
+from gateway.proxy.handler import proxy_route
+from gateway.runtime.http_server import HTTPServer
+
+QID = "20240101_123456_00003_abcde"
+SID = "seg-0001"
+
+
+def _page(port: int, *, next_token: int | None, pad: int = 0) -> bytes:
+    base = f"http://127.0.0.1:{port}"
+    doc: dict[str, Any] = {"id": QID, "infoUri": f"{base}/ui/query.html?{QID}",
+                           "partialCancelUri": f"{base}/v1/statement/executing/partialCancel/{QID}/0/y/1",
+                           "stats": {"state": "RUNNING" if next_token is not None else "FINISHED"},
+                           "data": [["x" * 100] for _ in range(pad)]}
+    if next_token is not None:
+        doc["nextUri"] = f"{base}/v1/statement/executing/{QID}/yslug/{next_token}"
+    return json.dumps(doc).encode()
+
+
+def _answer(port: int, token: str) -> bytes:
+    """What the scripted backend answers for ``.../yslug/<token>`` (and a segment)."""
+    json_head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    if token == "page":
+        body = _page(port, next_token=2)
+        return f"{json_head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    if token == "last":
+        body = _page(port, next_token=None)
+        return f"{json_head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    if token == "big":   # over the 256 KB the proxy buffers: streamed to the client
+        body = _page(port, next_token=3, pad=4000)
+        return (f"{json_head}Transfer-Encoding: chunked\r\n\r\n".encode()
+                + b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 70000]), body[i:i + 70000])
+                           for i in range(0, len(body), 70000)) + b"0\r\n\r\n")
+    if token == "headers":
+        body = _page(port, next_token=4)
+        return (f"{json_head}Content-Length: {len(body)}\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+                f"Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nServer: Jetty\r\n"
+                f"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\nX-Trino-Set-Session: a=b\r\n"
+                f"Location: http://127.0.0.1:{port}/v1/statement/executing/{QID}/yslug/5\r\n\r\n").encode() + body
+    if token == "text":
+        body = b"Query not found\n"
+        return (b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    if token == "unframed":   # chunked text: the proxy frames it itself
+        return b"HTTP/1.1 410 Gone\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    if token == "nobody":
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+    if token == "midway":   # promises more than it sends, then closes
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"id\":"
+    if token == "bigcut":   # streamed past what the proxy buffers, then the backend dies
+        body = _page(port, next_token=3, pad=4000)[:300000]
+        return (f"{json_head}Transfer-Encoding: chunked\r\n\r\n".encode()
+                + b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 70000]), body[i:i + 70000])
+                           for i in range(0, len(body), 70000)))
+    if token == "segment":
+        body = b"\x00\x01binary segment bytes"
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    raise AssertionError(token)
+
+
+async def _backend() -> tuple[asyncio.AbstractServer, int, list[str]]:
+    seen: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        port = writer.get_extra_info("sockname")[1]
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0].decode()
+                target = line.split(" ")[1]
+                seen.append(head.decode("latin-1"))
+                token = "segment" if "/v1/spooled/" in target else target.rsplit("/", 1)[1]
+                writer.write(_answer(port, token))
+                await writer.drain()
+                if token in ("midway", "bigcut"):
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], seen
+
+
+def _gateway(tmp_path: Any, port: int, dead_port: int) -> Gateway:
+    cfg = config_from_dict({"store": {"url": f"sqlite:///{tmp_path / 'g.db'}"},
+                            "server": {"xForwardedFor": False, "backendConnectTimeout": "1s",
+                                       "backendRequestTimeout": "2s"},
+                            "routing": {"tokenKey": "t" * 32, "cookieSecret": "c" * 32,
+                                        "rules": [str(tmp_path)]},
+                            "monitor": {"type": "noop"}}, "<test>")
+    gw = Gateway(cfg)
+    backends = [Backend("b1", f"http://127.0.0.1:{port}", None, "adhoc", True),
+                Backend("dead", f"http://127.0.0.1:{dead_port}", None, "adhoc", True)]
+    gw.registry.replace(backends)
+    for b in backends:
+        gw.registry.state(b.name).health = Health.HEALTHY
+    return gw
+
+
+class _Counting:
+    """The fast path's hook, counting the requests it took."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.taken = 0
+
+    def take(self, *args: Any) -> bool:
+        took = self.inner.take(*args)
+        self.taken += took
+        return took
+
+
+def _server(gw: Gateway, fast: bool) -> tuple[HTTPServer, int]:
+    app = tornado.web.Application([(r".*", proxy_route(gw))], cookie_secret=gw.cookie_secret,
+                                  log_function=gw.metrics.log_request)
+    app.follow_ups = gw.follow_ups if fast else None  # type: ignore[attr-defined]
+    server = HTTPServer(app)
+    socks = bind_sockets(0, "127.0.0.1")
+    server.add_sockets(socks)
+    return server, socks[0].getsockname()[1]
+
+
+async def _exchange(port: int, request: bytes) -> tuple[bytes, bool]:
+    """Everything the gateway sent for ``request`` until it closed or went quiet, and whether
+    it closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    data = b""
+    closed = False
+    while True:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), 0.5)
+        except asyncio.TimeoutError:
+            break
+        if not chunk:
+            closed = True
+            break
+        data += chunk
+    writer.close()
+    return data, closed
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size, _, body = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        out, body = out + body[:n], body[n + 2:]
+    return out
+
+
+def _seen_by_client(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = sorted((n.strip().lower(), v.strip()) for n, _, v in (x.partition(":") for x in lines[1:]))
+    if ("transfer-encoding", "chunked") in headers:
+        body = _dechunk(body)
+    return lines[0], [h for h in headers if h[0] != "date"], body
+
+
+CASES = ["page", "last", "big", "headers", "text", "unframed", "nobody", "midway", "bigcut", "segment", "dead",
+         "http10"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_fast_path_answers_as_the_handler_does(tmp_path, case):
+    async def main() -> tuple[list[Any], list[Any], int, list[str]]:
+        backend, port, seen = await _backend()
+        probe = bind_sockets(0, "127.0.0.1")   # a port nobody listens on: connects are refused
+        dead_port = probe[0].getsockname()[1]
+        probe[0].close()
+        results, events = [], []
+        taken = 0
+        for fast in (True, False):
+            gw = _gateway(tmp_path / str(fast), port, dead_port)
+            finished: list[Any] = []
+            gw.lifecycle.on_finished(lambda *a: finished.append(a))
+            server, gport = _server(gw, fast)
+            counting = _Counting(gw.follow_ups)
+            if fast:
+                server.follow_ups = counting
+            assert gw.tokens is not None
+            name, token = ("dead", "x") if case == "dead" else ("b1", "last" if case == "http10" else case)
+            if case == "segment":
+                tok = gw.tokens.encode(name, P.SPOOL, SID)
+                target = f"/_r/{tok}/v1/spooled/download/{SID}"
+            else:
+                tok = gw.tokens.encode(name, P.QUERY, QID)
+                target = f"/_r/{tok}/v1/statement/executing/{QID}/yslug/{token}"
+            version = "HTTP/1.0" if case == "http10" else "HTTP/1.1"
+            request = (f"GET {target} {version}\r\nHost: gw.example:8080\r\nX-Trino-User: alice\r\n"
+                       f"User-Agent: t\r\n\r\n").encode()
+            data, closed = await _exchange(gport, request)
+            results.append((_seen_by_client(data), closed))
+            await asyncio.sleep(0)
+            events.append(finished)
+            server.stop()
+            await server.close_all_connections()
+            gw.client.close()
+            taken += counting.taken
+        backend.close()
+        return results, events, taken, seen
+
+    (fast, general), (fast_events, general_events), taken, seen = asyncio.run(main())
+    assert taken == 1                                   # the fast path served it
+    assert fast == general
+    assert fast_events == general_events
+    status, headers, body = fast[0]
+    # and what both answered is what the case is about (so equal cannot mean equally wrong)
+    if case in ("page", "headers", "big"):
+        assert status == "HTTP/1.1 200 OK" and b'"nextUri":"http://gw.example:8080/_r/' in body
+        assert b'"infoUri":"http://gw.example:8080/ui/query.html' in body
+    if case == "headers":
+        assert ("set-cookie", "a=1") in headers and ("set-cookie", "b=2") in headers
+        assert not any(n in ("x-hop", "server") for n, _ in headers)
+        assert any(n == "location" and v.startswith("http://gw.example:8080/_r/") for n, v in headers)
+    if case == "big":
+        assert ("transfer-encoding", "chunked") in headers and len(body) > 256 * 1024
+    if case == "last":
+        assert fast_events == [(QID, "FINISHED", None)]
+    if case == "dead":
+        assert json.loads(body)["error"]["errorName"] == "GENERIC_INTERNAL_ERROR"
+        assert fast_events[0][:2] == (QID, "FAILED")
+    if case == "midway":   # cut short before anything reached the client: a 502 says so
+        assert status == "HTTP/1.1 502 Bad Gateway" and b"connection" in body
+    if case == "bigcut":   # cut short after the head went out: closed, so the client knows
+        assert status == "HTTP/1.1 200 OK" and fast[1] is True
+    if case == "http10":
+        assert fast[1] is True                          # no keep-alive asked: closed after it
+    if case == "segment":
+        assert body == b"\x00\x01binary segment bytes"
+    # the backend got the path without the token, from both
+    assert all("/_r/" not in s.split("\r\n", 1)[0] for s in seen)
