@@ -473,8 +473,11 @@ class _Connection(asyncio.Protocol):
         if req.chunked:
             req.decoder = ChunkedDecoder()
         follow = self.server.follow_ups
-        if follow is not None and length is None and rh.method == "GET" \
-                and self._call(follow.take, req, rh.target, rh.headers):
+        took = follow is not None and length is None and rh.method == "GET" \
+            and self._call(follow.take, req, rh.target, rh.headers)
+        if self.closing:
+            return False
+        if took:
             result = None   # req.delegate is the follow-up; it starts once the (empty) body is read
         elif fast is not None and fast.takes(rh.target):
             result = self._call(fast.headers_received, self, req, start_line, rh.headers)
