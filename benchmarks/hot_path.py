@@ -234,7 +234,8 @@ def main() -> None:
                                   cwd=os.path.abspath(root))
             for name, us in json.loads(done.stdout).items():
                 best[name] = min(us, best.get(name, us))
-    print(f"load average {os.getloadavg()[0]:.2f}; µs of CPU per call, best of {args.reps} × {args.rounds} alternating rounds")
+    print(f"load average {os.getloadavg()[0]:.2f}; µs of CPU per call, best of {args.reps} "
+          f"× {args.rounds} alternating rounds")
     print("| function | " + " | ".join(roots) + (" | after / before |" if len(roots) == 2 else " |"))
     print("|---" * (len(roots) + 1 + (len(roots) == 2)) + "|")
     for name in results[0]:

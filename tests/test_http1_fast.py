@@ -39,8 +39,9 @@ NAMES = st.sampled_from([
     "Bad Name", "", " X", "\tX", "X ", "A@b", "Na\x00me", "Ä", "a\rb", "é-x",
 ])
 VALUE_CHARS = st.sampled_from(list("ab1 ,;=/\t:") + ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\r", "\n",
-                                                        "\x1f", "\x7f", "\x80", "\xa0", "\xb2", "\xff"])
-VALUES = st.one_of(st.text(VALUE_CHARS, max_size=12), st.sampled_from(["5", "6", "5, 5", "chunked", " 7 ", ""]))
+                                                    "\x1f", "\x7f", "\x80", "\xa0", "\xb2", "\xff"])
+VALUES = st.one_of(st.text(VALUE_CHARS, max_size=12),
+                   st.sampled_from(["5", "6", "5, 5", "chunked", " 7 ", ""]))
 EOLS = st.sampled_from(["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n", ""])
 
 
