@@ -127,6 +127,11 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
         out = [rw.feed(page[i:i + chunk]) for i in range(0, len(page), chunk)]
         return b"".join(out) + rw.finish()
 
+    def page(body: bytes) -> bytes:
+        rw = P.UriRewriter(GATEWAY_BASE, X.TokenMinter(keys, "adhoc-1"))
+        whole = getattr(rw, "page", None)   # absent before the fourth session
+        return whole(body) if whole is not None else rw.feed(body) + rw.finish()
+
     scopes = [f"20261203_180512_{i:05d}_abcde" for i in range(10000)]
     tokens = [keys.encode("adhoc-1", P.QUERY, s) for s in scopes]
     it = iter(range(10 ** 12))
@@ -159,7 +164,8 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
         tr = X.translate_response_headers(rhead.headers.get_all(), backend_base=BACKEND_BASE,
                                           gateway_base=GATEWAY_BASE, request_transaction=None, route=minter)
         rw = P.UriRewriter(GATEWAY_BASE, minter)
-        body = rw.feed(answer[end:]) + rw.finish()
+        whole = getattr(rw, "page", None)
+        body = whole(answer[end:]) if whole is not None else rw.feed(answer[end:]) + rw.finish()
         lines = [(n, v) for n, v in tr.headers if n.lower() != "content-length"]
         lines.append(("Content-Length", str(len(body))))
         return out + http1.serialize_head(f"HTTP/1.1 {rhead.code} {rhead.reason}", lines) + body
@@ -181,6 +187,7 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
             resp_pairs, backend_base=BACKEND_BASE, gateway_base=GATEWAY_BASE, request_transaction=None,
             route=X.TokenMinter(keys, "adhoc-1"))),
         (f"UriRewriter {len(small)} B page, one chunk", lambda: rewrite(small)),
+        (f"UriRewriter.page {len(small)} B (feed+finish if absent)", lambda: page(small)),
         (f"UriRewriter {len(big) // 1024} KB page, one chunk", lambda: rewrite(big)),
         (f"UriRewriter {len(big) // 1024} KB page, 16 KB chunks", lambda: rewrite(big, 16384)),
         (f"ChunkedDecoder {len(big) // 1024} KB, 8 KB chunks", chunked_decode),
