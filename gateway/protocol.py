@@ -145,26 +145,11 @@ def forward_header_pairs(src: Iterable[tuple[str, str]], *, remote_ip: str, base
     Plain (name, value) pairs: the proxy writes them straight into the request head, which is
     cheaper than building a header object per request (docs/benchmarks.md)."""
     items = src if isinstance(src, list) else list(src)
-    drop = REQUEST_DROP
-    lower = _lower_names
-    conn = [v for n, v in items if n.lower() == "connection"]
+    out, client_xff, conn = _kept_lines(items, REQUEST_DROP, trust_forwarded)
     if conn:
-        drop = drop | connection_tokens(conn)
-    out: list[tuple[str, str]] = []
-    client_xff = None
-    for name, value in items:
-        lname = lower.get(name)
-        if lname is None:
-            lname = name.lower()
-            if len(lower) < 4096:
-                lower[name] = lname
-        if lname in drop:
-            continue
-        if lname.startswith("x-forwarded-") or lname == "forwarded":
-            if lname == "x-forwarded-for" and trust_forwarded:
-                client_xff = f"{client_xff}, {value}" if client_xff else value
-            continue  # we set our own, and never send them where they earn a 406
-        out.append((name, value))
+        listed = connection_tokens(conn)
+        if not listed <= REQUEST_DROP:   # Connection names lines of its own (rare): drop them too
+            out, client_xff, _ = _kept_lines(items, REQUEST_DROP | listed, trust_forwarded)
     if forwarded:
         proto, _, hostport = base.partition("://")
         if ":" in hostport.rsplit("]", 1)[-1]:
@@ -175,6 +160,32 @@ def forward_header_pairs(src: Iterable[tuple[str, str]], *, remote_ip: str, base
                 ("X-Forwarded-Host", hostport), ("X-Forwarded-Port", port))
     out.append(("Via", "1.1 trino-gateway"))
     return out
+
+
+def _kept_lines(items: list[tuple[str, str]], drop: frozenset[str], trust_forwarded: bool
+                ) -> tuple[list[tuple[str, str]], str | None, list[str]]:
+    """The client's lines a backend gets (not in ``drop``, no ``X-Forwarded-*``), the client's
+    X-Forwarded-For if trusted, and the values of its Connection lines: one pass."""
+    lower = _lower_names
+    out: list[tuple[str, str]] = []
+    client_xff = None
+    conn: list[str] = []
+    for name, value in items:
+        lname = lower.get(name)
+        if lname is None:
+            lname = name.lower()
+            if len(lower) < 4096:
+                lower[name] = lname
+        if lname in drop:
+            if lname == "connection":
+                conn.append(value)
+            continue
+        if lname.startswith("x-forwarded-") or lname == "forwarded":
+            if lname == "x-forwarded-for" and trust_forwarded:
+                client_xff = f"{client_xff}, {value}" if client_xff else value
+            continue  # we set our own, and never send them where they earn a 406
+        out.append((name, value))
+    return out, client_xff, conn
 
 
 _lower_names: dict[str, str] = {}   # header name → lower case (clients repeat the same names)
