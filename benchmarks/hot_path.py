@@ -109,6 +109,7 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
         "Vary: Accept-Encoding, User-Agent\r\n"
         f"Content-Length: {len(small)}\r\n"
         "\r\n").encode("latin-1")
+    big_answer = response + big   # head and body read in one go
     chunked = b"".join(b"%x\r\n%b\r\n" % (len(big[i:i + 8192]), big[i:i + 8192])
                        for i in range(0, len(big), 8192)) + b"0\r\n\r\n"
 
@@ -172,6 +173,7 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
 
     return [
         ("find_head_end (request)", lambda: http1.find_head_end(request)),
+        ("find_head_end (response + 64 KB page)", lambda: http1.find_head_end(big_answer)),
         ("parse_request_head (poll, 14 headers)", lambda: http1.parse_request_head(request)),
         ("parse_response_head (coordinator)", lambda: http1.parse_response_head(response)),
         ("body_length (response)", lambda: http1.body_length(resp_head.headers)),

@@ -140,3 +140,23 @@ def test_tornado_headers_are_stored_as_the_fast_parsers_fill_them() -> None:
 def test_hostile_heads_are_still_refused(head: bytes) -> None:
     with pytest.raises(http1.HTTPParseError):
         http1.parse_request_head(head)
+
+
+def _old_find_head_end(buf, start=0):
+    """find_head_end before the fourth session (scanned the whole buffer for a bare-LF end)."""
+    crlf = buf.find(b"\r\n\r\n", start)
+    lf = buf.find(b"\n\n", start)
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    if 0 <= lf < crlf + 2:
+        return lf + 2
+    return crlf + 4
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"\r\n\r\n", b"\n\n", b" "]), max_size=30),
+       st.integers(0, 40))
+@settings(max_examples=1500, deadline=None)
+def test_head_end_is_found_where_it_was(pieces: list[bytes], start: int) -> None:
+    buf = b"".join(pieces)
+    assert http1.find_head_end(buf, start) == _old_find_head_end(buf, start)
+    assert http1.find_head_end(bytearray(buf), start) == _old_find_head_end(buf, start)

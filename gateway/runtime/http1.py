@@ -63,12 +63,13 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     CRLF is the norm; a bare LF is accepted as Tornado (and RFC 9112 §2.2) does.
     """
     crlf = buf.find(b"\r\n\r\n", start)
-    lf = buf.find(b"\n\n", start)
     if crlf < 0:
+        lf = buf.find(b"\n\n", start)
         return lf + 2 if lf >= 0 else -1
-    if 0 <= lf < crlf + 2:
-        return lf + 2
-    return crlf + 4
+    # A bare-LF blank line counts only if it starts before the CRLF one: look no further (a
+    # body that came with the head is not scanned to its end).
+    lf = buf.find(b"\n\n", start, crlf + 3)
+    return lf + 2 if lf >= 0 else crlf + 4
 
 
 def _valid_name(name: str) -> bool:
