@@ -109,6 +109,15 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
         "Vary: Accept-Encoding, User-Agent\r\n"
         f"Content-Length: {len(small)}\r\n"
         "\r\n").encode("latin-1")
+    # What benchmarks/inflight.py's client sends and benchmarks/longpoll_backend.py answers.
+    tiny_request = (f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-Trino-User: bench\r\n"
+                    "Content-Length: 0\r\n\r\n").encode()
+    doc = json.dumps({"id": QID, "infoUri": f"{BACKEND_BASE}/ui/query.html?{QID}",
+                      "stats": {"state": "RUNNING", "queued": False, "scheduled": True, "nodes": 1},
+                      "nextUri": f"{BACKEND_BASE}/v1/statement/executing/{QID}/y3/3"},
+                     separators=(",", ":")).encode()
+    tiny_answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                   % (len(doc), doc))
     big_answer = response + big   # head and body read in one go
     chunked = b"".join(b"%x\r\n%b\r\n" % (len(big[i:i + 8192]), big[i:i + 8192])
                        for i in range(0, len(big), 8192)) + b"0\r\n\r\n"
@@ -148,7 +157,7 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
     def chunked_decode() -> object:
         return http1.ChunkedDecoder().feed(chunked)
 
-    def poll() -> bytes:
+    def poll(request: bytes = request, answer: bytes = response + small) -> bytes:
         """What floor_proxy.py's pyfloor+ does for one poll and its answer."""
         end = http1.find_head_end(request)
         head = http1.parse_request_head(request[:end])
@@ -158,7 +167,6 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
                                        forwarded=False, trust_forwarded=False)
         pairs.append(("Host", head.headers.get("Host", "")))
         out = http1.serialize_head(f"GET {route.uri} HTTP/1.1", pairs)
-        answer = response + small
         end = http1.find_head_end(answer)
         rhead = http1.parse_response_head(answer[:end])
         minter = X.TokenMinter(keys, route.backend)
@@ -194,6 +202,7 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
         (f"UriRewriter {len(big) // 1024} KB page, 16 KB chunks", lambda: rewrite(big, 16384)),
         (f"ChunkedDecoder {len(big) // 1024} KB, 8 KB chunks", chunked_decode),
         ("poll (sum, as pyfloor+)", poll),
+        ("poll (sum), inflight.py's head and page", lambda: poll(tiny_request, tiny_answer)),
     ]
 
 

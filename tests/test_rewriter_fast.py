@@ -163,26 +163,21 @@ def _learnt(rw) -> tuple:
     return (rw.spool_ids, rw.saw_next_uri, rw.query_id, rw.final_state())
 
 
-def _old(doc: bytes, cuts: list[int]) -> tuple[bytes, tuple]:
-    rw = OldUriRewriter(BASE, TokenMinter(KEYS, "adhoc-1"))
+def _stream(rw, doc: bytes, cuts: list[int]) -> tuple[bytes, tuple]:
     out, pos = [], 0
     for n in cuts:
         out.append(rw.feed(doc[pos:pos + n]))
         pos += n
-    out.append(rw.feed(doc[pos:]))
-    out.append(rw.finish())
+    out += (rw.feed(doc[pos:]), rw.finish())
     return b"".join(out), _learnt(rw)
+
+
+def _old(doc: bytes, cuts: list[int]) -> tuple[bytes, tuple]:
+    return _stream(OldUriRewriter(BASE, TokenMinter(KEYS, "adhoc-1")), doc, cuts)
 
 
 def _new(doc: bytes, cuts: list[int]) -> tuple[bytes, tuple]:
-    rw = P.UriRewriter(BASE, TokenMinter(KEYS, "adhoc-1"))
-    out, pos = [], 0
-    for n in cuts:
-        out.append(rw.feed(doc[pos:pos + n]))
-        pos += n
-    out.append(rw.feed(doc[pos:]))
-    out.append(rw.finish())
-    return b"".join(out), _learnt(rw)
+    return _stream(P.UriRewriter(BASE, TokenMinter(KEYS, "adhoc-1")), doc, cuts)
 
 
 def _page(doc: bytes) -> tuple[bytes, tuple]:
