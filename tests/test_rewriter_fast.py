@@ -198,6 +198,9 @@ PIECES = st.sampled_from([
     '"id":"%s"' % QID, '"stats":{"state":"FINISHED"}', '"error":{"message":"boom \\"x\\""}',
     '"state":"RUNNING"', 'Uri"', 'ri"', '"u', '"uri"', '"next', '"nextUri":', '"nextUri":"', "\\", '"',
     "é", "a" * 40, "x" * 300, '"nextUri":"http://c:1/' + "p" * 17000 + '"', ",", " ", "\n",
+    '"pad":"' + "y" * 9000 + '"', "[" + ",".join(['"2024-01-01 12:00:00"'] * 300) + "]",
+    '"data":[' + ",".join(['[1,"BUILDING",2.5]'] * 600) + "]", '"nextUri" \t: "http://c:1/v1/x"',
+    '"uri"\n:\n"http://c:1/v1/spooled/ack/W%d"', ' : ', '"Uri" :', '"nextUri"   ',
 ])
 
 
@@ -242,6 +245,23 @@ def test_a_real_page_cut_at_every_offset() -> None:
     for cut in range(len(doc) + 1):
         assert _new(doc, [cut]) == want, cut
         assert _new(doc, [cut, 7]) == _old(doc, [cut, 7]), cut
+
+
+def test_a_large_page_cut_at_many_offsets() -> None:
+    """Fields at both ends and in the middle, more than one 16 KB hold window apart."""
+    rows = ",".join(['[1,"BUILDING",2.5]'] * 700)
+    doc = (f'{{"id":"{QID}","nextUri":"http://coord:8080/v1/statement/executing/{QID}/y1/2",'
+           f'"data":[{rows}],"segments":[{{"uri" : "http://coord:8080/v1/spooled/download/S9"}}],'
+           f'"data2":[{rows}],"stats":{{"state":"RUNNING"}},'
+           f'"partialCancelUri":"http://coord:8080/v1/statement/executing/partialCancel/{QID}/0/y1/2"}}').encode()
+    assert len(doc) > 2 * 8192
+    want = _old(doc, [])
+    assert want[0].count(b"/_r/") == 3 and want[1][0] == ["S9"]
+    assert _page(doc) == want
+    for cut in range(0, len(doc) + 1, 7):
+        assert _new(doc, [cut]) == want, cut
+    for cut in range(len(doc) - 400, len(doc) + 1):
+        assert _new(doc, [cut]) == want, cut
 
 
 def test_page_after_feed_finishes_the_stream() -> None:
