@@ -95,6 +95,10 @@ class TokenKeys:
         self._encoded: dict[str, str] = {}
         self._verified: dict[str, str] = {}
 
+    def __reduce__(self) -> tuple[type, tuple[bytes, tuple[bytes, ...]]]:
+        # The hash states cannot be pickled or copied as such: rebuild from the keys.
+        return TokenKeys, (self.current, self.previous)
+
     @classmethod
     def from_text(cls, current: str, previous: Sequence[str] = ()) -> "TokenKeys":
         return cls(current.encode(), tuple(p.encode() for p in previous))

@@ -3,7 +3,9 @@ standard library's ``hmac.digest``, which the previous implementation called for
 from __future__ import annotations
 
 import base64
+import copy
 import hmac
+import pickle
 
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
@@ -43,3 +45,12 @@ def test_each_key_signs_with_its_own_pads() -> None:
     assert keys._mac(k1, "b", "query", "q") == _old_mac(k1, "b", "query", "q")
     assert keys._mac(k2, "b", "query", "q") == _old_mac(k2, "b", "query", "q")
     assert keys._mac(k1, "b", "query", "q") == keys._mac(k1, "b", "query", "q")   # pads not consumed
+
+
+def test_keys_survive_pickling_and_copying() -> None:
+    keys = TokenKeys(b"a" * 32, [b"b" * 40])
+    token = keys.encode("adhoc-1", "query", "q1")
+    for other in (pickle.loads(pickle.dumps(keys)), copy.deepcopy(keys), copy.copy(keys)):
+        assert (other.current, other.previous) == (keys.current, keys.previous)
+        assert other.verify(token, "query", "q1") == "adhoc-1"
+        assert other.encode("adhoc-1", "query", "q1") == token
