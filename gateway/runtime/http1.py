@@ -148,18 +148,18 @@ def _headers_of(lines: list[str]) -> HTTPHeaders | None:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        norm = known.get(name)
-        if norm is None:
+        try:
+            norm = known[name]
+        except KeyError:
             norm = _learn_name(name)   # a name with leading whitespace is no token: folding
             if norm is None:
                 return None
         if not sep:
             return None
-        values = by_name.get(norm)
-        if values is None:
-            by_name[norm] = [value.strip(" \t")]
+        if norm in by_name:
+            by_name[norm].append(value.strip(" \t"))
         else:
-            values.append(value.strip(" \t"))
+            by_name[norm] = [value.strip(" \t")]
     h = HTTPHeaders.__new__(HTTPHeaders)
     h._as_list = by_name
     h._combined_cache = {}
