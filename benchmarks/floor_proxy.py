@@ -156,7 +156,7 @@ def _respond(answer: bytes, client: Client) -> bytes:
     out = X.translate_response_headers(head.headers.get_all(), backend_base=UPSTREAM, gateway_base=BASE,
                                        request_transaction=None, route=minter)
     rw = P.UriRewriter(BASE, minter)
-    body = rw.feed(answer[end:]) + rw.finish()
+    body = rw.page(answer[end:])   # the whole answer is here: one pass
     lines = [(n, v) for n, v in out.headers if n.lower() != "content-length"]
     lines.append(("Content-Length", str(len(body))))
     COUNTS[1] += 1

@@ -38,6 +38,9 @@ PREFIX = "/_r/"            # path prefix that carries a token: /_r/<token>/<the 
 _MAC_BYTES = 12            # 96-bit MAC: forging one takes ~2^96 tries, each a request to us
 _SEP = "."
 _CACHE_MAX = 8192          # tokens remembered per direction: a poll repeats its query's token
+_BLOCK = 64                # SHA-256's block size, for HMAC's key pads (RFC 2104)
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 class TokenError(ValueError):
@@ -55,6 +58,16 @@ def _unb64(text: str) -> bytes:
         raise TokenError("routing token is not valid base64url") from None
 
 
+def _hmac_pads(key: bytes) -> tuple["hashlib._Hash", "hashlib._Hash"]:
+    """HMAC-SHA256's inner and outer hash states after the key's pads (RFC 2104), computed once
+    per key. ``hmac.digest`` sets them up again for every MAC; copying them costs half as much
+    (tests/routing/test_tokens_fast.py holds the MACs to ``hmac.digest``'s)."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
 def key_id(key: bytes) -> str:
     """A short public name of a key (4 characters), so a token says which key signed it."""
     return _b64(hashlib.sha256(b"trino-gateway routing key id\x00" + key).digest()[:3])
@@ -63,7 +76,7 @@ def key_id(key: bytes) -> str:
 class TokenKeys:
     """The current key (signs new tokens) and previous ones (still accepted)."""
 
-    __slots__ = ("current", "previous", "_by_id", "_current_id", "_encoded", "_verified")
+    __slots__ = ("current", "previous", "_by_id", "_current_id", "_encoded", "_verified", "_pads")
 
     def __init__(self, current: bytes, previous: Sequence[bytes] = ()) -> None:
         if len(current) < 16 or any(len(p) < 16 for p in previous):
@@ -76,19 +89,28 @@ class TokenKeys:
         self.previous = tuple(previous)
         self._by_id = dict(zip(ids, keys))   # key id -> key; read for every follow-up
         self._current_id = ids[0]
+        self._pads = {k: _hmac_pads(k) for k in keys}
         # Every poll of a query writes and brings back the same token: remember the last few
         # thousand answers (plain strings as keys, so the garbage collector never walks them).
         self._encoded: dict[str, str] = {}
         self._verified: dict[str, str] = {}
 
+    def __reduce__(self) -> tuple[type, tuple[bytes, tuple[bytes, ...]]]:
+        # The hash states cannot be pickled or copied as such: rebuild from the keys.
+        return TokenKeys, (self.current, self.previous)
+
     @classmethod
     def from_text(cls, current: str, previous: Sequence[str] = ()) -> "TokenKeys":
         return cls(current.encode(), tuple(p.encode() for p in previous))
 
-    @staticmethod
-    def _mac(key: bytes, backend: str, kind: str, scope: str) -> str:
-        msg = f"{backend}\x00{kind}\x00{scope}".encode()
-        return _b64(hmac.digest(key, msg, "sha256")[:_MAC_BYTES])
+    def _mac(self, key: bytes, backend: str, kind: str, scope: str) -> str:
+        """HMAC-SHA256(key, backend NUL kind NUL scope), truncated, in base64url."""
+        inner, outer = self._pads[key]
+        h = inner.copy()
+        h.update(f"{backend}\x00{kind}\x00{scope}".encode())
+        o = outer.copy()
+        o.update(h.digest())
+        return _b64(o.digest()[:_MAC_BYTES])
 
     def encode(self, backend: str, kind: str, scope: str) -> str:
         """The token routing requests of ``kind`` about ``scope`` (a query id, a segment id,

@@ -23,8 +23,15 @@ LAST_CHUNK = b"0\r\n\r\n"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
-_known_names: set[str] = set()     # header names already validated (clients repeat them)
 _MAX_KNOWN = 4096
+# Header names already validated (clients repeat them), each with its ``Http-Header-Case``
+# spelling, the key ``HTTPHeaders`` files it under.
+_known_names: dict[str, str] = {}
+# Every control character: a head holding none but LF and the CR of a CRLF needs no per-value
+# check (one pass over the whole head instead of a regular expression per line).
+_CTL_BYTES = bytes([*range(0, 0x09), *range(0x0a, 0x20), 0x7f])
+_METHODS = frozenset({"GET", "POST", "DELETE", "HEAD", "PUT", "OPTIONS", "PATCH"})
+_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
 
 
 class HTTPParseError(ValueError):
@@ -56,22 +63,29 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     CRLF is the norm; a bare LF is accepted as Tornado (and RFC 9112 §2.2) does.
     """
     crlf = buf.find(b"\r\n\r\n", start)
-    lf = buf.find(b"\n\n", start)
     if crlf < 0:
+        lf = buf.find(b"\n\n", start)
         return lf + 2 if lf >= 0 else -1
-    if 0 <= lf < crlf + 2:
-        return lf + 2
-    return crlf + 4
+    # A bare-LF blank line counts only if it starts before the CRLF one: look no further (a
+    # body that came with the head is not scanned to its end).
+    lf = buf.find(b"\n\n", start, crlf + 3)
+    return lf + 2 if lf >= 0 else crlf + 4
 
 
 def _valid_name(name: str) -> bool:
-    if name in _known_names:
-        return True
+    return name in _known_names or _learn_name(name) is not None
+
+
+def _learn_name(name: str) -> str | None:
+    """The ``Http-Header-Case`` spelling of a valid header name (remembered), else None."""
     if not _TOKEN.fullmatch(name):
-        return False
+        return None
+    probe = HTTPHeaders()
+    probe[name] = ""          # Tornado's own normalisation, through its public interface
+    norm: str = next(iter(probe))
     if len(_known_names) < _MAX_KNOWN:
-        _known_names.add(name)
-    return True
+        _known_names[name] = norm
+    return norm
 
 
 def parse_headers(lines: list[str]) -> HTTPHeaders:
@@ -105,8 +119,67 @@ def _lines(head: bytes | bytearray) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
+def _clean_lines(head: bytes | bytearray) -> list[str] | None:
+    """The lines of a head that holds no control character but its line ends (LF or CRLF) and
+    HTAB; None for any other head, which the careful parser then reads (and refuses)."""
+    data = head if type(head) is bytes else bytes(head)
+    lf = data.count(b"\n")
+    crlf = data.count(b"\r\n")
+    if len(data) - len(data.translate(None, _CTL_BYTES)) != lf + crlf:
+        return None   # a CR that ends no line, NUL, DEL, ...
+    text = data.decode("latin-1")
+    if crlf == lf:
+        return text.split("\r\n")
+    if not crlf:
+        return text.split("\n")
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+
+
+def _headers_of(lines: list[str]) -> HTTPHeaders | None:
+    """``parse_headers`` for lines without control characters, or None when a line needs the
+    careful parser (an unknown or invalid name, a missing colon, line folding).
+
+    Fills the ``HTTPHeaders`` directly (``_as_list``: normalised name → values, the combined
+    values computed on first read), as ``HTTPHeaders.add`` would after its checks, which these
+    lines already passed; tests/test_http1_fast.py fails if Tornado stores headers otherwise."""
+    known = _known_names
+    by_name: dict[str, list[str]] = {}
+    for line in lines:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        try:
+            norm = known[name]
+        except KeyError:
+            norm = _learn_name(name)   # a name with leading whitespace is no token: folding
+            if norm is None:
+                return None
+        if not sep:
+            return None
+        if norm in by_name:
+            by_name[norm].append(value.strip(" \t"))
+        else:
+            by_name[norm] = [value.strip(" \t")]
+    h = HTTPHeaders.__new__(HTTPHeaders)
+    h._as_list = by_name
+    h._combined_cache = {}
+    return h
+
+
 def parse_request_head(head: bytes | bytearray) -> RequestHead:
     """A request head (request line and headers, up to the blank line) → ``RequestHead``."""
+    lines = _clean_lines(head)
+    if lines is not None and lines[0]:
+        parts = lines[0].split(" ")
+        if len(parts) == 3 and parts[0] in _METHODS and parts[1] and parts[2] in _VERSIONS:
+            headers = _headers_of(lines[1:])
+            if headers is not None:
+                return RequestHead(parts[0], parts[1], parts[2], headers)
+    return _parse_request_head(head)
+
+
+def _parse_request_head(head: bytes | bytearray) -> RequestHead:
+    """``parse_request_head`` for any head, checking each line (and saying what is wrong)."""
     lines = _lines(head)
     i = 0
     while i < len(lines) and not lines[i]:
@@ -119,7 +192,7 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
     method, target, version = parts
     if not _TOKEN.fullmatch(method):
         raise HTTPParseError("malformed request method")
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
+    if version not in _VERSIONS:
         raise HTTPParseError(f"unsupported HTTP version {version[:20]!r}")
     if not target or _BAD_VALUE.search(target) or " " in target:
         raise HTTPParseError("malformed request target")
@@ -128,6 +201,19 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
 
 def parse_response_head(head: bytes | bytearray) -> ResponseHead:
     """A response head (status line and headers) → ``ResponseHead``."""
+    lines = _clean_lines(head)
+    if lines is not None and lines[0]:
+        version, _, rest = lines[0].partition(" ")
+        code_text, _, reason = rest.partition(" ")
+        if version.startswith("HTTP/1.") and len(code_text) == 3 and code_text.isdigit():
+            headers = _headers_of(lines[1:])
+            if headers is not None:
+                return ResponseHead(version, int(code_text), reason, headers)
+    return _parse_response_head(head)
+
+
+def _parse_response_head(head: bytes | bytearray) -> ResponseHead:
+    """``parse_response_head`` for any head, checking each line."""
     lines = _lines(head)
     i = 0
     while i < len(lines) and not lines[i]:

@@ -1,0 +1,162 @@
+"""The fast head parsers of gateway/runtime/http1.py against the careful ones they skip.
+
+``parse_request_head`` and ``parse_response_head`` check a head with one pass over its bytes
+and fill Tornado's ``HTTPHeaders`` directly; anything unusual goes to the careful line-by-line
+parser (``_parse_request_head``, ``_parse_response_head``, the algorithm they replaced). These
+tests feed both the same generated heads, hostile ones included (control characters, bare CRs,
+line folding, bad names, missing colons, repeated and conflicting lengths, odd line ends), and
+require the same answer or the same error.
+"""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from tornado.httputil import HTTPHeaders
+
+from gateway.runtime import http1
+
+
+def _outcome(parse, head: bytes):
+    try:
+        rh = parse(head)
+    except Exception as e:   # the type and the text are part of the behaviour
+        return ("error", type(e), str(e))
+    h = rh.headers
+    names = list(h)
+    return (tuple(rh[:-1]), list(h.get_all()), names, {n: h[n] for n in names},
+            {n: h.get_list(n) for n in names}, len(h), str(h))
+
+
+def _same(head: bytes) -> None:
+    assert _outcome(http1.parse_request_head, head) == _outcome(http1._parse_request_head, head)
+    assert _outcome(http1.parse_response_head, head) == _outcome(http1._parse_response_head, head)
+
+
+NAMES = st.sampled_from([
+    "Host", "host", "HOST", "X-Trino-User", "x-trino-user", "Content-Length", "content-length",
+    "Transfer-Encoding", "Connection", "X-Trino-Client-Tags", "a", "A", "x_y", "!#$%&'*+-.^_`|~",
+    "Bad Name", "", " X", "\tX", "X ", "A@b", "Na\x00me", "Ä", "a\rb", "é-x",
+])
+VALUE_CHARS = st.sampled_from(list("ab1 ,;=/\t:") + ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\r", "\n",
+                                                    "\x1f", "\x7f", "\x80", "\xa0", "\xb2", "\xff"])
+VALUES = st.one_of(st.text(VALUE_CHARS, max_size=12),
+                   st.sampled_from(["5", "6", "5, 5", "chunked", " 7 ", ""]))
+EOLS = st.sampled_from(["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n", ""])
+
+
+@st.composite
+def header_lines(draw) -> str:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(st.sampled_from([" folded", "\tfolded", "NoColon", "", ":novalue", "  "]))
+    return f"{draw(NAMES)}:{draw(VALUES)}" if kind == 1 else f"{draw(NAMES)}: {draw(VALUES)}"
+
+
+@st.composite
+def heads(draw) -> bytes:
+    if draw(st.booleans()):
+        first = "{} {} {}".format(
+            draw(st.sampled_from(["GET", "POST", "DELETE", "PATCH", "G@T", "get", "BREW", ""])),
+            draw(st.sampled_from(["/", "/v1/statement", "/_r/t.b.m/v1/statement/executing/x/y/1?a=b",
+                                  "", "/a\x00b", "/a\rb", "/\x7f", "/\xff"])),
+            draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1\r"])))
+        if draw(st.integers(0, 9)) == 0:
+            first = draw(st.sampled_from(["GET /", "GET  / HTTP/1.1", "GET / HTTP/1.1 x"]))
+    else:
+        first = "{} {} {}".format(
+            draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/1.x", "HTTP/2", "HTTP/1.1\x00"])),
+            draw(st.sampled_from(["200", "404", "20", "2000", "abc", "\xb2\xb2\xb2", ""])),
+            draw(st.sampled_from(["OK", "Not Found Here", "", "A\x01B", "A\rB", "\xe9"])))
+    lead = draw(st.sampled_from(["", "", "\r\n", "\n", "\r\n\r\n"]))
+    lines = draw(st.lists(header_lines(), max_size=8))
+    out = lead + first
+    for line in lines:
+        out += draw(EOLS) + line
+    out += draw(st.sampled_from(["\r\n\r\n", "\n\n", "\r\n\n", "\r\n", ""]))
+    return out.encode("latin-1")
+
+
+@given(heads())
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(b"GET / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 6\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nA: b\rc\r\n\r\n")
+@example(b"GET / HTTP/1.1\nA: b\r\nB: c\n\n")
+@example(b"HTTP/1.1 \xb2\xb2\xb2 OK\r\n\r\n")
+@example(b"HTTP/1.1 200 A\x01B\r\nX: y\r\n\r\n")
+def test_fast_parsers_answer_as_the_careful_ones(head: bytes) -> None:
+    _same(head)
+
+
+@given(st.binary(max_size=80))
+@settings(max_examples=800, deadline=None)
+def test_fast_parsers_answer_as_the_careful_ones_on_any_bytes(raw: bytes) -> None:
+    _same(raw)
+    _same(b"GET / HTTP/1.1\r\n" + raw + b"\r\n\r\n")
+    _same(b"HTTP/1.1 200 OK\r\nX: " + raw + b"\r\n\r\n")
+
+
+def test_the_fast_path_is_taken_for_an_ordinary_head(monkeypatch) -> None:
+    """Guards the point of the fast path: a usual head never reaches the careful parser."""
+    def refuse(head):
+        raise AssertionError("careful parser used")
+    monkeypatch.setattr(http1, "_parse_request_head", refuse)
+    monkeypatch.setattr(http1, "_parse_response_head", refuse)
+    rh = http1.parse_request_head(b"GET /v1/info HTTP/1.1\r\nHost: a\r\nx-new-name-1: v\r\n\r\n")
+    assert rh.headers["X-New-Name-1"] == "v"
+    assert http1.parse_response_head(b"HTTP/1.1 200 OK\nContent-Length: 0\n\n").code == 200
+
+
+def test_tornado_headers_are_stored_as_the_fast_parsers_fill_them() -> None:
+    """The fast parsers set ``_as_list`` (normalised name → values) and an empty
+    ``_combined_cache`` on an ``HTTPHeaders`` made without ``__init__``. Tornado is pinned in
+    constraints.txt; if a new version keeps its headers otherwise, this fails first."""
+    assert vars(HTTPHeaders()) == {"_as_list": {}, "_combined_cache": {}}
+    head = (b"GET / HTTP/1.1\r\nx-trino-client-tags: a\r\nHost: h\r\nX-TRINO-CLIENT-TAGS: b\r\n"
+            b"Set-Cookie: c=1\r\nset-cookie: d=2\r\n\r\n")
+    fast = http1.parse_request_head(head).headers
+    public = HTTPHeaders()
+    for name, value in (("x-trino-client-tags", "a"), ("Host", "h"), ("X-TRINO-CLIENT-TAGS", "b"),
+                        ("Set-Cookie", "c=1"), ("set-cookie", "d=2")):
+        public.add(name, value)
+    assert vars(fast) == {"_as_list": public._as_list, "_combined_cache": {}}
+    for h in (fast, public):   # both must go on behaving alike when changed afterwards
+        h.add("Host", "h2")
+        h["X-New"] = "n"
+        del h["set-cookie"]
+    for h in (fast, public):
+        assert h["host"] == "h,h2" and h.get_list("X-Trino-Client-Tags") == ["a", "b"]
+    assert list(fast.get_all()) == list(public.get_all())
+    assert list(fast.copy().get_all()) == list(public.get_all())
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\nA: b\x00c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nA: b\rc\r\n\r\n",
+    b"GET / HTTP/1.1\r\n A: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nA b: c\r\n\r\n",
+])
+def test_hostile_heads_are_still_refused(head: bytes) -> None:
+    with pytest.raises(http1.HTTPParseError):
+        http1.parse_request_head(head)
+
+
+def _old_find_head_end(buf, start=0):
+    """find_head_end before the fourth session (scanned the whole buffer for a bare-LF end)."""
+    crlf = buf.find(b"\r\n\r\n", start)
+    lf = buf.find(b"\n\n", start)
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    if 0 <= lf < crlf + 2:
+        return lf + 2
+    return crlf + 4
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"\r\n\r\n", b"\n\n", b" "]), max_size=30),
+       st.integers(0, 40))
+@settings(max_examples=1500, deadline=None)
+def test_head_end_is_found_where_it_was(pieces: list[bytes], start: int) -> None:
+    buf = b"".join(pieces)
+    assert http1.find_head_end(buf, start) == _old_find_head_end(buf, start)
+    assert http1.find_head_end(bytearray(buf), start) == _old_find_head_end(buf, start)
