@@ -140,21 +140,35 @@ def _server(gw: Gateway, fast: bool) -> tuple[HTTPServer, int]:
 
 
 async def _exchange(port: int, request: bytes) -> tuple[bytes, bool]:
-    """Everything the gateway sent for ``request`` until it closed or went quiet, and whether
-    it closed the connection."""
+    """Everything the gateway sent for ``request`` (one whole response, or what came before
+    it closed), and whether it closed the connection (waited for when it said it would)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     data = b""
+
+    def complete() -> bool:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        lower = head.lower()
+        for line in lower.split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                return len(body) >= int(line.split(b":")[1])
+        if b"transfer-encoding: chunked" in lower:
+            return body.endswith(b"0\r\n\r\n")
+        return lower.startswith((b"http/1.1 204", b"http/1.1 304"))
+
     closed = False
-    while True:
-        try:
-            chunk = await asyncio.wait_for(reader.read(65536), 0.5)
-        except asyncio.TimeoutError:
-            break
+    while not complete():
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
         if not chunk:
             closed = True
             break
         data += chunk
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    http10 = b" HTTP/1.0\r\n" in request.split(b"\r\n", 1)[0] + b"\r\n"
+    if not closed and (b"connection: close" in head or (http10 and b"connection: keep-alive" not in head)):
+        closed = await asyncio.wait_for(reader.read(1), 10) == b""
     writer.close()
     return data, closed
 

@@ -248,11 +248,10 @@ class FollowUp:
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         if self.gone:
             raise StreamClosedError()   # stop reading a page nobody will receive
-        rw = self.rewriter
-        if rw is not None:
-            chunk = rw.feed(chunk)
-            if not chunk:
-                return None
+        # The backend's bytes are kept as they came until the page ends (the usual poll: one
+        # chunk, rewritten in one pass by ``UriRewriter.page``) or passes _FLUSH_AT; then
+        # they stream through ``feed``. (The handler counts rewritten bytes against the same
+        # bound: a page near it may be chunked on one path and sized on the other.)
         self.pending.append(chunk)
         self.pending_len += len(chunk)
         if self.pending_len >= _FLUSH_AT:
@@ -261,27 +260,31 @@ class FollowUp:
 
     def on_end(self) -> None:
         rw = self.rewriter
-        if rw is not None:
-            tail = rw.finish()
-            if tail:
-                self.pending.append(tail)
-                self.pending_len += len(tail)
+        data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        self.pending = []
         if self.streaming:
-            self._flush()
+            if rw is not None:
+                data = rw.feed(data) + rw.finish()
+            if data:
+                self.conn.write(data)
         else:
             # The usual page: head and body leave in one send, with the body's length.
-            length = None if self.status in _NO_BODY else self.pending_len
-            if length is not None and self.rewriter is None and self.length is not None \
-                    and self.length != length:
-                length = self.length   # as the handler: the backend's length, checked on finish
-            body = b"".join(self.pending) if self.status not in _NO_BODY else b""
+            if self.status in _NO_BODY:
+                body, length = b"", None
+            else:
+                body = rw.page(data) if rw is not None else data
+                length = len(body)
+                if rw is None and self.length is not None:
+                    length = self.length   # as the handler: the backend's length, checked on finish
             self.conn.write_pairs(self.status, self.reason, self.out, length, body)
         self._end()
 
     def _flush(self) -> "asyncio.Future[None]":
-        data = b"".join(self.pending)
+        data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
         self.pending = []
         self.pending_len = 0
+        if self.rewriter is not None:
+            data = self.rewriter.feed(data)
         if not self.streaming:
             self.streaming = True
             length = self.length if self.rewriter is None else None

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import hmac
 from typing import Sequence
 
@@ -37,7 +38,7 @@ __all__ = ["PREFIX", "TokenError", "TokenKeys", "split_path", "key_id"]
 PREFIX = "/_r/"            # path prefix that carries a token: /_r/<token>/<the backend's path>
 _MAC_BYTES = 12            # 96-bit MAC: forging one takes ~2^96 tries, each a request to us
 _SEP = "."
-_CACHE_MAX = 8192          # tokens remembered per direction: a poll repeats its query's token
+_CACHE_MAX = 32768         # tokens remembered per direction: a poll repeats its query's token
 _BLOCK = 64                # SHA-256's block size, for HMAC's key pads (RFC 2104)
 _IPAD = bytes(b ^ 0x36 for b in range(256))
 _OPAD = bytes(b ^ 0x5C for b in range(256))
@@ -120,9 +121,7 @@ class TokenKeys:
         if token is None:
             mac = self._mac(self.current, backend, kind, scope)
             token = _SEP.join((self._current_id, _b64(backend.encode()), mac))
-            if len(self._encoded) >= _CACHE_MAX:
-                self._encoded.clear()
-            self._encoded[memo] = token
+            _remember(self._encoded, memo, token)
         return token
 
     def verify(self, token: str, kind: str, scope: str) -> str:
@@ -133,9 +132,7 @@ class TokenKeys:
         if backend is not None:
             return backend
         backend = self._verify(token, kind, scope)
-        if len(self._verified) >= _CACHE_MAX:
-            self._verified.clear()
-        self._verified[memo] = backend
+        _remember(self._verified, memo, backend)
         return backend
 
     def _verify(self, token: str, kind: str, scope: str) -> str:
@@ -156,6 +153,16 @@ class TokenKeys:
         if not hmac.compare_digest(mac, self._mac(key, backend, kind, scope)):
             raise TokenError("routing token is not valid for this request")
         return backend
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> None:
+    """Keep ``key`` in a bounded cache. When full, the older half goes (insertion order): a
+    query still polled is inserted again at its next miss, while clearing the whole cache (as
+    before) made every in-flight query pay an HMAC at once beyond 8,192 of them (issue 19)."""
+    if len(cache) >= _CACHE_MAX:
+        for old in list(itertools.islice(cache, _CACHE_MAX // 2)):
+            del cache[old]
+    cache[key] = value
 
 
 def split_path(path: str) -> tuple[str, str] | None:

@@ -54,3 +54,20 @@ def test_keys_survive_pickling_and_copying() -> None:
         assert (other.current, other.previous) == (keys.current, keys.previous)
         assert other.verify(token, "query", "q1") == "adhoc-1"
         assert other.encode("adhoc-1", "query", "q1") == token
+
+
+def test_a_full_token_cache_drops_its_older_half_not_everything(monkeypatch):
+    """Beyond the cache size, clearing everything made every in-flight query pay an HMAC at
+    once; the older half goes instead, and what is still in use comes back at its next miss."""
+    from gateway.routing import tokens as T
+    monkeypatch.setattr(T, "_CACHE_MAX", 8)
+    cache: dict[str, str] = {}
+    for i in range(8):
+        T._remember(cache, f"k{i}", str(i))
+    assert len(cache) == 8
+    T._remember(cache, "k8", "8")
+    assert list(cache) == ["k4", "k5", "k6", "k7", "k8"]
+    keys = T.TokenKeys.from_text("t" * 32, [])
+    tokens = [keys.encode("b1", "query", f"q{i}") for i in range(20)]
+    assert [keys.verify(t, "query", f"q{i}") for i, t in enumerate(tokens)] == ["b1"] * 20
+    assert len(keys._encoded) <= 8 and len(keys._verified) <= 8
