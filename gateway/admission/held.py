@@ -139,7 +139,7 @@ class HeldQueryHandler(RequestHandler):
         for name, value in out.headers:
             self.add_header(name, value)
         rw = P.UriRewriter(base, minter)
-        self.finish(rw.feed(body) + rw.finish())
+        self.finish(rw.page(body))
 
     async def head(self, qid: str, slug: str, token: str) -> None:
         if self._find(qid, slug, token) is not None or (
