@@ -344,7 +344,7 @@ class Gateway:
             self.balancer.note_routed(backend.name, route.user, self.registry.states)
             if ev.queued_ms is None:
                 self.metrics.overhead.observe(route.decision_seconds)
-        self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
+        self.metrics.statement_routed(backend.routingGroup, backend.name, route.rule)
         self.metrics.queries.started(qid)
         if self.writer is not None and self.config.store.historyEnabled:
             self.writer.add(HistoryRow(
