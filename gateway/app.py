@@ -349,7 +349,7 @@ class Gateway:
         if self.writer is not None and self.config.store.historyEnabled:
             self.writer.add(HistoryRow(
                 query_id=qid, user=route.user, source=ctx.get("source"),
-                client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
+                client_tags=tuple(ctx.get("clientTags") or ()), sql=ctx.get("query"),
                 routing_group=backend.routingGroup, backend=backend.name, rule=route.history_rule,
                 submitted_at=ev.submitted_at, queued_ms=ev.queued_ms))
         if ev.queued_ms is not None or not route_log.isEnabledFor(logging.INFO):

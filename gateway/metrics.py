@@ -63,7 +63,7 @@ def request_kind(protocol_kind: str | None, path: str) -> str:
 _SHED = "shed: the worker is overloaded"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     """What one proxied request did, filled in as it goes."""
     protocol_kind: str
