@@ -69,7 +69,7 @@ def build_context(headers: Any, body: bytes, remote_address: str | None, *, anal
     ``X-Trino-Prepared-Statement``. ``facts`` are SQL facts computed already (off the event
     loop, ``gateway.runtime.offload``); without them and with ``analyze_sql`` they are computed here.
     """
-    if not isinstance(headers, HTTPHeaders):
+    if type(headers) is not HTTPHeaders and not isinstance(headers, HTTPHeaders):  # (an ABC: slow check)
         headers = _to_http_headers(headers)
     # One pass over the header lines: the first line of each name (single-valued symbols)
     # and the ``headers`` symbol (every line, credentials left out).
