@@ -121,7 +121,7 @@ class _Family(Collector):
         self._children: dict[tuple[str, ...], Any] = {}
         if not self._labelnames:
             self._one = self._children[()] = self._new()
-            for method in ("inc", "dec", "set", "observe", "get"):
+            for method in ("inc", "dec", "set", "observe", "get", "_value"):
                 if hasattr(self._one, method):
                     setattr(self, method, getattr(self._one, method))
         if registry is not None:

@@ -96,3 +96,13 @@ def test_labels_are_checked_as_by_prometheus_client() -> None:
     assert c.labels("x", "y") is c.labels(a="x", b="y")
     with pytest.raises(ValueError):
         PlainCounter("u_total", "u").labels("x")
+
+
+def test_values_read_like_prometheus_client_children() -> None:
+    """Code that reads a child's value the library's way (``_value.get()``) reads plain ones too."""
+    for counter in (Counter, PlainCounter):
+        labelled = counter("l_total", "l", ["k"], registry=None)
+        labelled.labels("a").inc(2)
+        single = counter("s_total", "s", registry=None)
+        single.inc(3)
+        assert labelled.labels("a")._value.get() == 2.0 and single._value.get() == 3.0
