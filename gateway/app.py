@@ -354,12 +354,12 @@ class Gateway:
             self.balancer.note_routed(backend.name, route.user, self.registry.states)
             if ev.queued_ms is None:
                 self.metrics.overhead.observe(route.decision_seconds)
-        self.metrics.routed.labels(backend.routingGroup, backend.name, route.rule or "").inc()
+        self.metrics.statement_routed(backend.routingGroup, backend.name, route.rule)
         self.metrics.queries.started(qid)
         if self.writer is not None and self.config.store.historyEnabled:
             self.writer.add(HistoryRow(
                 query_id=qid, user=route.user, source=ctx.get("source"),
-                client_tags=list(ctx.get("clientTags") or ()), sql=ctx.get("query"),
+                client_tags=tuple(ctx.get("clientTags") or ()), sql=ctx.get("query"),
                 routing_group=backend.routingGroup, backend=backend.name, rule=route.history_rule,
                 submitted_at=ev.submitted_at, queued_ms=ev.queued_ms))
         if ev.queued_ms is not None or not route_log.isEnabledFor(logging.INFO):

@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
-                               CONTENT_TYPE_LATEST)
+from prometheus_client import (CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST)
+from prometheus_client import Counter as _LibCounter, Gauge as _LibGauge, Histogram as _LibHistogram
 from prometheus_client import multiprocess
-from prometheus_client.metrics import MetricWrapperBase
+
+from gateway.metrics_plain import PlainCounter, PlainGauge, PlainHistogram
 
 __all__ = ["Metrics", "ActiveQueries", "request_kind", "METRIC_NAMES", "QUERY_IDLE_SECONDS"]
 
@@ -62,7 +63,7 @@ def request_kind(protocol_kind: str | None, path: str) -> str:
 _SHED = "shed: the worker is overloaded"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     """What one proxied request did, filled in as it goes."""
     protocol_kind: str
@@ -147,13 +148,24 @@ class ActiveQueries:
 
 
 class Metrics:
-    """All gateway metrics in one place; methods are cheap enough for the request path."""
+    """All gateway metrics in one place; methods are cheap enough for the request path.
 
-    def __init__(self) -> None:
+    In one process the metrics are plain numbers exported when scraped
+    (gateway/metrics_plain.py: no lock per update); with several workers they are
+    prometheus-client's own, whose multiprocess mode shares them through files."""
+
+    def __init__(self, *, plain: bool | None = None) -> None:
+        """``plain``: plain numbers (default: unless in multiprocess mode, where they cannot be)."""
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         reg = None if self.multiprocess else CollectorRegistry()
         kw = {"registry": reg} if reg is not None else {}
         self._registry = reg
+        if plain is None:
+            plain = not self.multiprocess
+        elif plain and self.multiprocess:
+            raise ValueError("plain metrics cannot be shared between worker processes")
+        Counter, Gauge, Histogram = ((PlainCounter, PlainGauge, PlainHistogram) if plain
+                                     else (_LibCounter, _LibGauge, _LibHistogram))
         live = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
         mx = {"multiprocess_mode": "max"} if self.multiprocess else {}
         self.requests = Counter("trino_gateway_requests_total",
@@ -234,7 +246,8 @@ class Metrics:
         self.shed = Counter("trino_gateway_shed_total",
                             "New statements refused with 429 + Retry-After because this worker "
                             "was overloaded, by reason (loop-lag, in-flight)", ["reason"], **kw)
-        self.health_hints = Counter(
+        # Also counted on the monitor's probe thread: a locked prometheus-client counter always.
+        self.health_hints = _LibCounter(
             "trino_gateway_health_hints_total",
             "Forward failures and probe timeouts by what they did to the backend's health: mark "
             "(UNHEALTHY, others take the queries), probe (last HEALTHY backend of its group: probed "
@@ -256,6 +269,7 @@ class Metrics:
         self._ruleset_version: str | None = None
         self._kinds: dict[tuple[str, str], Any] = {}
         self._overheads: dict[str, Any] = {}
+        self._routed: dict[tuple[str, str, str], Any] = {}
 
     # -- the request path (proxy handler) ----------------------------------------------------
 
@@ -280,6 +294,14 @@ class Metrics:
                 rec.counted = True
         if rec is not None:
             rec.done = True
+
+    def statement_routed(self, group: str, backend: str, rule: str | None) -> None:
+        """A statement now runs on ``backend`` (the lifecycle's started event)."""
+        key = (group, backend, rule or "")
+        c = self._routed.get(key)
+        if c is None:
+            c = self._routed[key] = self.routed.labels(*key)
+        c.inc()
 
     def statement_failed(self, reason: str) -> None:
         self.failures.labels(reason).inc()
@@ -402,7 +424,7 @@ class Metrics:
         """(name, type, help) of every metric defined here, sampled or not."""
         out = []
         for value in vars(self).values():
-            for fam in value.describe() if isinstance(value, MetricWrapperBase) else ():
+            for fam in value.describe() if isinstance(value, _METRIC_TYPES) else ():
                 out.append((fam.name, fam.type, fam.documentation))
         return out
 
@@ -414,6 +436,9 @@ class Metrics:
             return generate_latest(reg), CONTENT_TYPE_LATEST
         assert self._registry is not None
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+
+_METRIC_TYPES = (_LibCounter, _LibGauge, _LibHistogram, PlainCounter, PlainGauge, PlainHistogram)
 
 
 def _is_proxy(handler: Any) -> bool:

@@ -109,6 +109,26 @@ def test_loop_lag_measures_how_late_the_timer_ran() -> None:
     assert lag.recent() == pytest.approx(1.96)   # the old stall left the window; this one is on
 
 
+def test_recent_is_the_worst_stall_still_in_the_window() -> None:
+    """recent() keeps only the samples that can still be the worst (a sliding-window maximum):
+    checked against the plain maximum over the window after every sample of a varied run."""
+    import random
+    rnd = random.Random(7)
+    clock = Clock()
+    lag = _lag(clock)
+    kept: list[tuple[float, float]] = []
+    for _ in range(400):
+        late = rnd.choice([0.0, 0.0005, rnd.uniform(0.002, 0.3), rnd.uniform(0.3, 1.5)])
+        clock.now = lag._due + late
+        got = lag.sample(clock.now)
+        if got > 0.001:
+            kept.append((clock.now, got))
+        clock.now += rnd.uniform(0.0, 0.04)      # a look before the next sample is due
+        floor = clock.now - 2.0
+        worst = max((v for t, v in kept if t >= floor), default=0.0)
+        assert lag.recent() == pytest.approx(max(worst, lag.pending()))
+
+
 def test_stalled_difference_is_the_stall_during_an_attempt() -> None:
     clock = Clock()
     lag = _lag(clock)

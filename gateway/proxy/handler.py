@@ -173,7 +173,8 @@ class ProxyHandler(LeanHandler):
             return self._shed(shed, base)
         if target:
             pinned = await gw.owner(P.QUERY, target, headers)
-        txn = P.transaction_id(headers.get("X-Trino-Transaction-Id"))
+        txn_lines = headers.get_list("X-Trino-Transaction-Id")   # usually none: no KeyError raised
+        txn = P.transaction_id(",".join(txn_lines)) if txn_lines else None
         if pinned is None and txn:
             pinned = await gw.owner(P.TRANSACTION, txn, headers)
         pinned_backend = gw.registry.get(pinned) if pinned is not None else None

@@ -22,7 +22,7 @@ from gateway.limits import loads_json
 from gateway.routing.sql import SqlFacts, analyze
 
 __all__ = [
-    "build_context", "empty_context", "parse_prepared_statements", "user_from_authorization",
+    "RoutingContext", "build_context", "empty_context", "parse_prepared_statements", "user_from_authorization",
     "STRING_SYMBOLS", "ARRAY_SYMBOLS", "MAPPING_SYMBOLS", "SQL_SYMBOLS", "SYMBOLS",
     "HIDDEN_HEADERS",
 ]
@@ -50,10 +50,17 @@ def empty_context() -> dict[str, Any]:
     return ctx
 
 
+class RoutingContext(dict):  # type: ignore[type-arg]
+    """A context ``build_context`` made: every symbol present and of its declared type
+    (strings or None, tuples of strings, a dict of lower-case names to strings), so rules
+    evaluate it as it is (``rules.prepare_context`` copies anything else)."""
+    __slots__ = ()
+
+
 def build_context(headers: Any, body: bytes, remote_address: str | None, *, analyze_sql: bool,
                   max_sql_bytes: int = 1 << 20,
                   prepared: Mapping[str, str] | None = None,
-                  facts: SqlFacts | None = None) -> dict[str, Any]:
+                  facts: SqlFacts | None = None) -> RoutingContext:
     """Build the routing context of a new statement.
 
     ``headers`` is a ``tornado.httputil.HTTPHeaders`` (a plain mapping is accepted too).
@@ -62,32 +69,72 @@ def build_context(headers: Any, body: bytes, remote_address: str | None, *, anal
     ``X-Trino-Prepared-Statement``. ``facts`` are SQL facts computed already (off the event
     loop, ``gateway.runtime.offload``); without them and with ``analyze_sql`` they are computed here.
     """
-    if not isinstance(headers, HTTPHeaders):
+    if type(headers) is not HTTPHeaders and not isinstance(headers, HTTPHeaders):  # (an ABC: slow check)
         headers = _to_http_headers(headers)
-    ctx = empty_context()
-    ctx["user"] = (_first(headers, "X-Trino-User") or _first(headers, "X-Presto-User")
-                   or user_from_authorization(headers.get("Authorization")))
-    ctx["source"] = _first(headers, "X-Trino-Source") or _first(headers, "X-Presto-Source")
-    ctx["clientInfo"] = _first(headers, "X-Trino-Client-Info") or _first(headers, "X-Presto-Client-Info")
-    ctx["catalog"] = _first(headers, "X-Trino-Catalog") or _first(headers, "X-Presto-Catalog")
-    ctx["schema"] = _first(headers, "X-Trino-Schema") or _first(headers, "X-Presto-Schema")
-    ctx["routingGroupHeader"] = _first(headers, "X-Trino-Routing-Group")
+    # One pass over the header lines: the first line of each name (single-valued symbols)
+    # and the ``headers`` symbol (every line, credentials left out).
+    first: dict[str, str] = {}
+    shown: dict[str, str] = {}
+    for name, value in headers.get_all():
+        key = name.lower()
+        if key not in first:
+            first[key] = value
+        if key in HIDDEN_HEADERS:
+            continue
+        shown[key] = f"{shown[key]},{value}" if key in shown else value
+    catalog = _pick(first, "x-trino-catalog", "x-presto-catalog")
+    schema = _pick(first, "x-trino-schema", "x-presto-schema")
     tags = headers.get_list("X-Trino-Client-Tags") or headers.get_list("X-Presto-Client-Tags")
-    ctx["clientTags"] = tuple(_split_commas(tags))
-    ctx["headers"] = _headers_symbol(headers)
-    ctx["remoteAddress"] = remote_address or None
-
-    sql = ctx["query"] = sql_text(body, max_sql_bytes)
+    user = _pick(first, "x-trino-user", "x-presto-user")
+    if user is None and "authorization" in first:
+        user = user_from_authorization(",".join(headers.get_list("Authorization")))
+    sql = sql_text(body, max_sql_bytes)
     if facts is None and analyze_sql:
         if prepared is None:
             prepared = prepared_statements(headers)
-        facts = analyze(sql, ctx["catalog"], ctx["schema"], dict(prepared))
+        facts = analyze(sql, catalog, schema, dict(prepared))
+    # The keys in the order of SYMBOLS (explain output lists them so).
+    ctx = RoutingContext(
+        user=user,
+        source=_pick(first, "x-trino-source", "x-presto-source"),
+        clientInfo=_pick(first, "x-trino-client-info", "x-presto-client-info"),
+        catalog=catalog,
+        schema=schema,
+        routingGroupHeader=_pick(first, "x-trino-routing-group", None),
+        query=sql,
+        queryType=None,
+        remoteAddress=str(remote_address) if remote_address else None,
+        clientTags=tuple(_split_commas(tags)),
+        catalogs=(), schemas=(), tables=(),
+        headers=shown,
+    )
     if facts is not None:
-        ctx["queryType"] = facts.query_type
-        ctx["catalogs"] = facts.catalogs
-        ctx["schemas"] = facts.schemas
-        ctx["tables"] = facts.tables
+        ctx["queryType"] = str(facts.query_type) if facts.query_type is not None else None
+        ctx["catalogs"] = _strings(facts.catalogs)
+        ctx["schemas"] = _strings(facts.schemas)
+        ctx["tables"] = _strings(facts.tables)
     return ctx
+
+
+def _pick(first: Mapping[str, str], name: str, alternative: str | None) -> str | None:
+    """The first line of header ``name`` (else ``alternative``), stripped; empty means missing."""
+    value = first.get(name)
+    if value is not None:
+        value = value.strip()
+        if value:
+            return value
+    if alternative is None:
+        return None
+    value = first.get(alternative)
+    return (value.strip() or None) if value is not None else None
+
+
+def _strings(values: Any) -> tuple[str, ...]:
+    if not values:
+        return ()
+    if type(values) is tuple and all(type(v) is str for v in values):
+        return values
+    return tuple(str(v) for v in values)
 
 
 def sql_text(body: bytes, max_sql_bytes: int) -> str:
@@ -137,16 +184,6 @@ def _split_commas(values: Iterable[str]) -> list[str]:
             item = item.strip()
             if item:
                 out.append(item)
-    return out
-
-
-def _headers_symbol(headers: HTTPHeaders) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in headers.get_all():
-        key = name.lower()
-        if key in HIDDEN_HEADERS:
-            continue
-        out[key] = f"{out[key]},{value}" if key in out else value
     return out
 
 

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from gateway.routing.context import ARRAY_SYMBOLS, MAPPING_SYMBOLS, SQL_SYMBOLS, STRING_SYMBOLS
+from gateway.routing.context import (ARRAY_SYMBOLS, MAPPING_SYMBOLS, SQL_SYMBOLS, STRING_SYMBOLS,
+                                     RoutingContext)
 from gateway.routing.rules_compile import CompiledCondition, ConditionError, compile_condition
 
 __all__ = [
@@ -232,7 +233,10 @@ class Ruleset:
 
 
 def prepare_context(ctx: Mapping[str, Any]) -> dict[str, Any]:
-    """The context with every symbol present and of its declared type (arrays as tuples)."""
+    """The context with every symbol present and of its declared type (arrays as tuples).
+    A ``RoutingContext`` (``build_context``) is that already and is used as it is."""
+    if type(ctx) is RoutingContext:
+        return ctx
     thing: dict[str, Any] = {}
     get = ctx.get
     for name in STRING_SYMBOLS:

@@ -129,10 +129,15 @@ class LoopLag:
         lag = max(0.0, now - self._due) if self._due is not None else 0.0
         self._due = now + self.interval
         self._total += lag
+        recent = self._recent
         if lag > 0.001:   # only real stalls are kept for recent(); jitter is not news
-            self._recent.append((now, lag))
-        while self._recent and self._recent[0][0] < now - self.window:
-            self._recent.popleft()
+            # A sliding-window maximum: a sample no later one exceeds can never be the worst
+            # again, so the deque's lags decrease and its first live entry is the worst.
+            while recent and recent[-1][1] <= lag:
+                recent.pop()
+            recent.append((now, lag))
+        while recent and recent[0][0] < now - self.window:
+            recent.popleft()
         if self._observe is not None:
             self._observe(lag)
         return lag
@@ -150,6 +155,11 @@ class LoopLag:
 
     def recent(self) -> float:
         """The worst lateness within the last ``window`` seconds (a stall in progress too)."""
-        floor = self._clock() - self.window
-        worst = max((lag for t, lag in self._recent if t >= floor), default=0.0)
-        return max(worst, self.pending())
+        now = self._clock()
+        floor = now - self.window
+        recent = self._recent
+        while recent and recent[0][0] < floor:
+            recent.popleft()
+        worst = recent[0][1] if recent else 0.0
+        pending = now - self._due if self._due is not None else 0.0
+        return worst if worst >= pending else max(0.0, pending)

@@ -134,3 +134,25 @@ def test_parse_prepared_statements() -> None:
 def test_a_plain_mapping_is_accepted_as_headers() -> None:
     ctx = build_context({"x-trino-user": "dora", "X-Trino-Client-Tags": ["a", "b"]}, b"", None, analyze_sql=False)
     assert ctx["user"] == "dora" and ctx["clientTags"] == ("a", "b")
+
+
+def test_a_built_context_is_what_rules_evaluate_without_a_copy() -> None:
+    """build_context gives every symbol its declared type, so the rules use it as it is; any
+    other mapping is copied into that form. Both read the same, in the order of SYMBOLS."""
+    from gateway.routing.rules import prepare_context
+    ctx = ctx_of(("X-Trino-User", "alice"), ("X-Presto-Source", "cli"), ("X-Trino-Client-Tags", "a,b"),
+                 ("X-Team", "x"), ("x-team", "y"), ("Authorization", "Basic eA=="))
+    assert prepare_context(ctx) is ctx
+    copied = prepare_context(dict(ctx))
+    assert copied == ctx and list(copied) == list(ctx) == list(SYMBOLS)
+    assert ctx["user"] == "alice" and ctx["source"] == "cli" and ctx["headers"]["x-team"] == "x,y"
+    loose = {**ctx, "clientTags": ["a", 1], "remoteAddress": None}
+    assert prepare_context(loose)["clientTags"] == ("a", "1")
+
+
+def test_repeated_authorization_lines_read_as_one_value() -> None:
+    """The user from credentials sees the header as Tornado joins its lines (not only the first)."""
+    basic = "Basic " + base64.b64encode(b"carol:pw").decode()
+    assert ctx_of(("Authorization", basic))["user"] == "carol"
+    assert ctx_of(("Authorization", basic), ("Authorization", "Bearer x"))["user"] == \
+        user_from_authorization(f"{basic},Bearer x")
