@@ -253,7 +253,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
     out = Outcome()
     counters = await asyncio.to_thread(gateway_counters, port) if gateway else {}
     rest_rss = _rss_kb(pids)
-    cpu0 = S.cpu_seconds(pids)
+    user0, sys0 = S.cpu_split(pids)
     peak = [rest_rss]
     done = asyncio.Event()
 
@@ -317,7 +317,8 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
     done.set()
     await asyncio.gather(*bg)
     seen = await watcher if watcher is not None else {}
-    cpu = S.cpu_seconds(pids) - cpu0
+    user1, sys1 = S.cpu_split(pids)
+    cpu = user1 - user0 + sys1 - sys0
     probes = sorted(out.probe_ms)
     extra = gateway_figures(counters, await asyncio.to_thread(gateway_counters, port), elapsed,
                             n + len(probes) + out.probe_failed) if gateway else {}
@@ -334,6 +335,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
         "listen_overflows": listen_overflows() - overflows0,
         "kb_per_query": round((peak[0] - rest_rss) / n, 1) if pids else None,
         "cpu_us_per_request": round(cpu / max(1, out.requests) * 1e6, 1) if pids else None,
+        "cpu_system_share": round((sys1 - sys0) / cpu, 3) if pids and cpu > 0 else None,
         **seen,
         **extra,
     }

@@ -194,7 +194,7 @@ def _seen_by_client(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
 
 
 CASES = ["page", "last", "big", "headers", "text", "unframed", "nobody", "midway", "bigcut", "segment", "dead",
-         "http10"]
+         "http10", "length0"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -215,7 +215,8 @@ def test_the_fast_path_answers_as_the_handler_does(tmp_path, case):
             if fast:
                 server.follow_ups = counting
             assert gw.tokens is not None
-            name, token = ("dead", "x") if case == "dead" else ("b1", "last" if case == "http10" else case)
+            name, token = ("dead", "x") if case == "dead" else \
+                ("b1", "last" if case == "http10" else "page" if case == "length0" else case)
             if case == "segment":
                 tok = gw.tokens.encode(name, P.SPOOL, SID)
                 target = f"/_r/{tok}/v1/spooled/download/{SID}"
@@ -223,8 +224,9 @@ def test_the_fast_path_answers_as_the_handler_does(tmp_path, case):
                 tok = gw.tokens.encode(name, P.QUERY, QID)
                 target = f"/_r/{tok}/v1/statement/executing/{QID}/yslug/{token}"
             version = "HTTP/1.0" if case == "http10" else "HTTP/1.1"
+            extra = "Content-Length: 0\r\n" if case == "length0" else ""   # some clients send it
             request = (f"GET {target} {version}\r\nHost: gw.example:8080\r\nX-Trino-User: alice\r\n"
-                       f"User-Agent: t\r\n\r\n").encode()
+                       f"User-Agent: t\r\n{extra}\r\n").encode()
             data, closed = await _exchange(gport, request)
             results.append((_seen_by_client(data), closed))
             await asyncio.sleep(0)

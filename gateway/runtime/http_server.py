@@ -473,7 +473,7 @@ class _Connection(asyncio.Protocol):
         if req.chunked:
             req.decoder = ChunkedDecoder()
         follow = self.server.follow_ups
-        took = follow is not None and length is None and rh.method == "GET" \
+        took = follow is not None and not length and rh.method == "GET" \
             and self._call(follow.take, req, rh.target, rh.headers)
         if self.closing:
             return False
@@ -611,9 +611,10 @@ class HTTPServer:
                  limits: ConnectionLimits | None = None, workers: int = 1, **_unused: Any) -> None:
         self.delegate = delegate
         self.fast_route: FastRoute | None = getattr(delegate, "fast_route", None)
-        # GETs with a routing token (result-page polls, the most frequent request) go from the
-        # parsed head straight to the forwarder (``gateway.proxy.follow``): no Tornado request,
-        # handler or routing. ``take(request, target, headers)`` says whether it took one.
+        # GETs with a routing token and no body (result-page polls, the most frequent request;
+        # some clients send ``Content-Length: 0``) go from the parsed head straight to the
+        # forwarder (``gateway.proxy.follow``): no Tornado request, handler or routing.
+        # ``take(request, target, headers)`` says whether it took one.
         self.follow_ups: Any = getattr(delegate, "follow_ups", None)
         self.ssl_context: ssl.SSLContext | None = None
         if ssl_options is not None:
