@@ -251,8 +251,12 @@ def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
     log_path = tmp / f"{name}.log"
     logf = open(log_path, "wb")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
-                            stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
+    profile_dir = os.environ.get("BENCH_GATEWAY_CPROFILE")
+    if profile_dir:   # profile the gateway's main thread (one worker: the worker) by CPU time
+        # into <dir>/<name>.prof, written at its exit (benchmarks/cpu_profile.py)
+        argv[1:3] = [str(HERE / "cpu_profile.py"), str(Path(profile_dir) / f"{name}.prof"), "gateway.cli"]
+    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
     logf.close()
     svc = Service(name, proc, port, log_path)
     import urllib.request
