@@ -400,7 +400,7 @@ def start_target(name: str, tmp: Path, backend: S.Service,
     cfg["server"]["maxConnectionsPerAddress"] = 0
     cfg["server"].update(server or {})   # --server KEY=VALUE
     svc = S.start_gateway(tmp, cfg, name=name)
-    return svc, svc.port, S.worker_pids(svc)
+    return svc, svc.port, S.worker_pids(svc, workers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -278,11 +278,29 @@ def start_gateway(tmp: Path, cfg: dict[str, Any], name: str = "gw") -> Service:
     return svc
 
 
-def worker_pids(svc: Service) -> list[int]:
+def worker_pids(svc: Service, workers: int = 1) -> list[int]:
     """The gateway process itself, or its workers when it supervises several (never the
     helper processes each of them runs: gateway/store/process.py, gateway/runtime/offload.py; with
     one worker the offload child used to be taken for the worker, so CPU and memory figures
-    and py-spy profiles measured the wrong process)."""
+    and py-spy profiles measured the wrong process).
+
+    With ``workers`` > 1, waits (up to 30 s) until that many are running: the gateway is ready
+    as soon as its first worker answers, the others are forked just after, and CPU and memory
+    figures read right after start-up counted only some of them (the fourth session found
+    two-worker CPU per request undercounted by up to 40 % that way)."""
+    if workers > 1:
+        deadline = time.monotonic() + 30
+        while True:
+            pids = _worker_pids(svc)
+            if len(pids) >= workers or time.monotonic() > deadline:
+                if len(pids) < workers:
+                    raise RuntimeError(f"{svc.name}: {len(pids)} of {workers} workers running after 30 s")
+                return pids
+            time.sleep(0.1)
+    return _worker_pids(svc)
+
+
+def _worker_pids(svc: Service) -> list[int]:
     def children(pid: int) -> list[int]:
         try:
             kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
