@@ -388,3 +388,27 @@ def test_retries_stop_at_the_bound_when_unhealthy_when_stopping_and_when_the_cli
     with pytest.raises(NoBackendReached):
         _submit(_patient(client, retry_for=0), ["b1"])
     assert len(client.calls) == 1
+
+
+def test_relay_response_rewrites_json_keeps_other_lengths_and_nothing_for_head():
+    from gateway.routing.tokens import TokenKeys
+    keys = TokenKeys(b"k" * 32)
+    json_head = HTTPHeaders({"Content-Type": "application/json", "Content-Length": "99",
+                             "X-Trino-Started-Transaction-Id": "tx-9"})
+    kw = dict(keys=keys, backend="b1", backend_base="http://b1:8080", gateway_base="http://gw",
+              request_transaction=None)
+    page = X.relay_response(json_head, method="GET", **kw)
+    assert page.rewriter is not None and page.length is None          # the length changes
+    assert ("X-Trino-Started-Transaction-Id", "tx-9") in page.headers.headers
+    assert page.headers.learn == [(P.TRANSACTION, "tx-9")]
+    assert "Content-Length" not in dict(page.headers.headers)
+    text = X.relay_response(HTTPHeaders({"Content-Type": "text/plain", "Content-Length": "12"}),
+                            method="GET", **kw)
+    assert text.rewriter is None and text.length == "12"
+    head = X.relay_response(json_head, method="HEAD", **kw)
+    assert head.rewriter is None and head.length is None
+    untokened = X.relay_response(json_head, method="GET", **{**kw, "keys": None})
+    doc = b'{"nextUri":"http://b1:8080/v1/statement/executing/20240101_123456_00003_abcde/y/1"}'
+    assert untokened.rewriter.page(doc) == \
+        b'{"nextUri":"http://gw/v1/statement/executing/20240101_123456_00003_abcde/y/1"}'
+    assert b"/_r/" in page.rewriter.page(doc)

@@ -7,6 +7,8 @@ forwarder (``gateway.proxy.forward``) only move bytes; what to do with them is d
 - ``TokenMinter``: the routing-token prefix for every URI written into a response.
 - ``translate_response_headers``: which response headers reach the client, rewritten how, and
   what they teach (transactions started or cleared, OAuth2 exchanges).
+- ``relay_response``: how a backend's answer reaches the client (its header lines, and whether
+  its body's URIs are rewritten or its length is kept).
 - ``query_end``: whether a response ended its query, and how.
 - ``follow_up_failure``: what the client of a follow-up is told when its backend failed.
 
@@ -18,12 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from tornado.httputil import HTTPHeaders
+
 from gateway import protocol as P
 from gateway.routing.tokens import PREFIX, TokenError, TokenKeys, split_path
 
 __all__ = ["ROUTABLE", "TokenRoute", "TokenMinter", "resolve_token", "ResponseHeaders",
-           "translate_response_headers", "query_end", "STATEMENT_PATH", "FollowUpFailure",
-           "follow_up_failure"]
+           "translate_response_headers", "Relay", "relay_response", "query_end", "STATEMENT_PATH",
+           "FollowUpFailure", "follow_up_failure"]
 
 # Request kinds whose URIs carry a routing token (they name the resource the token is bound to).
 ROUTABLE = frozenset({P.QUERY, P.SPOOL, P.OAUTH_TOKEN, P.OAUTH_INITIATE})
@@ -128,6 +132,33 @@ def translate_response_headers(headers: Iterable[tuple[str, str]], *, backend_ba
                 out.forget.append((P.TRANSACTION, request_transaction))
         out.headers.append((name, value))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """How one backend answer is passed on (``relay_response``)."""
+    rewriter: P.UriRewriter | None   # a JSON body: its URIs are rewritten (its length changes)
+    length: str | None               # otherwise the backend's Content-Length, kept
+    headers: ResponseHeaders         # the client's header lines, and what they taught
+
+
+def relay_response(headers: HTTPHeaders, *, method: str, keys: TokenKeys | None, backend: str,
+                   backend_base: str, gateway_base: str, request_transaction: str | None) -> Relay:
+    """How the answer of ``backend`` (at ``backend_base``) to a ``method`` request reaches the
+    client: a JSON body gets its URIs pointed at ``gateway_base`` with routing tokens (``keys``),
+    any other body keeps its length; the header lines as ``translate_response_headers`` says."""
+    minter = TokenMinter(keys, backend) if keys is not None else None
+    rewriter = length = None
+    if method != "HEAD":
+        if "json" in headers.get("Content-Type", ""):
+            rewriter = P.UriRewriter(gateway_base, minter)
+        else:
+            length = headers.get("Content-Length")
+    translated = translate_response_headers(
+        headers.get_all(), backend_base=backend_base, gateway_base=gateway_base,
+        request_transaction=request_transaction, route=minter,
+        connection=headers.get_list("Connection"))
+    return Relay(rewriter, length, translated)
 
 
 def query_end(kind: P.RequestKind, method: str, path: str, status: int,

@@ -10,8 +10,8 @@ answer to the client connection as name/value lines, and ends with the same book
 handler (metrics and access log, the query's lifecycle, in-flight count).
 
 Nothing is decided here that the handler decides differently: which backend (the token,
-``exchange.resolve_token``), the response's header lines (``exchange.translate_response_headers``),
-URI rewriting (``protocol.UriRewriter`` with ``exchange.TokenMinter``), when the query ended
+``exchange.resolve_token``), the response's header lines and URI rewriting
+(``exchange.relay_response``, which the handler calls too), when the query ended
 (``exchange.query_end``), what a failed backend means (``exchange.follow_up_failure``), and
 the forwarding itself (``Forwarder.send``: the one path to a backend, 406 and connect retries
 included). Whatever is unusual goes the general way: a token that does not verify, a removed
@@ -230,20 +230,19 @@ class FollowUp:
         backend = self.backend
         self.status = code
         self.reason = reason or _reason(code)
-        minter = X.TokenMinter(self.keys, backend.name)
-        if "json" in headers.get("Content-Type", ""):
-            self.rewriter = P.UriRewriter(self.base, minter)
-        elif "Content-Length" in headers:
+        relay = X.relay_response(
+            headers, method="GET", keys=self.keys, backend=backend.name, backend_base=backend.proxyTo,
+            gateway_base=self.base,
+            request_transaction=P.transaction_id(self.headers.get("X-Trino-Transaction-Id")))
+        self.rewriter = relay.rewriter
+        self.length = None
+        if relay.length is not None:
             try:
-                self.length = int(headers["Content-Length"])
-            except ValueError:
+                self.length = int(relay.length)
+            except ValueError:   # e.g. "5, 5": repeated, valid for framing, not an int
                 self.length = None
-        translated = X.translate_response_headers(
-            headers.get_all(), backend_base=backend.proxyTo, gateway_base=self.base,
-            request_transaction=P.transaction_id(self.headers.get("X-Trino-Transaction-Id")),
-            route=minter, connection=headers.get_list("Connection"))
-        self.out = translated.headers
-        self.parts.taught(translated, backend.name)
+        self.out = relay.headers.headers
+        self.parts.taught(relay.headers, backend.name)
 
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         if self.gone:

@@ -341,19 +341,16 @@ class ProxyHandler(LeanHandler):
         gw = self.gw
         self.set_status(code, reason or None)
         out = self._headers = HTTPHeaders()
-        method = self.request.method
-        minter = X.TokenMinter(gw.tokens, backend.name) if gw.tokens is not None else None
-        if "json" in headers.get("Content-Type", "") and method != "HEAD":
-            self._rewriter = P.UriRewriter(self._base, minter)
-        elif method != "HEAD" and "Content-Length" in headers:
-            self.set_header("Content-Length", headers["Content-Length"])
-        translated = X.translate_response_headers(
-            headers.get_all(), backend_base=backend.proxyTo, gateway_base=self._base,
-            request_transaction=P.transaction_id(self.request.headers.get("X-Trino-Transaction-Id")),
-            route=minter, connection=headers.get_list("Connection"))
-        for name, value in translated.headers:
+        relay = X.relay_response(
+            headers, method=self.request.method or "GET", keys=gw.tokens, backend=backend.name,
+            backend_base=backend.proxyTo, gateway_base=self._base,
+            request_transaction=P.transaction_id(self.request.headers.get("X-Trino-Transaction-Id")))
+        self._rewriter = relay.rewriter
+        if relay.length is not None:
+            self.set_header("Content-Length", relay.length)
+        for name, value in relay.headers.headers:
             P.put_header(out, name, value)
-        gw.taught(translated, backend.name)
+        gw.taught(relay.headers, backend.name)
         if self._kind is not None and self._kind.kind == P.OAUTH_INITIATE:
             self.set_signed_cookie(_OAUTH_COOKIE, backend.name, expires_days=None,
                                    path="/oauth2", httponly=True, samesite="Lax",

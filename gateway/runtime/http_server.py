@@ -162,18 +162,10 @@ class _Request(_Context):
         token follow-ups: no header object per response). ``pairs`` hold no framing lines
         (Content-Length, Transfer-Encoding, Connection: ``gateway.protocol.RESPONSE_DROP``);
         ``length`` is the body's length, or None to stream it (chunked)."""
-        framing = self._framing(code, None if length is None else str(length), False)
-        lines = [f"HTTP/1.1 {code} {reason}"]
-        for name, value in pairs:
-            if "\n" in value or "\r" in value:
-                raise ValueError(f"illegal line break in header {name!r}")
-            lines.append(f"{name}: {value}")
-        if length is not None:
-            lines.append(f"Content-Length: {length}")
-        for name, value in framing:
-            lines.append(f"{name}: {value}")
-        lines.append("\r\n")
-        data = "\r\n".join(lines).encode("latin-1")
+        size = None if length is None else str(length)
+        framing = self._framing(code, size, False)
+        lines = pairs + [("Content-Length", size)] + framing if size is not None else pairs + framing
+        data = serialize_head(f"HTTP/1.1 {code} {reason}", lines)
         self.headers_written = True
         if chunk:
             data += self._frame(chunk)

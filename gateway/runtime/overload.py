@@ -142,11 +142,12 @@ class LoopLag:
             self._observe(lag)
         return lag
 
-    def pending(self) -> float:
-        """How late the next sample already is (the loop may be stalled right now)."""
+    def pending(self, now: float | None = None) -> float:
+        """How late the next sample already is (the loop may be stalled right now); ``now``:
+        the clock, if the caller just read it."""
         if self._due is None:
             return 0.0
-        return max(0.0, self._clock() - self._due)
+        return max(0.0, (self._clock() if now is None else now) - self._due)
 
     def stalled(self) -> float:
         """Cumulative lateness so far, including the stall in progress; subtract two readings
@@ -161,5 +162,4 @@ class LoopLag:
         while recent and recent[0][0] < floor:
             recent.popleft()
         worst = recent[0][1] if recent else 0.0
-        pending = now - self._due if self._due is not None else 0.0
-        return worst if worst >= pending else max(0.0, pending)
+        return max(worst, self.pending(now))
