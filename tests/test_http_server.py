@@ -215,25 +215,24 @@ def test_idle_connections_are_closed_after_the_idle_timeout():
 
 def test_the_accept_batch_is_this_workers_share_of_the_waiting_connections():
     from gateway.runtime.accept import MAX_BATCH, accept_batch
-    assert MAX_BATCH == 64
-    assert [accept_batch(w, 1) for w in (0, 1, 5, 40, 1000)] == [1, 1, 5, 40, 64]
+    assert MAX_BATCH == 16
+    assert [accept_batch(w, 1) for w in (0, 1, 5, 1000)] == [1, 1, 5, 16]
     # with two workers, a quarter of the queue per wake-up: a burst alternates between them
-    assert [accept_batch(w, 2) for w in (0, 1, 3, 32, 1000)] == [1, 1, 1, 8, 64]
+    assert [accept_batch(w, 2) for w in (0, 1, 3, 32, 1000)] == [1, 1, 1, 8, 16]
 
 
 def test_a_worker_accepts_every_waiting_connection_in_one_wake_up():
     """Issue 19: one accept per event-loop iteration let 1,000 connections wait seconds in the
     kernel's queue of a loaded worker (a `select 1` behind them). The queue is read with
     TCP_INFO (what `ss` shows as Recv-Q) before and after the loop turned four times: at
-    least two wake-ups took MAX_BATCH (64) each (before: 2 accepted in all)."""
+    least two wake-ups took MAX_BATCH (16) each (before: 2 accepted in all)."""
     import socket
     from gateway.runtime.accept import MAX_BATCH, waiting
 
     async def main() -> tuple[int, int]:
         socks = bind_sockets(0, "127.0.0.1")
         port = socks[0].getsockname()[1]
-        socks[0].listen(1024)          # as the server does: room for all 150 handshakes
-        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(150)]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
         before = waiting(socks[0])     # the kernel completed every handshake; none accepted yet
         server = HTTPServer(tornado.web.Application([(r"/echo.*", Echo)]))
         server.add_sockets(socks)
@@ -247,7 +246,7 @@ def test_a_worker_accepts_every_waiting_connection_in_one_wake_up():
             for c in clients:
                 c.close()
     before, after = asyncio.run(main())
-    assert before == 150 and after <= 150 - 2 * MAX_BATCH, after
+    assert before == 50 and after <= 50 - 2 * MAX_BATCH, after
 
 
 def _after_header_timeout(data: bytes, stall: float) -> bytes:

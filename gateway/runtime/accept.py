@@ -13,14 +13,12 @@ dropped (the client tries again after 1, 3, 7 s). Measured in docs/benchmarks.md
 So each wake-up takes ``accept_batch``: a share of the waiting connections (the listening
 socket's queue length, from ``TCP_INFO`` on Linux) among the workers sharing it, at least 1
 (one at a time when they trickle in: bursts still spread) and at most ``MAX_BATCH``. The cap keeps the
-kernel's queue as back-pressure for a worker that is behind: an iteration's new work stays
-bounded next to the answers it relays. It was 16 at first, because 128 per wake-up once let a
-worker take 6,862 connections of a 10,000-query ramp that it could not read within
-``server.headerTimeout``; that failure is gone (a head waiting unread in the socket is not
-the client's fault: ``http_server._unread``), and at 5,000 in flight 16 per wake-up left one
-worker's queue full (p90 563, 175 SYNs dropped) and a ``select 1`` waiting seconds in it. With
-64: p90 19, none dropped, the probe's p99 down by a third (docs/benchmarks.md, "The poll's fast
-path").
+kernel's queue as back-pressure for a worker that is behind: new connections enter at most 16
+per iteration, so an iteration's new work stays small next to the answers it relays. Without
+it (128 per wake-up) a worker took 6,862 connections of a 10,000-query ramp in a few seconds
+and could not read their request heads within ``server.headerTimeout`` (10 s): all were closed.
+At 10 ms per iteration (5,000 queries in flight) 16 per wake-up is 1,600 new connections per
+second per worker.
 """
 from __future__ import annotations
 
@@ -36,7 +34,7 @@ __all__ = ["Acceptor", "accept_batch", "waiting", "MAX_BATCH"]
 
 log = logging.getLogger("gateway.server")
 
-MAX_BATCH = 64               # connections one wake-up accepts at most (see above)
+MAX_BATCH = 16               # connections one wake-up accepts at most (see above)
 _RETRY_AFTER = 1.0           # seconds without accepting after running out of descriptors
 _OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # struct tcp_info: 8 one-byte fields, then rto, ato, snd_mss, rcv_mss, unacked, sacked (u32).
