@@ -166,6 +166,42 @@ def test_refused_connection_is_not_sent_and_silence_is_a_timeout():
     run(hang, t)
 
 
+def test_a_connect_the_backend_never_completes_times_out_unsent_and_leaves_nothing_running():
+    """A listener whose accept queue is full drops further SYNs: the connect hangs until
+    ``connect_timeout``, which must end it as a timeout the backend cannot have seen, with the
+    connect task cancelled rather than left behind."""
+    import socket
+
+    async def main() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)                     # never accepted: queue of one, then SYNs dropped
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(3):                 # fill the accept queue (backlog 0 holds one or two)
+                f = socket.socket()
+                f.setblocking(False)
+                f.connect_ex(("127.0.0.1", port))
+                fillers.append(f)
+            client = BackendClient(connect_timeout=0.3)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(BackendError) as exc:
+                await get(client, f"http://127.0.0.1:{port}")
+            assert not exc.value.sent and exc.value.timeout
+            assert "timed out connecting after 0.3s" in str(exc.value)
+            assert 0.3 <= loop.time() - t0 < 3
+            await asyncio.sleep(0)
+            connecting = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("_connect.<locals>.connect")]
+            assert connecting == []
+        finally:
+            for f in fillers:
+                f.close()
+            listener.close()
+    asyncio.run(asyncio.wait_for(main(), 10))
+
+
 def test_backend_closing_mid_response_is_an_error_that_may_have_been_sent():
     async def t(base: str, stats: dict[str, int]) -> None:
         with pytest.raises(BackendError, match="mid-response") as exc:

@@ -16,7 +16,7 @@ import collections
 import contextvars
 import ssl
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Protocol
 from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPHeaders
@@ -63,7 +63,6 @@ class _Conn(asyncio.Protocol):
         self.buf = bytearray()
         self.closed = False
         self.idle_since = 0.0
-        self.spare = False      # opened ahead of need, not used yet (BackendClient._replenish)
         self._reset()
 
     def _reset(self) -> None:
@@ -322,62 +321,17 @@ class IdleBound:
         return min(self.ceiling, max(self.floor, self._peak, self._previous))
 
 
-class SpareWant:
-    """How many connections to one backend to open ahead of need: the connects that requests
-    had to wait for in the last ``window`` seconds, once there were at least ``after`` of them,
-    at most ``cap``.
-
-    A request that finds no idle connection connects on its own path: on a loaded event loop
-    that is about six loop turns (the connect task, the socket becoming writable, the
-    transport's set-up and waiter, the task's end), each as long as a turn that relays hundreds
-    of answers. While queries ramp up every new long poll needs a new connection, so a new
-    statement waited for its connect (``select 1`` p99 0.5-1.2 s at 5,000 in flight, issue 19).
-    Spares opened in the background while such misses recur take the connect off the path; a
-    few misses (a test, a quiet gateway) open none. Unused spares expire like any idle
-    connection (``idle_ttl``)."""
-
-    __slots__ = ("window", "after", "cap", "_misses", "_paused_until")
-
-    def __init__(self, window: float = 1.0, after: int = 4, cap: int = 32) -> None:
-        self.window = window
-        self.after = after
-        self.cap = cap
-        self._misses: collections.deque[float] = collections.deque()
-        self._paused_until = 0.0
-
-    def miss(self, now: float) -> None:
-        """A request had to connect (or took a spare: the demand goes on)."""
-        self._misses.append(now)
-
-    def failed(self, now: float) -> None:
-        """A spare could not connect: open none for a window (a refusing backend would
-        otherwise get ``cap`` more connects for every request that fails on it)."""
-        self._paused_until = now + self.window
-
-    def want(self, now: float) -> int:
-        """Idle connections worth having ready now."""
-        if now < self._paused_until:
-            return 0
-        misses = self._misses
-        while misses and now - misses[0] >= self.window:
-            misses.popleft()
-        n = len(misses)
-        return min(self.cap, n) if n >= self.after else 0
-
-
 class BackendClient:
     """Keep-alive HTTP/1.1 client for forwarding; one per process.
 
     Idle connections per backend are bounded by recent use (``IdleBound``; ``max_idle_per_host``
-    is the ceiling) and closed once idle for ``idle_ttl``. While requests keep having to connect,
-    spare connections are opened in the background (``SpareWant``). ``on_connect`` is called
-    for every new connection (the ``trino_gateway_backend_connects_total`` metric)."""
+    is the ceiling) and closed once idle for ``idle_ttl``. ``on_connect`` is called for every
+    new connection (the ``trino_gateway_backend_connects_total`` metric)."""
 
     def __init__(self, *, connect_timeout: float = 5.0, request_timeout: float = 60.0,
                  max_idle_per_host: int = 65536, min_idle_per_host: int = 8, idle_ttl: float = 15.0,
                  max_body_size: int = 1 << 40, ssl_context: ssl.SSLContext | None = None,
-                 on_connect: Any = None,
-                 spares: Callable[[], SpareWant] | None = SpareWant) -> None:
+                 on_connect: Any = None) -> None:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.max_idle_per_host = max_idle_per_host
@@ -388,11 +342,6 @@ class BackendClient:
         self.connects = 0
         self._pools: dict[tuple[str, str, int], collections.deque[_Conn]] = {}
         self._bounds: dict[tuple[str, str, int], IdleBound] = {}
-        self.spares = spares            # a SpareWant per backend, from this factory; None: no spares
-        self.spares_opened = 0
-        self._spare_want: dict[tuple[str, str, int], SpareWant] = {}
-        self._opening: dict[tuple[str, str, int], int] = {}   # spares being connected
-        self._closed = False
         self._addr: dict[str, tuple[str, str, int, str]] = {}
         # Exchanges waiting on a backend, checked for silence by one timer (_sweep) rather than
         # a timer per request: a long poll parked on a backend then holds no timer handle, no
@@ -422,43 +371,13 @@ class BackendClient:
 
     async def _connect(self, key: tuple[str, str, int]) -> tuple[_Conn, bool]:
         idle = self._pools.get(key)
-        want = self._spare_want.get(key) if self.spares is not None else None
         if idle:
             now = time.monotonic()
             while idle:
                 conn = idle.pop()
                 if not conn.closed and now - conn.idle_since < self.idle_ttl:
-                    if want is not None:
-                        if conn.spare:   # a spare used: the demand that opened it goes on
-                            conn.spare = False
-                            want.miss(now)
-                        self._replenish(key, want, now)
                     return conn, True
                 conn.close()
-        if self.spares is not None:
-            now = time.monotonic()
-            if want is None:
-                want = self._spare_want[key] = self.spares()
-            want.miss(now)
-            self._replenish(key, want, now)
-        self._counted_connect()
-        try:
-            conn = await self._open(key)
-        except TimeoutError:
-            raise BackendError(f"timed out connecting after {self.connect_timeout:g}s",
-                               sent=False, timeout=True) from None
-        except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise BackendError(f"cannot connect: {reason}", sent=False) from None
-        return conn, False
-
-    def _counted_connect(self) -> None:
-        self.connects += 1
-        if self.on_connect is not None:
-            self.on_connect()
-
-    def _open(self, key: tuple[str, str, int]) -> "asyncio.Task[_Conn]":
-        """Connect to ``key`` in a task of its own."""
         scheme, host, port = key
         ctx = None
         if scheme == "https":
@@ -466,44 +385,28 @@ class BackendClient:
         loop = asyncio.get_running_loop()
 
         async def connect() -> _Conn:
-            # asyncio.timeout inside the task, awaited directly: wait_for around it cost one
-            # more loop turn after the connect. Cancelling the awaiting request cancels this.
+            # asyncio.timeout inside the task, which is awaited directly: wait_for around it cost
+            # one more loop turn once the connect was done. Cancelling the awaiting request
+            # cancels this task too.
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(lambda: _Conn(key), host, port, ssl=ctx)
             return conn
         # Connect in an empty context: a pooled connection's callbacks run in the context it
         # was opened in, and must not carry the request that happened to open it into the
         # requests that reuse it (gateway/metrics.py keeps a request's record there).
-        return loop.create_task(connect(), context=contextvars.Context())
-
-    def _replenish(self, key: tuple[str, str, int], want: SpareWant, now: float) -> None:
-        """Open spares in the background until idle + opening covers what ``want`` asks."""
-        idle = self._pools.get(key)
-        missing = want.want(now) - (len(idle) if idle else 0) - self._opening.get(key, 0)
-        for _ in range(missing):
-            self._opening[key] = self._opening.get(key, 0) + 1
-            self.spares_opened += 1
-            self._counted_connect()
-            self._open(key).add_done_callback(lambda task, key=key: self._spare_ready(key, task))
-
-    def _spare_ready(self, key: tuple[str, str, int], task: "asyncio.Task[_Conn]") -> None:
-        self._opening[key] -= 1
-        if task.cancelled() or task.exception() is not None:
-            # The next request's own connect says what is wrong, to whom it matters.
-            want = self._spare_want.get(key)
-            if want is not None:
-                want.failed(time.monotonic())
-            return
-        conn = task.result()
-        if self._closed:
-            conn.close()
-            return
-        conn.spare = True
-        conn.idle_since = time.monotonic()
-        idle = self._pools.get(key)
-        if idle is None:
-            idle = self._pools[key] = collections.deque()
-        idle.append(conn)
+        connecting = loop.create_task(connect(), context=contextvars.Context())
+        self.connects += 1
+        if self.on_connect is not None:
+            self.on_connect()
+        try:
+            conn = await connecting
+        except TimeoutError:
+            raise BackendError(f"timed out connecting after {self.connect_timeout:g}s",
+                               sent=False, timeout=True) from None
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise BackendError(f"cannot connect: {reason}", sent=False) from None
+        return conn, False
 
     def _release(self, conn: _Conn) -> None:
         conn.finish_exchange()
@@ -634,7 +537,6 @@ class BackendClient:
             self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
 
     def close(self) -> None:
-        self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
