@@ -139,6 +139,11 @@ async def run_query(port: int, sql: str, out: Outcome, timeout: float,
         writer.close()
 
 
+def _p99(values: list[float]) -> float | None:
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(len(v) * 0.99))], 1) if v else None
+
+
 async def probe_main(port: int, timeout: float) -> None:
     """The ``--probe`` process: a ``select 1`` every 0.25 s until stdin closes; one JSON line
     each: [ms or null, phases, requests]."""
@@ -262,7 +267,8 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
             peak[0] = max(peak[0], _rss_kb(pids))
             await asyncio.sleep(0.5)
 
-    slowest: list[tuple[float, list[float]]] = []   # (ms, phases) of every probe
+    slowest: list[tuple[float, list[float], float]] = []   # (ms, phases, start s) of every probe
+    began = [time.monotonic()]   # reset when the load starts
 
     async def prober() -> None:
         """``select 1`` timed by a process of its own (``--probe``): in this one, the load's
@@ -286,7 +292,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
                 out.probe_failed += 1
             else:
                 out.probe_ms.append(t)
-                slowest.append((t, phases))
+                slowest.append((t, phases, round(time.monotonic() - began[0] - t / 1000, 1)))
             out.requests += requests
         child.stdin.close()   # the child ends its current probe and exits
         await child.wait()
@@ -311,7 +317,7 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
     bg = [asyncio.ensure_future(sampler()), asyncio.ensure_future(prober()),
           asyncio.ensure_future(listen_queue())]
     watcher = asyncio.ensure_future(watch_gateway(port, backend_port, done)) if backend_port else None
-    t0 = time.monotonic()
+    t0 = began[0] = time.monotonic()
     await asyncio.gather(*(one(random.uniform(0, ramp)) for _ in range(n)))
     elapsed = time.monotonic() - t0
     done.set()
@@ -329,7 +335,12 @@ async def load(port: int, pids: list[int], n: int, ramp: float, timeout: float,
         "probe_p99_ms": round(probes[min(len(probes) - 1, int(len(probes) * 0.99))], 1) if probes else None,
         "probes": len(probes), "probe_failed": out.probe_failed, "shed_retries": out.shed_retries,
         # the three slowest probes: ms when connect, POST and each poll ended
-        "probe_slowest_phases_ms": [ph for _, ph in sorted(slowest, key=lambda x: -x[0])[:3]],
+        "probe_slowest_phases_ms": [ph for _, ph, _ in sorted(slowest, key=lambda x: -x[0])[:3]],
+        # when they started (s since the load began; the ramp is the first ``ramp`` s), and the
+        # p99 of the probes started during the ramp and after it
+        "probe_slowest_at_s": [at for _, _, at in sorted(slowest, key=lambda x: -x[0])[:3]],
+        "probe_p99_ms_ramp_after": [_p99([ms for ms, _, at in slowest if at < ramp]),
+                                    _p99([ms for ms, _, at in slowest if at >= ramp])],
         "accept_queue_max": max(listen_q) if listen_q else None,
         "accept_queue_p90": sorted(listen_q)[int(len(listen_q) * 0.9)] if listen_q else None,
         "listen_overflows": listen_overflows() - overflows0,

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
 from tornado.httputil import HTTPHeaders

@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import ssl
-import sys
 import tempfile
 import time
 from typing import Any

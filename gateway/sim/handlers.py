@@ -13,7 +13,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
