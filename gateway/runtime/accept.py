@@ -19,7 +19,9 @@ work stays small next to the answers it relays. Without it (128 per wake-up) a w
 heads within ``server.headerTimeout`` (10 s): all were closed. 16 per wake-up (1,600 new
 connections per second per worker at 10 ms per iteration) still left the kernel's queue long
 under load: one worker at 5,000 queries in flight (``benchmarks/inflight.py``) had an accept
-queue p90 of 563 and dropped 175 SYNs; with 64, p90 19 and none dropped.
+queue p90 of 563 and dropped 175 SYNs; with 64, p90 19 and none dropped. So 64 (6,400 per
+second at 10 ms per iteration), half of the 128 that lost the 10,000-query ramp; that ramp
+has not been measured with 64 (docs/benchmarks.md says what has).
 
 The batch is also bounded by the descriptors left (``ConnectionLimits.headroom``). An accepted
 socket holds a descriptor for a few loop turns (a TLS handshake: seconds) before admission
@@ -32,7 +34,9 @@ wake-up takes at most the room left before ``server.reservedDescriptors`` (and
 accepted socket is in flight: the client gets admission's 503 naming the limit at once, as
 before the bound, rather than waiting unanswered in the kernel's queue (and having its SYNs
 dropped when that is full). That one socket is the most the batch takes beyond the reserve,
-so the batch cannot run the process out of descriptors. While a socket is in flight and
+so with a reserve of at least 1 the batch cannot run the process out of descriptors
+(``test_accepted_sockets_stay_within_the_descriptors_left``: 50 at once with room for 10 are
+never more than 11 held). While a socket is in flight and
 there is no room, the acceptor stops reading the listening socket (it stays readable) until
 one settles, or 0.2 s later (connections released elsewhere make room too).
 """
