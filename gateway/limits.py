@@ -190,10 +190,11 @@ class ConnectionLimits:
     Client sockets hold descriptors before and after admission too: ``pending`` ones were
     accepted and have not reached ``admit`` yet (a TLS handshake, a loop turn or two otherwise;
     ``accepted``, then ``admit`` or ``dropped``), ``closing`` ones were refused and are not
-    closed yet (``refused_closed``). ``headroom`` says how many more the listening sockets may take now
-    (``gateway.runtime.accept`` bounds each wake-up's batch by it): without them counted, a
-    wake-up took 64 while earlier ones still waited for admission, and ``accept`` hit EMFILE.
-    One instance serves all of a worker's listening sockets (HTTP and HTTPS).
+    closed yet (``refused_closed``). ``headroom`` says how many more the listening sockets may
+    take now (``gateway.runtime.accept`` bounds each wake-up's batch by it): without them
+    counted, a wake-up took 64 while earlier ones still waited for admission, and ``accept``
+    hit EMFILE. One instance serves all of a worker's listening sockets (HTTP and HTTPS), so
+    they share these counts.
     """
 
     def __init__(self, *, max_connections: int | None, per_address: int, reserve: int,

@@ -36,9 +36,9 @@ before the bound, rather than waiting unanswered in the kernel's queue (and havi
 dropped when that is full). That one socket is the most the batch takes beyond the reserve,
 so with a reserve of at least 1 the batch cannot run the process out of descriptors
 (``test_accepted_sockets_stay_within_the_descriptors_left``: 50 at once with room for 10 are
-never more than 11 held). While a socket is in flight and
-there is no room, the acceptor stops reading the listening socket (it stays readable) until
-one settles, or 0.2 s later (connections released elsewhere make room too).
+never more than 11 held). While a socket is in flight and there is no room, the acceptor
+stops reading the listening socket (it stays readable) until one settles, or 0.2 s later
+(connections released elsewhere make room too).
 """
 from __future__ import annotations
 
