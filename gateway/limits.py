@@ -186,6 +186,15 @@ class ConnectionLimits:
     ``admit`` answers why a new connection is refused (the server sends a 503 and closes it).
     Below half the descriptor limit it only counts; above, it also counts the process's open
     descriptors (at most every 0.2 s), since backend connections use them too.
+
+    Client sockets hold descriptors before and after admission too: ``pending`` ones were
+    accepted and have not reached ``admit`` yet (a TLS handshake, a loop turn or two otherwise;
+    ``accepted``, then ``admit`` or ``dropped``), ``closing`` ones were refused and are not
+    closed yet (``refused_closed``). ``headroom`` says how many more the listening sockets may
+    take now (``gateway.runtime.accept`` bounds each wake-up's batch by it): without them
+    counted, a wake-up took 64 while earlier ones still waited for admission, and ``accept``
+    hit EMFILE. One instance serves all of a worker's listening sockets (HTTP and HTTPS), so
+    they share these counts.
     """
 
     def __init__(self, *, max_connections: int | None, per_address: int, reserve: int,
@@ -198,50 +207,104 @@ class ConnectionLimits:
         self.fd_limit = descriptor_limit
         self.by_address: dict[str, int] = {}
         self.open = 0
+        self.pending = 0
+        self.closing = 0
         self.refused = 0
         self._clock = clock or time.monotonic
         self._fds = open_descriptors
-        self._fds_seen = 0
+        self._others = 0        # descriptors at the last count, less the client sockets in flight
         self._fds_at = -1.0
         self._opened_since = 0
 
-    def _descriptors_short(self) -> bool:
+    def _clients(self) -> int:
+        """Client sockets with a descriptor that the count below knows of (not those admitted)."""
+        return self.pending + self.closing
+
+    def _in_use(self) -> int | None:
+        """The process's descriptors in use, estimated; None below half the limit (not counted
+        there: a few thousand client connections and nothing else)."""
         limit = self.fd_limit
-        if limit is None:
-            return False
-        if self.open + self.reserve < limit // 2:
-            return False
+        if limit is None or self.open + self._clients() + self.reserve < limit // 2:
+            return None
         now = self._clock()
         if now - self._fds_at >= 0.2:
             seen = self._fds()
-            self._fds_seen = seen if seen is not None else self.open + self.reserve
+            # the sockets in flight now are counted apart (they settle or close one by one)
+            self._others = (seen if seen is not None else self.open + self.reserve + self._clients()) \
+                - self._clients()
             self._fds_at = now
             self._opened_since = 0
-        return self._fds_seen + self._opened_since + self.reserve >= limit
+        # connections admitted since the count are added; those closed since are not taken
+        # off (a wrong count errs on the safe side until the next count)
+        return self._others + self._opened_since + self._clients()
+
+    def _descriptors_short(self) -> bool:
+        # the socket being admitted is in use already (still ``pending``): admitting it leaves
+        # the reserve free when in_use + reserve == limit
+        in_use = self._in_use()
+        return in_use is not None and in_use + self.reserve > self.fd_limit  # type: ignore[operator]
+
+    def headroom(self) -> int | None:
+        """How many more client sockets may be accepted now without using the ``reserve``
+        (counting those ``pending`` and ``closing``), None when nothing bounds them; 0 or less
+        when there is no room. Below half the descriptor limit, the room up to half (where
+        counting starts); the process's descriptors are counted no more often than ``admit``
+        counts them."""
+        room = None
+        if self.max_connections:
+            room = self.max_connections - self.open - self.pending
+        limit = self.fd_limit
+        if limit is not None:
+            in_use = self._in_use()
+            fd_room = limit - self.reserve - in_use if in_use is not None \
+                else limit // 2 - self.reserve - self.open - self._clients()
+            room = fd_room if room is None else min(room, fd_room)
+        return room
+
+    def accepted(self) -> None:
+        """A client socket was accepted; then ``admit`` (or ``dropped``)."""
+        self.pending += 1
+
+    def dropped(self) -> None:
+        """An accepted socket closed before its admission (a client that left, a failed TLS
+        handshake)."""
+        self.pending -= 1
+
+    def _refuse(self, why: str) -> str:
+        self.pending -= 1
+        self.refused += 1
+        self.closing += 1
+        return why
 
     def admit(self, address: str) -> str | None:
-        """None (and the connection counted) or why it is refused."""
+        """None (and the connection counted as open) or why it is refused (then counted as
+        closing until ``refused_closed``). The socket was ``accepted`` before: it leaves
+        ``pending`` in the same step, so it is never counted twice (with 10 admissions due in
+        one loop turn, counting it twice refused 9 of them)."""
         if self.per_address and self.by_address.get(address, 0) >= self.per_address:
-            self.refused += 1
-            return (f"too many connections from {address} (server.maxConnectionsPerAddress "
-                    f"{self.per_address})")
+            return self._refuse(f"too many connections from {address} (server.maxConnectionsPerAddress "
+                                f"{self.per_address})")
         if self.max_connections and self.open >= self.max_connections:
-            self.refused += 1
-            return f"too many open connections (server.maxConnections {self.max_connections})"
+            return self._refuse(f"too many open connections (server.maxConnections {self.max_connections})")
         if self._descriptors_short():
-            self.refused += 1
-            return (f"too many open connections for the descriptor limit {self.fd_limit} "
-                    f"(server.reservedDescriptors {self.reserve} are kept for backends, the "
-                    "monitor and the store)")
+            return self._refuse(f"too many open connections for the descriptor limit {self.fd_limit} "
+                                f"(server.reservedDescriptors {self.reserve} are kept for backends, the "
+                                "monitor and the store)")
+        self.pending -= 1
         self.open += 1
         self._opened_since += 1
         self.by_address[address] = self.by_address.get(address, 0) + 1
         return None
 
     def release(self, address: str) -> None:
+        """An admitted connection closed."""
         self.open -= 1
         n = self.by_address.get(address, 0) - 1
         if n > 0:
             self.by_address[address] = n
         else:
             self.by_address.pop(address, None)
+
+    def refused_closed(self) -> None:
+        """A refused connection's socket closed."""
+        self.closing -= 1

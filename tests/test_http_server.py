@@ -215,24 +215,35 @@ def test_idle_connections_are_closed_after_the_idle_timeout():
 
 def test_the_accept_batch_is_this_workers_share_of_the_waiting_connections():
     from gateway.runtime.accept import MAX_BATCH, accept_batch
-    assert MAX_BATCH == 16
-    assert [accept_batch(w, 1) for w in (0, 1, 5, 1000)] == [1, 1, 5, 16]
+    assert MAX_BATCH == 64
+    assert [accept_batch(w, 1) for w in (0, 1, 5, 1000)] == [1, 1, 5, 64]
     # with two workers, a quarter of the queue per wake-up: a burst alternates between them
-    assert [accept_batch(w, 2) for w in (0, 1, 3, 32, 1000)] == [1, 1, 1, 8, 16]
+    assert [accept_batch(w, 2) for w in (0, 1, 3, 32, 1000)] == [1, 1, 1, 8, 64]
+
+
+def test_the_accept_batch_takes_no_more_than_the_room_left():
+    from gateway.runtime.accept import accept_batch
+    assert [accept_batch(1000, 1, room) for room in (None, 100, 64, 10, 1)] == [64, 64, 64, 10, 1]
+    assert accept_batch(5, 1, 10) == 5 and accept_batch(1000, 2, 3) == 3
+    # no room: one at a time (admission answers it 503), and none while one is still in flight
+    assert [accept_batch(1000, 1, room, 0) for room in (0, -5)] == [1, 1]
+    assert [accept_batch(1000, 1, room, 1) for room in (0, -5)] == [0, 0]
+    assert accept_batch(0, 1, 0, 0) == 1 and accept_batch(1000, 1, 3, 7) == 3
 
 
 def test_a_worker_accepts_every_waiting_connection_in_one_wake_up():
     """Issue 19: one accept per event-loop iteration let 1,000 connections wait seconds in the
     kernel's queue of a loaded worker (a `select 1` behind them). The queue is read with
     TCP_INFO (what `ss` shows as Recv-Q) before and after the loop turned four times: at
-    least two wake-ups took MAX_BATCH (16) each (before: 2 accepted in all)."""
+    least two wake-ups took MAX_BATCH (64) each (before: 2 accepted in all)."""
     import socket
     from gateway.runtime.accept import MAX_BATCH, waiting
 
     async def main() -> tuple[int, int]:
         socks = bind_sockets(0, "127.0.0.1")
         port = socks[0].getsockname()[1]
-        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+        socks[0].listen(1024)          # room in the kernel's queue for all of them
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(150)]
         before = waiting(socks[0])     # the kernel completed every handshake; none accepted yet
         server = HTTPServer(tornado.web.Application([(r"/echo.*", Echo)]))
         server.add_sockets(socks)
@@ -246,7 +257,100 @@ def test_a_worker_accepts_every_waiting_connection_in_one_wake_up():
             for c in clients:
                 c.close()
     before, after = asyncio.run(main())
-    assert before == 50 and after <= 50 - 2 * MAX_BATCH, after
+    assert before == 150 and after <= 150 - 2 * MAX_BATCH, after
+
+
+async def _until(condition: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_accepted_sockets_stay_within_the_descriptors_left():
+    """Issue 19: with 64 per wake-up, sockets accepted but not yet admitted were counted
+    nowhere, so each wake-up took another batch and ``accept`` hit EMFILE under a small
+    descriptor limit. Here 30 descriptors are in use of 100, 60 reserved: room for 10 client
+    sockets. 50 connect at once; at no time are more than 10 held, and then 1 in flight (the
+    one answered 503 at once). Every counter settles back when they are all through."""
+    import socket
+    from gateway.limits import ConnectionLimits
+
+    limits = ConnectionLimits(max_connections=None, per_address=0, reserve=60, descriptor_limit=100,
+                              clock=lambda: 0.0, open_descriptors=lambda: 30)
+    held: list[int] = []
+    accepted = limits.accepted
+
+    def count() -> None:
+        accepted()
+        held.append(limits.open + limits.pending + limits.closing)
+    limits.accepted = count  # type: ignore[method-assign]
+
+    async def main() -> list[bytes]:
+        socks = bind_sockets(0, "127.0.0.1")
+        port = socks[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+        server = HTTPServer(tornado.web.Application([(r"/echo.*", Echo)]), limits=limits)
+        server.add_sockets(socks)
+        try:
+            await _until(lambda: limits.open + limits.refused == 50 and not limits.pending
+                         and not limits.closing, "all 50 admitted or refused and closed")
+            answers = []
+            for c in clients:   # a refused one has its 503 waiting; an admitted one answers
+                c.setblocking(False)
+                try:
+                    answers.append(c.recv(12))
+                except BlockingIOError:
+                    c.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    c.settimeout(5)
+                    answers.append(await asyncio.to_thread(c.recv, 12))
+            return answers
+        finally:
+            server.stop()
+            await server.close_all_connections()
+            for c in clients:
+                c.close()
+    answers = asyncio.run(main())
+    assert len(held) == 50 and max(held) == 11, held
+    assert limits.open == 0 and limits.refused == 40 and limits.pending == 0 and limits.closing == 0
+    assert answers.count(b"HTTP/1.1 200") == 10 and answers.count(b"HTTP/1.1 503") == 40, answers
+
+
+def test_tls_handshakes_count_as_pending_until_admitted_or_failed(tmp_path):
+    """A socket in its TLS handshake holds a descriptor that admission has not counted yet."""
+    import socket
+    import ssl
+    from gateway.limits import ConnectionLimits
+    from tests.ops.support import make_cert
+    crt, key = make_cert(tmp_path)
+    limits = ConnectionLimits(max_connections=None, per_address=0, reserve=10, descriptor_limit=None)
+
+    async def main() -> None:
+        socks = bind_sockets(0, "127.0.0.1")
+        port = socks[0].getsockname()[1]
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(crt), str(key))
+        server = HTTPServer(tornado.web.Application([(r"/echo.*", Echo)]), ssl_options=ctx, limits=limits)
+        server.add_sockets(socks)
+        silent = socket.create_connection(("127.0.0.1", port))    # never says hello
+        garbage = socket.create_connection(("127.0.0.1", port))
+        try:
+            await _until(lambda: limits.pending == 2, "two handshakes pending")
+            garbage.sendall(b"GET / HTTP/1.1\r\n\r\n")              # not TLS: the handshake fails
+            await _until(lambda: limits.pending == 1, "the failed handshake settled")
+            client = ssl.create_default_context(cafile=str(crt))
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+            w.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = await read_response(r)
+            assert status.startswith(b"HTTP/1.1 200"), status
+            assert limits.open == 1 and limits.pending == 1 and limits.closing == 0
+            w.close()
+        finally:
+            silent.close()
+            garbage.close()
+            server.stop()
+            await server.close_all_connections()
+    asyncio.run(main())
 
 
 def _after_header_timeout(data: bytes, stall: float) -> bytes:

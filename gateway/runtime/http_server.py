@@ -268,6 +268,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.head_started: float | None = None   # a request head is arriving since then
         self.counted = False                      # by the server's ConnectionLimits
+        self.refused = False                      # by them (counted as closing until closed)
         self.address: Any = None
         self.protocol_name = "http"
 
@@ -629,12 +630,12 @@ class HTTPServer:
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Start accepting on already-bound, listening sockets (as Tornado's ``add_sockets``).
-        Each wake-up accepts this worker's share of the waiting connections
-        (``gateway.runtime.accept``); the kernel's queue is 1024 long."""
+        Each wake-up accepts this worker's share of the waiting connections, at most as many as
+        ``limits`` have room for (``gateway.runtime.accept``); the kernel's queue is 1024 long."""
         for sock in sockets:
             sock.listen(1024)
             self._acceptors.append(Acceptor(sock, lambda: _Connection(self), ssl_context=self.ssl_context,
-                                            workers=self.workers))
+                                            workers=self.workers, limits=self.limits))
         _freeze_startup_objects()
 
     def stop(self) -> None:
@@ -665,6 +666,7 @@ class HTTPServer:
         if refusal is not None:
             log.warning("connection from %s refused: %s", conn.address[0], refusal)
             conn.counted = False
+            conn.refused = True
             conn._reject(503, "Service Unavailable", f"The gateway refused the connection: {refusal}\n")
             return False
         conn.counted = True
@@ -677,6 +679,8 @@ class HTTPServer:
             self.connections.discard(conn)
             if self.limits is not None and conn.counted:
                 self.limits.release(conn.address[0])
+        elif self.limits is not None and conn.refused:
+            self.limits.refused_closed()
 
     def note_body(self, size: int) -> None:
         """A request body of ``size`` bytes was dropped: large ones get the heap trimmed."""

@@ -50,22 +50,74 @@ def test_queue_refusal_counts_per_user_and_per_address():
 
 def test_connection_limits_per_address_total_and_descriptors():
     lim = ConnectionLimits(max_connections=5, per_address=3, reserve=10, descriptor_limit=None)
-    assert [lim.admit("a") for _ in range(3)] == [None] * 3
-    assert "maxConnectionsPerAddress 3" in lim.admit("a")
-    assert lim.admit("b") is None and lim.admit("b") is None
-    assert "maxConnections 5" in lim.admit("c")
+    assert [admit(lim, "a") for _ in range(3)] == [None] * 3
+    assert "maxConnectionsPerAddress 3" in admit(lim, "a")
+    assert admit(lim, "b") is None and admit(lim, "b") is None
+    assert "maxConnections 5" in admit(lim, "c")
     lim.release("a")
-    assert lim.admit("c") is None and lim.open == 5 and lim.refused == 2
+    assert admit(lim, "c") is None and lim.open == 5 and lim.refused == 2
     # descriptors: below half the limit only counting; above, the process's real count decides
     fds = [0]
     t = [0.0]
     lim = ConnectionLimits(max_connections=None, per_address=0, reserve=20, descriptor_limit=100,
                            clock=lambda: t[0], open_descriptors=lambda: fds[0])
     fds[0] = 1000   # would refuse if asked
-    assert all(lim.admit("a") is None for _ in range(30))   # open + reserve < 50: not asked
-    fds[0] = 75     # counted once per 0.2 s; connections opened since are added to it
-    assert [lim.admit("a") for _ in range(5)] == [None] * 5    # 75 + 4 + 20 < 100
-    assert "descriptor limit 100" in lim.admit("a")            # 75 + 5 + 20 = 100
+    assert all(admit(lim, "a") is None for _ in range(29))   # open + this one + reserve < 50: not asked
+    fds[0] = 75     # counted once per 0.2 s (this socket among them); connections opened since are added
+    assert [admit(lim, "a") for _ in range(6)] == [None] * 6   # up to 75 + 5 + 20 = 100: the reserve stays free
+    assert "descriptor limit 100" in admit(lim, "a")           # 75 + 6 + 20 > 100
     t[0] += 1
-    fds[0] = 80
-    assert "descriptor limit 100" in lim.admit("a")
+    fds[0] = 81
+    assert "descriptor limit 100" in admit(lim, "a")
+    assert lim.pending == 0 and lim.closing == 2 and lim.refused == 2
+
+
+def admit(lim: ConnectionLimits, address: str) -> str | None:
+    """As the server admits: the socket was accepted (pending) before."""
+    lim.accepted()
+    return lim.admit(address)
+
+
+def test_headroom_counts_the_sockets_accepted_and_refused_but_not_closed():
+    assert ConnectionLimits(max_connections=None, per_address=0, reserve=10, descriptor_limit=None).headroom() is None
+    lim = ConnectionLimits(max_connections=5, per_address=1, reserve=10, descriptor_limit=None)
+    assert lim.headroom() == 5
+    lim.accepted()
+    lim.accepted()
+    assert lim.headroom() == 3
+    assert lim.admit("a") is None
+    assert lim.headroom() == 3                                  # one open, one pending
+    assert "maxConnectionsPerAddress 1" in lim.admit("a")
+    assert (lim.open, lim.pending, lim.closing, lim.headroom()) == (1, 0, 1, 4)
+    lim.refused_closed()
+    assert lim.closing == 0
+    # descriptors (100, 20 reserved): counted no more often than admission counts them
+    asked: list[float] = []
+    fds = [0]
+    t = [0.0]
+    lim = ConnectionLimits(max_connections=None, per_address=0, reserve=20, descriptor_limit=100,
+                           clock=lambda: t[0], open_descriptors=lambda: asked.append(t[0]) or fds[0])
+    assert lim.headroom() == 30 and not asked                   # below half: the room up to half
+    for _ in range(12):
+        lim.accepted()
+    assert lim.headroom() == 18 and not asked
+    for _ in range(18):
+        lim.accepted()
+    fds[0] = 60                                                 # 30 others and the 30 pending
+    assert lim.headroom() == 20 and asked == [0.0]              # 100 - 20 - 60
+    for _ in range(10):
+        assert lim.admit("a") is None
+    assert lim.headroom() == 20 and asked == [0.0]              # pending became open: as many in use
+    lim.per_address = 10
+    assert "maxConnectionsPerAddress" in lim.admit("a")
+    assert lim.headroom() == 20                                 # pending became closing
+    lim.refused_closed()
+    assert lim.headroom() == 1 and asked == [0.0]               # below half again: the room up to half
+    for _ in range(20):
+        lim.accepted()
+    assert lim.headroom() == 1 and asked == [0.0]               # 30 others + 10 open + 39 pending + 20
+    t[0] = 0.2
+    fds[0] = 70                                                 # some went: counted again
+    assert lim.headroom() == 10 and asked == [0.0, 0.2]
+    lim.max_connections = 45
+    assert lim.headroom() == -4                                 # the smaller room: 45 - 10 open - 39 pending
