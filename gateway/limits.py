@@ -210,6 +210,9 @@ class ConnectionLimits:
         self.pending = 0
         self.closing = 0
         self.refused = 0
+        # Called when a socket in flight settles or a connection closes (the acceptors: one
+        # that stopped for want of room reads its listening socket again).
+        self.on_settled: list[Any] = []
         self._clock = clock or time.monotonic
         self._fds = open_descriptors
         self._others = 0        # descriptors at the last count, less the client sockets in flight
@@ -269,6 +272,11 @@ class ConnectionLimits:
         """An accepted socket closed before its admission (a client that left, a failed TLS
         handshake)."""
         self.pending -= 1
+        self._settled()
+
+    def _settled(self) -> None:
+        for callback in self.on_settled:
+            callback()
 
     def _refuse(self, why: str) -> str:
         self.pending -= 1
@@ -294,6 +302,7 @@ class ConnectionLimits:
         self.open += 1
         self._opened_since += 1
         self.by_address[address] = self.by_address.get(address, 0) + 1
+        self._settled()
         return None
 
     def release(self, address: str) -> None:
@@ -304,7 +313,9 @@ class ConnectionLimits:
             self.by_address[address] = n
         else:
             self.by_address.pop(address, None)
+        self._settled()
 
     def refused_closed(self) -> None:
         """A refused connection's socket closed."""
         self.closing -= 1
+        self._settled()

@@ -267,6 +267,41 @@ async def _until(condition: Callable[[], Any], what: str, timeout: float = 5.0) 
         await asyncio.sleep(0.005)
 
 
+def test_a_plain_connection_is_read_the_turn_after_it_was_accepted():
+    """Issue 19: each accepted socket used to start a task awaiting connect_accepted_socket: two
+    more loop turns (the task's first step, then its waiter) before the request could be read,
+    each as long as a busy turn. Now the transport is made at accept: no task, and the protocol
+    is connected (and reading) in the very next turn. Under uvloop or TLS the task remains."""
+    import socket
+    from gateway.runtime.accept import Acceptor
+
+    made: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(turn[0])
+
+    turn = [0]
+
+    async def main() -> tuple[int, int]:
+        socks = bind_sockets(0, "127.0.0.1")
+        port = socks[0].getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        acceptor = Acceptor(socks[0], Probe, ssl_context=None, workers=1)
+        try:
+            tasks_before = len(asyncio.all_tasks())
+            acceptor._accept()                  # the listening socket's wake-up, called directly
+            tasks_after = len(asyncio.all_tasks())
+            for turn[0] in range(1, 4):
+                await asyncio.sleep(0)
+            return tasks_after - tasks_before, made[0] if made else -1
+        finally:
+            acceptor.close()
+            client.close()
+    new_tasks, turn_made = asyncio.run(main())
+    assert (new_tasks, turn_made) == (0, 1)
+
+
 def test_accepted_sockets_stay_within_the_descriptors_left():
     """Issue 19: with 64 per wake-up, sockets accepted but not yet admitted were counted
     nowhere, so each wake-up took another batch and ``accept`` hit EMFILE under a small

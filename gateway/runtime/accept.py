@@ -110,17 +110,25 @@ class Acceptor:
         self.ssl_context = ssl_context
         self.workers = workers
         self.limits = limits
+        if limits is not None:
+            limits.on_settled.append(self._settled)
         self.loop = asyncio.get_running_loop()
         self.closed = False
         self.reading = True
         self.no_room = False          # paused for want of room (not for EMFILE)
         self._timer: asyncio.TimerHandle | None = None
+        # The selector loop's transport factory (a private asyncio method, stable since 3.4);
+        # uvloop and TLS go through connect_accepted_socket instead.
+        self._plain = (getattr(self.loop, "_make_socket_transport", None)
+                       if ssl_context is None else None)
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._accept)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.limits is not None and self._settled in self.limits.on_settled:
+                self.limits.on_settled.remove(self._settled)
             if self._timer is not None:
                 self._timer.cancel()
             if self.reading:
@@ -156,7 +164,10 @@ class Acceptor:
             conn.setblocking(False)
             if self.limits is not None:
                 self.limits.accepted()
-            self.loop.create_task(self._start(conn))
+            if self._plain is not None:
+                self._start_plain(conn)
+            else:
+                self.loop.create_task(self._start(conn))
 
     def _pause(self, seconds: float, *, no_room: bool) -> None:
         if self.reading:
@@ -175,6 +186,20 @@ class Acceptor:
             self.reading = True
             self.loop.add_reader(self.sock.fileno(), self._accept)
 
+    def _start_plain(self, conn: socket.socket) -> None:
+        """A plain (non-TLS) connection's transport, made here rather than in a task awaiting
+        ``connect_accepted_socket``: that task, its coroutine and its waiter cost each new
+        connection two more loop turns before its request could be read, each as long as a
+        turn that relays hundreds of answers on a loaded worker (issue 19: ``select 1`` p99
+        during a ramp of new queries). The transport schedules ``connection_made`` (where the
+        server admits or refuses it) and its reader for the next turn, as it does there."""
+        self._plain(conn, self.factory())   # type: ignore[misc]
+
+    def _settled(self) -> None:
+        """``limits.on_settled``: a socket in flight settled or a connection closed."""
+        if self.no_room:
+            self._resume()   # the room may have changed
+
     async def _start(self, conn: socket.socket) -> None:
         try:
             # Returns once the protocol's connection_made ran (after the TLS handshake), where
@@ -187,5 +212,3 @@ class Acceptor:
             conn.close()
             if self.limits is not None:
                 self.limits.dropped()
-        if self.no_room:
-            self._resume()   # a socket settled: the room may have changed
