@@ -219,27 +219,28 @@ class ConnectionLimits:
         self._fds_at = -1.0
         self._opened_since = 0
 
-    def _clients(self) -> int:
-        """Client sockets with a descriptor that the count below knows of (not those admitted)."""
+    def in_flight(self) -> int:
+        """Client sockets accepted and not admitted yet, or refused and not closed yet: they hold
+        descriptors that the count below knows of (not those admitted)."""
         return self.pending + self.closing
 
     def _in_use(self) -> int | None:
         """The process's descriptors in use, estimated; None below half the limit (not counted
         there: a few thousand client connections and nothing else)."""
         limit = self.fd_limit
-        if limit is None or self.open + self._clients() + self.reserve < limit // 2:
+        if limit is None or self.open + self.in_flight() + self.reserve < limit // 2:
             return None
         now = self._clock()
         if now - self._fds_at >= 0.2:
             seen = self._fds()
             # the sockets in flight now are counted apart (they settle or close one by one)
-            self._others = (seen if seen is not None else self.open + self.reserve + self._clients()) \
-                - self._clients()
+            self._others = (seen if seen is not None else self.open + self.reserve + self.in_flight()) \
+                - self.in_flight()
             self._fds_at = now
             self._opened_since = 0
         # connections admitted since the count are added; those closed since are not taken
         # off (a wrong count errs on the safe side until the next count)
-        return self._others + self._opened_since + self._clients()
+        return self._others + self._opened_since + self.in_flight()
 
     def _descriptors_short(self) -> bool:
         # the socket being admitted is in use already (still ``pending``): admitting it leaves
@@ -260,7 +261,7 @@ class ConnectionLimits:
         if limit is not None:
             in_use = self._in_use()
             fd_room = limit - self.reserve - in_use if in_use is not None \
-                else limit // 2 - self.reserve - self.open - self._clients()
+                else limit // 2 - self.reserve - self.open - self.in_flight()
             room = fd_room if room is None else min(room, fd_room)
         return room
 

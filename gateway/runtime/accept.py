@@ -139,7 +139,7 @@ class Acceptor:
         lim = self.limits
         if lim is None:
             return accept_batch(waiting(self.sock), self.workers)
-        return accept_batch(waiting(self.sock), self.workers, lim.headroom(), lim.pending + lim.closing)
+        return accept_batch(waiting(self.sock), self.workers, lim.headroom(), lim.in_flight())
 
     def _accept(self) -> None:
         batch = self._batch()
