@@ -1,4 +1,4 @@
-"""The gateway's event loop: asyncio's, or uvloop with TRINO_GATEWAY_LOOP=uvloop
+"""The gateway's event loop: uvloop when installed, else asyncio's; TRINO_GATEWAY_LOOP chooses
 (gateway/runtime/loop.py). The pure choice, then a gateway serving queries on each loop."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
 @pytest.mark.parametrize("setting, available, expected", [
-    (None, True, "asyncio"), (None, False, "asyncio"), ("", True, "asyncio"), ("asyncio", True, "asyncio"),
+    (None, True, "uvloop"), (None, False, "asyncio"), ("", True, "uvloop"), ("", False, "asyncio"),
+    ("auto", True, "uvloop"), (" Auto ", False, "asyncio"), ("asyncio", True, "asyncio"),
     ("ASYNCIO", True, "asyncio"), ("uvloop", True, "uvloop"), (" UVLoop ", True, "uvloop"),
 ])
 def test_choice(setting, available, expected):
@@ -22,7 +23,7 @@ def test_choice(setting, available, expected):
 
 
 def test_bad_choices_say_why():
-    with pytest.raises(L.LoopChoiceError, match="TRINO_GATEWAY_LOOP='tokio': expected one of asyncio, uvloop"):
+    with pytest.raises(L.LoopChoiceError, match="TRINO_GATEWAY_LOOP='tokio': expected one of auto, asyncio, uvloop"):
         L.choose("tokio", True)
     with pytest.raises(L.LoopChoiceError, match=r"uvloop is not installed \(pip install uvloop\)"):
         L.choose("uvloop", False)
@@ -34,7 +35,7 @@ def test_run_uses_the_chosen_loop(monkeypatch):
         return L.kind(asyncio.get_running_loop())
 
     monkeypatch.delenv(L.ENV, raising=False)
-    assert L.run(which()) == "asyncio"   # the default
+    assert L.run(which()) == ("uvloop" if HAVE_UVLOOP else "asyncio")   # the default: auto
     monkeypatch.setenv(L.ENV, "asyncio")
     assert L.run(which()) == "asyncio"
     if HAVE_UVLOOP:

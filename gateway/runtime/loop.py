@@ -1,12 +1,16 @@
-"""Which event loop a gateway process runs on: asyncio's, or uvloop on request.
+"""Which event loop a gateway process runs on: uvloop when it is installed, else asyncio's.
 
-``TRINO_GATEWAY_LOOP=uvloop`` (with ``pip install uvloop``) runs the workers and the probe
-thread on uvloop, the loop, sockets and transports in C. It is not the default: in the
-in-flight benchmark (issue 19) it did not lower the gateway's CPU per poll measurably on the
-test machine (docs/benchmarks.md "CPU per poll"), whose Python code (HTTP layer, handler, URI
-rewriting) dominates, and a loop in C is one more thing that can differ. The setting stays for
-measuring it on other machines. An unknown value, or ``uvloop`` without uvloop installed,
-stops the gateway at start-up with a clear error.
+uvloop (a dependency of the package on Linux and macOS) runs the loop, sockets and transports in
+C. Since the poll's own Python path got lean (the fast path of gateway/proxy/follow.py, cheaper
+essentials), the loop is a large part of what is left of a request that arrives on its own: in
+the in-flight benchmark (issue 19) uvloop took 15 % off one worker's CPU per request at 1,000
+queries in flight, and nothing at 5,000 through two workers, where each loop turn carries many
+requests anyway (docs/benchmarks.md, "uvloop by default"). ``TRINO_GATEWAY_LOOP`` chooses:
+``auto`` (the default: uvloop when importable), ``uvloop`` (required: stop at start-up without
+it) or ``asyncio``. An unknown value stops the gateway at start-up with a clear error.
+
+On uvloop an accepted connection is started by a task awaiting ``connect_accepted_socket``
+(gateway/runtime/accept.py): the selector loop's transport-at-accept is asyncio's own.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from typing import Any, Callable, Coroutine, TypeVar
 T = TypeVar("T")
 log = logging.getLogger("gateway.server")
 ENV = "TRINO_GATEWAY_LOOP"
-CHOICES = ("asyncio", "uvloop")
+CHOICES = ("auto", "asyncio", "uvloop")
 
 
 class LoopChoiceError(RuntimeError):
@@ -27,9 +31,11 @@ class LoopChoiceError(RuntimeError):
 
 def choose(setting: str | None, uvloop_available: bool) -> str:
     """``uvloop`` or ``asyncio`` for the value of TRINO_GATEWAY_LOOP (pure)."""
-    value = (setting or "asyncio").strip().lower() or "asyncio"
+    value = (setting or "auto").strip().lower() or "auto"
     if value not in CHOICES:
         raise LoopChoiceError(f"{ENV}={setting!r}: expected one of {', '.join(CHOICES)}")
+    if value == "auto":
+        return "uvloop" if uvloop_available else "asyncio"
     if value == "uvloop" and not uvloop_available:
         raise LoopChoiceError(f"{ENV}=uvloop but uvloop is not installed (pip install uvloop)")
     return value
@@ -46,7 +52,8 @@ def _uvloop() -> Any:
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """The constructor of this process's event loops (the workers' and the probe thread's)."""
     setting = os.environ.get(ENV)
-    uvloop = _uvloop() if setting and setting.strip().lower() == "uvloop" else None
+    wanted = (setting or "auto").strip().lower()
+    uvloop = _uvloop() if wanted in ("auto", "uvloop", "") else None
     if choose(setting, uvloop is not None) == "uvloop":
         return uvloop.new_event_loop  # type: ignore[no-any-return]
     return asyncio.new_event_loop
