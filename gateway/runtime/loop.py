@@ -4,7 +4,7 @@ uvloop (a dependency of the package on Linux and macOS) runs the loop, sockets a
 C. Since the poll's own Python path got lean (the fast path of gateway/proxy/follow.py, cheaper
 essentials), the loop is a large part of what is left of a request that arrives on its own: in
 the in-flight benchmark (issue 19) uvloop took 15 % off one worker's CPU per request at 1,000
-queries in flight, and nothing at 5,000 through two workers, where each loop turn carries many
+queries in flight, and 0–10 % at 5,000 through two workers, where each loop turn carries many
 requests anyway (docs/benchmarks.md, "uvloop by default"). ``TRINO_GATEWAY_LOOP`` chooses:
 ``auto`` (the default: uvloop when importable), ``uvloop`` (required: stop at start-up without
 it) or ``asyncio``. An unknown value stops the gateway at start-up with a clear error.
