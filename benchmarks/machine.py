@@ -48,6 +48,18 @@ def _tool_version(argv: list[str], pattern: str) -> str | None:
     return m.group(1) if m else "unknown"
 
 
+def _gateway_loop() -> str:
+    """The event loop the gateways this benchmark starts will run on (gateway/runtime/loop.py:
+    uvloop when installed, unless TRINO_GATEWAY_LOOP says otherwise)."""
+    try:
+        import importlib.util
+
+        from gateway.runtime import loop as L
+        return L.choose(os.environ.get(L.ENV), importlib.util.find_spec("uvloop") is not None)
+    except Exception as exc:  # noqa: BLE001 - an older tree, or a bad setting: say so
+        return f"unknown ({exc})"
+
+
 def describe() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
@@ -59,6 +71,7 @@ def describe() -> dict[str, Any]:
         "sqlglot": _version("sqlglot"),
         "sqlglotc": _version("sqlglotc"),
         "uvloop": _version("uvloop"),
+        "gateway_loop": _gateway_loop(),
         "trino_client": _version("trino"),
         "wrk": _tool_version(["wrk", "--version"], r"wrk (\S+)"),
         "nginx": _tool_version(["nginx", "-v"], r"nginx/(\S+)"),

@@ -184,6 +184,7 @@ def _machine(m: dict[str, Any]) -> list[str]:
         f"| Python | {m['python']} |",
         f"| tornado / sqlglot / sqlglotc / uvloop | {m['tornado']} / {m['sqlglot']} / "
         f"{m.get('sqlglotc') or '–'} / {m.get('uvloop') or '–'} |",
+        f"| gateway event loop | {m.get('gateway_loop') or '–'} |",
         f"| trino client | {m.get('trino_client') or '–'} |",
         f"| wrk / nginx | {m.get('wrk') or 'missing'} / {m.get('nginx') or 'missing'} |",
     ]
