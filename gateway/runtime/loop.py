@@ -29,9 +29,14 @@ class LoopChoiceError(RuntimeError):
     pass
 
 
+def _normalized(setting: str | None) -> str:
+    """TRINO_GATEWAY_LOOP as compared: trimmed, lower case, ``auto`` when unset or empty."""
+    return (setting or "auto").strip().lower() or "auto"
+
+
 def choose(setting: str | None, uvloop_available: bool) -> str:
     """``uvloop`` or ``asyncio`` for the value of TRINO_GATEWAY_LOOP (pure)."""
-    value = (setting or "auto").strip().lower() or "auto"
+    value = _normalized(setting)
     if value not in CHOICES:
         raise LoopChoiceError(f"{ENV}={setting!r}: expected one of {', '.join(CHOICES)}")
     if value == "auto":
@@ -52,8 +57,8 @@ def _uvloop() -> Any:
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """The constructor of this process's event loops (the workers' and the probe thread's)."""
     setting = os.environ.get(ENV)
-    wanted = (setting or "auto").strip().lower()
-    uvloop = _uvloop() if wanted in ("auto", "uvloop", "") else None
+    # uvloop is imported only when the setting may choose it
+    uvloop = _uvloop() if _normalized(setting) in ("auto", "uvloop") else None
     if choose(setting, uvloop is not None) == "uvloop":
         return uvloop.new_event_loop  # type: ignore[no-any-return]
     return asyncio.new_event_loop
