@@ -10,6 +10,8 @@ only against nginx. No routing, no header handling beyond the framing, no URI re
 metrics, no logging: requests and answers must carry ``Content-Length`` (the long-poll backend's
 do), the Host header passes through unchanged (as nginx's ``proxy_set_header Host $http_host``),
 one request at a time per client connection, the backend pool is unbounded. Not a product.
+It runs on the event loop a gateway worker would choose (uvloop by default; ``TRINO_GATEWAY_LOOP``
+as for the gateway), so that floor and gateway differ in their code only.
 """
 from __future__ import annotations
 
@@ -210,4 +212,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # On the event loop the gateway would run on here (uvloop by default, TRINO_GATEWAY_LOOP
+    # chooses): a floor measured on asyncio next to a gateway on uvloop compares loops, not code.
+    from gateway.runtime import loop as gateway_loop  # noqa: E402
+    gateway_loop.run(main())
