@@ -226,6 +226,18 @@ def _supervise(config: Config, sockets: tuple[list[socket.socket], list[socket.s
 _MAX_RESTART_DELAY = 10.0   # seconds between restarts of a worker that keeps failing to start
 
 
+def server_options(config: Config) -> dict[str, Any]:
+    """The HTTP server's options for ``config`` (``gateway.runtime.http_server.HTTPServer``):
+    one place, so that ``serve`` and ``demo`` run the same server."""
+    s = config.server
+    limits = ConnectionLimits(max_connections=s.maxConnections, per_address=s.maxConnectionsPerAddress,
+                              reserve=s.reservedDescriptors, descriptor_limit=descriptor_limit())
+    return dict(xheaders=s.trustForwardedHeaders, idle_connection_timeout=s.idleConnectionTimeout,
+                max_body_size=s.maxBodySize + 1, body_timeout=s.backendRequestTimeout,
+                header_timeout=s.headerTimeout, body_progress_timeout=s.bodyProgressTimeout,
+                limits=limits, workers=s.workers)
+
+
 async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], list[socket.socket]],
                       ready_callback: Any,
                       worker: int = 0) -> int:
@@ -240,12 +252,7 @@ async def _run_worker(config: Config, socket_sets: tuple[list[socket.socket], li
     app = make_app(gw)
     s = config.server
     sockets, tls_sockets = socket_sets
-    limits = ConnectionLimits(max_connections=s.maxConnections, per_address=s.maxConnectionsPerAddress,
-                              reserve=s.reservedDescriptors, descriptor_limit=descriptor_limit())
-    opts = dict(xheaders=s.trustForwardedHeaders, idle_connection_timeout=s.idleConnectionTimeout,
-                max_body_size=s.maxBodySize + 1, body_timeout=s.backendRequestTimeout,
-                header_timeout=s.headerTimeout, body_progress_timeout=s.bodyProgressTimeout,
-                limits=limits, workers=s.workers)
+    opts = server_options(config)
     servers = []
     if s.tls.certFile and not tls_sockets:  # HTTPS only, on server.port
         servers.append(HTTPServer(app, ssl_options=tls_context(config), **opts))

@@ -4,6 +4,11 @@ Two clusters are in routing group ``adhoc`` and one in ``etl``; the example rule
 of the repository, shipped inside the package as ``gateway/rules/``) decide where each query
 goes. It runs from any directory and leaves nothing behind: its store lives in a temporary
 folder removed at exit. Ctrl-C stops everything.
+
+The gateway part is what ``trino-gateway serve`` runs: the same HTTP server
+(``gateway.runtime.http_server``, with its fast path for result-page polls) with the same
+options, on the same event loop (uvloop by default; ``TRINO_GATEWAY_LOOP`` chooses, and the
+banner says which). Until the seventh session the demo ran Tornado's own HTTP server on asyncio.
 """
 from __future__ import annotations
 
@@ -14,13 +19,15 @@ import signal
 import sys
 import tempfile
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from gateway.app import Gateway, make_app
 from gateway.config import config_from_dict
 from gateway.logs import setup_logging
 from gateway.resources import resource_dir
+from gateway.runtime import loop as event_loop
+from gateway.runtime.http_server import HTTPServer
+from gateway.runtime.serve import server_options
 
 CLUSTERS = (("adhoc-1", "adhoc"), ("adhoc-2", "adhoc"), ("etl-1", "etl"))
 
@@ -79,11 +86,12 @@ async def _demo(port: int, cluster_base_port: int, state: str) -> int:
     gw.monitor.on_round(lambda _monitor: probed.set())
     if not gw.monitor.first_round_done:
         await probed.wait()
-    server = HTTPServer(make_app(gw))
+    server = HTTPServer(make_app(gw), **server_options(cfg))
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]     # --port 0: the port the system chose
     url = f"http://127.0.0.1:{port}"
-    print(f"\ntrino-gateway demo is running at {url}", flush=True)
+    loop = asyncio.get_running_loop()
+    print(f"\ntrino-gateway demo is running at {url} (event loop: {event_loop.kind(loop)})", flush=True)
     for b in backends:
         print(f"  backend {b['name']:8} group {b['routingGroup']:6} {b['proxyTo']}")
     print(f"  rules from {cfg.routing.rules[0]}; admin pages at {url}/trino-gateway/")
@@ -92,13 +100,13 @@ async def _demo(port: int, cluster_base_port: int, state: str) -> int:
           f"user='me').cursor(); c.execute('SELECT name, current_cluster() FROM nation LIMIT 3'); "
           f"print(c.fetchall())\"\nPress Ctrl-C to stop.\n", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("\nstopping...", flush=True)
     gw.shutting_down = True
     server.stop()
+    await server.close_all_connections()
     await gw.stop()
     for c in clusters:
         await c.stop()
@@ -107,8 +115,13 @@ async def _demo(port: int, cluster_base_port: int, state: str) -> int:
 
 
 def run_demo(port: int = 8080, cluster_base_port: int = 0) -> int:
+    try:
+        event_loop.loop_factory()   # a bad TRINO_GATEWAY_LOOP: one line, as serve says it
+    except event_loop.LoopChoiceError as exc:
+        print(f"trino-gateway demo: {exc}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="trino-gateway-demo-") as state:
         try:
-            return asyncio.run(_demo(port, cluster_base_port, state))
+            return event_loop.run(_demo(port, cluster_base_port, state))
         except KeyboardInterrupt:   # Ctrl-C before the demo was up (later, it stops cleanly)
             return 130

@@ -49,6 +49,8 @@ def test_demo_runs_routes_by_the_example_rules_and_stops_on_ctrl_c(tmp_path):
         wait_for(lambda: "Press Ctrl-C" in out.read_text(), timeout=30, message="the demo banner")
         text = out.read_text()
         assert f"http://127.0.0.1:{port}" in text
+        # the loop serve would run on (uvloop when installed): the demo is the product as served
+        assert f"(event loop: {'uvloop' if _has_uvloop() else 'asyncio'})" in text, text
         # the printed one-line example works as printed
         example = re.search(r'Try: python3 -c "(.*)"', text).group(1)
         res = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=60)
@@ -59,6 +61,21 @@ def test_demo_runs_routes_by_the_example_rules_and_stops_on_ctrl_c(tmp_path):
         proc.send_signal(signal.SIGINT)
         code = proc.wait(30)
     assert code == 0, out.read_text()[-2000:]
+
+
+def _has_uvloop() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def test_demo_with_an_unknown_event_loop_says_so_in_one_line_and_starts_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--port", str(_free_port())],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "TRINO_GATEWAY_LOOP": "tokio"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == ("trino-gateway demo: TRINO_GATEWAY_LOOP='tokio': "
+                                   "expected one of auto, asyncio, uvloop"), proc.stderr
+    assert "running" not in proc.stdout
 
 
 def _user_env() -> dict[str, str]:
