@@ -8,10 +8,11 @@ them, so a scrape that lands on any worker sees the whole gateway.
 Per request the proxy handler calls ``request_started`` and ``request_done``; Tornado calls
 ``log_request`` (the application's ``log_function``) when any response finishes. A small record
 in a context variable ties these together without the handler passing it around: Tornado runs
-every request in its own asyncio task, and each task has its own copy of the context. Backend
-connections are opened in an empty context, so their callbacks (which finish responses for
-whichever request reuses the connection) see no record and use the one the forwarder
-(``backend_start``) leaves on the handler; a task that outlives its request finds the record marked done.
+every request in its own asyncio task, and each task has its own copy of the context. A pooled
+backend connection finishes responses for whichever request uses it now: it calls the sink in
+that exchange's context (``_Conn.start`` copies the caller's), never in its transport's own
+(the request that happened to open it), and the handler also carries the record the forwarder
+(``backend_start``) left on it; a task that outlives its request finds the record marked done.
 """
 from __future__ import annotations
 
@@ -84,8 +85,9 @@ def _mine() -> _Request | None:
     """The current request's record, while that request is being served.
 
     Tasks started while serving a request inherit its context; one that outlives the request
-    finds the record done. Backend connections are opened in an empty context
-    (gateway/proxy/client.py), so their callbacks never see the request that opened them.
+    finds the record done. A backend connection calls its sink in the context of the exchange
+    it serves (gateway/proxy/client.py ``_Conn.start``), not in that of the request that
+    opened it.
     """
     rec = _current.get()
     return rec if rec is not None and not rec.done else None

@@ -383,23 +383,19 @@ class BackendClient:
         if scheme == "https":
             ctx = self.ssl_context or ssl.create_default_context()
         loop = asyncio.get_running_loop()
-
-        async def connect() -> _Conn:
-            # asyncio.timeout inside the task, which is awaited directly: wait_for around it cost
-            # one more loop turn once the connect was done. Cancelling the awaiting request
-            # cancels this task too.
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Conn(key), host, port, ssl=ctx)
-            return conn
-        # Connect in an empty context: a pooled connection's callbacks run in the context it
-        # was opened in, and must not carry the request that happened to open it into the
-        # requests that reuse it (gateway/metrics.py keeps a request's record there).
-        connecting = loop.create_task(connect(), context=contextvars.Context())
         self.connects += 1
         if self.on_connect is not None:
             self.on_connect()
+        # Awaited here, not in a task of its own: a task cost a statement two more loop turns
+        # before it reached a backend it had to connect to (its first step, then the wake-up of
+        # the request awaiting it), each as long as a busy turn (benchmarks/loop_turns.py: 9
+        # turns to the backend, 7 now; 3 on a pooled connection). The connection's transport
+        # keeps a copy of this request's context; nothing reads it (the sink's callbacks run in
+        # the context of the exchange they serve, ``_Conn.start``) and a request's metrics
+        # record is marked done when the request ends (gateway/metrics.py ``_mine``).
         try:
-            conn = await connecting
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Conn(key), host, port, ssl=ctx)
         except TimeoutError:
             raise BackendError(f"timed out connecting after {self.connect_timeout:g}s",
                                sent=False, timeout=True) from None

@@ -1,0 +1,174 @@
+"""How many event-loop turns a request spends in the gateway, counted rather than timed.
+
+    python3 benchmarks/loop_turns.py
+
+Under load every turn of a worker's loop is long: it relays every answer that became ready
+since the last one (25-250 ms per turn during the ramp of the 5,000-in-flight benchmark). A
+request that needs a turn more waits that much longer, whatever its own CPU cost; the
+``select 1`` tail of issue 19 is statements waiting for turns. This counts them: a gateway, a
+minimal coordinator (answers statements QUEUED and polls RUNNING at once) and a client, all
+on one asyncio loop whose every turn (``_run_once``) is counted, in one process; nothing is
+timed, so the figures are exact and do not depend on the machine.
+
+For each request: turns from the client's write until the coordinator has the request ("to
+the backend") and from the coordinator's answer until the client has read it ("back"). A
+proxy cannot do better than 2 each way: its own read (and write onward) in one turn, the
+other end's read in the next; the client here reads with a stream reader, which costs a turn
+more on the way back. Printed for a statement that must open a backend connection, a poll (the
+follow-up fast path) and a statement on an open connection: the fewest turns of five tries each
+(the gateway's own timers may wake the loop during a request, adding a turn).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tornado.netutil import bind_sockets  # noqa: E402
+
+from gateway.app import Gateway, make_app  # noqa: E402
+from gateway.config import config_from_dict  # noqa: E402
+from gateway.runtime.http_server import HTTPServer  # noqa: E402
+from gateway.runtime.serve import server_options  # noqa: E402
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop, counting its turns."""
+
+    turns = 0
+
+    def _run_once(self) -> None:
+        self.turns += 1
+        super()._run_once()
+
+
+def _loop() -> CountingLoop:
+    return asyncio.get_running_loop()  # type: ignore[return-value]
+
+
+class Coordinator(asyncio.Protocol):
+    """Answers at once: a statement QUEUED, a poll RUNNING, /v1/info ready. Notes the turn at
+    which each statement or poll arrived."""
+
+    arrivals: list[int] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            method, target, _ = lines[0].decode().split(" ")
+            length = sum(int(h.split(b":", 1)[1]) for h in lines[1:] if h.lower().startswith(b"content-length:"))
+            if len(rest) < length:
+                return
+            self.buf = rest[length:]
+            port = self.transport.get_extra_info("sockname")[1]
+            if target.startswith("/v1/statement"):
+                Coordinator.arrivals.append(_loop().turns)
+                qid = target.split("/")[4] if method == "GET" else f"20261204_000000_{len(self.arrivals):05d}_abcde"
+                doc: dict[str, Any] = {
+                    "id": qid, "infoUri": f"http://127.0.0.1:{port}/ui/query.html?{qid}",
+                    "nextUri": f"http://127.0.0.1:{port}/v1/statement/executing/{qid}/y/{len(self.arrivals)}",
+                    "stats": {"state": "QUEUED" if method == "POST" else "RUNNING"}}
+            elif target.startswith("/v1/info"):
+                doc = {"starting": False, "nodeVersion": {"version": "470"}, "uptime": "1m"}
+            else:
+                doc = {}
+            body = json.dumps(doc).encode()
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, method: str,
+                    target: str, body: bytes = b"") -> tuple[int, int, dict[str, Any]]:
+    """(turns to the backend, turns back, the answer)."""
+    sent = _loop().turns
+    before = len(Coordinator.arrivals)
+    writer.write(f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Trino-User: turns\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+    doc = json.loads(await reader.readexactly(length))
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    arrived = Coordinator.arrivals[before]
+    return arrived - sent, _loop().turns - arrived, doc
+
+
+REPEAT = 5
+
+
+def _drop_idle(client: Any) -> None:
+    """Close the backend connections idle in ``client``'s pool (gateway/proxy/client.py)."""
+    for idle in client._pools.values():
+        while idle:
+            idle.pop().close()
+
+
+async def _measure() -> dict[str, tuple[int, int]]:
+    coordinator = await asyncio.get_running_loop().create_server(Coordinator, "127.0.0.1", 0)
+    with tempfile.TemporaryDirectory(prefix="tgw-turns-") as state:
+        cfg = config_from_dict({
+            "server": {"host": "127.0.0.1", "port": 0},
+            "store": {"url": f"sqlite:///{state}/gw.db"},
+            "routing": {"defaultGroup": "adhoc"},
+            "monitor": {"type": "info-api", "interval": "60s", "timeout": "2s"},
+            "backends": [{"name": "b1", "routingGroup": "adhoc",
+                          "proxyTo": f"http://127.0.0.1:{coordinator.sockets[0].getsockname()[1]}"}],
+        }, "<loop_turns>")
+        gw = Gateway(cfg)
+        await gw.start()
+        server = None
+        try:
+            for _ in range(500):   # the first probe round: the backend is HEALTHY
+                if gw.monitor.first_round_done:
+                    break
+                await asyncio.sleep(0.01)
+            socks = bind_sockets(0, "127.0.0.1")
+            server = HTTPServer(make_app(gw), **server_options(cfg))
+            server.add_sockets(socks)
+            port = socks[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            runs: dict[str, list[tuple[int, int]]] = {}
+            for _ in range(REPEAT):
+                _drop_idle(gw.client)   # the next statement connects
+                to, back, doc = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
+                runs.setdefault("statement, new backend connection", []).append((to, back))
+                to, back, doc = await _exchange(reader, writer, port, "GET", doc["nextUri"].split(str(port), 1)[1])
+                runs.setdefault("poll (follow-up fast path)", []).append((to, back))
+                to, back, _ = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
+                runs.setdefault("statement, pooled backend connection", []).append((to, back))
+            # The gateway's own timers (the loop-lag sampler every 50 ms, the monitor) may wake
+            # the loop during an exchange: a turn more, never less. The fewest is the request's.
+            out = {what: min(seen) for what, seen in runs.items()}
+            writer.close()
+            return out
+        finally:
+            if server is not None:
+                server.stop()
+                await server.close_all_connections()
+            await gw.stop()
+            coordinator.close()
+
+
+def measure() -> dict[str, tuple[int, int]]:
+    """Turns (to the backend, back) per request kind."""
+    Coordinator.arrivals = []
+    with asyncio.Runner(loop_factory=CountingLoop) as runner:
+        return runner.run(_measure())
+
+
+def main() -> None:
+    for what, (to, back) in measure().items():
+        print(f"{what:40} to the backend {to} turns, back {back} turns")
+
+
+if __name__ == "__main__":
+    main()
