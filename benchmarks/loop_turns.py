@@ -7,14 +7,17 @@ since the last one (25-250 ms per turn during the ramp of the 5,000-in-flight be
 request that needs a turn more waits that much longer, whatever its own CPU cost; the
 ``select 1`` tail of issue 19 is statements waiting for turns. This counts them: a gateway, a
 minimal coordinator (answers statements QUEUED and polls RUNNING at once) and a client, all
-on one asyncio loop whose every turn (``_run_once``) is counted, in one process; nothing is
-timed, so the figures are exact and do not depend on the machine.
+on one event loop whose every turn is counted (a callback that reschedules itself), in one
+process; nothing is
+timed, so the figures are exact and do not depend on the machine. Both loops are counted:
+asyncio's and uvloop (the default), which runs the callbacks an I/O callback schedules in the
+same turn, so it counts fewer.
 
 For each request: turns from the client's write until the coordinator has the request ("to
 the backend") and from the coordinator's answer until the client has read it ("back"). A
 proxy cannot do better than 2 each way: its own read (and write onward) in one turn, the
-other end's read in the next; the client here reads with a stream reader, which costs a turn
-more on the way back. Printed for a statement that must open a backend connection, a poll (the
+other end's read in the next, on asyncio's loop; the client here reads with a stream reader,
+which costs a turn more on the way back. Printed for a statement that must open a backend connection, a poll (the
 follow-up fast path) and a statement on an open connection: the fewest turns of five tries each
 (the gateway's own timers may wake the loop during a request, adding a turn).
 """
@@ -36,18 +39,21 @@ from gateway.runtime.http_server import HTTPServer  # noqa: E402
 from gateway.runtime.serve import server_options  # noqa: E402
 
 
-class CountingLoop(asyncio.SelectorEventLoop):
-    """asyncio's selector loop, counting its turns."""
-
-    turns = 0
-
-    def _run_once(self) -> None:
-        self.turns += 1
-        super()._run_once()
+class _Turns:
+    n = 0
 
 
-def _loop() -> CountingLoop:
-    return asyncio.get_running_loop()  # type: ignore[return-value]
+def _tick() -> None:
+    """Counts a turn and asks to run again in the next one: on any loop (asyncio's, uvloop),
+    callbacks scheduled during a turn run in the next, so this counts turns. It also keeps the
+    loop from sleeping, which changes no count here: on loopback a write is readable, and a
+    connect complete, by the next turn."""
+    _Turns.n += 1
+    asyncio.get_running_loop().call_soon(_tick)
+
+
+def _turns() -> int:
+    return _Turns.n
 
 
 class Coordinator(asyncio.Protocol):
@@ -72,7 +78,7 @@ class Coordinator(asyncio.Protocol):
             self.buf = rest[length:]
             port = self.transport.get_extra_info("sockname")[1]
             if target.startswith("/v1/statement"):
-                Coordinator.arrivals.append(_loop().turns)
+                Coordinator.arrivals.append(_turns())
                 qid = target.split("/")[4] if method == "GET" else f"20261204_000000_{len(self.arrivals):05d}_abcde"
                 doc: dict[str, Any] = {
                     "id": qid, "infoUri": f"http://127.0.0.1:{port}/ui/query.html?{qid}",
@@ -90,7 +96,7 @@ class Coordinator(asyncio.Protocol):
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, method: str,
                     target: str, body: bytes = b"") -> tuple[int, int, dict[str, Any]]:
     """(turns to the backend, turns back, the answer)."""
-    sent = _loop().turns
+    sent = _turns()
     before = len(Coordinator.arrivals)
     writer.write(f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Trino-User: turns\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -99,7 +105,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     doc = json.loads(await reader.readexactly(length))
     assert b" 200 " in head.split(b"\r\n")[0], head
     arrived = Coordinator.arrivals[before]
-    return arrived - sent, _loop().turns - arrived, doc
+    return arrived - sent, _turns() - arrived, doc
 
 
 REPEAT = 5
@@ -113,6 +119,7 @@ def _drop_idle(client: Any) -> None:
 
 
 async def _measure() -> dict[str, tuple[int, int]]:
+    asyncio.get_running_loop().call_soon(_tick)
     coordinator = await asyncio.get_running_loop().create_server(Coordinator, "127.0.0.1", 0)
     with tempfile.TemporaryDirectory(prefix="tgw-turns-") as state:
         cfg = config_from_dict({
@@ -158,16 +165,26 @@ async def _measure() -> dict[str, tuple[int, int]]:
             coordinator.close()
 
 
-def measure() -> dict[str, tuple[int, int]]:
-    """Turns (to the backend, back) per request kind."""
+def measure(loop: str = "asyncio") -> dict[str, tuple[int, int]]:
+    """Turns (to the backend, back) per request kind, on ``loop`` (``asyncio`` or ``uvloop``)."""
     Coordinator.arrivals = []
-    with asyncio.Runner(loop_factory=CountingLoop) as runner:
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(_measure())
 
 
 def main() -> None:
-    for what, (to, back) in measure().items():
-        print(f"{what:40} to the backend {to} turns, back {back} turns")
+    for loop in ("asyncio", "uvloop"):
+        try:
+            counts = measure(loop)
+        except ImportError:
+            print(f"{loop}: not installed")
+            continue
+        for what, (to, back) in counts.items():
+            print(f"{loop:8} {what:40} to the backend {to} turns, back {back} turns")
 
 
 if __name__ == "__main__":
