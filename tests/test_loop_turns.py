@@ -23,6 +23,8 @@ def test_turns_to_the_backend_and_back_on_asyncio():
         # the gateway reads and starts the follow-up's task; the task writes; the backend reads
         "poll (follow-up fast path)": (3, 3),
         "statement, pooled backend connection": (3, 3),
+        # accepted, its transport made, then read: two turns before the request's task starts
+        "statement, new client connection": (5, 3),
     }
 
 
@@ -34,4 +36,5 @@ def test_turns_to_the_backend_and_back_on_uvloop():
         "statement, new backend connection": (3, 3),
         "poll (follow-up fast path)": (1, 3),
         "statement, pooled backend connection": (1, 3),
+        "statement, new client connection": (3, 3),
     }
