@@ -8,18 +8,18 @@ request that needs a turn more waits that much longer, whatever its own CPU cost
 ``select 1`` tail of issue 19 is statements waiting for turns. This counts them: a gateway, a
 minimal coordinator (answers statements QUEUED and polls RUNNING at once) and a client, all
 on one event loop whose every turn is counted (a callback that reschedules itself), in one
-process; nothing is
-timed, so the figures are exact and do not depend on the machine. Both loops are counted:
-asyncio's and uvloop (the default), which runs the callbacks an I/O callback schedules in the
-same turn, so it counts fewer.
+process. Nothing is timed, so the figures are exact and do not depend on the machine. Both
+loops are counted: asyncio's and uvloop (the default), which runs the callbacks an I/O callback
+schedules in the same turn, so it counts fewer.
 
 For each request: turns from the client's write until the coordinator has the request ("to
 the backend") and from the coordinator's answer until the client has read it ("back"). A
 proxy cannot do better than 2 each way: its own read (and write onward) in one turn, the
 other end's read in the next, on asyncio's loop; the client here reads with a stream reader,
-which costs a turn more on the way back. Printed for a statement that must open a backend connection, a poll (the
-follow-up fast path) and a statement on an open connection: the fewest turns of five tries each
-(the gateway's own timers may wake the loop during a request, adding a turn).
+which costs a turn more on the way back. Printed for a statement that must open a backend
+connection, a poll (the follow-up fast path), a statement on open connections and one on a
+client connection not accepted yet: the fewest turns of five tries each (the gateway's own
+timers may wake the loop during a request, adding a turn).
 """
 from __future__ import annotations
 
@@ -94,19 +94,28 @@ class Coordinator(asyncio.Protocol):
                                  b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, method: str,
-                    target: str, body: bytes = b"") -> tuple[int, int, dict[str, Any]]:
-    """(turns to the backend, turns back, the answer)."""
-    sent = _turns()
-    before = len(Coordinator.arrivals)
-    writer.write(f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Trino-User: turns\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+async def _answer(reader: asyncio.StreamReader, sent: int, before: int) -> tuple[int, int, dict[str, Any]]:
+    """Read the gateway's answer to a request written at turn ``sent``, the coordinator's
+    ``before``-th arrival: (turns to the backend, turns back, the answer)."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
     doc = json.loads(await reader.readexactly(length))
     assert b" 200 " in head.split(b"\r\n")[0], head
     arrived = Coordinator.arrivals[before]
     return arrived - sent, _turns() - arrived, doc
+
+
+def _request(method: str, target: str, port: int, body: bytes = b"") -> bytes:
+    return (f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Trino-User: turns\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, method: str,
+                    target: str, body: bytes = b"") -> tuple[int, int, dict[str, Any]]:
+    """(turns to the backend, turns back, the answer) on an open client connection."""
+    sent, before = _turns(), len(Coordinator.arrivals)
+    writer.write(_request(method, target, port, body))
+    return await _answer(reader, sent, before)
 
 
 REPEAT = 5
@@ -117,18 +126,13 @@ async def _fresh_client(port: int) -> tuple[int, int]:
     connected and written without waiting for the loop (on loopback the handshake completes in
     ``connect``; the listener's queue holds the connection until the gateway accepts it)."""
     sock = socket.create_connection(("127.0.0.1", port))
-    sent = _turns()
-    before = len(Coordinator.arrivals)
-    sock.sendall(f"POST /v1/statement HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Trino-User: turns\r\n"
-                 f"Content-Length: 8\r\n\r\nselect 1".encode())
+    sent, before = _turns(), len(Coordinator.arrivals)
+    sock.sendall(_request("POST", "/v1/statement", port, b"select 1"))
     sock.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=sock)
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
-        await reader.readexactly(length)
-        arrived = Coordinator.arrivals[before]
-        return arrived - sent, _turns() - arrived
+        to, back, _ = await _answer(reader, sent, before)
+        return to, back
     finally:
         writer.close()
 
