@@ -44,8 +44,8 @@ class Bench:
              seconds: float | None = None) -> L.LoadResult:
         r = L.run_load(spec, svc.url, connections, seconds or self.seconds, self.tool)
         if r.errors:
-            raise L.LoadError(f"{r.errors} failed request(s) via {svc.name} for {spec.method} {spec.path}:\n"
-                              f"{svc.log()[-2000:]}")
+            raise L.LoadError(f"{r.errors} failed request(s) via {svc.name} for {spec.method} {spec.path}"
+                              f" ({r.error_kinds or 'no detail'}):\n{svc.log()[-2000:]}")
         return r
 
 

@@ -35,6 +35,7 @@ class LoadResult:
     p50_us: float
     p99_us: float
     tool: str
+    error_kinds: str = ""     # what the errors were (wrk's counters, or the client's exceptions)
 
     @property
     def rps(self) -> float:
@@ -65,6 +66,8 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, summary.bytes,
     e.connect + e.read + e.write + e.status + e.timeout,
     latency:percentile(50), latency:percentile(99)))
+  io.write(string.format("ERRORS connect=%d read=%d write=%d status=%d timeout=%d\\n",
+    e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
 
@@ -98,7 +101,9 @@ def run_wrk(spec: RequestSpec, base_url: str, connections: int, seconds: float) 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
     if non2xx:
         errors += int(non2xx.group(1))
-    return LoadResult(req, dur / 1e6, nbytes, errors, float(p50), float(p99), "wrk")
+    kinds = re.search(r"ERRORS (.*)", out.stdout)
+    kinds_text = (kinds.group(1) if kinds else "") + (f" non-2xx={non2xx.group(1)}" if non2xx else "")
+    return LoadResult(req, dur / 1e6, nbytes, errors, float(p50), float(p99), "wrk", kinds_text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,13 +165,17 @@ async def _pyload(spec: RequestSpec, base_url: str, connections: int, seconds: f
     started = time.perf_counter()
     results = await asyncio.gather(*(worker() for _ in range(connections)), return_exceptions=True)
     elapsed = time.perf_counter() - started
-    totals["errors"] += sum(1 for r in results if isinstance(r, BaseException))
+    failures = [r for r in results if isinstance(r, BaseException)]
+    totals["errors"] += len(failures)
     if not latencies:
         raise LoadError(f"no request completed: {[r for r in results if r]}")
     latencies.sort()
     pct = lambda p: latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1e6  # noqa: E731
+    kinds = sorted({f"{type(r).__name__}: {r}" for r in failures})
+    if totals["errors"] > len(failures):
+        kinds.append(f"status >= 400: {totals['errors'] - len(failures)}")
     return LoadResult(len(latencies), elapsed, totals["bytes"], totals["errors"], pct(0.5), pct(0.99),
-                      "python")
+                      "python", "; ".join(kinds)[:500])
 
 
 def run_pyload(spec: RequestSpec, base_url: str, connections: int, seconds: float) -> LoadResult:
