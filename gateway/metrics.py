@@ -279,9 +279,17 @@ class Metrics:
         self.in_flight.inc()
         _current.set(_Request(kind))
 
-    def request_done(self, kind: str, status: int, seconds: float) -> None:
+    def follow_up_started(self, kind: str) -> _Request:
+        """``request_started`` for a token follow-up of the fast path (gateway/proxy/follow.py),
+        which runs in no task of its own: its record is returned for it to hold
+        (``_gateway_metrics``) instead of living in the context variable."""
+        self.in_flight.inc()
+        return _Request(kind)
+
+    def request_done(self, kind: str, status: int, seconds: float, rec: _Request | None = None) -> None:
         self.in_flight.dec()
-        rec = _mine()
+        if rec is None:
+            rec = _mine()
         label = (rec.label if rec is not None else None) or request_kind(kind, "")
         if rec is not None and rec.forwarded:
             h = self._overheads.get(label)
@@ -337,14 +345,14 @@ class Metrics:
     def backend_start(self, sink: Any) -> None:
         """A forward into ``sink`` begins (called by gateway/proxy/forward.py, the one place
         that sends client requests to backends)."""
-        rec = _mine()
+        rec = _mine() or getattr(sink, "_gateway_metrics", None)
         if rec is not None and hasattr(sink, "request"):   # the proxy handler, not a buffer
             rec.forwarded = True
             sink._gateway_metrics = rec   # see the module docstring
 
     def backend_end(self, sink: Any, seconds: float, error: str | None) -> None:
         """The forward took ``seconds`` (connect, send, relay); ``error`` if it failed."""
-        rec = _mine()
+        rec = _mine() or getattr(sink, "_gateway_metrics", None)
         if rec is None:
             return
         if hasattr(sink, "request"):

@@ -69,6 +69,8 @@ def _answer(port: int, token: str) -> bytes:
         return (f"{json_head}Transfer-Encoding: chunked\r\n\r\n".encode()
                 + b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 70000]), body[i:i + 70000])
                            for i in range(0, len(body), 70000)))
+    if token == "silent":   # never answers (the gateway's backendRequestTimeout ends it)
+        return b""
     if token == "segment":
         body = b"\x00\x01binary segment bytes"
         return (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
@@ -88,6 +90,14 @@ async def _backend() -> tuple[asyncio.AbstractServer, int, list[str]]:
                 target = line.split(" ")[1]
                 seen.append(head.decode("latin-1"))
                 token = "segment" if "/v1/spooled/" in target else target.rsplit("/", 1)[1]
+                if token == "refuse406" and b"\r\nx-forwarded-for:" in head.lower():
+                    # a coordinator that does not process X-Forwarded-* (Jetty: 406, then closes)
+                    writer.write(b"HTTP/1.1 406 Not Acceptable\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    writer.close()
+                    return
+                if token == "refuse406":
+                    token = "page"
                 writer.write(_answer(port, token))
                 await writer.drain()
                 if token in ("midway", "bigcut"):
@@ -100,9 +110,9 @@ async def _backend() -> tuple[asyncio.AbstractServer, int, list[str]]:
     return server, server.sockets[0].getsockname()[1], seen
 
 
-def _gateway(tmp_path: Any, port: int, dead_port: int) -> Gateway:
+def _gateway(tmp_path: Any, port: int, dead_port: int, *, forwarded: bool = False) -> Gateway:
     cfg = config_from_dict({"store": {"url": f"sqlite:///{tmp_path / 'g.db'}"},
-                            "server": {"xForwardedFor": False, "backendConnectTimeout": "1s",
+                            "server": {"xForwardedFor": forwarded, "backendConnectTimeout": "1s",
                                        "backendRequestTimeout": "2s"},
                             "routing": {"tokenKey": "t" * 32, "cookieSecret": "c" * 32,
                                         "rules": [str(tmp_path)]},
@@ -194,11 +204,31 @@ def _seen_by_client(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
 
 
 CASES = ["page", "last", "big", "headers", "text", "unframed", "nobody", "midway", "bigcut", "segment", "dead",
-         "http10", "length0"]
+         "http10", "length0", "silent", "refuse406"]
 
 
+def _request(gw: Gateway, case: str) -> bytes:
+    assert gw.tokens is not None
+    name, token = ("dead", "x") if case == "dead" else \
+        ("b1", "last" if case == "http10" else "page" if case == "length0" else case)
+    if case == "segment":
+        tok = gw.tokens.encode(name, P.SPOOL, SID)
+        target = f"/_r/{tok}/v1/spooled/download/{SID}"
+    else:
+        tok = gw.tokens.encode(name, P.QUERY, QID)
+        target = f"/_r/{tok}/v1/statement/executing/{QID}/yslug/{token}"
+    version = "HTTP/1.0" if case == "http10" else "HTTP/1.1"
+    extra = "Content-Length: 0\r\n" if case == "length0" else ""   # some clients send it
+    return (f"GET {target} {version}\r\nHost: gw.example:8080\r\nX-Trino-User: alice\r\n"
+            f"User-Agent: t\r\n{extra}\r\n").encode()
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["connects", "pooled"])
 @pytest.mark.parametrize("case", CASES)
-def test_the_fast_path_answers_as_the_handler_does(tmp_path, case):
+def test_the_fast_path_answers_as_the_handler_does(tmp_path, case, warm):
+    """``connects``: the gateway has no idle backend connection, the follow-up goes through
+    ``Forwarder.send``. ``pooled``: a first poll left one, the follow-up is a direct exchange
+    on it (no task, gateway/proxy/follow.py ``_direct``)."""
     async def main() -> tuple[list[Any], list[Any], int, list[str]]:
         backend, port, seen = await _backend()
         probe = bind_sockets(0, "127.0.0.1")   # a port nobody listens on: connects are refused
@@ -207,28 +237,22 @@ def test_the_fast_path_answers_as_the_handler_does(tmp_path, case):
         results, events = [], []
         taken = 0
         for fast in (True, False):
-            gw = _gateway(tmp_path / str(fast), port, dead_port)
+            gw = _gateway(tmp_path / str(fast), port, dead_port, forwarded=case == "refuse406")
             finished: list[Any] = []
             gw.lifecycle.on_finished(lambda *a: finished.append(a))
             server, gport = _server(gw, fast)
             counting = _Counting(gw.follow_ups)
             if fast:
                 server.follow_ups = counting
-            assert gw.tokens is not None
-            name, token = ("dead", "x") if case == "dead" else \
-                ("b1", "last" if case == "http10" else "page" if case == "length0" else case)
-            if case == "segment":
-                tok = gw.tokens.encode(name, P.SPOOL, SID)
-                target = f"/_r/{tok}/v1/spooled/download/{SID}"
-            else:
-                tok = gw.tokens.encode(name, P.QUERY, QID)
-                target = f"/_r/{tok}/v1/statement/executing/{QID}/yslug/{token}"
-            version = "HTTP/1.0" if case == "http10" else "HTTP/1.1"
-            extra = "Content-Length: 0\r\n" if case == "length0" else ""   # some clients send it
-            request = (f"GET {target} {version}\r\nHost: gw.example:8080\r\nX-Trino-User: alice\r\n"
-                       f"User-Agent: t\r\n{extra}\r\n").encode()
-            data, closed = await _exchange(gport, request)
+            if warm:   # a poll that leaves an idle connection to b1 in the pool
+                await _exchange(gport, _request(gw, "page"))
+                assert gw.client.connects == 1
+                counting.taken = 0
+            connects = gw.client.connects
+            data, closed = await _exchange(gport, _request(gw, case))
             results.append((_seen_by_client(data), closed))
+            if fast and warm and case not in ("dead", "refuse406"):
+                assert gw.client.connects == connects   # the pooled connection carried it
             await asyncio.sleep(0)
             events.append(finished)
             server.stop()
@@ -266,5 +290,41 @@ def test_the_fast_path_answers_as_the_handler_does(tmp_path, case):
         assert fast[1] is True                          # no keep-alive asked: closed after it
     if case == "segment":
         assert body == b"\x00\x01binary segment bytes"
+    if case == "silent":   # backendRequestTimeout (2s): a 504 names the silence
+        assert status == "HTTP/1.1 504 Gateway Timeout" and b"no answer within 2s" in body
+    if case == "refuse406":   # sent again without X-Forwarded-*: the page, never the 406
+        assert status == "HTTP/1.1 200 OK" and b'"nextUri":"http://gw.example:8080/_r/' in body
+        assert any("x-forwarded-for" in s.lower() for s in seen)
+        assert "x-forwarded-for" not in seen[-1].lower()
     # the backend got the path without the token, from both
     assert all("/_r/" not in s.split("\r\n", 1)[0] for s in seen)
+
+
+def test_a_pooled_connection_lost_before_the_answer_is_replaced_by_a_fresh_one(tmp_path):
+    """A direct exchange whose idle connection turns out closed (the backend closed it while it
+    sat in the pool, and the gateway learns it only on sending) goes again on a fresh
+    connection, as ``BackendClient.fetch`` retries a stale keep-alive connection: the client
+    gets the page, not a 502."""
+    async def main() -> tuple[bytes, int, int]:
+        backend, port, seen = await _backend()
+        gw = _gateway(tmp_path, port, 1)
+        server, gport = _server(gw, True)
+        await _exchange(gport, _request(gw, "page"))
+        (idle,) = [c for pool in gw.client._pools.values() for c in pool]
+        loop = asyncio.get_running_loop()
+
+        def lost(data: bytes) -> None:   # the request never reaches the backend; the close does
+            loop.call_soon(idle.connection_lost, ConnectionResetError("reset by peer"))
+        idle.transport.write = lost
+        data, _ = await _exchange(gport, _request(gw, "page"))
+        server.stop()
+        await server.close_all_connections()
+        gw.client.close()
+        backend.close()
+        return data, gw.client.connects, len(seen)
+
+    data, connects, requests = asyncio.run(main())
+    status, _, body = _seen_by_client(data)
+    assert status == "HTTP/1.1 200 OK" and b'"nextUri":"http://gw.example:8080/_r/' in body
+    assert connects == 2          # the fresh connection
+    assert requests == 2          # the backend saw the first poll and the one sent again

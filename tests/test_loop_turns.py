@@ -20,8 +20,9 @@ def test_turns_to_the_backend_and_back_on_asyncio():
         # (create_connection: writable, transport made, its waiter) and writes; the backend reads.
         # It was 9 while the connect ran in a task of its own.
         "statement, new backend connection": (7, 3),
-        # the gateway reads and starts the follow-up's task; the task writes; the backend reads
-        "poll (follow-up fast path)": (3, 3),
+        # the gateway reads and writes to a pooled backend connection in the same callback (no
+        # task: gateway/proxy/follow.py, a direct exchange); the backend reads. It was 3 with a task.
+        "poll (follow-up fast path)": (2, 3),
         "statement, pooled backend connection": (3, 3),
         # accepted, its transport made, then read: two turns before the request's task starts
         "statement, new client connection": (5, 3),

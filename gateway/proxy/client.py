@@ -54,6 +54,37 @@ class _Lost(Exception):
         self.exc = exc
 
 
+class Direct:
+    """The waiter of a direct exchange (``BackendClient.lease``): what a future would be told,
+    passed to ``done(result, exc)`` at once, in the socket event that settled it.
+
+    A token follow-up on a pooled connection needs no task, no coroutine chain and no future
+    to wait on: the connection calls its sink as bytes arrive, and this object tells the sink
+    the exchange is over (``_Conn`` uses only ``done``, ``set_result`` and ``set_exception``)."""
+
+    __slots__ = ("_cb", "_done")
+
+    def __init__(self, cb: Any) -> None:
+        self._cb = cb
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, result: Any) -> None:
+        if not self._done:
+            self._done = True
+            self._cb(result, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._cb(None, exc)
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection to a backend; one exchange at a time."""
 
@@ -112,18 +143,25 @@ class _Conn(asyncio.Protocol):
 
     # -- one exchange ----------------------------------------------------------------------
 
-    def start(self, data: bytes, sink: Any, head_only: bool) -> "asyncio.Future[Any]":
+    def start(self, data: bytes, sink: Any, head_only: bool, waiter: Any = None) -> Any:
+        """Send ``data`` and feed the answer to ``sink``; the waiter that settles when it ends.
+
+        The waiter is a new future, or ``waiter`` (a ``Direct``: the exchange of a token
+        follow-up, settled by a callback, no task involved)."""
         self._reset()
         self.sink = sink
-        # Sink callbacks run from socket events; give them the caller's context (the metrics
-        # of the request being answered live in a context variable).
-        self.ctx = contextvars.copy_context()
+        if waiter is None:
+            # Sink callbacks run from socket events; give them the caller's context (the
+            # metrics of the request being answered live in a context variable). A direct
+            # exchange's sink carries its own record and needs none.
+            self.ctx = contextvars.copy_context()
+            waiter = asyncio.get_running_loop().create_future()
         self.head_only = head_only
         self.activity = time.monotonic()
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = waiter
         assert self.transport is not None
         self.transport.write(data)
-        return self.waiter
+        return waiter
 
     def finish_exchange(self) -> None:
         self.sink = None
@@ -227,7 +265,7 @@ class _Conn(asyncio.Protocol):
     def _deliver(self, fn: Any, *args: Any) -> bool:
         """Call the sink; True to go on now, False when paused (or failed)."""
         try:
-            result = self.ctx.run(fn, *args)
+            result = fn(*args) if self.ctx is None else self.ctx.run(fn, *args)
         except BaseException as exc:  # noqa: BLE001 - the sink's error ends the exchange
             self._fail(exc)
             return False
@@ -269,7 +307,7 @@ class _Conn(asyncio.Protocol):
     def _end(self) -> None:
         self.state = _DONE
         try:
-            pending = self.ctx.run(self.sink.on_end)
+            pending = self.sink.on_end() if self.ctx is None else self.ctx.run(self.sink.on_end)
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
             return
@@ -473,18 +511,10 @@ class BackendClient:
                     if not conn.started and reused and attempt == 0 and (
                             method != "POST" or not _maybe_read(lost.exc)):
                         continue
-                    if not conn.started:
-                        raise BackendError("backend closed the connection before answering"
-                                           if lost.exc is None else f"connection lost: {lost.exc}",
-                                           sent=True) from None
-                    raise BackendError("backend closed the connection mid-response"
-                                       if lost.exc is None else f"connection lost: {lost.exc}", sent=True) from None
-                except _Timeout:
+                    raise backend_error(lost, conn, timeout) from None
+                except (_Timeout, HTTPParseError) as exc:
                     conn.close()
-                    raise BackendError(f"no answer within {timeout:g}s", sent=True, timeout=True) from None
-                except HTTPParseError as exc:
-                    conn.close()
-                    raise BackendError(f"malformed response: {exc}", sent=True) from None
+                    raise backend_error(exc, conn, timeout) from None
                 except BaseException:
                     conn.close()
                     raise
@@ -504,6 +534,50 @@ class BackendClient:
             finally:
                 bound.release(time.monotonic())
         raise AssertionError("unreachable")
+
+    # -- direct exchanges (token follow-ups on a pooled connection) ---------------------------
+
+    def lease(self, base: str) -> _Conn | None:
+        """An idle pooled connection to ``base`` for a direct exchange (``exchange``), or None
+        when one would have to be opened (the caller then uses ``fetch``, which connects). A
+        leased connection counts as in use (``IdleBound``) until ``settle``."""
+        key = self._target(base)[:3]
+        idle = self._pools.get(key)   # type: ignore[call-overload]
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self.idle_ttl:
+                self._bound(conn.key).acquire(now)
+                return conn
+            conn.close()
+        return None
+
+    def host_header(self, base: str) -> str:
+        """The Host header lines to ``base`` carry (as ``fetch`` sets it)."""
+        return self._target(base)[3]
+
+    def exchange(self, conn: _Conn, data: bytes, sink: Any, waiter: Direct,
+                 request_timeout: float | None = None) -> None:
+        """Send ``data`` (a whole request) on a leased ``conn``; the answer goes to ``sink`` and
+        its end, or the failure (``_Lost``, ``_Timeout``, ``HTTPParseError``, the sink's own
+        exception), to ``waiter``. The backend's silence is watched as in ``fetch``."""
+        conn.start(data, sink, False, waiter)
+        timeout = request_timeout if request_timeout is not None else self.request_timeout
+        if timeout:
+            self._watch(conn, timeout, asyncio.get_running_loop())
+
+    def settle(self, conn: _Conn, ok: bool) -> None:
+        """A direct exchange on ``conn`` is over: back to the pool when it ended well and the
+        connection may carry another request, else closed."""
+        self._waiting.pop(conn, None)
+        self._bound(conn.key).release(time.monotonic())
+        if ok and conn.keep_alive and not conn.closed:
+            self._release(conn)
+        else:
+            conn.finish_exchange()
+            conn.close()
 
     def _watch(self, conn: _Conn, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
         """Fail ``conn``'s exchange once the backend is silent for ``timeout`` seconds (checked
@@ -551,6 +625,29 @@ CLOSES_AFTER = frozenset({400, 406, 408, 413, 414, 431})
 
 class _Timeout(Exception):
     pass
+
+
+def backend_error(exc: BaseException, conn: _Conn, timeout: float) -> BaseException:
+    """What a failed exchange on ``conn`` raises: a ``BackendError`` for the connection's own
+    failures (lost, silent for ``timeout`` seconds, malformed answer), else ``exc`` itself (the
+    sink's exception, e.g. the client went away)."""
+    if isinstance(exc, _Lost):
+        if not conn.started:
+            return BackendError("backend closed the connection before answering"
+                                if exc.exc is None else f"connection lost: {exc.exc}", sent=True)
+        return BackendError("backend closed the connection mid-response"
+                            if exc.exc is None else f"connection lost: {exc.exc}", sent=True)
+    if isinstance(exc, _Timeout):
+        return BackendError(f"no answer within {timeout:g}s", sent=True, timeout=True)
+    if isinstance(exc, HTTPParseError):
+        return BackendError(f"malformed response: {exc}", sent=True)
+    return exc
+
+
+def stale(exc: BaseException, conn: _Conn) -> bool:
+    """Whether a pooled connection failed before the backend answered anything (it had closed
+    it while idle): a GET is sent again on a fresh connection, as ``fetch`` does."""
+    return isinstance(exc, _Lost) and not conn.started
 
 
 def _maybe_read(exc: BaseException | None) -> bool:

@@ -13,9 +13,19 @@ Nothing is decided here that the handler decides differently: which backend (the
 ``exchange.resolve_token``), the response's header lines and URI rewriting
 (``exchange.relay_response``, which the handler calls too), when the query ended
 (``exchange.query_end``), what a failed backend means (``exchange.follow_up_failure``), and
-the forwarding itself (``Forwarder.send``: the one path to a backend, 406 and connect retries
-included). Whatever is unusual goes the general way: a token that does not verify, a removed
-backend, a request with a body, an OAuth2 exchange, a Host header Tornado would refuse.
+the forwarding itself (``Forwarder``). Whatever is unusual goes the general way: a token that
+does not verify, a removed backend, a request with a body, an OAuth2 exchange, a Host header
+Tornado would refuse.
+
+The exchange with the backend has two forms. When the backend's pool holds an idle connection
+(the steady state of polling), the request is written to it in the same callback that read
+the client's head, and the connection's events drive the rest (a *direct* exchange: no task,
+no coroutine chain, no future; ``BackendClient.lease``/``exchange``/``settle``). Its end goes
+through the forwarder's own parts: the header lines (``headers_for``), timing and passive
+health (``attempt_started``, ``failed``), the 406 for ``X-Forwarded-*`` (``refuses_forwarded``,
+then sent again), a pooled connection found closed (sent again on a fresh one, as ``fetch``
+does). Everything else (a connect, its retries while the backend is healthy, the repeat after
+a 406) is ``Forwarder.send``, awaited in a task as before.
 """
 from __future__ import annotations
 
@@ -31,7 +41,8 @@ from tornado.iostream import StreamClosedError
 from gateway import protocol as P
 from gateway.backends.state import Backend
 from gateway.proxy import exchange as X
-from gateway.proxy.client import BackendError
+from gateway.proxy.client import BackendError, Direct, backend_error, stale
+from gateway.runtime.http1 import serialize_head
 from gateway.routing.tokens import PREFIX, TokenError, TokenKeys
 
 log = logging.getLogger("gateway.proxy")
@@ -103,7 +114,8 @@ class FollowUp:
 
     __slots__ = ("parts", "keys", "conn", "headers", "route", "backend", "path", "base", "status",
                  "reason", "rewriter", "out", "length", "pending", "pending_len", "streaming",
-                 "gone", "done", "started", "_gateway_metrics")
+                 "gone", "done", "started", "_gateway_metrics", "counted", "forwarded", "refused",
+                 "lease", "t0", "stalled")
 
     method = "GET"
 
@@ -129,6 +141,11 @@ class FollowUp:
         self.done = False
         self.started = time.perf_counter()
         self._gateway_metrics: Any = None
+        self.counted = False        # in the active count and the in-flight gauge
+        self.forwarded = False
+        self.refused = False
+        self.lease: Any = None      # the pooled connection of a direct exchange
+        self.t0 = self.stalled = 0.0
 
     # -- what the metrics read (the handler's names) --------------------------------------------
 
@@ -149,8 +166,17 @@ class FollowUp:
     # -- the HTTP server's delegate -----------------------------------------------------------
 
     def finish(self) -> None:
-        """The request (no body) is complete: forward it."""
-        asyncio.ensure_future(self._run())
+        """The request (no body) is complete: forward it, directly on a pooled backend
+        connection when there is one, else (a connect is needed) through ``Forwarder.send``."""
+        try:
+            self._opened()
+            if self._direct():
+                return
+        except Exception as exc:  # noqa: BLE001 - answered as the handler would (500)
+            self._crashed(exc)
+            self._closed()
+            return
+        asyncio.ensure_future(self._general())
 
     def on_connection_close(self) -> None:
         self.client_left()
@@ -160,61 +186,127 @@ class FollowUp:
 
     # -- the exchange -------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _opened(self) -> None:
         parts = self.parts
         kind = self.route.kind
-        metrics = parts.metrics
-        metrics.request_started(kind.kind)
-        metrics.owner_lookup("token")
+        self._gateway_metrics = parts.metrics.follow_up_started(kind.kind)
+        parts.metrics.owner_lookup("token")
         parts.active.n += 1
-        try:
-            if kind.kind == P.QUERY:
-                parts.lifecycle.seen(kind.key or "")
-            self.base = parts.base_for(self.conn.protocol, self.headers)
-            await self._forward()
-        except StreamClosedError:
-            if not self.gone:
-                app_log.exception("Uncaught exception GET %s", self.path)
-            self.done = True
-        except Exception:
-            app_log.exception("Uncaught exception GET %s", self.path)
-            if not self.done:
-                if self.streaming:
-                    self._close()
-                else:
-                    self._answer(500, "Internal Server Error", "text/plain; charset=utf-8",
-                                 b"500: Internal Server Error\n")
-        finally:
-            parts.active.n -= 1
-            metrics.request_done(kind.kind, self.status, time.perf_counter() - self.started)
+        self.counted = True
+        if kind.kind == P.QUERY:
+            parts.lifecycle.seen(kind.key or "")
+        self.base = parts.base_for(self.conn.protocol, self.headers)
 
-    async def _forward(self) -> None:
-        lifecycle = self.parts.lifecycle
+    def _closed(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.parts.active.n -= 1
+            self.parts.metrics.request_done(self.route.kind.kind, self.status,
+                                            time.perf_counter() - self.started, self._gateway_metrics)
+
+    def _direct(self) -> bool:
+        """Send the request on an idle pooled connection, the answer handled by ``_direct_done``
+        when it ends; False when there is none (nothing was done)."""
+        fw = self.parts.forwarder
         backend = self.backend
-        kind = self.route.kind
+        conn = fw.client.lease(backend.proxyTo)
+        if conn is None:
+            return False
+        pairs, forwarded = fw.headers_for(backend, self.headers.get_all(), base=self.base,
+                                          remote_ip=self.conn.remote_ip)
+        pairs.append(("Host", fw.client.host_header(backend.proxyTo)))
+        self.begin(backend)
+        self.forwarded = forwarded
+        self.lease = conn
+        self.t0, self.stalled = fw.attempt_started(self)
+        fw.client.exchange(conn, serialize_head(f"GET {self.route.uri} HTTP/1.1", pairs), self,
+                           Direct(self._direct_done))
+        return True
+
+    def _direct_done(self, _result: Any, exc: BaseException | None) -> None:
+        """The direct exchange ended: as ``Forwarder.send`` and ``BackendClient.fetch`` would
+        have gone on (the same decisions, called from here)."""
+        fw = self.parts.forwarder
+        conn, self.lease = self.lease, None
+        fw.client.settle(conn, exc is None)
         try:
-            await self.parts.forwarder.send(backend, "GET", self.route.uri, self.headers.get_all(), None, self,
-                                    base=self.base, remote_ip=self.conn.remote_ip)
-        except BackendError as exc:
-            if self.streaming:
-                log.warning("backend %s failed mid-response to GET %s: %s", backend.name, self.path, exc)
-                self._close()
+            if exc is None:
+                fw.timed(self, self.t0, None)
+                if self.refused:   # the 406 for X-Forwarded-*: send again without them
+                    fw.refuses_forwarded(self.backend)
+                    asyncio.ensure_future(self._general())
+                    return
+                self._ended()
+            elif stale(exc, conn):   # the pooled connection was closed: a fresh one, as fetch does
+                asyncio.ensure_future(self._general())
                 return
-            failure = X.follow_up_failure(kind, "GET", self.route.path, backend.name, backend.routingGroup,
-                                          str(exc), sent=exc.sent, timeout=exc.timeout)
-            if failure.lost:
-                lifecycle.finished(kind.key or "", "FAILED", failure.message)
-                doc = P.failed_query(failure.message, gateway_base=self.base,
-                                     error_name="GENERIC_INTERNAL_ERROR", query_id=kind.key)
-                self._answer(200, "OK", "application/json", doc)
             else:
-                self._answer(failure.status, None, "text/plain; charset=utf-8", failure.message.encode())
-            return
+                err = backend_error(exc, conn, fw.client.request_timeout)
+                if isinstance(err, BackendError):
+                    fw.failed(self.backend, err, self, self.t0, self.stalled)
+                    self._backend_failed(err)
+                else:
+                    self._crashed(err)
+        except Exception as crash:  # noqa: BLE001
+            self._crashed(crash)
+        self._closed()
+
+    async def _general(self) -> None:
+        """The exchange through ``Forwarder.send`` (connects, retries, the 406 repeat)."""
+        try:
+            try:
+                await self.parts.forwarder.send(self.backend, "GET", self.route.uri, self.headers.get_all(),
+                                                None, self, base=self.base, remote_ip=self.conn.remote_ip)
+            except BackendError as exc:
+                self._backend_failed(exc)
+                return
+            self._ended()
+        except Exception as exc:  # noqa: BLE001
+            self._crashed(exc)
+        finally:
+            self._closed()
+
+    def _ended(self) -> None:
+        """The backend answered in full: did the query end with this answer?"""
+        kind = self.route.kind
         rw = self.rewriter
         ended = X.query_end(kind, "GET", self.route.path, self.status,
                             rw.final_state() if rw is not None else (None, None))
         if ended is not None:
-            lifecycle.finished(kind.key or "", *ended)
+            self.parts.lifecycle.finished(kind.key or "", *ended)
+
+    def _backend_failed(self, exc: BackendError) -> None:
+        """The backend failed: what the client is told (``exchange.follow_up_failure``)."""
+        backend = self.backend
+        kind = self.route.kind
+        if self.streaming:
+            log.warning("backend %s failed mid-response to GET %s: %s", backend.name, self.path, exc)
+            self._close()
+            return
+        failure = X.follow_up_failure(kind, "GET", self.route.path, backend.name, backend.routingGroup,
+                                      str(exc), sent=exc.sent, timeout=exc.timeout)
+        if failure.lost:
+            self.parts.lifecycle.finished(kind.key or "", "FAILED", failure.message)
+            doc = P.failed_query(failure.message, gateway_base=self.base,
+                                 error_name="GENERIC_INTERNAL_ERROR", query_id=kind.key)
+            self._answer(200, "OK", "application/json", doc)
+        else:
+            self._answer(failure.status, None, "text/plain; charset=utf-8", failure.message.encode())
+
+    def _crashed(self, exc: BaseException) -> None:
+        """Anything else went wrong (the client went away, or a bug): as the handler does."""
+        if isinstance(exc, StreamClosedError):
+            if not self.gone:
+                app_log.error("Uncaught exception GET %s", self.path, exc_info=exc)
+            self.done = True
+            return
+        app_log.error("Uncaught exception GET %s", self.path, exc_info=exc)
+        if not self.done:
+            if self.streaming:
+                self._close()
+            else:
+                self._answer(500, "Internal Server Error", "text/plain; charset=utf-8",
+                             b"500: Internal Server Error\n")
 
     # -- the forwarder's sink -----------------------------------------------------------------
 
@@ -225,8 +317,15 @@ class FollowUp:
         self.pending = []
         self.pending_len = 0
         self.length = None
+        self.forwarded = False   # set by _direct: this attempt sent X-Forwarded-* lines
+        self.refused = False
 
     def on_headers(self, code: int, reason: str, headers: HTTPHeaders) -> None:
+        if code == 406 and self.forwarded:
+            # A direct exchange with X-Forwarded-* lines the backend refuses (Forwarder.send
+            # wraps its sink in _Refused406 for the same): nothing was created, send again.
+            self.refused = True
+            return
         backend = self.backend
         self.status = code
         self.reason = reason or _reason(code)
@@ -245,6 +344,8 @@ class FollowUp:
         self.parts.taught(relay.headers, backend.name)
 
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.refused:
+            return None
         if self.gone:
             raise StreamClosedError()   # stop reading a page nobody will receive
         # The backend's bytes are kept as they came until the page ends (the usual poll: one
@@ -258,6 +359,8 @@ class FollowUp:
         return None
 
     def on_end(self) -> None:
+        if self.refused:
+            return
         rw = self.rewriter
         data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
         self.pending = []

@@ -3,7 +3,10 @@
 Statements from the proxy handler, statements the gateway queue dispatches later
 (``gateway.admission.control``), follow-ups, the repeat after a 406 for ``X-Forwarded-*`` headers, and
 the next candidate after a backend that could not be reached (failover): all go through
-``Forwarder.send`` / ``Forwarder.submit``. Response handling (headers, URIs, what an answer
+``Forwarder.send`` / ``Forwarder.submit``, except a token follow-up sent directly on a pooled
+connection (gateway/proxy/follow.py), which calls the parts of ``send`` it needs
+(``headers_for``, ``attempt_started``, ``failed``, ``refuses_forwarded``) and hands anything
+else back to ``send``. Response handling (headers, URIs, what an answer
 teaches) is one pure function set, ``gateway.proxy.exchange``, applied by the sinks.
 """
 from __future__ import annotations
@@ -127,20 +130,14 @@ class Forwarder:
             if hasattr(sink, "begin"):   # looked up each time: no bound method held while waiting
                 sink.begin(backend)
             relay: Any = _Refused406(sink) if forwarded else sink
-            if self.timing is not None:
-                self.timing.backend_start(sink)
-            lag = self.lag
-            stalled = lag.stalled() if lag is not None else 0.0
-            t0 = time.perf_counter()
+            t0, stalled = self.attempt_started(sink)
             try:
                 call = self.client.fetch(backend.proxyTo, method, uri, headers, body, relay)
                 del headers   # not held by this frame for the whole long poll (garbage collector)
                 code = await call
             except BackendError as exc:
                 elapsed = time.perf_counter() - t0
-                self._timed(sink, t0, f"{backend.proxyTo}: {exc}")
-                verdict = self.on_failure(backend, exc, elapsed,
-                                          lag.stalled() - stalled if lag is not None else 0.0)
+                verdict = self.failed(backend, exc, sink, t0, stalled)
                 if verdict == EXCUSED and not exc.sent and not stalled_once:
                     stalled_once = True
                     log.info("backend %s: %s while the event loop stalled; trying once more",
@@ -154,15 +151,36 @@ class Forwarder:
                                  backend.name, method, uri.split("?", 1)[0])
                         continue
                 raise
-            self._timed(sink, t0, None)
+            self.timed(sink, t0, None)
             if forwarded and relay.refused:
-                self.no_forwarded.add(backend.name)
-                log.warning("backend %s refuses X-Forwarded-* headers (406); sending without them "
-                            "and rewriting URIs instead", backend.name)
+                self.refuses_forwarded(backend)
                 continue
             return code
 
-    def _timed(self, sink: Any, t0: float, error: str | None) -> None:
+    # -- the parts of ``send`` a direct exchange (gateway/proxy/follow.py) calls too --------------
+
+    def attempt_started(self, sink: Any) -> tuple[float, float]:
+        """Before an attempt: the metrics' start mark; (start time, loop stall so far)."""
+        if self.timing is not None:
+            self.timing.backend_start(sink)
+        lag = self.lag
+        return time.perf_counter(), (lag.stalled() if lag is not None else 0.0)
+
+    def failed(self, backend: Backend, exc: BackendError, sink: Any, t0: float, stalled: float) -> str | None:
+        """An attempt that started at ``t0`` (``perf_counter``), with the loop stalled for
+        ``stalled`` seconds so far, failed: timed, and noted for passive health; the verdict."""
+        elapsed = time.perf_counter() - t0
+        self.timed(sink, t0, f"{backend.proxyTo}: {exc}")
+        lag = self.lag
+        return self.on_failure(backend, exc, elapsed, lag.stalled() - stalled if lag is not None else 0.0)
+
+    def refuses_forwarded(self, backend: Backend) -> None:
+        """``backend`` answered 406 to ``X-Forwarded-*`` headers: never send them to it again."""
+        self.no_forwarded.add(backend.name)
+        log.warning("backend %s refuses X-Forwarded-* headers (406); sending without them "
+                    "and rewriting URIs instead", backend.name)
+
+    def timed(self, sink: Any, t0: float, error: str | None) -> None:
         if self.timing is not None:
             self.timing.backend_end(sink, time.perf_counter() - t0, error)
 
