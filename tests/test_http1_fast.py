@@ -160,3 +160,73 @@ def test_head_end_is_found_where_it_was(pieces: list[bytes], start: int) -> None
     buf = b"".join(pieces)
     assert http1.find_head_end(buf, start) == _old_find_head_end(buf, start)
     assert http1.find_head_end(bytearray(buf), start) == _old_find_head_end(buf, start)
+
+
+# -- the lookups of http1.Headers, body_length's shortcut, serialize_head's one check ----------
+
+HEADER_NAMES = ["Host", "Connection", "Content-Length", "Transfer-Encoding", "X-Trino-User",
+                "X-Trino-Transaction-Id", "X-Forwarded-Host", "Expect", "Www-Authenticate", "Te", "A"]
+SPELLINGS = st.sampled_from(HEADER_NAMES).flatmap(
+    lambda n: st.sampled_from([n, n.lower(), n.upper(), n.swapcase()]))
+VALUES = st.text(alphabet="abc 0123,;=-", max_size=8).map(str.strip)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(SPELLINGS, VALUES), max_size=8), st.lists(SPELLINGS, min_size=1, max_size=6))
+def test_headers_lookups_answer_as_tornados(pairs, asked) -> None:
+    head = ("GET / HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in pairs) + "\r\n").encode()
+    ours = http1.parse_request_head(head).headers
+    theirs = HTTPHeaders()
+    for n, v in pairs:
+        theirs.add(n, v)
+    assert type(ours) is http1.Headers
+    for name in asked + ["Not-There", "not-there"]:
+        assert ours.get(name) == theirs.get(name)
+        assert ours.get(name, "d") == theirs.get(name, "d")
+        assert ours.get_list(name) == theirs.get_list(name)
+        assert (name in ours) == (name in theirs)
+    assert (5 in ours) is False
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(["Content-Length", "content-length", "Transfer-Encoding"]),
+                          st.sampled_from(["5", "05", " 5", "5, 5", "5,6", "-1", "x", "", "chunked",
+                                           "gzip, chunked", "5\xb2", "\xb9", "99999999999999999999"])),
+                max_size=3))
+def test_body_length_shortcut_answers_as_every_rule_checked(pairs) -> None:
+    h = http1.parse_request_head(
+        ("POST / HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in pairs) + "\r\n").encode("latin-1")).headers
+
+    def outcome(fn):
+        try:
+            return fn(h)
+        except http1.HTTPParseError as e:
+            return ("error", str(e))
+    assert outcome(http1.body_length) == outcome(http1._body_length)
+
+
+def _serialized_line_by_line(first: str, pairs: list[tuple[str, str]]) -> bytes:
+    """serialize_head as it was: each name and value checked on its own."""
+    parts = [first]
+    for name, value in pairs:
+        value = str(value)
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+            raise ValueError("illegal line break")
+        parts.append(f"{name}: {value}")
+    parts.append("\r\n")
+    return "\r\n".join(parts).encode("latin-1")
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.text(alphabet="Ab-\r\n", max_size=5), st.text(alphabet="x \r\n", max_size=5)),
+                max_size=5))
+def test_serialize_head_refuses_what_it_refused_and_writes_what_it_wrote(pairs) -> None:
+    try:
+        expected: object = _serialized_line_by_line("HTTP/1.1 200 OK", pairs)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = http1.serialize_head("HTTP/1.1 200 OK", pairs)
+    except ValueError:
+        got = ValueError
+    assert got == expected

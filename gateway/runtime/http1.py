@@ -9,9 +9,9 @@ folding, malformed names, conflicting lengths), and decode chunked bodies increm
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, _normalize_header
 
 __all__ = [
     "HTTPParseError", "RequestHead", "ResponseHead", "find_head_end", "parse_request_head",
@@ -52,6 +52,39 @@ class ResponseHead(NamedTuple):
     headers: HTTPHeaders
 
 
+class Headers(HTTPHeaders):
+    """``HTTPHeaders`` as the parsers here fill them, with the lookups the request path makes
+    (``get``, ``get_list``, ``in``) read straight from the name's value list.
+
+    Tornado's ``get`` comes from ``Mapping``: a name that is not there costs a ``KeyError``
+    raised and caught (a poll asks for several such names: ``Connection``,
+    ``X-Trino-Transaction-Id``, ...), and one that is there is joined and cached. Here a name
+    already in ``Http-Header-Case`` (as the gateway's code writes them) is looked up once; any
+    other spelling is normalised first, as Tornado does. The values are the same strings
+    Tornado would give (tests/test_http1_fast.py compares them)."""
+
+    def _values(self, name: str) -> list[str] | None:
+        values = self._as_list.get(name)
+        if values is None:
+            norm = _known_names.get(name) or _normalize_header(name)
+            if norm != name:
+                values = self._as_list.get(norm)
+        return values
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        values = self._values(name)
+        if not values:
+            return default
+        return values[0] if len(values) == 1 else ",".join(values)
+
+    def get_list(self, name: str) -> list[str]:
+        values = self._values(name)
+        return values if values is not None else []
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._values(name) is not None
+
+
 def has_control_chars(value: str) -> bool:
     """Whether a header value holds a character that could split or corrupt a head."""
     return _BAD_VALUE.search(value) is not None
@@ -90,7 +123,7 @@ def _learn_name(name: str) -> str | None:
 
 def parse_headers(lines: list[str]) -> HTTPHeaders:
     """Header lines (without line ends) → ``HTTPHeaders``; raises ``HTTPParseError``."""
-    h = HTTPHeaders()
+    h = Headers()
     known = _known_names
     bad_value = _BAD_VALUE.search
     for line in lines:
@@ -160,7 +193,7 @@ def _headers_of(lines: list[str]) -> HTTPHeaders | None:
             by_name[norm].append(value.strip(" \t"))
         else:
             by_name[norm] = [value.strip(" \t")]
-    h = HTTPHeaders.__new__(HTTPHeaders)
+    h = Headers.__new__(Headers)
     h._as_list = by_name
     h._combined_cache = {}
     return h
@@ -232,6 +265,20 @@ def body_length(headers: HTTPHeaders) -> int | None:
 
     Raises ``HTTPParseError`` for conflicting or invalid framing (request smuggling vectors).
     """
+    lists = getattr(headers, "_as_list", None)
+    if lists is not None and "Transfer-Encoding" not in lists:
+        # The usual head (a poll: neither line; an answer: one plain length), decided
+        # without the general checks below, which give the same result for it.
+        cl = lists.get("Content-Length")
+        if cl is None:
+            return None
+        if len(cl) == 1 and cl[0].isdigit() and cl[0].isascii():
+            return int(cl[0])
+    return _body_length(headers)
+
+
+def _body_length(headers: HTTPHeaders) -> int | None:
+    """``body_length`` for any head, every rule checked."""
     te = headers.get_list("Transfer-Encoding")
     cl = headers.get_list("Content-Length")
     if te:
@@ -257,12 +304,17 @@ def serialize_head(first_line: str, headers: HTTPHeaders | Iterable[tuple[str, s
     with the blank line."""
     parts = [first_line]
     for name, value in (headers.get_all() if isinstance(headers, HTTPHeaders) else headers):
-        value = str(value)
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-            raise ValueError(f"illegal line break in header {name!r}")
         parts.append(f"{name}: {value}")
     parts.append("\r\n")
-    return "\r\n".join(parts).encode("latin-1")
+    text = "\r\n".join(parts)
+    # One look at the whole head for a line break inside a name or value: the head has as
+    # many CR and LF characters as it has line ends, or one of them does not end a line.
+    ends = len(parts)   # the separators, and the blank line's own CRLF
+    if text.count("\n") != ends or text.count("\r") != ends:
+        for line in parts[1:-1]:
+            if "\n" in line or "\r" in line:
+                raise ValueError(f"illegal line break in header {line.partition(':')[0]!r}")
+    return text.encode("latin-1")
 
 
 def format_chunk(data: bytes) -> bytes:

@@ -336,7 +336,7 @@ class _Connection(asyncio.Protocol):
         if data:
             self.transport.write(data)
         if not self.write_paused:
-            return _done_future()
+            return self.server.sent()
         f = asyncio.get_running_loop().create_future()
         self.drain.append(f)
         return f
@@ -460,7 +460,6 @@ class _Connection(asyncio.Protocol):
         if self.server.xheaders:
             req.context.apply_xheaders(rh.headers)
         fast = self.server.fast_route
-        start_line = RequestStartLine(rh.method, rh.target, rh.version)
         self.phase = _BODY
         req.body_started = req.last_progress = time.monotonic()
         if req.chunked:
@@ -473,10 +472,12 @@ class _Connection(asyncio.Protocol):
         if took:
             result = None   # req.delegate is the follow-up; it starts once the (empty) body is read
         elif fast is not None and fast.takes(rh.target):
-            result = self._call(fast.headers_received, self, req, start_line, rh.headers)
+            result = self._call(fast.headers_received, self, req,
+                                RequestStartLine(rh.method, rh.target, rh.version), rh.headers)
         else:
             delegate = req.delegate = self.server.delegate.start_request(self, req)
-            result = self._call(delegate.headers_received, start_line, rh.headers)
+            result = self._call(delegate.headers_received,
+                                RequestStartLine(rh.method, rh.target, rh.version), rh.headers)
         if self.closing:
             return False
         if result is not None:
@@ -627,6 +628,16 @@ class HTTPServer:
         self._acceptors: list[Acceptor] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._trim = False
+        self._sent: asyncio.Future[None] | None = None
+
+    def sent(self) -> "asyncio.Future[None]":
+        """What a write the transport took at once returns: one completed future, shared (a new
+        one per response was an allocation on every request; a completed future cannot change,
+        and awaiting it or adding a callback to it leaves it as it is)."""
+        f = self._sent
+        if f is None or f.get_loop() is not asyncio.get_running_loop():
+            f = self._sent = _done_future()
+        return f
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Start accepting on already-bound, listening sockets (as Tornado's ``add_sockets``).
