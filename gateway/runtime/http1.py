@@ -303,7 +303,10 @@ def serialize_head(first_line: str, headers: HTTPHeaders | Iterable[tuple[str, s
     """The start line and headers (an ``HTTPHeaders`` or name/value pairs) as bytes, ending
     with the blank line."""
     parts = [first_line]
-    for name, value in (headers.get_all() if isinstance(headers, HTTPHeaders) else headers):
+    # (a list first: isinstance against HTTPHeaders, a Mapping, goes through ABCMeta's check)
+    pairs = headers if type(headers) is list else (
+        headers.get_all() if isinstance(headers, HTTPHeaders) else headers)
+    for name, value in pairs:
         parts.append(f"{name}: {value}")
     parts.append("\r\n")
     text = "\r\n".join(parts)
