@@ -13,6 +13,8 @@ backend connection finishes responses for whichever request uses it now: it call
 that exchange's context (``_Conn.start`` copies the caller's), never in its transport's own
 (the request that happened to open it), and the handler also carries the record the forwarder
 (``backend_start``) left on it; a task that outlives its request finds the record marked done.
+A token follow-up of the fast path runs in no task of its own (gateway/proxy/follow.py): it
+holds its record from the start (``follow_up_started``) and passes it along.
 """
 from __future__ import annotations
 
@@ -345,14 +347,14 @@ class Metrics:
     def backend_start(self, sink: Any) -> None:
         """A forward into ``sink`` begins (called by gateway/proxy/forward.py, the one place
         that sends client requests to backends)."""
-        rec = _mine() or getattr(sink, "_gateway_metrics", None)
+        rec = getattr(sink, "_gateway_metrics", None) or _mine()
         if rec is not None and hasattr(sink, "request"):   # the proxy handler, not a buffer
             rec.forwarded = True
             sink._gateway_metrics = rec   # see the module docstring
 
     def backend_end(self, sink: Any, seconds: float, error: str | None) -> None:
         """The forward took ``seconds`` (connect, send, relay); ``error`` if it failed."""
-        rec = _mine() or getattr(sink, "_gateway_metrics", None)
+        rec = getattr(sink, "_gateway_metrics", None) or _mine()
         if rec is None:
             return
         if hasattr(sink, "request"):

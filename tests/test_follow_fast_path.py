@@ -328,3 +328,32 @@ def test_a_pooled_connection_lost_before_the_answer_is_replaced_by_a_fresh_one(t
     assert status == "HTTP/1.1 200 OK" and b'"nextUri":"http://gw.example:8080/_r/' in body
     assert connects == 2          # the fresh connection
     assert requests == 2          # the backend saw the first poll and the one sent again
+
+
+def test_polls_are_counted_the_same_whether_they_connect_or_go_directly(tmp_path):
+    """Metrics of the fast path: the first poll connects (``Forwarder.send``), the second goes
+    directly on the pooled connection; both are counted as answered follow-ups, with their
+    proxy overhead and token lookup, and nothing stays in flight."""
+    async def main() -> Gateway:
+        backend, port, _ = await _backend()
+        gw = _gateway(tmp_path, port, 1)
+        server, gport = _server(gw, True)
+        for _ in range(2):
+            await _exchange(gport, _request(gw, "page"))
+        await asyncio.sleep(0)
+        server.stop()
+        await server.close_all_connections()
+        gw.client.close()
+        backend.close()
+        return gw
+
+    gw = asyncio.run(main())
+    m = gw.metrics
+    assert gw.client.connects == 1                                   # the second went directly
+    assert m.requests.labels("follow-up", "200")._value.get() == 2
+    assert m.owner_lookups.labels("token")._value.get() == 2
+    samples = {s.name: s.value for s in m.proxy_overhead.collect()[0].samples
+               if s.labels.get("kind") == "follow-up"}
+    assert samples["trino_gateway_proxy_overhead_seconds_count"] == 2
+    assert m.in_flight._value.get() == 0
+    assert gw.active.n == 0
