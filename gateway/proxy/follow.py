@@ -225,21 +225,22 @@ class FollowUp:
 
     def _direct_done(self, _result: Any, exc: BaseException | None) -> None:
         """The direct exchange ended: as ``Forwarder.send`` and ``BackendClient.fetch`` would
-        have gone on (the same decisions, called from here)."""
+        have gone on (the same decisions, called from here). Runs inside the connection's
+        socket event: nothing may escape it."""
         fw = self.parts.forwarder
         conn, self.lease = self.lease, None
-        fw.client.settle(conn, exc is None)
+        again = False   # sent again through Forwarder.send, which then ends the request
         try:
+            fw.client.settle(conn, exc is None)
             if exc is None:
                 fw.timed(self, self.t0, None)
                 if self.refused:   # the 406 for X-Forwarded-*: send again without them
                     fw.refuses_forwarded(self.backend)
-                    asyncio.ensure_future(self._general())
-                    return
-                self._ended()
+                    again = True
+                else:
+                    self._ended()
             elif stale(exc, conn):   # the pooled connection was closed: a fresh one, as fetch does
-                asyncio.ensure_future(self._general())
-                return
+                again = True
             else:
                 err = backend_error(exc, conn, fw.client.request_timeout)
                 if isinstance(err, BackendError):
@@ -248,8 +249,16 @@ class FollowUp:
                 else:
                     self._crashed(err)
         except Exception as crash:  # noqa: BLE001
-            self._crashed(crash)
-        self._closed()
+            again = False
+            try:
+                self._crashed(crash)
+            except Exception:  # noqa: BLE001 - the client connection is beyond answering
+                app_log.exception("Uncaught exception GET %s", self.path)
+                self.conn.close()
+        if again:
+            asyncio.ensure_future(self._general())
+        else:
+            self._closed()
 
     async def _general(self) -> None:
         """The exchange through ``Forwarder.send`` (connects, retries, the 406 repeat)."""
