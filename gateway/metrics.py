@@ -278,13 +278,12 @@ class Metrics:
     # -- the request path (proxy handler) ----------------------------------------------------
 
     def request_started(self, kind: str) -> None:
-        self.in_flight.inc()
-        _current.set(_Request(kind))
+        _current.set(self.follow_up_started(kind))
 
     def follow_up_started(self, kind: str) -> _Request:
-        """``request_started`` for a token follow-up of the fast path (gateway/proxy/follow.py),
-        which runs in no task of its own: its record is returned for it to hold
-        (``_gateway_metrics``) instead of living in the context variable."""
+        """A proxied request starts: counted in flight, its record returned. A token follow-up
+        of the fast path (gateway/proxy/follow.py), which runs in no task of its own, holds it
+        (``_gateway_metrics``); ``request_started`` puts it in the context variable."""
         self.in_flight.inc()
         return _Request(kind)
 

@@ -464,6 +464,23 @@ class BackendClient:
         conn.idle_since = now
         idle.append(conn)
 
+    def _request_bytes(self, base: str, method: str, target: str,
+                       headers: HTTPHeaders | list[tuple[str, str]], body: bytes | None) -> bytes:
+        """The whole request to ``base``: head (with Host, and Content-Length where a body is
+        sent or expected) and body."""
+        hosthdr = self._target(base)[3]
+        with_length = body is not None or method in ("POST", "PUT", "PATCH")
+        if isinstance(headers, HTTPHeaders):
+            headers["Host"] = hosthdr
+            if with_length:
+                headers["Content-Length"] = str(len(body or b""))
+        else:   # name/value pairs (the proxy's forwarded headers), without Host or length
+            headers = [*headers, ("Host", hosthdr)]
+            if with_length:
+                headers.append(("Content-Length", str(len(body or b""))))
+        data = serialize_head(f"{method} {target} HTTP/1.1", headers)
+        return data + body if body else data
+
     async def fetch(self, base: str, method: str, target: str,
                     headers: HTTPHeaders | list[tuple[str, str]],
                     body: bytes | None, sink: ResponseSink, *,
@@ -475,20 +492,9 @@ class BackendClient:
         backend cannot have seen the request (so a POST may go elsewhere). An exception raised
         by the sink ends the exchange and propagates unchanged.
         """
-        scheme, host, port, hosthdr = self._target(base)
-        with_length = body is not None or method in ("POST", "PUT", "PATCH")
-        if isinstance(headers, HTTPHeaders):
-            headers["Host"] = hosthdr
-            if with_length:
-                headers["Content-Length"] = str(len(body or b""))
-        else:   # name/value pairs (the proxy's forwarded headers), without Host or length
-            headers = [*headers, ("Host", hosthdr)]
-            if with_length:
-                headers.append(("Content-Length", str(len(body or b""))))
-        data = serialize_head(f"{method} {target} HTTP/1.1", headers)
+        scheme, host, port, _ = self._target(base)
+        data = self._request_bytes(base, method, target, headers, body)
         del headers   # serialized: not kept in this frame while the backend holds a long poll
-        if body:
-            data += body
         timeout = request_timeout if request_timeout is not None else self.request_timeout
         loop = asyncio.get_running_loop()
         key = (scheme, host, port)
@@ -508,7 +514,7 @@ class BackendClient:
                     conn.close()
                     # A stale keep-alive connection: retry once on a fresh one, unless this is a POST
                     # the backend may have read (a POST is never sent twice).
-                    if not conn.started and reused and attempt == 0 and (
+                    if stale(lost, conn) and reused and attempt == 0 and (
                             method != "POST" or not _maybe_read(lost.exc)):
                         continue
                     raise backend_error(lost, conn, timeout) from None
@@ -554,16 +560,13 @@ class BackendClient:
             conn.close()
         return None
 
-    def host_header(self, base: str) -> str:
-        """The Host header lines to ``base`` carry (as ``fetch`` sets it)."""
-        return self._target(base)[3]
-
-    def exchange(self, conn: _Conn, data: bytes, sink: Any, waiter: Direct,
-                 request_timeout: float | None = None) -> None:
-        """Send ``data`` (a whole request) on a leased ``conn``; the answer goes to ``sink`` and
-        its end, or the failure (``_Lost``, ``_Timeout``, ``HTTPParseError``, the sink's own
-        exception), to ``waiter``. The backend's silence is watched as in ``fetch``."""
-        conn.start(data, sink, False, waiter)
+    def exchange(self, conn: _Conn, base: str, target: str, headers: list[tuple[str, str]],
+                 sink: Any, waiter: Direct, request_timeout: float | None = None) -> None:
+        """Send ``GET target`` to ``base`` on a leased ``conn``, the head as ``fetch`` writes
+        it; the answer goes to ``sink`` and its end, or the failure (``_Lost``, ``_Timeout``,
+        ``HTTPParseError``, the sink's own exception), to ``waiter``. The backend's silence is
+        watched as in ``fetch``."""
+        conn.start(self._request_bytes(base, "GET", target, headers, None), sink, False, waiter)
         timeout = request_timeout if request_timeout is not None else self.request_timeout
         if timeout:
             self._watch(conn, timeout, asyncio.get_running_loop())

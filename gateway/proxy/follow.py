@@ -22,8 +22,8 @@ The exchange with the backend has two forms. When the backend's pool holds an id
 the client's head, and the connection's events drive the rest (a *direct* exchange: no task,
 no coroutine chain, no future; ``BackendClient.lease``/``exchange``/``settle``). Its end goes
 through the forwarder's own parts: the header lines (``headers_for``), timing and passive
-health (``attempt_started``, ``failed``), the 406 for ``X-Forwarded-*`` (``refuses_forwarded``,
-then sent again), a pooled connection found closed (sent again on a fresh one, as ``fetch``
+health (``attempt_started``, ``failed``), the 406 for ``X-Forwarded-*`` (``guarded``,
+``refused``, then sent again), a pooled connection found closed (sent again on a fresh one, as ``fetch``
 does). Everything else (a connect, its retries while the backend is healthy, the repeat after
 a 406) is ``Forwarder.send``, awaited in a task as before.
 """
@@ -42,7 +42,6 @@ from gateway import protocol as P
 from gateway.backends.state import Backend
 from gateway.proxy import exchange as X
 from gateway.proxy.client import BackendError, Direct, backend_error, stale
-from gateway.runtime.http1 import serialize_head
 from gateway.routing.tokens import PREFIX, TokenError, TokenKeys
 
 log = logging.getLogger("gateway.proxy")
@@ -114,8 +113,8 @@ class FollowUp:
 
     __slots__ = ("parts", "keys", "conn", "headers", "route", "backend", "path", "base", "status",
                  "reason", "rewriter", "out", "length", "pending", "pending_len", "streaming",
-                 "gone", "done", "started", "_gateway_metrics", "counted", "forwarded", "refused",
-                 "lease", "t0", "stalled")
+                 "gone", "done", "started", "_gateway_metrics", "counted", "lease", "relay", "t0",
+                 "stalled")
 
     method = "GET"
 
@@ -142,9 +141,8 @@ class FollowUp:
         self.started = time.perf_counter()
         self._gateway_metrics: Any = None
         self.counted = False        # in the active count and the in-flight gauge
-        self.forwarded = False
-        self.refused = False
         self.lease: Any = None      # the pooled connection of a direct exchange
+        self.relay: Any = None      # what that exchange feeds (Forwarder.guarded: self, or its 406 guard)
         self.t0 = self.stalled = 0.0
 
     # -- what the metrics read (the handler's names) --------------------------------------------
@@ -214,12 +212,11 @@ class FollowUp:
             return False
         pairs, forwarded = fw.headers_for(backend, self.headers.get_all(), base=self.base,
                                           remote_ip=self.conn.remote_ip)
-        pairs.append(("Host", fw.client.host_header(backend.proxyTo)))
         self.begin(backend)
-        self.forwarded = forwarded
         self.lease = conn
+        self.relay = fw.guarded(self, forwarded)
         self.t0, self.stalled = fw.attempt_started(self)
-        fw.client.exchange(conn, serialize_head(f"GET {self.route.uri} HTTP/1.1", pairs), self,
+        fw.client.exchange(conn, backend.proxyTo, self.route.uri, pairs, self.relay,
                            Direct(self._direct_done))
         return True
 
@@ -229,13 +226,13 @@ class FollowUp:
         socket event: nothing may escape it."""
         fw = self.parts.forwarder
         conn, self.lease = self.lease, None
+        relay, self.relay = self.relay, None
         again = False   # sent again through Forwarder.send, which then ends the request
         try:
             fw.client.settle(conn, exc is None)
             if exc is None:
                 fw.timed(self, self.t0, None)
-                if self.refused:   # the 406 for X-Forwarded-*: send again without them
-                    fw.refuses_forwarded(self.backend)
+                if fw.refused(relay, self.backend):   # the 406 for X-Forwarded-*: without them
                     again = True
                 else:
                     self._ended()
@@ -326,15 +323,8 @@ class FollowUp:
         self.pending = []
         self.pending_len = 0
         self.length = None
-        self.forwarded = False   # set by _direct: this attempt sent X-Forwarded-* lines
-        self.refused = False
 
     def on_headers(self, code: int, reason: str, headers: HTTPHeaders) -> None:
-        if code == 406 and self.forwarded:
-            # A direct exchange with X-Forwarded-* lines the backend refuses (Forwarder.send
-            # wraps its sink in _Refused406 for the same): nothing was created, send again.
-            self.refused = True
-            return
         backend = self.backend
         self.status = code
         self.reason = reason or _reason(code)
@@ -353,8 +343,6 @@ class FollowUp:
         self.parts.taught(relay.headers, backend.name)
 
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
-        if self.refused:
-            return None
         if self.gone:
             raise StreamClosedError()   # stop reading a page nobody will receive
         # The backend's bytes are kept as they came until the page ends (the usual poll: one
@@ -368,8 +356,6 @@ class FollowUp:
         return None
 
     def on_end(self) -> None:
-        if self.refused:
-            return
         rw = self.rewriter
         data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
         self.pending = []

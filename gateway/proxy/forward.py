@@ -5,7 +5,7 @@ Statements from the proxy handler, statements the gateway queue dispatches later
 the next candidate after a backend that could not be reached (failover): all go through
 ``Forwarder.send`` / ``Forwarder.submit``, except a token follow-up sent directly on a pooled
 connection (gateway/proxy/follow.py), which calls the parts of ``send`` it needs
-(``headers_for``, ``attempt_started``, ``failed``, ``refuses_forwarded``) and hands anything
+(``headers_for``, ``guarded``, ``attempt_started``, ``failed``, ``refused``) and hands anything
 else back to ``send``. Response handling (headers, URIs, what an answer
 teaches) is one pure function set, ``gateway.proxy.exchange``, applied by the sinks.
 """
@@ -129,7 +129,7 @@ class Forwarder:
             headers, forwarded = self.headers_for(backend, client_headers, base=base, remote_ip=remote_ip)
             if hasattr(sink, "begin"):   # looked up each time: no bound method held while waiting
                 sink.begin(backend)
-            relay: Any = _Refused406(sink) if forwarded else sink
+            relay = self.guarded(sink, forwarded)
             t0, stalled = self.attempt_started(sink)
             try:
                 call = self.client.fetch(backend.proxyTo, method, uri, headers, body, relay)
@@ -152,8 +152,7 @@ class Forwarder:
                         continue
                 raise
             self.timed(sink, t0, None)
-            if forwarded and relay.refused:
-                self.refuses_forwarded(backend)
+            if self.refused(relay, backend):
                 continue
             return code
 
@@ -174,11 +173,22 @@ class Forwarder:
         lag = self.lag
         return self.on_failure(backend, exc, elapsed, lag.stalled() - stalled if lag is not None else 0.0)
 
-    def refuses_forwarded(self, backend: Backend) -> None:
-        """``backend`` answered 406 to ``X-Forwarded-*`` headers: never send them to it again."""
+    @staticmethod
+    def guarded(sink: Any, forwarded: bool) -> Any:
+        """The sink an attempt feeds: when it sent ``X-Forwarded-*`` lines, wrapped so that a
+        406 for them does not reach ``sink`` (see ``refused``)."""
+        return _Refused406(sink) if forwarded else sink
+
+    def refused(self, relay: Any, backend: Backend) -> bool:
+        """Whether the attempt that fed ``relay`` (from ``guarded``) got the 406 for its
+        ``X-Forwarded-*`` lines; then they are never sent to ``backend`` again, and the request
+        is to be sent once more."""
+        if not isinstance(relay, _Refused406) or not relay.refused:
+            return False
         self.no_forwarded.add(backend.name)
         log.warning("backend %s refuses X-Forwarded-* headers (406); sending without them "
                     "and rewriting URIs instead", backend.name)
+        return True
 
     def timed(self, sink: Any, t0: float, error: str | None) -> None:
         if self.timing is not None:
