@@ -357,3 +357,96 @@ def test_polls_are_counted_the_same_whether_they_connect_or_go_directly(tmp_path
     assert samples["trino_gateway_proxy_overhead_seconds_count"] == 2
     assert m.in_flight._value.get() == 0
     assert gw.active.n == 0
+
+
+async def _session(port: int, requests: list[bytes]) -> list[bytes]:
+    """Each request's whole response, sent one after the other on one keep-alive connection
+    (as a client polls: the same header lines every time)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out = []
+    for request in requests:
+        writer.write(request)
+        data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        lower = data.lower()
+        length = [int(line.split(b":")[1]) for line in lower.split(b"\r\n") if line.startswith(b"content-length:")]
+        if length:
+            data += await asyncio.wait_for(reader.readexactly(length[0]), 10)
+        else:
+            assert b"transfer-encoding: chunked" in lower
+            while not data.endswith(b"\r\n0\r\n\r\n"):
+                data += await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+        out.append(data)
+    writer.close()
+    return out
+
+
+def _same_lines(gw: Gateway, case: str, user: str = "alice", extra: str = "") -> bytes:
+    return _request(gw, case).replace(b"X-Trino-User: alice\r\n",
+                                      f"X-Trino-User: {user}\r\n{extra}".encode())
+
+
+@pytest.mark.parametrize("forwarded", [False, True], ids=["plain", "refuse406"])
+def test_a_polling_connection_reuses_its_header_lines_and_answers_as_the_handler_does(tmp_path, monkeypatch,
+                                                                                      forwarded):
+    """A client polls on one keep-alive connection with the same header lines each time: the
+    fast path parses them and derives the backend's lines once (``RepeatedHeads``,
+    ``follow.Derived``), and still answers every request, and sends the backend every request,
+    exactly as the handler does, also when the lines change (another user, one line more),
+    when a request on the connection goes the general way in between (a token that does not
+    verify), and after the backend refused ``X-Forwarded-*`` (406): those lines are then left
+    out although the client's lines did not change."""
+    from gateway.runtime import http1, http_server
+    parsed = {"n": 0}
+    real = http1.parse_request_head
+
+    def counting(head: bytes) -> Any:
+        parsed["n"] += 1
+        return real(head)
+    monkeypatch.setattr(http1, "parse_request_head", counting)
+    monkeypatch.setattr(http_server, "parse_request_head", counting)
+    poll = "refuse406" if forwarded else "page"
+
+    async def main() -> tuple[list[list[bytes]], list[list[str]], list[int], int]:
+        answers, seens, parses = [], [], []
+        taken = 0
+        backend, port, seen = await _backend()
+        for fast in (True, False):
+            start = len(seen)
+            gw = _gateway(tmp_path / str(fast), port, 1, forwarded=forwarded)
+            server, gport = _server(gw, fast)
+            counting_hook = _Counting(gw.follow_ups)
+            if fast:
+                server.follow_ups = counting_hook
+            bad = _request(gw, "page").replace(b"/_r/", b"/_r/x")   # a token that does not verify
+            parsed["n"] = 0
+            got = await _session(gport, [
+                _same_lines(gw, "page"), _same_lines(gw, "page"), _same_lines(gw, poll),
+                _same_lines(gw, "page"), bad,
+                _same_lines(gw, "page"), _same_lines(gw, "page", "bob", "X-Trino-Source: dbt\r\n"),
+                _same_lines(gw, "page"), _same_lines(gw, "last")])
+            parses.append(parsed["n"])
+            answers.append([_seen_by_client(d) for d in got])
+            seens.append(seen[start:])
+            server.stop()
+            await server.close_all_connections()
+            gw.client.close()
+            taken += counting_hook.taken
+        backend.close()
+        return answers, seens, parses, taken
+
+    (fast, general), (fast_seen, general_seen), (fast_parses, general_parses), taken = asyncio.run(main())
+    assert taken == 8                       # every poll but the bad token took the fast path
+    assert fast == general                  # what the client got
+    assert fast_seen == general_seen        # what the backend got, byte for byte
+    assert general_parses == 9
+    # reused: the 2nd to 4th poll's lines, the bad token's (which then go: parsed again for
+    # the 6th), and the last poll's, which repeat the 8th's
+    assert fast_parses == 4
+    (bob,) = [s for s in fast_seen if "bob" in s]
+    assert "x-trino-source: dbt" in bob.lower() and "alice" in fast_seen[-1]
+    assert sum("x-trino-source" in s.lower() for s in fast_seen) == 1
+    if forwarded:   # the first three polls carried them (the third got the 406, sent again
+        # without); none after, although the client's lines did not change (the 4th poll
+        # reuses the 3rd's parsed lines)
+        assert ["x-forwarded-for" in s.lower() for s in fast_seen] == [True] * 3 + [False] * 6
+    assert fast[-1][0] == "HTTP/1.1 200 OK" and fast[4][0].startswith("HTTP/1.1 4")

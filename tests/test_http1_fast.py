@@ -230,3 +230,63 @@ def test_serialize_head_refuses_what_it_refused_and_writes_what_it_wrote(pairs) 
     except ValueError:
         got = ValueError
     assert got == expected
+
+
+def _parsed(parse, head: bytes):
+    """What a request head parses to (with its body length), or the error, comparable."""
+    try:
+        rh, length = parse(head)
+    except Exception as e:   # noqa: BLE001
+        return ("error", type(e), str(e))
+    h = rh.headers
+    return tuple(rh[:-1]), list(h.get_all()), {n: h.get_list(n) for n in h}, length
+
+
+def _fresh(head: bytes):
+    rh = http1.parse_request_head(head)
+    return rh, http1.body_length(rh.headers)
+
+
+REQUEST_LINES = st.sampled_from([
+    "GET /_r/t/v1/statement/executing/q/y/2 HTTP/1.1", "GET /x HTTP/1.0", "POST /v1/statement HTTP/1.1",
+    "GET /a\x00b HTTP/1.1", "GET /a\rb HTTP/1.1", "GET /a\tb HTTP/1.1", "GET  /x HTTP/1.1", "BREW /x HTTP/1.1",
+    "GET /x HTTP/2.0", "GET /\x7f HTTP/1.1", "GET /\xff HTTP/1.1", "", "GET /x HTTP/1.1\r", "GET /x"])
+
+
+@given(heads(), REQUEST_LINES, st.sampled_from(["\r\n", "\n", "\r", "\r\r\n"]), st.booleans())
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(b"GET /a HTTP/1.1\r\nHost: h\r\nX: 1\r\n\r\n", "GET /b HTTP/1.1", "\r\n", True)
+@example(b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n", "GET /b\rc HTTP/1.1", "\r\n", True)
+@example(b"GET /a HTTP/1.1\nHost: h\n\n", "GET /b HTTP/1.1", "\r\n", True)
+def test_repeated_header_lines_parse_as_a_fresh_head(kept: bytes, line: str, eol: str, same: bool) -> None:
+    """``RepeatedHeads`` answers every head as ``parse_request_head`` and ``body_length`` do,
+    whether its header lines repeat the kept head's (``same``: the kept head with another
+    request line, the case it is made for) or not, hostile request lines included."""
+    rh = http1.parse_request_head(kept) if _parsed(_fresh, kept)[0] != "error" else None
+    if rh is None:
+        return
+    memo = http1.RepeatedHeads()
+    memo.keep(kept, rh, http1.body_length(rh.headers))
+    nl = kept.find(b"\n") + 1
+    head = (line + eol).encode("latin-1") + kept[nl:] if same else kept
+    got = _parsed(lambda h: memo.parse(h)[:2], head)
+    assert got == _parsed(_fresh, head)
+    plain = eol in ("\r\n", "\n") and http1._plain_request_line(line) is not None \
+        and not any((c < " " and c != "\t") or c == "\x7f" for c in line)
+    if same and plain and got[0] != "error" and kept[:1] not in (b"\r", b"\n") and b"\n" in kept:
+        assert memo.parse(head)[2]   # and the case it is made for does reuse them
+
+
+def test_repeated_header_lines_are_reused_and_dropped() -> None:
+    first = b"GET /_r/t/1 HTTP/1.1\r\nHost: gw\r\nX-Trino-User: alice\r\n\r\n"
+    memo = http1.RepeatedHeads()
+    rh, length, reused = memo.parse(first)
+    assert not reused
+    memo.keep(first, rh, length)
+    again, _, reused = memo.parse(b"GET /_r/t/2 HTTP/1.1\r\nHost: gw\r\nX-Trino-User: alice\r\n\r\n")
+    assert reused and again.headers is rh.headers and again.target == "/_r/t/2"
+    other, _, reused = memo.parse(b"GET /_r/t/3 HTTP/1.1\r\nHost: gw\r\nX-Trino-User: bob\r\n\r\n")
+    assert not reused and other.headers["X-Trino-User"] == "bob"
+    memo.drop()
+    _, _, reused = memo.parse(first)
+    assert not reused

@@ -560,13 +560,22 @@ class BackendClient:
             conn.close()
         return None
 
-    def exchange(self, conn: _Conn, base: str, target: str, headers: list[tuple[str, str]],
-                 sink: Any, waiter: Direct, request_timeout: float | None = None) -> None:
-        """Send ``GET target`` to ``base`` on a leased ``conn``, the head as ``fetch`` writes
-        it; the answer goes to ``sink`` and its end, or the failure (``_Lost``, ``_Timeout``,
-        ``HTTPParseError``, the sink's own exception), to ``waiter``. The backend's silence is
-        watched as in ``fetch``."""
-        conn.start(self._request_bytes(base, "GET", target, headers, None), sink, False, waiter)
+    def header_block(self, base: str, headers: list[tuple[str, str]]) -> bytes:
+        """The lines after a GET's request line to ``base``, as ``fetch`` writes them for the
+        name/value pairs ``headers`` (Host added), and the blank line: a client's follow-ups
+        repeat the same lines, so ``exchange`` takes them ready made."""
+        # (serialize_head with an empty start line: its line end is the first two bytes)
+        return serialize_head("", [*headers, ("Host", self._target(base)[3])])[2:]
+
+    def exchange(self, conn: _Conn, target: str, block: bytes, sink: Any, waiter: Direct,
+                 request_timeout: float | None = None) -> None:
+        """Send ``GET target`` on a leased ``conn`` with the header lines ``block``
+        (``header_block``: the head ``fetch`` writes); the answer goes to ``sink`` and its end,
+        or the failure (``_Lost``, ``_Timeout``, ``HTTPParseError``, the sink's own exception),
+        to ``waiter``. The backend's silence is watched as in ``fetch``."""
+        if "\n" in target or "\r" in target:
+            raise ValueError("illegal line break in a request target")
+        conn.start(b"GET %s HTTP/1.1\r\n%s" % (target.encode("latin-1"), block), sink, False, waiter)
         timeout = request_timeout if request_timeout is not None else self.request_timeout
         if timeout:
             self._watch(conn, timeout, asyncio.get_running_loop())

@@ -87,9 +87,12 @@ class FollowUps:
         keys = self.tokens()
         if keys is None:
             return False
-        host = headers.get("Host")
-        if host is None or "," in host or not _HOST.fullmatch(host):
-            return False   # Tornado's request refuses it with a 400: let it
+        memo = req.conn.follow_memo
+        if memo is None or memo.headers is not headers:
+            host = headers.get("Host")
+            if host is None or "," in host or not _HOST.fullmatch(host):
+                return False   # Tornado's request refuses it with a 400: let it
+            memo = None
         path, _, query = target.partition("?")
         try:
             route = X.resolve_token(keys, "GET", path, query)
@@ -100,9 +103,28 @@ class FollowUps:
         backend = self.registry.get(route.backend)
         if backend is None:
             return False
-        follow = req.delegate = FollowUp(self, keys, req, headers, route, backend, path)
+        if memo is None:
+            memo = req.conn.follow_memo = Derived(headers)
+        follow = req.delegate = FollowUp(self, keys, req, headers, route, backend, path, memo)
         req.close_callback = follow.client_left
         return True
+
+
+class Derived:
+    """What the follow-ups of one client connection derived from its header lines, kept while
+    the connection hands over the same header object (a polling client repeats its lines:
+    ``gateway.runtime.http1.RepeatedHeads``): that the Host line passed, the gateway's URL for
+    the client (``base``), and the lines its backend gets (``block``, for ``key``: the
+    backend's URL and whether it gets ``X-Forwarded-*``). The remote address and scheme that
+    these depend on come from the connection and, behind a trusted proxy, these same lines."""
+
+    __slots__ = ("headers", "base", "key", "block")
+
+    def __init__(self, headers: HTTPHeaders) -> None:
+        self.headers = headers
+        self.base: str | None = None
+        self.key: tuple[str, bool] | None = None
+        self.block = b""
 
 
 class FollowUp:
@@ -114,13 +136,14 @@ class FollowUp:
     __slots__ = ("parts", "keys", "conn", "headers", "route", "backend", "path", "base", "status",
                  "reason", "rewriter", "out", "length", "pending", "pending_len", "streaming",
                  "gone", "done", "started", "_gateway_metrics", "counted", "lease", "relay", "t0",
-                 "stalled")
+                 "stalled", "memo")
 
     method = "GET"
 
     def __init__(self, parts: FollowUps, keys: TokenKeys, conn: Any, headers: HTTPHeaders,
-                 route: X.TokenRoute, backend: Backend, path: str) -> None:
+                 route: X.TokenRoute, backend: Backend, path: str, memo: Derived) -> None:
         self.parts = parts
+        self.memo = memo            # what this connection's header lines gave before
         self.keys = keys
         self.conn = conn            # gateway.runtime.http_server._Request: the client exchange
         self.headers = headers
@@ -193,7 +216,11 @@ class FollowUp:
         self.counted = True
         if kind.kind == P.QUERY:
             parts.lifecycle.seen(kind.key or "")
-        self.base = parts.base_for(self.conn.protocol, self.headers)
+        memo = self.memo
+        base = memo.base
+        if base is None:
+            base = memo.base = parts.base_for(self.conn.protocol, self.headers)
+        self.base = base
 
     def _closed(self) -> None:
         if self.counted:
@@ -210,14 +237,19 @@ class FollowUp:
         conn = fw.client.lease(backend.proxyTo)
         if conn is None:
             return False
-        pairs, forwarded = fw.headers_for(backend, self.headers.get_all(), base=self.base,
-                                          remote_ip=self.conn.remote_ip)
+        memo = self.memo
+        forwarded = fw.forwards(backend)
+        key = (backend.proxyTo, forwarded)
+        if memo.key != key:
+            pairs, forwarded = fw.headers_for(backend, self.headers.get_all(), base=self.base,
+                                              remote_ip=self.conn.remote_ip)
+            memo.block = fw.client.header_block(backend.proxyTo, pairs)
+            memo.key = key
         self.begin(backend)
         self.lease = conn
         self.relay = fw.guarded(self, forwarded)
         self.t0, self.stalled = fw.attempt_started(self)
-        fw.client.exchange(conn, backend.proxyTo, self.route.uri, pairs, self.relay,
-                           Direct(self._direct_done))
+        fw.client.exchange(conn, self.route.uri, memo.block, self.relay, Direct(self._direct_done))
         return True
 
     def _direct_done(self, _result: Any, exc: BaseException | None) -> None:

@@ -93,9 +93,13 @@ class Forwarder:
         self.stopping = stopping              # the gateway is shutting down
         self.no_forwarded: set[str] = set()   # backends that answered 406 to X-Forwarded-*
 
+    def forwards(self, backend: Backend) -> bool:
+        """Whether ``backend`` gets ``X-Forwarded-*`` lines (configured, and it did not refuse them)."""
+        return self.x_forwarded and backend.name not in self.no_forwarded
+
     def headers_for(self, backend: Backend, client_headers: Sequence[tuple[str, str]], *,
                     base: str, remote_ip: str) -> tuple[list[tuple[str, str]], bool]:
-        forwarded = self.x_forwarded and backend.name not in self.no_forwarded
+        forwarded = self.forwards(backend)
         return P.forward_header_pairs(client_headers, remote_ip=remote_ip, base=base, forwarded=forwarded,
                                       trust_forwarded=self.trust_forwarded), forwarded
 

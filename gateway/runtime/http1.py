@@ -15,7 +15,7 @@ from tornado.httputil import HTTPHeaders, _normalize_header
 
 __all__ = [
     "HTTPParseError", "RequestHead", "ResponseHead", "find_head_end", "parse_request_head",
-    "parse_response_head", "parse_headers", "body_length", "serialize_head", "ChunkedDecoder",
+    "parse_response_head", "parse_headers", "RepeatedHeads", "body_length", "serialize_head", "ChunkedDecoder",
     "format_chunk", "LAST_CHUNK", "has_control_chars",
 ]
 
@@ -199,16 +199,77 @@ def _headers_of(lines: list[str]) -> HTTPHeaders | None:
     return h
 
 
+def _plain_request_line(line: str) -> list[str] | None:
+    """[method, target, version] of a request line (without its line end and control
+    characters) the fast parse accepts, else None (the careful parser decides)."""
+    parts = line.split(" ")
+    if len(parts) == 3 and parts[0] in _METHODS and parts[1] and parts[2] in _VERSIONS:
+        return parts
+    return None
+
+
 def parse_request_head(head: bytes | bytearray) -> RequestHead:
     """A request head (request line and headers, up to the blank line) → ``RequestHead``."""
     lines = _clean_lines(head)
     if lines is not None and lines[0]:
-        parts = lines[0].split(" ")
-        if len(parts) == 3 and parts[0] in _METHODS and parts[1] and parts[2] in _VERSIONS:
+        parts = _plain_request_line(lines[0])
+        if parts is not None:
             headers = _headers_of(lines[1:])
             if headers is not None:
                 return RequestHead(parts[0], parts[1], parts[2], headers)
     return _parse_request_head(head)
+
+
+class RepeatedHeads:
+    """The request heads of one connection, parsed; a head whose header lines are, byte for
+    byte, those of the head ``keep`` was last given reuses that head's parsed headers.
+
+    A client polling a query sends the same header lines with every request (its session's
+    user, source, catalog, ...); only the request line changes. Comparing the bytes costs one
+    ``memcmp``; parsing them again cost a split, a partition and a strip per line, and a new
+    header object each time. Only a head whose request line the fast parse accepts reuses
+    anything (everything else is parsed as ever), and the headers are only reused for those
+    who promised not to change them (``keep``: the token follow-ups, gateway/proxy/follow.py)."""
+
+    __slots__ = ("block", "headers", "length")
+
+    def __init__(self) -> None:
+        self.block: bytes | None = None     # the header lines of the kept head (after its request line)
+        self.headers: HTTPHeaders | None = None
+        self.length: int | None = None
+
+    def parse(self, head: bytes) -> tuple[RequestHead, int | None, bool]:
+        """(the head, its body length as ``body_length`` says, whether its headers are the
+        kept ones); raises ``HTTPParseError`` as ``parse_request_head`` does."""
+        block = self.block
+        if block is not None:
+            nl = head.find(b"\n") + 1
+            if head[nl:] == block:
+                line = head[:nl]
+                ends = 2 if line.endswith(b"\r\n") else 1
+                # no control character in the request line but its line end
+                if len(line) - len(line.translate(None, _CTL_BYTES)) == ends:
+                    parts = _plain_request_line(line[:-ends].decode("latin-1"))
+                    if parts is not None:
+                        return RequestHead(parts[0], parts[1], parts[2], self.headers), self.length, True  # type: ignore[arg-type]
+        rh = parse_request_head(head)
+        return rh, body_length(rh.headers), False
+
+    def keep(self, head: bytes, rh: RequestHead, length: int | None) -> None:
+        """Reuse ``rh``'s headers for the next heads with the same header lines (whoever gets
+        them must not change them)."""
+        nl = head.find(b"\n")
+        if nl < 0 or head[0] in b"\r\n":
+            # no line end, or empty lines before the request line (allowed): the lines after
+            # the first are not only header lines
+            self.drop()
+            return
+        self.block = head[nl + 1:]
+        self.headers = rh.headers
+        self.length = length
+
+    def drop(self) -> None:
+        self.block = self.headers = None
 
 
 def _parse_request_head(head: bytes | bytearray) -> RequestHead:

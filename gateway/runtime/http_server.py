@@ -34,8 +34,8 @@ from tornado.iostream import StreamClosedError
 
 from gateway.limits import ConnectionLimits, trim_memory
 from gateway.runtime.accept import Acceptor
-from gateway.runtime.http1 import (LAST_CHUNK, ChunkedDecoder, HTTPParseError, body_length, find_head_end, format_chunk,
-                                 parse_request_head, serialize_head)
+from gateway.runtime.http1 import (LAST_CHUNK, ChunkedDecoder, HTTPParseError, RepeatedHeads, body_length,
+                                   find_head_end, format_chunk, parse_request_head, serialize_head)
 
 log = logging.getLogger("gateway.server")
 app_log = logging.getLogger("tornado.application")
@@ -271,6 +271,10 @@ class _Connection(asyncio.Protocol):
         self.refused = False                      # by them (counted as closing until closed)
         self.address: Any = None
         self.protocol_name = "http"
+        # The header lines of this client's last token follow-up, parsed (a polling client
+        # repeats them): made at the first one the follow-ups took.
+        self.heads: RepeatedHeads | None = None
+        self.follow_memo: Any = None              # what the follow-ups derived from them
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -449,9 +453,14 @@ class _Connection(asyncio.Protocol):
         if end > self.server.max_header_size:
             self._reject(431, "Request Header Fields Too Large")
             return False
+        heads = self.heads
         try:
-            rh = parse_request_head(head)
-            length = body_length(rh.headers)
+            if heads is None:
+                rh = parse_request_head(head)
+                length = body_length(rh.headers)
+                kept = False
+            else:
+                rh, length, kept = heads.parse(head)
         except HTTPParseError as exc:
             log.info("malformed HTTP request from %s: %s", self.address[0] if self.address else "?", exc)
             self._reject(400, "Bad Request")
@@ -469,6 +478,15 @@ class _Connection(asyncio.Protocol):
             and self._call(follow.take, req, rh.target, rh.headers)
         if self.closing:
             return False
+        if took:
+            # The follow-up does not change the headers: the next head with the same lines
+            # may have them as they are.
+            if not kept:
+                if heads is None:
+                    heads = self.heads = RepeatedHeads()
+                heads.keep(head, rh, length)
+        elif kept:
+            heads.drop()   # type: ignore[union-attr]  # others may change them: parsed anew next time
         if took:
             result = None   # req.delegate is the follow-up; it starts once the (empty) body is read
         elif fast is not None and fast.takes(rh.target):
