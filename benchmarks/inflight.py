@@ -2,6 +2,7 @@
 
     python3 benchmarks/inflight.py --inflight 1000,5000,10000      # ~2 min per size and target
     python3 benchmarks/inflight.py --inflight 200 --query-seconds 5-8 --targets direct,gateway1
+    python3 benchmarks/inflight.py --inflight 1000 --client python   # a real client's 13 header lines
 
 The fake coordinator (benchmarks/longpoll_backend.py) runs queries of ``--query-seconds`` made of
 long polls of ``--poll-seconds``. The client is one asyncio process that follows ``nextUri`` like
@@ -65,9 +66,24 @@ class Outcome:
         self.errors[why] = self.errors.get(why, 0) + 1
 
 
+# The header lines of each request of the load (``--client``): ``bench`` sends only what a
+# request needs; ``python`` what the Trino Python client 0.340 sends with every request (captured
+# from it), which is what a proxy parses and forwards for each poll of a real client.
+CLIENT_LINES = {
+    "bench": "X-Trino-User: bench\r\n",
+    "python": ("user-agent: Trino Python Client/0.340.0\r\nAccept-Encoding: gzip, deflate\r\nAccept: */*\r\n"
+               "Connection: keep-alive\r\nX-Trino-Catalog: tpch\r\nX-Trino-Schema: tiny\r\n"
+               "X-Trino-Source: trino-python-client\r\nX-Trino-User: bench\r\nX-Trino-Time-Zone: Etc/UTC\r\n"
+               "X-Trino-Query-Data-Encoding: json+zstd,json+lz4,json\r\n"
+               "X-Trino-Client-Capabilities: NUMBER,PARAMETRIC_DATETIME,SESSION_AUTHORIZATION\r\n"
+               "X-Trino-Session: \r\nX-Trino-Transaction-Id: NONE\r\n"),
+}
+_client_lines = CLIENT_LINES["bench"]
+
+
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, target: str,
                     host: str, body: bytes = b"", retry_after: list[float] | None = None) -> tuple[int, bytes]:
-    head = (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nX-Trino-User: bench\r\n"
+    head = (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{_client_lines}"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     writer.write(head + body)
     status_line = await reader.readline()
@@ -425,8 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--server", action="append", default=[], metavar="KEY=VALUE",
                    help="a gateway server.* setting for this run (YAML value), e.g. shedLoopLag=0")
+    p.add_argument("--client", choices=sorted(CLIENT_LINES), default="bench",
+                   help="the header lines of the load's requests: bench (one), python (the Trino "
+                        "Python client's 13)")
     p.add_argument("--probe", type=int, metavar="PORT", help=argparse.SUPPRESS)   # the probe process
     args = p.parse_args(argv)
+    global _client_lines
+    _client_lines = CLIENT_LINES[args.client]
     if args.probe:
         asyncio.run(probe_main(args.probe, args.timeout))
         return 0
