@@ -17,6 +17,15 @@ the forwarding itself (``Forwarder``). Whatever is unusual goes the general way:
 does not verify, a removed backend, a request with a body, an OAuth2 exchange, a Host header
 Tornado would refuse.
 
+A client polls on one keep-alive connection with the same header lines every time (its
+session's user, source, catalog, time zone, capabilities...); only the request line changes.
+The HTTP server hands such a repeat the header object it parsed before
+(``gateway.runtime.http1.RepeatedHeads``), and what the follow-ups derived from it is kept
+beside it on the connection (``Derived``): that its Host line passed, the gateway's URL for it,
+and the serialized lines its backend gets (for that backend's URL and its use of
+``X-Forwarded-*``, which a 406 can change). So a poll's header lines are parsed, checked,
+filtered and serialized once per client connection, not once per poll.
+
 The exchange with the backend has two forms. When the backend's pool holds an idle connection
 (the steady state of polling), the request is written to it in the same callback that read
 the client's head, and the connection's events drive the rest (a *direct* exchange: no task,
