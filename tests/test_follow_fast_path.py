@@ -149,6 +149,12 @@ def _server(gw: Gateway, fast: bool) -> tuple[HTTPServer, int]:
     return server, socks[0].getsockname()[1]
 
 
+async def _stop(server: HTTPServer, gw: Gateway) -> None:
+    server.stop()
+    await server.close_all_connections()
+    gw.client.close()
+
+
 async def _exchange(port: int, request: bytes) -> tuple[bytes, bool]:
     """Everything the gateway sent for ``request`` (one whole response, or what came before
     it closed), and whether it closed the connection (waited for when it said it would)."""
@@ -255,9 +261,7 @@ def test_the_fast_path_answers_as_the_handler_does(tmp_path, case, warm):
                 assert gw.client.connects == connects   # the pooled connection carried it
             await asyncio.sleep(0)
             events.append(finished)
-            server.stop()
-            await server.close_all_connections()
-            gw.client.close()
+            await _stop(server, gw)
             taken += counting.taken
         backend.close()
         return results, events, taken, seen
@@ -317,9 +321,7 @@ def test_a_pooled_connection_lost_before_the_answer_is_replaced_by_a_fresh_one(t
             loop.call_soon(idle.connection_lost, ConnectionResetError("reset by peer"))
         idle.transport.write = lost
         data, _ = await _exchange(gport, _request(gw, "page"))
-        server.stop()
-        await server.close_all_connections()
-        gw.client.close()
+        await _stop(server, gw)
         backend.close()
         return data, gw.client.connects, len(seen)
 
@@ -341,9 +343,7 @@ def test_polls_are_counted_the_same_whether_they_connect_or_go_directly(tmp_path
         for _ in range(2):
             await _exchange(gport, _request(gw, "page"))
         await asyncio.sleep(0)
-        server.stop()
-        await server.close_all_connections()
-        gw.client.close()
+        await _stop(server, gw)
         backend.close()
         return gw
 
@@ -427,9 +427,7 @@ def test_a_polling_connection_reuses_its_header_lines_and_answers_as_the_handler
             parses.append(parsed["n"])
             answers.append([_seen_by_client(d) for d in got])
             seens.append(seen[start:])
-            server.stop()
-            await server.close_all_connections()
-            gw.client.close()
+            await _stop(server, gw)
             taken += counting_hook.taken
         backend.close()
         return answers, seens, parses, taken
