@@ -485,17 +485,16 @@ class _Connection(asyncio.Protocol):
                 if heads is None:
                     heads = self.heads = RepeatedHeads()
                 heads.keep(head, rh, length)
-        elif kept:
-            heads.drop()   # type: ignore[union-attr]  # others may change them: parsed anew next time
-        if took:
             result = None   # req.delegate is the follow-up; it starts once the (empty) body is read
-        elif fast is not None and fast.takes(rh.target):
-            result = self._call(fast.headers_received, self, req,
-                                RequestStartLine(rh.method, rh.target, rh.version), rh.headers)
         else:
-            delegate = req.delegate = self.server.delegate.start_request(self, req)
-            result = self._call(delegate.headers_received,
-                                RequestStartLine(rh.method, rh.target, rh.version), rh.headers)
+            if kept:
+                heads.drop()   # type: ignore[union-attr]  # others may change them: parsed anew next time
+            start_line = RequestStartLine(rh.method, rh.target, rh.version)
+            if fast is not None and fast.takes(rh.target):
+                result = self._call(fast.headers_received, self, req, start_line, rh.headers)
+            else:
+                delegate = req.delegate = self.server.delegate.start_request(self, req)
+                result = self._call(delegate.headers_received, start_line, rh.headers)
         if self.closing:
             return False
         if result is not None:
