@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import logging
 import ssl
 import time
 from typing import Any, Awaitable, Protocol
@@ -23,6 +24,9 @@ from tornado.httputil import HTTPHeaders
 
 from gateway.runtime.http1 import (ChunkedDecoder, HTTPParseError, body_length, find_head_end,
                                  parse_response_head, serialize_head)
+
+
+log = logging.getLogger("gateway.proxy")
 
 
 class BackendError(Exception):
@@ -62,11 +66,14 @@ class Direct:
     to wait on: the connection calls its sink as bytes arrive, and this object tells the sink
     the exchange is over (``_Conn`` uses only ``done``, ``set_result`` and ``set_exception``)."""
 
-    __slots__ = ("_cb", "_done")
+    __slots__ = ("_cb", "_done", "whole")
 
-    def __init__(self, cb: Any) -> None:
+    def __init__(self, cb: Any, whole: Any = None) -> None:
         self._cb = cb
         self._done = False
+        # ``whole(code, reason, headers, body)``: takes an answer that arrived in one piece
+        # (``_Conn._whole``) and does what the sink's three calls and ``cb`` would do.
+        self.whole = whole
 
     def done(self) -> bool:
         return self._done
@@ -122,6 +129,9 @@ class _Conn(asyncio.Protocol):
             self.close()   # bytes on an idle connection: it cannot carry another request
             return
         self.activity = time.monotonic()
+        if self.state == _HEAD and not self.buf and type(self.waiter) is Direct \
+                and self.waiter.whole is not None and self._whole(data, self.waiter):
+            return   # the usual poll's answer: head and body in one read, taken in one call
         if self.state == _BODY and not self.buf and not self.paused and not self.waiter.done():
             self._body(data)   # the common case on a big page: straight to the sink, no copy
             return
@@ -206,9 +216,7 @@ class _Conn(asyncio.Protocol):
             return True   # an interim response (103 Early Hints): the real one follows
         self.started = True
         self.code = rh.code
-        tokens = [t.strip().lower() for v in rh.headers.get_list("Connection") for t in v.split(",")]
-        self.keep_alive = (rh.version == "HTTP/1.1" and "close" not in tokens
-                           and rh.code not in CLOSES_AFTER)
+        self.keep_alive = _keeps_alive(rh)
         if self.head_only or rh.code in (204, 304):
             self.remaining = 0
         elif length == -1:
@@ -224,6 +232,37 @@ class _Conn(asyncio.Protocol):
         if self.remaining == 0 and self.decoder is None and not self.until_close:
             self._end()
             return False
+        return True
+
+    def _whole(self, data: bytes, waiter: Direct) -> bool:
+        """``data``, the first bytes of the answer, is all of it: a head and exactly the body
+        its ``Content-Length`` gives (a poll's page usually arrives so). Hand it to
+        ``waiter.whole`` at once, the exchange over; False (nothing done) for anything else,
+        which the general path reads: a head not complete or not valid, an interim or bodiless
+        status, chunked or close-delimited framing, bytes past the body, a status after which
+        the backend may close (a 406 for ``X-Forwarded-*`` among them)."""
+        end = find_head_end(data)
+        if end < 0:
+            return False
+        try:
+            rh = parse_response_head(data[:end])
+            length = body_length(rh.headers)
+        except HTTPParseError:
+            return False   # the general path fails the exchange, saying why
+        code = rh.code
+        if length is None or length != len(data) - end or code < 200 or code in _NO_WHOLE \
+                or self.head_only or waiter._done:
+            return False
+        self.started = True
+        self.code = code
+        self.keep_alive = _keeps_alive(rh)
+        self.state = _DONE
+        waiter._done = True
+        try:
+            waiter.whole(code, rh.reason, rh.headers, data[end:])
+        except BaseException:  # noqa: BLE001 - ``whole`` answers its own failures; a bug must not reach the loop
+            log.exception("direct exchange: the answer's handler failed")
+            self.close()
         return True
 
     def _read_body(self) -> bool:
@@ -628,11 +667,23 @@ class BackendClient:
         self._pools.clear()
 
 
+def _keeps_alive(rh: Any) -> bool:
+    """Whether the connection may carry another request after the response ``rh``."""
+    if rh.version != "HTTP/1.1" or rh.code in CLOSES_AFTER:
+        return False
+    values = rh.headers.get_list("Connection")
+    return not values or "close" not in [t.strip().lower() for v in values for t in v.split(",")]
+
+
 # Statuses after which a server may close the connection without saying "Connection: close".
 # Trino's Jetty does so after rejecting a request it could not accept (406 for X-Forwarded-*
 # headers, 400/413/414/431 for malformed or oversized requests): a request sent on such a
 # connection meets a closed socket. Never reuse one.
 CLOSES_AFTER = frozenset({400, 406, 408, 413, 414, 431})
+
+
+# Not taken whole (``_Conn._whole``): no body, or the backend may close after them.
+_NO_WHOLE = frozenset({204, 304}) | CLOSES_AFTER
 
 
 class _Timeout(Exception):

@@ -189,10 +189,14 @@ class Forwarder:
         is to be sent once more."""
         if not isinstance(relay, _Refused406) or not relay.refused:
             return False
+        self.refused_by(backend)
+        return True
+
+    def refused_by(self, backend: Backend) -> None:
+        """``backend`` answered 406 to ``X-Forwarded-*`` lines: never send them to it again."""
         self.no_forwarded.add(backend.name)
         log.warning("backend %s refuses X-Forwarded-* headers (406); sending without them "
                     "and rewriting URIs instead", backend.name)
-        return True
 
     def timed(self, sink: Any, t0: float, error: str | None) -> None:
         if self.timing is not None:
