@@ -121,8 +121,9 @@ class ActiveQueries:
         self._maybe_sweep()
 
     def seen(self, query_id: str) -> None:
-        self._last[query_id] = self._clock()
-        self._maybe_sweep()
+        now = self._last[query_id] = self._clock()
+        if now - self._swept >= 1.0:   # (_maybe_sweep, without the call: once per poll)
+            self.sweep()
 
     def ended(self, query_id: str) -> None:
         self._last.pop(query_id, None)
@@ -280,12 +281,30 @@ class Metrics:
     def request_started(self, kind: str) -> None:
         _current.set(self.follow_up_started(kind))
 
-    def follow_up_started(self, kind: str) -> _Request:
+    def follow_up_started(self, kind: str, owner: str | None = None) -> _Request:
         """A proxied request starts: counted in flight, its record returned. A token follow-up
         of the fast path (gateway/proxy/follow.py), which runs in no task of its own, holds it
-        (``_gateway_metrics``); ``request_started`` puts it in the context variable."""
+        (``_gateway_metrics``); ``request_started`` puts it in the context variable. ``owner``:
+        how its backend was found (``owner_lookup``), when already known."""
         self.in_flight.inc()
+        if owner is not None:
+            self.owner_lookup(owner)
         return _Request(kind)
+
+    def follow_up_done(self, rec: _Request, status: int, seconds: float, backend_seconds: float) -> None:
+        """A token follow-up of the fast path relayed its backend's whole answer with
+        ``status``, in ``seconds`` of which ``backend_seconds`` were the backend's: what
+        ``backend_start``, ``backend_end``, ``log_request`` and ``request_done`` record for it,
+        in one call (nothing to log: the answer was the backend's)."""
+        self.in_flight.dec()
+        rec.forwarded = rec.backend_answered = rec.counted = rec.done = True
+        rec.backend_seconds += backend_seconds
+        label = rec.label = "follow-up"
+        self._count(label, str(status), seconds)
+        h = self._overheads.get(label)
+        if h is None:
+            h = self._overheads[label] = self.proxy_overhead.labels(label)
+        h.observe(max(0.0, seconds - rec.backend_seconds))
 
     def request_done(self, kind: str, status: int, seconds: float, rec: _Request | None = None) -> None:
         self.in_flight.dec()

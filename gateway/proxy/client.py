@@ -382,19 +382,25 @@ class IdleBound:
             self._peak = self.in_use
             self._since = now
 
+    # (each checks the window before calling _roll: these run for every request)
+
     def acquire(self, now: float) -> None:
-        self._roll(now)
+        if now - self._since >= self.window:
+            self._roll(now)
         self.in_use += 1
         if self.in_use > self._peak:
             self._peak = self.in_use
 
     def release(self, now: float) -> None:
-        self._roll(now)
-        self.in_use = max(0, self.in_use - 1)
+        if now - self._since >= self.window:
+            self._roll(now)
+        if self.in_use > 0:
+            self.in_use -= 1
 
     def limit(self, now: float) -> int:
         """Idle connections to keep now."""
-        self._roll(now)
+        if now - self._since >= self.window:
+            self._roll(now)
         return min(self.ceiling, max(self.floor, self._peak, self._previous))
 
 
@@ -420,6 +426,7 @@ class BackendClient:
         self._pools: dict[tuple[str, str, int], collections.deque[_Conn]] = {}
         self._bounds: dict[tuple[str, str, int], IdleBound] = {}
         self._addr: dict[str, tuple[str, str, int, str]] = {}
+        self._keys: dict[str, tuple[str, str, int]] = {}   # base URL: its pool's key (lease)
         # Exchanges waiting on a backend, checked for silence by one timer (_sweep) rather than
         # a timer per request: a long poll parked on a backend then holds no timer handle, no
         # context copy and no argument tuple for the garbage collector to walk (issue 19).
@@ -481,7 +488,7 @@ class BackendClient:
             raise BackendError(f"cannot connect: {reason}", sent=False) from None
         return conn, False
 
-    def _release(self, conn: _Conn) -> None:
+    def _release(self, conn: _Conn, now: float | None = None) -> None:
         conn.finish_exchange()
         if conn.closed or conn.buf:
             conn.close()
@@ -489,7 +496,8 @@ class BackendClient:
         idle = self._pools.get(conn.key)
         if idle is None:
             idle = self._pools[conn.key] = collections.deque()
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         # Oldest first: drop what expired or was closed by the backend, then what the bound
         # no longer covers; the connection just used is the one to keep.
         while idle and (idle[0].closed or now - idle[0].idle_since >= self.idle_ttl):
@@ -586,15 +594,18 @@ class BackendClient:
         """An idle pooled connection to ``base`` for a direct exchange (``exchange``), or None
         when one would have to be opened (the caller then uses ``fetch``, which connects). A
         leased connection counts as in use (``IdleBound``) until ``settle``."""
-        key = self._target(base)[:3]
-        idle = self._pools.get(key)   # type: ignore[call-overload]
+        key = self._keys.get(base)
+        if key is None:
+            key = self._keys[base] = self._target(base)[:3]   # type: ignore[assignment]
+        idle = self._pools.get(key)
         if not idle:
             return None
         now = time.monotonic()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.idle_ttl:
-                self._bound(conn.key).acquire(now)
+                bound = self._bounds.get(key)
+                (bound if bound is not None else self._bound(key)).acquire(now)
                 return conn
             conn.close()
         return None
@@ -623,9 +634,10 @@ class BackendClient:
         """A direct exchange on ``conn`` is over: back to the pool when it ended well and the
         connection may carry another request, else closed."""
         self._waiting.pop(conn, None)
-        self._bound(conn.key).release(time.monotonic())
+        now = time.monotonic()
+        self._bound(conn.key).release(now)
         if ok and conn.keep_alive and not conn.closed:
-            self._release(conn)
+            self._release(conn, now)
         else:
             conn.finish_exchange()
             conn.close()

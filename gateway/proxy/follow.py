@@ -220,8 +220,7 @@ class FollowUp:
     def _opened(self) -> None:
         parts = self.parts
         kind = self.route.kind
-        self._gateway_metrics = parts.metrics.follow_up_started(kind.kind)
-        parts.metrics.owner_lookup("token")
+        self._gateway_metrics = parts.metrics.follow_up_started(kind.kind, "token")
         parts.active.n += 1
         self.counted = True
         if kind.kind == P.QUERY:
@@ -269,11 +268,11 @@ class FollowUp:
         ``Content-Length`` says (``_Conn._whole``; never a 406 or a bodiless status): what
         ``on_headers``, ``on_chunk``, ``on_end`` and ``_direct_done`` do, in one call. Runs
         inside the connection's socket event: nothing may escape it."""
-        fw = self.parts.forwarder
+        parts = self.parts
         conn, self.lease = self.lease, None
+        backend_seconds = time.perf_counter() - self.t0
         try:
-            fw.client.settle(conn, True)   # the backend's part is over, whatever the client does
-            fw.timed(self, self.t0, None)
+            parts.forwarder.client.settle(conn, True)   # the backend's part is over, whatever the client does
             if self.gone:
                 raise StreamClosedError()   # as on_chunk: nobody will receive the page
             self.on_headers(code, reason, headers)
@@ -281,15 +280,27 @@ class FollowUp:
             if rw is not None:
                 body = rw.page(body)
             self.conn.write_pairs(self.status, self.reason, self.out, len(body), body)
-            self._end()
-            self._ended()
+            self.done = True
+            self.conn.finish()
         except Exception as exc:  # noqa: BLE001 - answered as the handler would
+            parts.forwarder.timed(self, self.t0, None)
             try:
                 self._crashed(exc)
             except Exception:  # noqa: BLE001 - the client connection is beyond answering
                 app_log.exception("Uncaught exception GET %s", self.path)
                 self.conn.close()
-        self._closed()
+            self._closed()
+            return
+        # What the forwarder's timing, _end's access log and _closed record, in one call (the
+        # answer was the backend's: nothing to log).
+        self.counted = False
+        parts.active.n -= 1
+        parts.metrics.follow_up_done(self._gateway_metrics, self.status, time.perf_counter() - self.started,
+                                     backend_seconds)
+        try:
+            self._ended()
+        except Exception as exc:  # noqa: BLE001 - a bug; the client has its answer
+            app_log.error("Uncaught exception GET %s", self.path, exc_info=exc)
 
     def _direct_done(self, _result: Any, exc: BaseException | None) -> None:
         """The direct exchange ended: as ``Forwarder.send`` and ``BackendClient.fetch`` would

@@ -152,7 +152,8 @@ class LoopLag:
     def stalled(self) -> float:
         """Cumulative lateness so far, including the stall in progress; subtract two readings
         to get the stall during an attempt."""
-        return self._total + self.pending()
+        due = self._due   # (pending, without the call: read for every forward)
+        return self._total if due is None else self._total + max(0.0, self._clock() - due)
 
     def recent(self) -> float:
         """The worst lateness within the last ``window`` seconds (a stall in progress too)."""
