@@ -628,7 +628,7 @@ class BackendClient:
         conn.start(b"GET %s HTTP/1.1\r\n%s" % (target.encode("latin-1"), block), sink, False, waiter)
         timeout = request_timeout if request_timeout is not None else self.request_timeout
         if timeout:
-            self._watch(conn, timeout, asyncio.get_running_loop())
+            self._watch(conn, timeout, None)
 
     def settle(self, conn: _Conn, ok: bool) -> None:
         """A direct exchange on ``conn`` is over: back to the pool when it ended well and the
@@ -642,7 +642,7 @@ class BackendClient:
             conn.finish_exchange()
             conn.close()
 
-    def _watch(self, conn: _Conn, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+    def _watch(self, conn: _Conn, timeout: float, loop: asyncio.AbstractEventLoop | None) -> None:
         """Fail ``conn``'s exchange once the backend is silent for ``timeout`` seconds (checked
         every ``min(1 s, timeout / 4)``, so it fires up to that much later)."""
         self._waiting[conn] = timeout
@@ -652,7 +652,8 @@ class BackendClient:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._tick = tick
-        self._sweeper = loop.call_later(tick, self._sweep)
+        # (the loop asked for only here: get_running_loop costs a getpid system call)
+        self._sweeper = (loop or asyncio.get_running_loop()).call_later(tick, self._sweep)
 
     def _sweep(self) -> None:
         self._sweeper = None

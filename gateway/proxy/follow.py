@@ -279,9 +279,8 @@ class FollowUp:
             rw = self.rewriter
             if rw is not None:
                 body = rw.page(body)
-            self.conn.write_pairs(self.status, self.reason, self.out, len(body), body)
+            self.conn.write_whole(self.status, self.reason, self.out, body)
             self.done = True
-            self.conn.finish()
         except Exception as exc:  # noqa: BLE001 - answered as the handler would
             parts.forwarder.timed(self, self.t0, None)
             try:
