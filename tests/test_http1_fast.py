@@ -129,6 +129,7 @@ def test_tornado_headers_are_stored_as_the_fast_parsers_fill_them() -> None:
         assert h["host"] == "h,h2" and h.get_list("X-Trino-Client-Tags") == ["a", "b"]
     assert list(fast.get_all()) == list(public.get_all())
     assert list(fast.copy().get_all()) == list(public.get_all())
+    assert fast.pairs() == list(public.get_all())   # the relay's one-list form of get_all
 
 
 @pytest.mark.parametrize("head", [

@@ -488,7 +488,7 @@ class BackendClient:
             raise BackendError(f"cannot connect: {reason}", sent=False) from None
         return conn, False
 
-    def _release(self, conn: _Conn, now: float | None = None) -> None:
+    def _release(self, conn: _Conn, now: float | None = None, bound: IdleBound | None = None) -> None:
         conn.finish_exchange()
         if conn.closed or conn.buf:
             conn.close()
@@ -502,7 +502,7 @@ class BackendClient:
         # no longer covers; the connection just used is the one to keep.
         while idle and (idle[0].closed or now - idle[0].idle_since >= self.idle_ttl):
             idle.popleft().close()
-        limit = self._bound(conn.key).limit(now)
+        limit = (bound if bound is not None else self._bound(conn.key)).limit(now)
         while idle and len(idle) >= limit:
             idle.popleft().close()
         if limit < 1:
@@ -635,9 +635,12 @@ class BackendClient:
         connection may carry another request, else closed."""
         self._waiting.pop(conn, None)
         now = time.monotonic()
-        self._bound(conn.key).release(now)
+        bound = self._bounds.get(conn.key)
+        if bound is None:
+            bound = self._bound(conn.key)
+        bound.release(now)
         if ok and conn.keep_alive and not conn.closed:
-            self._release(conn, now)
+            self._release(conn, now, bound)
         else:
             conn.finish_exchange()
             conn.close()

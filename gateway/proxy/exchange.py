@@ -23,6 +23,7 @@ from typing import Iterable
 from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
+from gateway.runtime.http1 import Headers
 from gateway.routing.tokens import PREFIX, TokenError, TokenKeys, split_path
 
 __all__ = ["ROUTABLE", "TokenRoute", "TokenMinter", "resolve_token", "ResponseHeaders",
@@ -154,8 +155,10 @@ def relay_response(headers: HTTPHeaders, *, method: str, keys: TokenKeys | None,
             rewriter = P.UriRewriter(gateway_base, minter)
         else:
             length = headers.get("Content-Length")
+    # (the parsers' headers as one list: Tornado's get_all is a generator, a call per line)
+    lines = headers.pairs() if type(headers) is Headers else headers.get_all()
     translated = translate_response_headers(
-        headers.get_all(), backend_base=backend_base, gateway_base=gateway_base,
+        lines, backend_base=backend_base, gateway_base=gateway_base,
         request_transaction=request_transaction, route=minter,
         connection=headers.get_list("Connection"))
     return Relay(rewriter, length, translated)

@@ -84,6 +84,10 @@ class Headers(HTTPHeaders):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._values(name) is not None
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every line as a (name, value) pair, in order: ``get_all`` as one list."""
+        return [(name, value) for name, values in self._as_list.items() for value in values]
+
 
 def has_control_chars(value: str) -> bool:
     """Whether a header value holds a character that could split or corrupt a head."""
