@@ -64,7 +64,8 @@ class Direct:
 
     A token follow-up on a pooled connection needs no task, no coroutine chain and no future
     to wait on: the connection calls its sink as bytes arrive, and this object tells the sink
-    the exchange is over (``_Conn`` uses only ``done``, ``set_result`` and ``set_exception``)."""
+    the exchange is over (``_Conn`` uses only ``done``, ``set_result`` and ``set_exception``).
+    An answer that arrives whole goes to ``whole`` instead, when the sink offers it."""
 
     __slots__ = ("_cb", "_done", "whole")
 

@@ -31,10 +31,19 @@ The exchange with the backend has two forms. When the backend's pool holds an id
 the client's head, and the connection's events drive the rest (a *direct* exchange: no task,
 no coroutine chain, no future; ``BackendClient.lease``/``exchange``/``settle``). Its end goes
 through the forwarder's own parts: the header lines (``headers_for``), timing and passive
-health (``attempt_started``, ``failed``), the 406 for ``X-Forwarded-*`` (``guarded``,
-``refused``, then sent again), a pooled connection found closed (sent again on a fresh one, as ``fetch``
-does). Everything else (a connect, its retries while the backend is healthy, the repeat after
-a 406) is ``Forwarder.send``, awaited in a task as before.
+health (``attempt_started``, ``failed``), the 406 for ``X-Forwarded-*`` (caught in
+``on_headers``, then ``refused_by`` and sent again), a pooled connection found closed (sent
+again on a fresh one, as ``fetch`` does). Everything else (a connect, its retries while the
+backend is healthy, the repeat after a 406) is ``Forwarder.send``, awaited in a task as before.
+
+A poll's answer usually arrives in one read: its head and exactly the body its
+``Content-Length`` gives. The backend connection then hands it over whole (``_Conn._whole``)
+and ``FollowUp.whole`` relays it in one call: the connection back to the pool, the header
+lines translated and the page rewritten (the same ``relay_response`` and ``UriRewriter.page``),
+the response written and finished at once (``_Request.write_whole``), its metrics in one call
+(``Metrics.follow_up_done``), the query's end checked. Anything else about an answer (a head
+or body in pieces, chunked, a 406, bytes past the body) takes the connection's general path and
+the sink's three calls. ``benchmarks/poll_calls.py`` counts what a poll costs in calls.
 """
 from __future__ import annotations
 

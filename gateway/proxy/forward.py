@@ -5,8 +5,8 @@ Statements from the proxy handler, statements the gateway queue dispatches later
 the next candidate after a backend that could not be reached (failover): all go through
 ``Forwarder.send`` / ``Forwarder.submit``, except a token follow-up sent directly on a pooled
 connection (gateway/proxy/follow.py), which calls the parts of ``send`` it needs
-(``headers_for``, ``guarded``, ``attempt_started``, ``failed``, ``refused``) and hands anything
-else back to ``send``. Response handling (headers, URIs, what an answer
+(``headers_for``, ``attempt_started``, ``timed``, ``failed``, ``refused_by``; it catches the
+406 itself) and hands anything else back to ``send``. Response handling (headers, URIs, what an answer
 teaches) is one pure function set, ``gateway.proxy.exchange``, applied by the sinks.
 """
 from __future__ import annotations

@@ -1,0 +1,228 @@
+"""How many Python calls the gateway makes for one poll, counted rather than timed.
+
+    python3 benchmarks/poll_calls.py              # the tree on PYTHONPATH
+    python3 benchmarks/poll_calls.py --list       # ... and every function called, with counts
+
+Under the in-flight load (``benchmarks/inflight.py``) a worker wakes for each request with its
+caches cold: a poll then costs several times what the same code costs in a loop with hot
+caches, and what it costs follows how much code and how many objects the poll goes through.
+The in-flight figures move ±15 % from run to run; this one does not. It runs a gateway, a
+minimal coordinator (answers every poll RUNNING with a 1.5 KB page and a real coordinator's
+header lines) and a client that sends the Trino Python client's 13 header lines on one
+keep-alive connection, all on one event loop in one process. After a few polls (the connection's
+lines are parsed once, the backend connection is pooled) it counts, with ``sys.setprofile``,
+every Python function call and every call of a C function made while the gateway's code is on
+the stack, from the client's write until the client has read the answer. The coordinator's and
+the client's own calls are not counted; the event loop's calls into the gateway are.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tornado.netutil import bind_sockets  # noqa: E402
+
+from gateway.app import Gateway, make_app  # noqa: E402
+from gateway.config import config_from_dict  # noqa: E402
+from gateway.runtime.http_server import HTTPServer  # noqa: E402
+from gateway.runtime.serve import server_options  # noqa: E402
+
+QID = "20261204_000000_00001_abcde"
+# What the Trino Python client 0.340 sends with each request (benchmarks/inflight.py --client python).
+CLIENT_LINES = ("user-agent: Trino Python Client/0.340.0\r\nAccept-Encoding: gzip, deflate\r\nAccept: */*\r\n"
+                "Connection: keep-alive\r\nX-Trino-Catalog: tpch\r\nX-Trino-Schema: tiny\r\n"
+                "X-Trino-Source: trino-python-client\r\nX-Trino-User: bench\r\nX-Trino-Time-Zone: Etc/UTC\r\n"
+                "X-Trino-Query-Data-Encoding: json+zstd,json+lz4,json\r\n"
+                "X-Trino-Client-Capabilities: NUMBER,PARAMETRIC_DATETIME,SESSION_AUTHORIZATION\r\n"
+                "X-Trino-Session: \r\nX-Trino-Transaction-Id: NONE\r\n")
+
+
+def _page(base: str, token: int) -> bytes:
+    """A RUNNING page the shape of a coordinator's (no rows yet), ~1.5 KB."""
+    doc = {"id": QID, "infoUri": f"{base}/ui/query.html?{QID}",
+           "partialCancelUri": f"{base}/v1/statement/executing/partialCancel/{QID}/0/y/{token}",
+           "nextUri": f"{base}/v1/statement/executing/{QID}/y/{token + 1}",
+           "stats": {"state": "RUNNING", "queued": False, "scheduled": True, "progressPercentage": 12.5,
+                     "runningPercentage": 3.0, "nodes": 1, "totalSplits": 21, "queuedSplits": 4,
+                     "runningSplits": 2, "completedSplits": 15, "cpuTimeMillis": 120, "wallTimeMillis": 480,
+                     "queuedTimeMillis": 1, "elapsedTimeMillis": 520, "processedRows": 1500,
+                     "processedBytes": 48000, "physicalInputBytes": 48000, "peakMemoryBytes": 65536,
+                     "spilledBytes": 0, "rootStage": {"stageId": "0", "state": "RUNNING", "done": False,
+                                                      "nodes": 1, "totalSplits": 21, "queuedSplits": 4,
+                                                      "runningSplits": 2, "completedSplits": 15,
+                                                      "cpuTimeMillis": 120, "wallTimeMillis": 480,
+                                                      "processedRows": 1500, "processedBytes": 48000,
+                                                      "physicalInputBytes": 48000, "failedTasks": 0,
+                                                      "coordinatorOnly": False, "subStages": []}},
+           "warnings": []}
+    return json.dumps(doc).encode()
+
+
+class Coordinator(asyncio.Protocol):
+    """Answers a statement QUEUED and a poll RUNNING at once, with a coordinator's lines."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            target = lines[0].decode().split(" ")[1]
+            length = sum(int(h.split(b":", 1)[1]) for h in lines[1:] if h.lower().startswith(b"content-length:"))
+            if len(rest) < length:
+                return
+            self.buf = rest[length:]
+            base = "http://127.0.0.1:%d" % self.transport.get_extra_info("sockname")[1]
+            if target.startswith("/v1/statement"):
+                token = int(target.rsplit("/", 1)[1]) if target.startswith("/v1/statement/executing/") else 0
+                body = _page(base, token)
+            else:
+                body = json.dumps({"starting": False, "nodeVersion": {"version": "470"}, "uptime": "1m"}).encode()
+            self.transport.write(b"HTTP/1.1 200 OK\r\nDate: Fri, 04 Dec 2026 17:00:00 GMT\r\n"
+                                 b"Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+                                 b"Vary: Accept-Encoding, User-Agent\r\n"
+                                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, method: str,
+                    target: str, body: bytes = b"") -> dict[str, Any]:
+    writer.write((f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{CLIENT_LINES}"
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+                 if method == "POST" else
+                 f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{CLIENT_LINES}\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+    doc: dict[str, Any] = json.loads(await reader.readexactly(length))
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    return doc
+
+
+class Counter:
+    """``sys.setprofile``'s callback: counts the calls made while a gateway frame (or the event
+    loop on the gateway's behalf) is on the stack, not the harness's own."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.callers: collections.defaultdict[str, collections.Counter[str]] = \
+            collections.defaultdict(collections.Counter)
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> None:
+        if event not in ("call", "c_call"):
+            return
+        f = frame
+        while f is not None:
+            if f.f_code in _HARNESS or f.f_code.co_filename == _STREAMS:
+                return   # the harness (client or coordinator) is on the stack
+            f = f.f_back
+        if event == "call":
+            code = frame.f_code
+            name = f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"
+            caller = frame.f_back
+        else:
+            name = f"C {getattr(arg, '__qualname__', repr(arg))}"
+            caller = frame
+        self.calls[name] += 1
+        if caller is not None:
+            code = caller.f_code
+            self.callers[name][f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"] += 1
+
+
+async def _measure(polls: int) -> tuple[Counter, int]:
+    loop = asyncio.get_running_loop()
+    coordinator = await loop.create_server(Coordinator, "127.0.0.1", 0)
+    with tempfile.TemporaryDirectory(prefix="tgw-calls-") as state:
+        cfg = config_from_dict({
+            "server": {"host": "127.0.0.1", "port": 0},
+            "store": {"url": f"sqlite:///{state}/gw.db"},
+            "routing": {"defaultGroup": "adhoc"},
+            "monitor": {"type": "info-api", "interval": "60s", "timeout": "2s"},
+            "backends": [{"name": "b1", "routingGroup": "adhoc",
+                          "proxyTo": f"http://127.0.0.1:{coordinator.sockets[0].getsockname()[1]}"}],
+        }, "<poll_calls>")
+        gw = Gateway(cfg)
+        await gw.start()
+        server = None
+        try:
+            for _ in range(500):   # the first probe round: the backend is HEALTHY
+                if gw.monitor.first_round_done:
+                    break
+                await asyncio.sleep(0.01)
+            socks = bind_sockets(0, "127.0.0.1")
+            server = HTTPServer(make_app(gw), **server_options(cfg))
+            server.add_sockets(socks)
+            port = socks[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            doc = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
+            for _ in range(3):   # the lines kept, the backend connection pooled
+                doc = await _exchange(reader, writer, port, "GET", doc["nextUri"].split(str(port), 1)[1])
+            counter = Counter()
+            for _ in range(polls):
+                target = doc["nextUri"].split(str(port), 1)[1]
+                sys.setprofile(counter)
+                try:
+                    doc = await _exchange(reader, writer, port, "GET", target)
+                finally:
+                    sys.setprofile(None)
+            writer.close()
+            return counter, polls
+        finally:
+            if server is not None:
+                server.stop()
+                await server.close_all_connections()
+            await gw.stop()
+            coordinator.close()
+
+
+_STREAMS = asyncio.streams.__file__   # the client's stream reader, fed by the loop
+
+
+# The harness's own code: calls made under these frames are not the gateway's.
+_HARNESS = {Coordinator.connection_made.__code__, Coordinator.data_received.__code__,
+            _exchange.__code__, _measure.__code__, _page.__code__}
+
+
+def measure(polls: int = 5, loop: str = "uvloop") -> tuple[float, float, Counter]:
+    """(Python calls per poll, C calls per poll, the counter: every call and its callers, with
+    their counts over ``polls``)."""
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        counter, n = runner.run(_measure(polls))
+    py = sum(c for k, c in counter.calls.items() if not k.startswith("C "))
+    c = sum(c for k, c in counter.calls.items() if k.startswith("C "))
+    return py / n, c / n, counter
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--polls", type=int, default=5)
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--list", action="store_true", help="every function called, with its count per poll")
+    p.add_argument("--callers", action="store_true", help="with --list: who called each")
+    args = p.parse_args()
+    py, c, counter = measure(args.polls, args.loop)
+    if args.list:
+        for name, n in sorted(counter.calls.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"{n / args.polls:6.2f}  {name}")
+            if args.callers:
+                for caller, k in counter.callers[name].most_common():
+                    print(f"          {k / args.polls:6.2f}  from {caller}")
+    print(json.dumps({"python_calls_per_poll": round(py, 2), "c_calls_per_poll": round(c, 2),
+                      "loop": args.loop}))
+
+
+if __name__ == "__main__":
+    main()
