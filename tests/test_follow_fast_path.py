@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from unittest import mock
 
 import pytest
 import tornado.web
@@ -16,6 +17,7 @@ from gateway import protocol as P
 from gateway.app import Gateway
 from gateway.backends.state import Backend, Health
 from gateway.config import config_from_dict
+from gateway.proxy import exchange as X
 from gateway.proxy.handler import proxy_route
 from gateway.runtime.http_server import HTTPServer
 
@@ -448,3 +450,44 @@ def test_a_polling_connection_reuses_its_header_lines_and_answers_as_the_handler
         # reuses the 3rd's parsed lines)
         assert ["x-forwarded-for" in s.lower() for s in fast_seen] == [True] * 3 + [False] * 6
     assert fast[-1][0] == "HTTP/1.1 200 OK" and fast[4][0].startswith("HTTP/1.1 4")
+
+
+def test_a_repeated_answer_head_is_translated_once_but_never_for_another_client(tmp_path):
+    """The backend answers every poll with the same header lines but ``Date`` and
+    ``Content-Length``: the first direct answer's translation is kept with its parsed head
+    (``RepeatedResponses.derived``) and reused. An answer with a line translated per request
+    (``Location``, pointed at the gateway URL the client used) is not kept so: two clients
+    using two host names each get their own URL back, and a plain page reuses its lines."""
+    from gateway.runtime import http1
+    translated = {"n": 0}
+    real = X.relay_response
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        translated["n"] += 1
+        return real(*args, **kw)
+
+    async def main() -> tuple[list[bytes], int, int]:
+        backend, port, _ = await _backend()
+        gw = _gateway(tmp_path, port, 1)
+        server, gport = _server(gw, True)
+        got = []
+        for case, host in (("page", "gw.example:8080"), ("headers", "gw.example:8080"),
+                           ("headers", "other.example:9090"), ("headers", "gw.example:8080")):
+            request = _request(gw, case).replace(b"Host: gw.example:8080", f"Host: {host}".encode())
+            got.append(await _session(gport, [request, request]))   # the second goes directly
+        translated["n"] = 0
+        pages = await _session(gport, [_request(gw, "page")] * 3)
+        pages_translated = translated["n"]
+        await _stop(server, gw)
+        backend.close()
+        (heads,) = gw.client._responses.values()
+        assert isinstance(heads, http1.RepeatedResponses)
+        return [a for pair in got for a in pair] + pages, pages_translated, heads.derived is not None
+
+    with mock.patch.object(X, "relay_response", counting):
+        answers, pages_translated, kept = asyncio.run(main())
+    locations = [_seen_by_client(a)[1] for a in answers[2:8]]
+    bases = [dict(lines)["location"].split("/_r/")[0] for lines in locations]
+    assert bases == ["http://gw.example:8080"] * 2 + ["http://other.example:9090"] * 2 + ["http://gw.example:8080"] * 2
+    assert pages_translated == 1 and kept   # the first plain page was translated, the next two reused it
+    assert answers[-1] == answers[-2]

@@ -291,3 +291,86 @@ def test_repeated_header_lines_are_reused_and_dropped() -> None:
     memo.drop()
     _, _, reused = memo.parse(first)
     assert not reused
+
+
+RESPONSE_LINES = st.one_of(header_lines(), st.sampled_from([
+    "Date: Fri, 04 Dec 2026 17:00:00 GMT", "Date:Fri", "date: Fri", "Date:  Fri \t", "Content-Length: 5",
+    "Content-Length: 12", "content-length: 5", "Content-Length:  5", "Content-Length: 5, 5",
+    "Transfer-Encoding: chunked", "Content-Type: application/json", "Vary: Accept-Encoding",
+    "Connection: close"]))
+NEW_VALUES = st.one_of(st.sampled_from(["0", "17", "007", "5", "", " 5", "5 ", "-1", "5\x00", "\xb2",
+                                        "Sat, 05 Dec 2026 00:00:00 GMT"]), st.text(VALUE_CHARS, max_size=8))
+
+
+@st.composite
+def response_heads(draw) -> bytes:
+    status = draw(st.sampled_from(["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.0 200 OK",
+                                   "HTTP/1.1 200 "]))
+    eol = draw(st.sampled_from(["\r\n", "\r\n", "\r\n", "\n"]))
+    lines = draw(st.lists(RESPONSE_LINES, max_size=7))
+    return (status + "".join(eol + line for line in lines) + eol + eol).encode("latin-1")
+
+
+def _value_replaced(head: bytes, prefix: bytes, value: str) -> bytes:
+    i = head.find(prefix)
+    if i < 0:
+        return head
+    i += len(prefix)
+    return head[:i] + value.encode("latin-1") + head[head.find(b"\r\n", i):]
+
+
+def _fresh_response(head: bytes):
+    rh = http1.parse_response_head(head)
+    return rh, http1.body_length(rh.headers)
+
+
+@given(response_heads(), NEW_VALUES, NEW_VALUES, st.integers(0, 2), response_heads())
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(b"HTTP/1.1 200 OK\r\nDate: a\r\nContent-Length: 5\r\n\r\n", "Sat", "17", 0,
+         b"HTTP/1.1 200 OK\r\n\r\n")
+@example(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: a\r\n\r\n", "S\x00t", "17", 0,
+         b"HTTP/1.1 200 OK\r\n\r\n")
+@example(b"HTTP/1.1 200 OK\r\nDate: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "b", "6", 0,
+         b"HTTP/1.1 200 OK\r\n\r\n")
+def test_repeated_response_heads_parse_as_a_fresh_head(kept: bytes, date: str, length: str, how: int,
+                                                      other: bytes) -> None:
+    """``RepeatedResponses`` answers every head as ``parse_response_head`` and ``body_length``
+    do: the kept head with new ``Date`` and ``Content-Length`` values (hostile ones included,
+    the case it is made for), the kept head with only a new length, or another head."""
+    try:
+        rh, _ = _fresh_response(kept)
+    except http1.HTTPParseError:
+        return
+    memo = http1.RepeatedResponses()
+    kept_now = memo.keep(kept, rh)
+    if how == 0:
+        head = _value_replaced(_value_replaced(kept, b"\r\nDate: ", date), b"\r\nContent-Length: ", length)
+    elif how == 1:
+        head = _value_replaced(kept, b"\r\nContent-Length: ", length)
+    else:
+        head = other
+    got = _parsed(lambda h: memo.parse(h)[:2], head)
+    assert got == _parsed(_fresh_response, head)
+    if kept_now and how == 0 and got[0] != "error" and length.isdigit() and length.isascii() \
+            and "\r" not in date and "\n" not in date:
+        assert memo.parse(head)[2]   # and the case it is made for does reuse the parse
+
+
+def test_repeated_response_heads_are_reused_and_not_kept_when_they_cannot_be() -> None:
+    first = b"HTTP/1.1 200 OK\r\nDate: Fri, 04 Dec 2026 17:00:00 GMT\r\nContent-Type: application/json\r\n" \
+            b"Content-Length: 12\r\n\r\n"
+    memo = http1.RepeatedResponses()
+    rh, length, reused = memo.parse(first)
+    assert (length, reused) == (12, False) and memo.keep(first, rh)
+    again, length, reused = memo.parse(first.replace(b"17:00:00", b"17:00:01").replace(b": 12", b": 345"))
+    assert reused and length == 345 and again.headers is rh.headers
+    assert again.headers["Date"] == "Fri, 04 Dec 2026 17:00:01 GMT" and again.headers["Content-Length"] == "345"
+    other, _, reused = memo.parse(first.replace(b"json", b"xml"))
+    assert not reused and other.headers["Content-Type"] == "application/xml"
+    for head in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nDate: a\r\nDate: b\r\nContent-Length: 3\r\n\r\n",
+                 b"HTTP/1.1 200 OK\nContent-Length: 3\r\n\r\n"):
+        assert not memo.keep(head, http1.parse_response_head(head)), head
+        assert memo.derived is None and not memo.parse(head)[2]

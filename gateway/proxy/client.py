@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPHeaders
 
-from gateway.runtime.http1 import (ChunkedDecoder, HTTPParseError, body_length, find_head_end,
-                                 parse_response_head, serialize_head)
+from gateway.runtime.http1 import (ChunkedDecoder, HTTPParseError, RepeatedResponses, body_length,
+                                   find_head_end, parse_response_head, serialize_head)
 
 
 log = logging.getLogger("gateway.proxy")
@@ -96,8 +96,10 @@ class Direct:
 class _Conn(asyncio.Protocol):
     """One keep-alive connection to a backend; one exchange at a time."""
 
-    def __init__(self, key: tuple[str, str, int]) -> None:
+    def __init__(self, key: tuple[str, str, int], responses: RepeatedResponses | None = None) -> None:
         self.key = key
+        # the backend's answer heads, parsed (shared by its pooled connections; used by _whole)
+        self.responses = responses
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.closed = False
@@ -245,22 +247,29 @@ class _Conn(asyncio.Protocol):
         end = find_head_end(data)
         if end < 0:
             return False
+        head = data[:end]
+        memo = self.responses
         try:
-            rh = parse_response_head(data[:end])
-            length = body_length(rh.headers)
+            if memo is None:
+                rh = parse_response_head(head)
+                length, same = body_length(rh.headers), False
+            else:
+                rh, length, same = memo.parse(head)
         except HTTPParseError:
             return False   # the general path fails the exchange, saying why
         code = rh.code
         if length is None or length != len(data) - end or code < 200 or code in _NO_WHOLE \
                 or self.head_only or waiter._done:
             return False
+        if memo is not None and not same and not memo.keep(head, rh):
+            memo = None   # lines that change from answer to answer: nothing to reuse
         self.started = True
         self.code = code
         self.keep_alive = _keeps_alive(rh)
         self.state = _DONE
         waiter._done = True
         try:
-            waiter.whole(code, rh.reason, rh.headers, data[end:])
+            waiter.whole(code, rh.reason, rh.headers, data[end:], memo)
         except BaseException:  # noqa: BLE001 - ``whole`` answers its own failures; a bug must not reach the loop
             log.exception("direct exchange: the answer's handler failed")
             self.close()
@@ -428,6 +437,7 @@ class BackendClient:
         self._bounds: dict[tuple[str, str, int], IdleBound] = {}
         self._addr: dict[str, tuple[str, str, int, str]] = {}
         self._keys: dict[str, tuple[str, str, int]] = {}   # base URL: its pool's key (lease)
+        self._responses: dict[tuple[str, str, int], RepeatedResponses] = {}   # per backend
         # Exchanges waiting on a backend, checked for silence by one timer (_sweep) rather than
         # a timer per request: a long poll parked on a backend then holds no timer handle, no
         # context copy and no argument tuple for the garbage collector to walk (issue 19).
@@ -464,6 +474,9 @@ class BackendClient:
                     return conn, True
                 conn.close()
         scheme, host, port = key
+        responses = self._responses.get(key)
+        if responses is None:
+            responses = self._responses[key] = RepeatedResponses()
         ctx = None
         if scheme == "https":
             ctx = self.ssl_context or ssl.create_default_context()
@@ -480,7 +493,7 @@ class BackendClient:
         # record is marked done when the request ends (gateway/metrics.py ``_mine``).
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Conn(key), host, port, ssl=ctx)
+                _, conn = await loop.create_connection(lambda: _Conn(key, responses), host, port, ssl=ctx)
         except TimeoutError:
             raise BackendError(f"timed out connecting after {self.connect_timeout:g}s",
                                sent=False, timeout=True) from None

@@ -152,7 +152,7 @@ def relay_response(headers: HTTPHeaders, *, method: str, keys: TokenKeys | None,
     rewriter = length = None
     if method != "HEAD":
         if "json" in headers.get("Content-Type", ""):
-            rewriter = P.UriRewriter(gateway_base, minter)
+            rewriter = P.UriRewriter(gateway_base, minter)   # as page_rewriter
         else:
             length = headers.get("Content-Length")
     # (the parsers' headers as one list: Tornado's get_all is a generator, a call per line)
@@ -162,6 +162,25 @@ def relay_response(headers: HTTPHeaders, *, method: str, keys: TokenKeys | None,
         request_transaction=request_transaction, route=minter,
         connection=headers.get_list("Connection"))
     return Relay(rewriter, length, translated)
+
+
+def page_rewriter(keys: TokenKeys | None, backend: str, gateway_base: str) -> P.UriRewriter:
+    """The rewriter ``relay_response`` gives a JSON answer of ``backend``."""
+    return P.UriRewriter(gateway_base, TokenMinter(keys, backend) if keys is not None else None)
+
+
+# Response header lines whose translation depends on the request (its routing token, its
+# transaction): an answer with one of them is translated for each request.
+PER_REQUEST_LINES = frozenset({"location", "www-authenticate", "x-trino-clear-transaction-id",
+                               "x-presto-clear-transaction-id"})
+
+
+def repeatable(relay: Relay, names: Iterable[str]) -> bool:
+    """Whether ``relay``, made by ``relay_response`` for a GET's answer with header lines named
+    ``names``, holds for every answer with the same lines: nothing in it depends on the request
+    or teaches the gateway anything."""
+    return (not relay.headers.learn and not relay.headers.forget
+            and not any(n.lower() in PER_REQUEST_LINES for n in names))
 
 
 def query_end(kind: P.RequestKind, method: str, path: str, status: int,

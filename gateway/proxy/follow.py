@@ -61,6 +61,7 @@ from gateway.backends.state import Backend
 from gateway.proxy import exchange as X
 from gateway.proxy.client import BackendError, Direct, backend_error, stale
 from gateway.routing.tokens import PREFIX, TokenError, TokenKeys
+from gateway.runtime.http1 import RepeatedResponses
 
 log = logging.getLogger("gateway.proxy")
 app_log = logging.getLogger("tornado.application")
@@ -272,11 +273,16 @@ class FollowUp:
         fw.client.exchange(conn, self.route.uri, memo.block, self, Direct(self._direct_done, self.whole))
         return True
 
-    def whole(self, code: int, reason: str, headers: HTTPHeaders, body: bytes) -> None:
+    def whole(self, code: int, reason: str, headers: HTTPHeaders, body: bytes,
+              heads: RepeatedResponses | None = None) -> None:
         """The direct exchange's answer arrived in one piece, its body as long as its
         ``Content-Length`` says (``_Conn._whole``; never a 406 or a bodiless status): what
         ``on_headers``, ``on_chunk``, ``on_end`` and ``_direct_done`` do, in one call. Runs
-        inside the connection's socket event: nothing may escape it."""
+        inside the connection's socket event: nothing may escape it.
+
+        ``heads``: the backend's kept answer head, when this answer's lines are its lines (but
+        for ``Date`` and ``Content-Length``, which the client does not get from the backend):
+        what it was translated to is then reused (``heads.derived``), or kept for next time."""
         parts = self.parts
         conn, self.lease = self.lease, None
         backend_seconds = time.perf_counter() - self.t0
@@ -284,7 +290,14 @@ class FollowUp:
             parts.forwarder.client.settle(conn, True)   # the backend's part is over, whatever the client does
             if self.gone:
                 raise StreamClosedError()   # as on_chunk: nobody will receive the page
-            self.on_headers(code, reason, headers)
+            derived = heads.derived if heads is not None else None
+            if derived is not None:   # the same lines as the last answer: translated the same
+                self.status, self.reason, self.out, json = derived
+                self.rewriter = X.page_rewriter(self.keys, self.backend.name, self.base) if json else None
+            else:
+                relay = self._relay(code, reason, headers)
+                if heads is not None and X.repeatable(relay, headers):
+                    heads.derived = (self.status, self.reason, self.out, relay.rewriter is not None)
             rw = self.rewriter
             if rw is not None:
                 body = rw.page(body)
@@ -419,6 +432,10 @@ class FollowUp:
         if code == 406 and self.forwarded:
             self.refused = True   # see _direct: this answer is not the client's
             return
+        self._relay(code, reason, headers)
+
+    def _relay(self, code: int, reason: str, headers: HTTPHeaders) -> X.Relay:
+        """The answer's status and header lines, as the client gets them (``relay_response``)."""
         backend = self.backend
         self.status = code
         self.reason = reason or _reason(code)
@@ -436,6 +453,7 @@ class FollowUp:
         self.out = relay.headers.headers
         if relay.headers.learn or relay.headers.forget:   # a poll's answer usually teaches nothing
             self.parts.taught(relay.headers, backend.name)
+        return relay
 
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         if self.refused:

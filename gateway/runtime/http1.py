@@ -15,7 +15,7 @@ from tornado.httputil import HTTPHeaders, _normalize_header
 
 __all__ = [
     "HTTPParseError", "RequestHead", "ResponseHead", "find_head_end", "parse_request_head",
-    "parse_response_head", "parse_headers", "RepeatedHeads", "body_length", "serialize_head", "ChunkedDecoder",
+    "parse_response_head", "parse_headers", "RepeatedHeads", "RepeatedResponses", "body_length", "serialize_head", "ChunkedDecoder",
     "format_chunk", "LAST_CHUNK", "has_control_chars",
 ]
 
@@ -308,6 +308,91 @@ def parse_response_head(head: bytes | bytearray) -> ResponseHead:
             if headers is not None:
                 return ResponseHead(version, int(code_text), reason, headers)
     return _parse_response_head(head)
+
+
+class RepeatedResponses:
+    """The response heads of one backend, parsed; a head that is, byte for byte, the one
+    ``keep`` was last given but for the values of its ``Date`` and ``Content-Length`` lines
+    reuses that parse, those two values updated in it.
+
+    A coordinator answers every poll with the same status line and header lines but for these
+    two values. Comparing costs two searches and one ``memcmp``; parsing cost a split, a
+    partition and a strip per line and a new header object. Only a head with exactly one
+    ``Content-Length`` line (spelled so, plain digits), at most one ``Date`` line (spelled so),
+    no ``Transfer-Encoding`` and CRLF line ends is kept. The header object a repeat returns is
+    the kept one, changed in place: whoever gets it must be done with it before the next parse
+    (the direct exchanges of gateway/proxy/client.py hand it on and forget it in one call).
+    ``derived`` is for what a consumer derived from the kept head's other lines (None after each
+    ``keep``)."""
+
+    __slots__ = ("masked", "head", "derived")
+
+    def __init__(self) -> None:
+        self.masked: bytes | None = None    # the kept head without its two values
+        self.head: ResponseHead | None = None
+        self.derived: Any = None
+
+    @staticmethod
+    def _mask(head: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """(the head without the values of its first ``Content-Length`` and ``Date`` lines,
+        the length's digits, the date) or None when the head has no plain such length line."""
+        c = head.find(b"\r\nContent-Length: ")
+        if c < 0:
+            return None
+        c += 18
+        ce = head.find(b"\r\n", c)
+        length = head[c:ce]
+        if not length.isdigit():   # (bytes: ASCII digits only)
+            return None
+        d = head.find(b"\r\nDate: ")
+        if d < 0:
+            return head[:c] + head[ce:], length, None
+        d += 8
+        de = head.find(b"\r\n", d)
+        if d < c:
+            return head[:d] + head[de:c] + head[ce:], length, head[d:de]
+        return head[:c] + head[ce:d] + head[de:], length, head[d:de]
+
+    def parse(self, head: bytes) -> tuple[ResponseHead, int | None, bool]:
+        """(the head, its body length as ``body_length`` says, whether it is the kept head with
+        new values); raises ``HTTPParseError`` as ``parse_response_head`` does."""
+        if self.masked is not None:
+            mask = self._mask(head)
+            if mask is not None and mask[0] == self.masked:
+                masked, length, date = mask
+                rh = self.head
+                lists = rh.headers._as_list   # type: ignore[union-attr]
+                lists["Content-Length"] = [length.decode()]
+                if date is not None:
+                    if len(date) != len(date.translate(None, _CTL_BYTES)):
+                        return self._fresh(head)   # a control character: refused as ever
+                    lists["Date"] = [date.decode("latin-1").strip(" \t")]
+                rh.headers._combined_cache = {}   # type: ignore[union-attr]
+                return rh, int(length), True   # type: ignore[return-value]
+        return self._fresh(head)
+
+    @staticmethod
+    def _fresh(head: bytes) -> tuple[ResponseHead, int | None, bool]:
+        rh = parse_response_head(head)
+        return rh, body_length(rh.headers), False
+
+    def keep(self, head: bytes, rh: ResponseHead) -> bool:
+        """Reuse ``rh`` (``head`` parsed) for the next heads that differ only in those two
+        values, if its lines allow (see the class); whether it is kept."""
+        self.masked = self.head = self.derived = None
+        mask = self._mask(head)
+        lists = getattr(rh.headers, "_as_list", None)
+        if mask is None or lists is None or "Transfer-Encoding" in lists or type(rh.headers) is not Headers:
+            return False
+        masked, length, date = mask
+        if lists.get("Content-Length") != [length.decode()]:
+            return False   # another Content-Length line, or one spelled otherwise
+        if lists.get("Date") != (None if date is None else [date.decode("latin-1").strip(" \t")]):
+            return False
+        if head.count(b"\n") != head.count(b"\r\n"):
+            return False   # a bare LF: the lines are not what the search assumes
+        self.masked, self.head = masked, rh
+        return True
 
 
 def _parse_response_head(head: bytes | bytearray) -> ResponseHead:
