@@ -23,6 +23,7 @@ import collections
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class Counter:
 
     def __init__(self) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
+        self.cpu = 0.0   # process CPU seconds per iteration (--time), harness included
         self.callers: collections.defaultdict[str, collections.Counter[str]] = \
             collections.defaultdict(collections.Counter)
 
@@ -138,7 +140,7 @@ class Counter:
             self.callers[name][f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"] += 1
 
 
-async def _measure(polls: int) -> tuple[Counter, int]:
+async def _measure(polls: int, what: str, timed: int = 0) -> tuple[Counter, int]:
     loop = asyncio.get_running_loop()
     coordinator = await loop.create_server(Coordinator, "127.0.0.1", 0)
     with tempfile.TemporaryDirectory(prefix="tgw-calls-") as state:
@@ -167,11 +169,31 @@ async def _measure(polls: int) -> tuple[Counter, int]:
             for _ in range(3):   # the lines kept, the backend connection pooled
                 doc = await _exchange(reader, writer, port, "GET", doc["nextUri"].split(str(port), 1)[1])
             counter = Counter()
+            if timed:   # no profile: CPU time per iteration, for comparing two trees
+                t0 = time.process_time()
+                for _ in range(timed):
+                    target = doc["nextUri"].split(str(port), 1)[1]
+                    if what == "poll":
+                        doc = await _exchange(reader, writer, port, "GET", target)
+                    else:
+                        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+                        await _exchange(r2, w2, port, "POST", "/v1/statement", b"select 1")
+                        w2.close()
+                        await w2.wait_closed()
+                counter.cpu = (time.process_time() - t0) / timed
             for _ in range(polls):
                 target = doc["nextUri"].split(str(port), 1)[1]
                 sys.setprofile(counter)
                 try:
-                    doc = await _exchange(reader, writer, port, "GET", target)
+                    if what == "poll":
+                        doc = await _exchange(reader, writer, port, "GET", target)
+                    else:   # a new client connection, its statement, its close
+                        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+                        await _exchange(r2, w2, port, "POST", "/v1/statement", b"select 1")
+                        w2.close()
+                        await w2.wait_closed()
+                        for _ in range(3):   # the gateway's side of the close, and what follows it
+                            await asyncio.sleep(0)
                 finally:
                     sys.setprofile(None)
             writer.close()
@@ -192,7 +214,7 @@ _HARNESS = {Coordinator.connection_made.__code__, Coordinator.data_received.__co
             _exchange.__code__, _measure.__code__, _page.__code__}
 
 
-def measure(polls: int = 5, loop: str = "uvloop") -> tuple[float, float, Counter]:
+def measure(polls: int = 5, loop: str = "uvloop", what: str = "poll", timed: int = 0) -> tuple[float, float, Counter]:
     """(Python calls per poll, C calls per poll, the counter: every call and its callers, with
     their counts over ``polls``)."""
     factory = asyncio.new_event_loop
@@ -200,7 +222,7 @@ def measure(polls: int = 5, loop: str = "uvloop") -> tuple[float, float, Counter
         import uvloop
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        counter, n = runner.run(_measure(polls))
+        counter, n = runner.run(_measure(polls, what, timed))
     py = sum(c for k, c in counter.calls.items() if not k.startswith("C "))
     c = sum(c for k, c in counter.calls.items() if k.startswith("C "))
     return py / n, c / n, counter
@@ -210,18 +232,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--polls", type=int, default=5)
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--what", choices=("poll", "statement"), default="poll",
+                   help="poll: a poll on a keep-alive connection; statement: a new client connection, "
+                        "a statement on it and its close")
+    p.add_argument("--time", type=int, default=0, metavar="N",
+                   help="also run N iterations unprofiled and print the process's CPU µs per "
+                        "iteration (client and coordinator included: for comparing trees)")
     p.add_argument("--list", action="store_true", help="every function called, with its count per poll")
     p.add_argument("--callers", action="store_true", help="with --list: who called each")
     args = p.parse_args()
-    py, c, counter = measure(args.polls, args.loop)
+    py, c, counter = measure(args.polls, args.loop, args.what, args.time)
     if args.list:
         for name, n in sorted(counter.calls.items(), key=lambda kv: (-kv[1], kv[0])):
             print(f"{n / args.polls:6.2f}  {name}")
             if args.callers:
                 for caller, k in counter.callers[name].most_common():
                     print(f"          {k / args.polls:6.2f}  from {caller}")
-    print(json.dumps({"python_calls_per_poll": round(py, 2), "c_calls_per_poll": round(c, 2),
-                      "loop": args.loop}))
+    print(json.dumps({"what": args.what, "python_calls": round(py, 2), "c_calls": round(c, 2),
+                      "loop": args.loop, **({"cpu_us": round(counter.cpu * 1e6, 1)} if args.time else {})}))
 
 
 if __name__ == "__main__":

@@ -292,16 +292,18 @@ class FollowUp:
                 raise StreamClosedError()   # as on_chunk: nobody will receive the page
             derived = heads.derived if heads is not None else None
             if derived is not None:   # the same lines as the last answer: translated the same
-                self.status, self.reason, self.out, json = derived
+                self.status, self.reason, self.out, json, block = derived
                 self.rewriter = X.page_rewriter(self.keys, self.backend.name, self.base) if json else None
             else:
+                block = None
                 relay = self._relay(code, reason, headers)
                 if heads is not None and X.repeatable(relay, headers):
-                    heads.derived = (self.status, self.reason, self.out, relay.rewriter is not None)
+                    block = self.conn.head_block(self.status, self.reason, self.out)
+                    heads.derived = (self.status, self.reason, self.out, relay.rewriter is not None, block)
             rw = self.rewriter
             if rw is not None:
                 body = rw.page(body)
-            self.conn.write_whole(self.status, self.reason, self.out, body)
+            self.conn.write_whole(self.status, self.reason, self.out, body, block)
             self.done = True
         except Exception as exc:  # noqa: BLE001 - answered as the handler would
             parts.forwarder.timed(self, self.t0, None)

@@ -45,6 +45,7 @@ _HEAD, _WAIT, _BODY, _RESPONDING, _CLOSED = range(5)
 _READ_PAUSE_AT = 1 << 20        # pipelined bytes buffered while a response is pending
 _WRITE_HIGH, _WRITE_LOW = 512 * 1024, 128 * 1024
 _SWEEP_EVERY = 1.0
+_NO_BODY_CODES = frozenset({204, 304})
 _TRIM_AFTER = 1 << 20          # request bodies this large are worth a malloc_trim once dropped
 
 
@@ -202,19 +203,35 @@ class _Request(_Context):
             self.expected = None
         return out
 
-    def write_whole(self, code: int, reason: str, pairs: list[tuple[str, str]], body: bytes) -> None:
+    @staticmethod
+    def head_block(code: int, reason: str, pairs: list[tuple[str, str]]) -> bytes:
+        """The status line and ``pairs`` as ``write_whole`` writes them before its framing
+        lines: for a caller that answers with the same lines again (``write_whole``'s ``head``)."""
+        return serialize_head(f"HTTP/1.1 {code} {reason}", pairs)[:-2]
+
+    def write_whole(self, code: int, reason: str, pairs: list[tuple[str, str]], body: bytes,
+                    head: bytes | None = None) -> None:
         """The whole response at once, with ``body``'s length, and finished: ``write_pairs``
-        then ``finish``, in fewer calls (a poll's usual answer). Nothing is written to a client
+        then ``finish``, in fewer calls (a poll's usual answer). ``head``: ``head_block`` of
+        ``code``, ``reason`` and ``pairs``, made before. Nothing is written to a client
         connection that is closing (as ``send``, whose failed future the caller would drop)."""
         conn = self.conn
-        size = str(len(body))
-        framing = self._framing(code, size, False)
-        lines = pairs + [("Content-Length", size)] + framing if framing else pairs + [("Content-Length", size)]
-        data = serialize_head(f"HTTP/1.1 {code} {reason}", lines)
-        self.headers_written = True
-        if self.expected:
+        if self.keep_alive and self.version == "HTTP/1.1" and self.method != "HEAD" and code >= 200 \
+                and code not in _NO_BODY_CODES:
+            # _framing's decision for this common case: no framing line but the length
+            self.chunking = False
+            if head is None:
+                head = self.head_block(code, reason, pairs)
+            data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
             self.expected = 0   # (_frame's count: the whole body goes out now)
-            data += body
+        else:
+            size = str(len(body))
+            framing = self._framing(code, size, False)
+            data = serialize_head(f"HTTP/1.1 {code} {reason}", pairs + [("Content-Length", size)] + framing)
+            if self.expected:
+                self.expected = 0
+                data += body
+        self.headers_written = True
         if not (conn.closing or conn.transport is None or conn.transport.is_closing()):
             conn.transport.write(data)
         self.write_finished = True
