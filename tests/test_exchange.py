@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
@@ -72,6 +74,29 @@ def test_the_minter_binds_each_uri_to_its_resource():
     assert m.prefix("/oauth2/token/initiate/" + "a" * 64) == _prefix("b1", P.OAUTH_INITIATE, "a" * 64)
     for untouched in ("/ui/query.html", "/v1/info", "/oauth2/callback", "/ui/login.html"):
         assert m.prefix(untouched) == ""
+
+
+_OTHER_QID = "20261204_000000_00002_zzzzz"
+
+
+@given(st.lists(st.sampled_from([
+    "/v1/statement/executing/", "/v1/statement/queued/", "/v1/statement/executing/partialCancel/",
+    "/v1/statement/", "/v1/query/", "/ui/api/query/", "/v1/spooled/download/", QID, _OTHER_QID,
+    QID[:-1], QID.upper(), "/", "y", "/0", "?", "#", "?a=b", "\\/", "\n", "%2F", "\u00e9", "\xff", "/1"]),
+    max_size=6), st.booleans())
+@settings(max_examples=2000, deadline=None)
+@example(["/v1/statement/executing/", QID, "\n"], False)
+@example(["/v1/statement/executing/", QID, "?", "/1"], True)
+def test_the_minters_shortcut_for_query_uris_gives_what_classifying_them_gives(parts, again) -> None:
+    """``prefix_bytes`` reads a statement URI's query id off its bytes; for every path it gives
+    what decoding and classifying it (``prefix``) gives, also for a second path of the page."""
+    path = "".join(parts).encode("utf-8", "surrogateescape") if "\xff" not in parts else \
+        "".join(parts).encode("latin-1", "replace")
+    m = X.TokenMinter(KEYS, "b1")
+    if again:   # the page's first URI named another query
+        m.prefix_bytes(f"/v1/statement/executing/{_OTHER_QID}/y/1".encode())
+    slow = X.TokenMinter(KEYS, "b1").prefix(path.decode("utf-8", "replace").replace("\\/", "/")).encode()
+    assert m.prefix_bytes(path) == slow
 
 
 def test_result_pages_get_token_uris_and_info_uri_stays_plain():

@@ -17,6 +17,7 @@ has an exact unit test (``tests/test_exchange.py``).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -62,19 +63,27 @@ def resolve_token(keys: TokenKeys, method: str, path: str, query: str) -> TokenR
     return TokenRoute(backend, kind, inner, inner + ("?" + query if query else ""))
 
 
+# The statement URIs of a page (``classify``'s first rule, on the raw bytes of a path whose query
+# string or fragment may follow the id).
+_QUERY_PATH = re.compile(rb"/v1/statement/(?:queued|executing)/(?:partialCancel/)?(" + P.QUERY_ID.encode()
+                         + rb")(?:[/?#]|\Z)")
+
+
 class TokenMinter(P.PathRoute):
     """Routing-token prefixes for the URIs of one backend's response.
 
     A response names one query (or segment set, or auth exchange) many times; the last token
     is cached, so a page costs one HMAC per distinct resource."""
 
-    __slots__ = ("_keys", "_backend", "_last_scope", "_last_prefix")
+    __slots__ = ("_keys", "_backend", "_last_scope", "_last_prefix", "_last_query", "_last_query_prefix")
 
     def __init__(self, keys: TokenKeys, backend: str) -> None:
         self._keys = keys
         self._backend = backend
         self._last_scope: tuple[str, str] | None = None
         self._last_prefix = ""
+        self._last_query = b""            # prefix_bytes's shortcut: the last query id seen, and
+        self._last_query_prefix = b""     # its prefix
 
     def prefix(self, path: str) -> str:
         path = path.split("?", 1)[0].split("#", 1)[0]
@@ -88,6 +97,16 @@ class TokenMinter(P.PathRoute):
         return self._last_prefix
 
     def prefix_bytes(self, path: bytes) -> bytes:
+        # A page's nextUri and partialCancelUri name its query the usual way: its id read off
+        # the bytes, without decoding the path and classifying it (``prefix``, which gives the
+        # same for these paths: tests/test_exchange.py).
+        m = _QUERY_PATH.match(path)
+        if m is not None:
+            qid = m.group(1)
+            if qid != self._last_query:
+                self._last_query_prefix = (PREFIX + self._keys.encode(self._backend, P.QUERY, qid.decode())).encode()
+                self._last_query = qid
+            return self._last_query_prefix
         text = path.decode("utf-8", "replace").replace("\\/", "/")
         return self.prefix(text).encode()
 
