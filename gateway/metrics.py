@@ -287,8 +287,11 @@ class Metrics:
         (``_gateway_metrics``); ``request_started`` puts it in the context variable. ``owner``:
         how its backend was found (``owner_lookup``), when already known."""
         self.in_flight.inc()
-        if owner is not None:
-            self.owner_lookup(owner)
+        if owner is not None:   # (owner_lookup, without the call)
+            c = self._owner_sources.get(owner)
+            if c is None:
+                c = self._owner_sources[owner] = self.owner_lookups.labels(owner)
+            c.inc()
         return _Request(kind)
 
     def follow_up_done(self, rec: _Request, status: int, seconds: float, backend_seconds: float) -> None:

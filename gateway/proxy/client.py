@@ -701,7 +701,8 @@ def _keeps_alive(rh: Any) -> bool:
     """Whether the connection may carry another request after the response ``rh``."""
     if rh.version != "HTTP/1.1" or rh.code in CLOSES_AFTER:
         return False
-    values = rh.headers.get_list("Connection")
+    lists = getattr(rh.headers, "_as_list", None)   # (the parsers' headers: no call per lookup)
+    values = lists.get("Connection") if lists is not None else rh.headers.get_list("Connection")
     return not values or "close" not in [t.strip().lower() for v in values for t in v.split(",")]
 
 

@@ -283,8 +283,13 @@ def _unread(conn: "_Connection") -> bool:
 
 
 def _can_keep_alive(version: str, method: str, headers: HTTPHeaders, length: int | None) -> bool:
-    conn = headers.get("Connection")
-    conn = conn.lower() if conn is not None else None
+    lists = getattr(headers, "_as_list", None)   # (the parsers' headers: no call per lookup)
+    if lists is not None:
+        values = lists.get("Connection")
+        conn = (values[0] if len(values) == 1 else ",".join(values)).lower() if values else None
+    else:
+        conn = headers.get("Connection")
+        conn = conn.lower() if conn is not None else None
     if version == "HTTP/1.1":
         return conn != "close"
     if length is not None or method in ("HEAD", "GET"):
