@@ -24,7 +24,7 @@ from typing import Iterable
 from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
-from gateway.runtime.http1 import Headers
+from gateway.runtime.http1 import header_pairs
 from gateway.routing.tokens import PREFIX, TokenError, TokenKeys, split_path
 
 __all__ = ["ROUTABLE", "TokenRoute", "TokenMinter", "resolve_token", "ResponseHeaders",
@@ -175,7 +175,7 @@ def relay_response(headers: HTTPHeaders, *, method: str, keys: TokenKeys | None,
         else:
             length = headers.get("Content-Length")
     # (the parsers' headers as one list: Tornado's get_all is a generator, a call per line)
-    lines = headers.pairs() if type(headers) is Headers else headers.get_all()
+    lines = header_pairs(headers)
     translated = translate_response_headers(
         lines, backend_base=backend_base, gateway_base=gateway_base,
         request_transaction=request_transaction, route=minter,

@@ -61,7 +61,7 @@ from gateway.backends.state import Backend
 from gateway.proxy import exchange as X
 from gateway.proxy.client import BackendError, Direct, backend_error, stale
 from gateway.routing.tokens import PREFIX, TokenError, TokenKeys
-from gateway.runtime.http1 import RepeatedResponses
+from gateway.runtime.http1 import RepeatedResponses, header_pairs
 
 log = logging.getLogger("gateway.proxy")
 app_log = logging.getLogger("tornado.application")
@@ -260,7 +260,7 @@ class FollowUp:
         forwarded = fw.forwards(backend)
         key = (backend.proxyTo, forwarded)
         if memo.key != key:
-            pairs, forwarded = fw.headers_for(backend, self.headers.get_all(), base=self.base,
+            pairs, forwarded = fw.headers_for(backend, header_pairs(self.headers), base=self.base,
                                               remote_ip=self.conn.remote_ip)
             memo.block = fw.client.header_block(backend.proxyTo, pairs)
             memo.key = key
@@ -366,7 +366,7 @@ class FollowUp:
         """The exchange through ``Forwarder.send`` (connects, retries, the 406 repeat)."""
         try:
             try:
-                await self.parts.forwarder.send(self.backend, "GET", self.route.uri, self.headers.get_all(),
+                await self.parts.forwarder.send(self.backend, "GET", self.route.uri, header_pairs(self.headers),
                                                 None, self, base=self.base, remote_ip=self.conn.remote_ip)
             except BackendError as exc:
                 self._backend_failed(exc)

@@ -27,6 +27,7 @@ from gateway.proxy.forward import NoBackendReached, StatementLost
 from gateway.proxy.lean import HandlerRoute, LeanHandler
 from gateway.routing.router import Route
 from gateway.routing.tokens import TokenError
+from gateway.runtime.http1 import header_pairs
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -241,7 +242,7 @@ class ProxyHandler(LeanHandler):
         gw = self.gw
         try:
             backend = await gw.forwarder.submit(candidates, self._uri or "/v1/statement",
-                                                self.request.headers.get_all(), body, self,
+                                                header_pairs(self.request.headers), body, self,
                                                 base=base, remote_ip=self.request.remote_ip or "")
         except StatementLost as lost:
             if self._headers_written:
@@ -294,7 +295,7 @@ class ProxyHandler(LeanHandler):
             # A connect that timed out is tried again until backendRequestTimeout (forward.py):
             # the query still runs on its backend; a burst that overflowed the backend's accept
             # queue, or a stalled event loop, must not lose it to a 504 the gateway made.
-            await gw.forwarder.send(backend, req.method or "GET", self._uri, req.headers.get_all(),
+            await gw.forwarder.send(backend, req.method or "GET", self._uri, header_pairs(req.headers),
                                     body, self, base=base, remote_ip=req.remote_ip or "")
         except BackendError as exc:
             if self._headers_written:

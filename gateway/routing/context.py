@@ -19,6 +19,7 @@ from urllib.parse import unquote_plus
 from tornado.httputil import HTTPHeaders
 
 from gateway.limits import loads_json
+from gateway.runtime.http1 import header_pairs
 from gateway.routing.sql import SqlFacts, analyze
 
 __all__ = [
@@ -75,7 +76,7 @@ def build_context(headers: Any, body: bytes, remote_address: str | None, *, anal
     # and the ``headers`` symbol (every line, credentials left out).
     first: dict[str, str] = {}
     shown: dict[str, str] = {}
-    for name, value in headers.get_all():
+    for name, value in header_pairs(headers):
         key = name.lower()
         if key not in first:
             first[key] = value

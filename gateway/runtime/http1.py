@@ -16,7 +16,7 @@ from tornado.httputil import HTTPHeaders, _normalize_header
 __all__ = [
     "HTTPParseError", "RequestHead", "ResponseHead", "find_head_end", "parse_request_head",
     "parse_response_head", "parse_headers", "RepeatedHeads", "RepeatedResponses", "body_length", "serialize_head", "ChunkedDecoder",
-    "format_chunk", "LAST_CHUNK", "has_control_chars",
+    "format_chunk", "LAST_CHUNK", "has_control_chars", "header_pairs",
 ]
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -87,6 +87,12 @@ class Headers(HTTPHeaders):
     def pairs(self) -> list[tuple[str, str]]:
         """Every line as a (name, value) pair, in order: ``get_all`` as one list."""
         return [(name, value) for name, values in self._as_list.items() for value in values]
+
+
+def header_pairs(headers: HTTPHeaders) -> list[tuple[str, str]]:
+    """``headers``'s lines as (name, value) pairs, in order: ``list(headers.get_all())``, in one
+    call for the parsers' headers (Tornado's ``get_all`` is a generator: a call per line)."""
+    return headers.pairs() if type(headers) is Headers else list(headers.get_all())
 
 
 def has_control_chars(value: str) -> bool:
@@ -455,7 +461,7 @@ def serialize_head(first_line: str, headers: HTTPHeaders | Iterable[tuple[str, s
     parts = [first_line]
     # (a list first: isinstance against HTTPHeaders, a Mapping, goes through ABCMeta's check)
     pairs = headers if type(headers) is list else (
-        headers.get_all() if isinstance(headers, HTTPHeaders) else headers)
+        header_pairs(headers) if isinstance(headers, HTTPHeaders) else headers)
     for name, value in pairs:
         parts.append(f"{name}: {value}")
     parts.append("\r\n")
