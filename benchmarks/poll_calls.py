@@ -1,7 +1,9 @@
 """How many Python calls the gateway makes for one poll, counted rather than timed.
 
-    python3 benchmarks/poll_calls.py              # the tree on PYTHONPATH
-    python3 benchmarks/poll_calls.py --list       # ... and every function called, with counts
+    python3 benchmarks/poll_calls.py                      # the tree on PYTHONPATH
+    python3 benchmarks/poll_calls.py --list --callers     # ... every function called, with counts
+    python3 benchmarks/poll_calls.py --what statement     # a new connection, a statement, its close
+    python3 benchmarks/poll_calls.py --time 3000          # also CPU µs per poll, unprofiled
 
 Under the in-flight load (``benchmarks/inflight.py``) a worker wakes for each request with its
 caches cold: a poll then costs several times what the same code costs in a loop with hot
@@ -14,6 +16,11 @@ lines are parsed once, the backend connection is pooled) it counts, with ``sys.s
 every Python function call and every call of a C function made while the gateway's code is on
 the stack, from the client's write until the client has read the answer. The coordinator's and
 the client's own calls are not counted; the event loop's calls into the gateway are.
+``--what statement`` counts instead a new client connection, one statement on it and its close
+(what each query of the in-flight load costs besides its polls). ``--time N`` also runs N
+iterations without the profiler and prints the process's CPU per iteration, client and
+coordinator included: hot caches, one process, for comparing two trees only (on a shared
+machine it moves by a factor of two between runs; take the least of several).
 """
 from __future__ import annotations
 
