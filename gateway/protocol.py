@@ -257,10 +257,13 @@ class UriRewriter:
     """
 
     __slots__ = ("_base", "_carry", "spool_ids", "saw_next_uri", "_tail", "query_id", "_recent",
-                 "_recent_len", "_head", "_route")
+                 "_recent_len", "_head", "_route", "_find_id")
 
-    def __init__(self, gateway_base: str, route: PathRoute | None = None) -> None:
+    def __init__(self, gateway_base: str, route: PathRoute | None = None, *, find_id: bool = True) -> None:
+        """``find_id``: read the query id the page names (``query_id``); a caller that does not
+        need it (a follow-up knows its query) saves a search of the page's start."""
         self._route = route
+        self._find_id = find_id
         self._base = gateway_base.rstrip("/").encode()
         self._carry = b""
         self._tail = b""
@@ -288,7 +291,7 @@ class UriRewriter:
 
     def feed(self, chunk: bytes) -> bytes:
         buf = self._carry + chunk if self._carry else chunk
-        if self.query_id is None and len(self._head) < 4096:
+        if self._find_id and self.query_id is None and len(self._head) < 4096:
             # The id is near the start of the document; look for it in the first 4 KB, which
             # may arrive in several chunks.
             self._head += chunk[:4096 - len(self._head)]
@@ -353,10 +356,11 @@ class UriRewriter:
         one pass over it, with the same result and the same things learnt."""
         if self._carry or self._recent or self._head:
             return self.feed(body) + self.finish()   # part of the body went through feed
-        self._head = body[:4096]
-        m = _ID.search(self._head)
-        if m:
-            self.query_id = m.group(1).decode()
+        if self._find_id:
+            self._head = body[:4096]
+            m = _ID.search(self._head)
+            if m:
+                self.query_id = m.group(1).decode()
         out = self._rewrite(body, final=True)
         self._carry = b""
         self._tail = out[-_TAIL_KEEP:]

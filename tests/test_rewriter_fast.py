@@ -228,6 +228,12 @@ def test_new_rewriter_gives_what_the_old_one_gave(doc: bytes, cuts: list[int]) -
     want = _old(doc, cuts)
     assert _new(doc, cuts) == want
     assert _page(doc) == _old(doc, [])
+    # a rewriter that does not look for the query id (a follow-up's) gives all the rest the same
+    out, learnt = _page(doc)
+    blind = P.UriRewriter(BASE, TokenMinter(KEYS, "adhoc-1"), find_id=False)
+    assert blind.page(doc) == out and blind.query_id is None
+    spools, next_uri, _, final = learnt
+    assert _learnt(blind) == (spools, next_uri, None, final)
 
 
 def test_a_real_page_cut_at_every_offset() -> None:

@@ -183,9 +183,12 @@ def relay_response(headers: HTTPHeaders, *, method: str, keys: TokenKeys | None,
     return Relay(rewriter, length, translated)
 
 
-def page_rewriter(keys: TokenKeys | None, backend: str, gateway_base: str) -> P.UriRewriter:
-    """The rewriter ``relay_response`` gives a JSON answer of ``backend``."""
-    return P.UriRewriter(gateway_base, TokenMinter(keys, backend) if keys is not None else None)
+def page_rewriter(keys: TokenKeys | None, backend: str, gateway_base: str, *,
+                  find_id: bool = True) -> P.UriRewriter:
+    """The rewriter ``relay_response`` gives a JSON answer of ``backend`` (``find_id``: see
+    ``UriRewriter``)."""
+    return P.UriRewriter(gateway_base, TokenMinter(keys, backend) if keys is not None else None,
+                         find_id=find_id)
 
 
 # Response header lines whose translation depends on the request (its routing token, its

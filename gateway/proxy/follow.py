@@ -293,7 +293,9 @@ class FollowUp:
             derived = heads.derived if heads is not None else None
             if derived is not None:   # the same lines as the last answer: translated the same
                 self.status, self.reason, self.out, json, block = derived
-                self.rewriter = X.page_rewriter(self.keys, self.backend.name, self.base) if json else None
+                # (the page's query id is not looked for: the follow-up knows its query)
+                self.rewriter = X.page_rewriter(self.keys, self.backend.name, self.base,
+                                                find_id=False) if json else None
             else:
                 block = None
                 relay = self._relay(code, reason, headers)
