@@ -27,17 +27,12 @@ import asyncio
 import json
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tornado.netutil import bind_sockets  # noqa: E402
-
-from gateway.app import Gateway, make_app  # noqa: E402
-from gateway.config import config_from_dict  # noqa: E402
-from gateway.runtime.http_server import HTTPServer  # noqa: E402
-from gateway.runtime.serve import server_options  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inprocess import MinimalCoordinator, gateway_before  # noqa: E402
 
 
 class _Turns:
@@ -57,41 +52,26 @@ def _turns() -> int:
     return _Turns.n
 
 
-class Coordinator(asyncio.Protocol):
+class Coordinator(MinimalCoordinator):
     """Answers at once: a statement QUEUED, a poll RUNNING, /v1/info ready. Notes the turn at
     which each statement or poll arrived."""
 
     arrivals: list[int] = []
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b"\r\n\r\n" in self.buf:
-            head, _, rest = self.buf.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            method, target, _ = lines[0].decode().split(" ")
-            length = sum(int(h.split(b":", 1)[1]) for h in lines[1:] if h.lower().startswith(b"content-length:"))
-            if len(rest) < length:
-                return
-            self.buf = rest[length:]
-            port = self.transport.get_extra_info("sockname")[1]
-            if target.startswith("/v1/statement"):
-                Coordinator.arrivals.append(_turns())
-                qid = target.split("/")[4] if method == "GET" else f"20261204_000000_{len(self.arrivals):05d}_abcde"
-                doc: dict[str, Any] = {
-                    "id": qid, "infoUri": f"http://127.0.0.1:{port}/ui/query.html?{qid}",
-                    "nextUri": f"http://127.0.0.1:{port}/v1/statement/executing/{qid}/y/{len(self.arrivals)}",
-                    "stats": {"state": "QUEUED" if method == "POST" else "RUNNING"}}
-            elif target.startswith("/v1/info"):
-                doc = {"starting": False, "nodeVersion": {"version": "470"}, "uptime": "1m"}
-            else:
-                doc = {}
-            body = json.dumps(doc).encode()
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+    def answer(self, method: str, target: str, base: str) -> bytes:
+        if target.startswith("/v1/statement"):
+            Coordinator.arrivals.append(_turns())
+            qid = target.split("/")[4] if method == "GET" else f"20261204_000000_{len(self.arrivals):05d}_abcde"
+            doc: dict[str, Any] = {
+                "id": qid, "infoUri": f"{base}/ui/query.html?{qid}",
+                "nextUri": f"{base}/v1/statement/executing/{qid}/y/{len(self.arrivals)}",
+                "stats": {"state": "QUEUED" if method == "POST" else "RUNNING"}}
+        elif target.startswith("/v1/info"):
+            doc = {"starting": False, "nodeVersion": {"version": "470"}, "uptime": "1m"}
+        else:
+            doc = {}
+        body = json.dumps(doc).encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
 
 
 async def _answer(reader: asyncio.StreamReader, sent: int, before: int) -> tuple[int, int, dict[str, Any]]:
@@ -146,52 +126,25 @@ def _drop_idle(client: Any) -> None:
 
 async def _measure() -> dict[str, tuple[int, int]]:
     asyncio.get_running_loop().call_soon(_tick)
-    coordinator = await asyncio.get_running_loop().create_server(Coordinator, "127.0.0.1", 0)
-    with tempfile.TemporaryDirectory(prefix="tgw-turns-") as state:
-        cfg = config_from_dict({
-            "server": {"host": "127.0.0.1", "port": 0},
-            "store": {"url": f"sqlite:///{state}/gw.db"},
-            "routing": {"defaultGroup": "adhoc"},
-            "monitor": {"type": "info-api", "interval": "60s", "timeout": "2s"},
-            "backends": [{"name": "b1", "routingGroup": "adhoc",
-                          "proxyTo": f"http://127.0.0.1:{coordinator.sockets[0].getsockname()[1]}"}],
-        }, "<loop_turns>")
-        gw = Gateway(cfg)
-        await gw.start()
-        server = None
-        try:
-            for _ in range(500):   # the first probe round: the backend is HEALTHY
-                if gw.monitor.first_round_done:
-                    break
-                await asyncio.sleep(0.01)
-            socks = bind_sockets(0, "127.0.0.1")
-            server = HTTPServer(make_app(gw), **server_options(cfg))
-            server.add_sockets(socks)
-            port = socks[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            runs: dict[str, list[tuple[int, int]]] = {}
-            for _ in range(REPEAT):
-                _drop_idle(gw.client)   # the next statement connects
-                to, back, doc = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
-                runs.setdefault("statement, new backend connection", []).append((to, back))
-                to, back, doc = await _exchange(reader, writer, port, "GET", doc["nextUri"].split(str(port), 1)[1])
-                runs.setdefault("poll (follow-up fast path)", []).append((to, back))
-                to, back, _ = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
-                runs.setdefault("statement, pooled backend connection", []).append((to, back))
-                # a client that connects and sends its statement at once (the benchmark's probe):
-                # the gateway's accept is on the statement's way
-                runs.setdefault("statement, new client connection", []).append(await _fresh_client(port))
-            # The gateway's own timers (the loop-lag sampler every 50 ms, the monitor) may wake
-            # the loop during an exchange: a turn more, never less. The fewest is the request's.
-            out = {what: min(seen) for what, seen in runs.items()}
-            writer.close()
-            return out
-        finally:
-            if server is not None:
-                server.stop()
-                await server.close_all_connections()
-            await gw.stop()
-            coordinator.close()
+    async with gateway_before(Coordinator, "turns") as (gw, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        runs: dict[str, list[tuple[int, int]]] = {}
+        for _ in range(REPEAT):
+            _drop_idle(gw.client)   # the next statement connects
+            to, back, doc = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
+            runs.setdefault("statement, new backend connection", []).append((to, back))
+            to, back, doc = await _exchange(reader, writer, port, "GET", doc["nextUri"].split(str(port), 1)[1])
+            runs.setdefault("poll (follow-up fast path)", []).append((to, back))
+            to, back, _ = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
+            runs.setdefault("statement, pooled backend connection", []).append((to, back))
+            # a client that connects and sends its statement at once (the benchmark's probe):
+            # the gateway's accept is on the statement's way
+            runs.setdefault("statement, new client connection", []).append(await _fresh_client(port))
+        # The gateway's own timers (the loop-lag sampler every 50 ms, the monitor) may wake
+        # the loop during an exchange: a turn more, never less. The fewest is the request's.
+        out = {what: min(seen) for what, seen in runs.items()}
+        writer.close()
+        return out
 
 
 def measure(loop: str = "asyncio") -> dict[str, tuple[int, int]]:

@@ -29,19 +29,14 @@ import asyncio
 import collections
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tornado.netutil import bind_sockets  # noqa: E402
-
-from gateway.app import Gateway, make_app  # noqa: E402
-from gateway.config import config_from_dict  # noqa: E402
-from gateway.runtime.http_server import HTTPServer  # noqa: E402
-from gateway.runtime.serve import server_options  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from inprocess import MinimalCoordinator, gateway_before  # noqa: E402
 
 QID = "20261204_000000_00001_abcde"
 # What the Trino Python client 0.340 sends with each request (benchmarks/inflight.py --client python).
@@ -74,33 +69,19 @@ def _page(base: str, token: int) -> bytes:
     return json.dumps(doc).encode()
 
 
-class Coordinator(asyncio.Protocol):
+class Coordinator(MinimalCoordinator):
     """Answers a statement QUEUED and a poll RUNNING at once, with a coordinator's lines."""
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b"\r\n\r\n" in self.buf:
-            head, _, rest = self.buf.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            target = lines[0].decode().split(" ")[1]
-            length = sum(int(h.split(b":", 1)[1]) for h in lines[1:] if h.lower().startswith(b"content-length:"))
-            if len(rest) < length:
-                return
-            self.buf = rest[length:]
-            base = "http://127.0.0.1:%d" % self.transport.get_extra_info("sockname")[1]
-            if target.startswith("/v1/statement"):
-                token = int(target.rsplit("/", 1)[1]) if target.startswith("/v1/statement/executing/") else 0
-                body = _page(base, token)
-            else:
-                body = json.dumps({"starting": False, "nodeVersion": {"version": "470"}, "uptime": "1m"}).encode()
-            self.transport.write(b"HTTP/1.1 200 OK\r\nDate: Fri, 04 Dec 2026 17:00:00 GMT\r\n"
-                                 b"Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
-                                 b"Vary: Accept-Encoding, User-Agent\r\n"
-                                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+    def answer(self, method: str, target: str, base: str) -> bytes:
+        if target.startswith("/v1/statement"):
+            token = int(target.rsplit("/", 1)[1]) if target.startswith("/v1/statement/executing/") else 0
+            body = _page(base, token)
+        else:
+            body = json.dumps({"starting": False, "nodeVersion": {"version": "470"}, "uptime": "1m"}).encode()
+        return (b"HTTP/1.1 200 OK\r\nDate: Fri, 04 Dec 2026 17:00:00 GMT\r\n"
+                b"Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+                b"Vary: Accept-Encoding, User-Agent\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, method: str,
@@ -147,78 +128,50 @@ class Counter:
             self.callers[name][f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"] += 1
 
 
+async def _iteration(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int,
+                     doc: dict[str, Any], what: str) -> dict[str, Any]:
+    """One poll of ``doc``'s nextUri (its answer returned), or a new client connection with a
+    statement on it, closed (``doc`` returned)."""
+    if what == "poll":
+        return await _exchange(reader, writer, port, "GET", doc["nextUri"].split(str(port), 1)[1])
+    r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+    await _exchange(r2, w2, port, "POST", "/v1/statement", b"select 1")
+    w2.close()
+    await w2.wait_closed()
+    for _ in range(3):   # the gateway's side of the close, and what follows it
+        await asyncio.sleep(0)
+    return doc
+
+
 async def _measure(polls: int, what: str, timed: int = 0) -> tuple[Counter, int]:
-    loop = asyncio.get_running_loop()
-    coordinator = await loop.create_server(Coordinator, "127.0.0.1", 0)
-    with tempfile.TemporaryDirectory(prefix="tgw-calls-") as state:
-        cfg = config_from_dict({
-            "server": {"host": "127.0.0.1", "port": 0},
-            "store": {"url": f"sqlite:///{state}/gw.db"},
-            "routing": {"defaultGroup": "adhoc"},
-            "monitor": {"type": "info-api", "interval": "60s", "timeout": "2s"},
-            "backends": [{"name": "b1", "routingGroup": "adhoc",
-                          "proxyTo": f"http://127.0.0.1:{coordinator.sockets[0].getsockname()[1]}"}],
-        }, "<poll_calls>")
-        gw = Gateway(cfg)
-        await gw.start()
-        server = None
-        try:
-            for _ in range(500):   # the first probe round: the backend is HEALTHY
-                if gw.monitor.first_round_done:
-                    break
-                await asyncio.sleep(0.01)
-            socks = bind_sockets(0, "127.0.0.1")
-            server = HTTPServer(make_app(gw), **server_options(cfg))
-            server.add_sockets(socks)
-            port = socks[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            doc = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
-            for _ in range(3):   # the lines kept, the backend connection pooled
-                doc = await _exchange(reader, writer, port, "GET", doc["nextUri"].split(str(port), 1)[1])
-            counter = Counter()
-            if timed:   # no profile: CPU time per iteration, for comparing two trees
-                t0 = time.process_time()
-                for _ in range(timed):
-                    target = doc["nextUri"].split(str(port), 1)[1]
-                    if what == "poll":
-                        doc = await _exchange(reader, writer, port, "GET", target)
-                    else:
-                        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
-                        await _exchange(r2, w2, port, "POST", "/v1/statement", b"select 1")
-                        w2.close()
-                        await w2.wait_closed()
-                counter.cpu = (time.process_time() - t0) / timed
-            for _ in range(polls):
-                target = doc["nextUri"].split(str(port), 1)[1]
-                sys.setprofile(counter)
-                try:
-                    if what == "poll":
-                        doc = await _exchange(reader, writer, port, "GET", target)
-                    else:   # a new client connection, its statement, its close
-                        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
-                        await _exchange(r2, w2, port, "POST", "/v1/statement", b"select 1")
-                        w2.close()
-                        await w2.wait_closed()
-                        for _ in range(3):   # the gateway's side of the close, and what follows it
-                            await asyncio.sleep(0)
-                finally:
-                    sys.setprofile(None)
-            writer.close()
-            return counter, polls
-        finally:
-            if server is not None:
-                server.stop()
-                await server.close_all_connections()
-            await gw.stop()
-            coordinator.close()
+    async with gateway_before(Coordinator, "calls") as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        doc = await _exchange(reader, writer, port, "POST", "/v1/statement", b"select 1")
+        for _ in range(3):   # the lines kept, the backend connection pooled
+            doc = await _exchange(reader, writer, port, "GET", doc["nextUri"].split(str(port), 1)[1])
+        counter = Counter()
+        if timed:   # no profile: CPU time per iteration, for comparing two trees
+            t0 = time.process_time()
+            for _ in range(timed):
+                doc = await _iteration(reader, writer, port, doc, what)
+            counter.cpu = (time.process_time() - t0) / timed
+        for _ in range(polls):
+            sys.setprofile(counter)
+            try:
+                doc = await _iteration(reader, writer, port, doc, what)
+            finally:
+                sys.setprofile(None)
+        writer.close()
+        return counter, polls
 
 
 _STREAMS = asyncio.streams.__file__   # the client's stream reader, fed by the loop
 
 
 # The harness's own code: calls made under these frames are not the gateway's.
-_HARNESS = {Coordinator.connection_made.__code__, Coordinator.data_received.__code__,
-            _exchange.__code__, _measure.__code__, _page.__code__}
+_HARNESS = {MinimalCoordinator.connection_made.__code__, MinimalCoordinator.data_received.__code__,
+            Coordinator.answer.__code__,
+            _exchange.__code__, _iteration.__code__, _measure.__code__, _page.__code__}
 
 
 def measure(polls: int = 5, loop: str = "uvloop", what: str = "poll", timed: int = 0) -> tuple[float, float, Counter]:
