@@ -34,8 +34,11 @@ OAUTH_CALLBACK = "oauth-callback"  # /oauth2/callback (no id: routed by a signed
 TRANSACTION = "transaction"    # X-Trino-Transaction-Id of a statement (never in a path)
 OTHER = "other"                # not tied to a query: any backend of the default group
 
+# A statement's URIs (nextUri, partialCancelUri) up to the query id that follows (also read off
+# a page's bytes: gateway/proxy/exchange.py ``TokenMinter.prefix_bytes``).
+STATEMENT_URI_PATH = r"/v1/statement/(?:queued|executing)/(?:partialCancel/)?"
 _PATH_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(rf"^/v1/statement/(?:queued|executing)/(?:partialCancel/)?({QUERY_ID})(?:/|$)"), QUERY),
+    (re.compile(rf"^{STATEMENT_URI_PATH}({QUERY_ID})(?:/|$)"), QUERY),
     (re.compile(rf"^/v1/query/({QUERY_ID})(?:/|$)"), QUERY),
     (re.compile(rf"^/ui/api/query/({QUERY_ID})(?:/|$)"), QUERY),
     (re.compile(rf"^/v1/spooled/(?:download|ack)/([^/]+)$"), SPOOL),

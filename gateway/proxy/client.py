@@ -65,14 +65,14 @@ class Direct:
     A token follow-up on a pooled connection needs no task, no coroutine chain and no future
     to wait on: the connection calls its sink as bytes arrive, and this object tells the sink
     the exchange is over (``_Conn`` uses only ``done``, ``set_result`` and ``set_exception``).
-    An answer that arrives whole goes to ``whole`` instead, when the sink offers it."""
+    An answer that arrives whole goes to ``whole`` instead."""
 
     __slots__ = ("_cb", "_done", "whole")
 
-    def __init__(self, cb: Any, whole: Any = None) -> None:
+    def __init__(self, cb: Any, whole: Any) -> None:
         self._cb = cb
         self._done = False
-        # ``whole(code, reason, headers, body)``: takes an answer that arrived in one piece
+        # ``whole(code, reason, headers, body, heads)``: takes an answer that arrived in one piece
         # (``_Conn._whole``) and does what the sink's three calls and ``cb`` would do.
         self.whole = whole
 
@@ -133,7 +133,7 @@ class _Conn(asyncio.Protocol):
             return
         self.activity = time.monotonic()
         if self.state == _HEAD and not self.buf and type(self.waiter) is Direct \
-                and self.waiter.whole is not None and self._whole(data, self.waiter):
+                and self._whole(data, self.waiter):
             return   # the usual poll's answer: head and body in one read, taken in one call
         if self.state == _BODY and not self.buf and not self.paused and not self.waiter.done():
             self._body(data)   # the common case on a big page: straight to the sink, no copy
@@ -386,13 +386,12 @@ class IdleBound:
         self._since = 0.0
 
     def _roll(self, now: float) -> None:
-        if now - self._since >= self.window:
-            # a window with no traffic at all leaves nothing to remember from before it
-            self._previous = self._peak if now - self._since < 2 * self.window else 0
-            self._peak = self.in_use
-            self._since = now
-
-    # (each checks the window before calling _roll: these run for every request)
+        """A new window starts (its callers check that the last one has passed: they run for
+        every request, and a call is most of what this check costs)."""
+        # a window with no traffic at all leaves nothing to remember from before it
+        self._previous = self._peak if now - self._since < 2 * self.window else 0
+        self._peak = self.in_use
+        self._since = now
 
     def acquire(self, now: float) -> None:
         if now - self._since >= self.window:
@@ -436,7 +435,6 @@ class BackendClient:
         self._pools: dict[tuple[str, str, int], collections.deque[_Conn]] = {}
         self._bounds: dict[tuple[str, str, int], IdleBound] = {}
         self._addr: dict[str, tuple[str, str, int, str]] = {}
-        self._keys: dict[str, tuple[str, str, int]] = {}   # base URL: its pool's key (lease)
         self._responses: dict[tuple[str, str, int], RepeatedResponses] = {}   # per backend
         # Exchanges waiting on a backend, checked for silence by one timer (_sweep) rather than
         # a timer per request: a long poll parked on a backend then holds no timer handle, no
@@ -608,10 +606,9 @@ class BackendClient:
         """An idle pooled connection to ``base`` for a direct exchange (``exchange``), or None
         when one would have to be opened (the caller then uses ``fetch``, which connects). A
         leased connection counts as in use (``IdleBound``) until ``settle``."""
-        key = self._keys.get(base)
-        if key is None:
-            key = self._keys[base] = self._target(base)[:3]   # type: ignore[assignment]
-        idle = self._pools.get(key)
+        target = self._addr.get(base)   # (_target's cache, read without the call)
+        key = (target if target is not None else self._target(base))[:3]
+        idle = self._pools.get(key)   # type: ignore[call-overload]
         if not idle:
             return None
         now = time.monotonic()

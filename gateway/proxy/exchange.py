@@ -65,8 +65,7 @@ def resolve_token(keys: TokenKeys, method: str, path: str, query: str) -> TokenR
 
 # The statement URIs of a page (``classify``'s first rule, on the raw bytes of a path whose query
 # string or fragment may follow the id).
-_QUERY_PATH = re.compile(rb"/v1/statement/(?:queued|executing)/(?:partialCancel/)?(" + P.QUERY_ID.encode()
-                         + rb")(?:[/?#]|\Z)")
+_QUERY_PATH = re.compile(rf"{P.STATEMENT_URI_PATH}({P.QUERY_ID})(?:[/?#]|\Z)".encode())
 
 
 class TokenMinter(P.PathRoute):
