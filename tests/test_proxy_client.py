@@ -253,3 +253,84 @@ def test_an_error_in_the_sink_ends_the_exchange_and_propagates():
         with pytest.raises(RuntimeError, match="client gone"):
             await BackendClient().fetch(base, "GET", "/", HTTPHeaders(), None, Boom())
     run(answers(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"), t)
+
+
+# -- the silence sweep (BackendClient._sweep) ---------------------------------------------------
+
+class _Watched:
+    """What the sweep reads of a connection waiting on its backend."""
+
+    def __init__(self, silent_for: float, *, visited: bool = True) -> None:
+        import time
+        self.activity = time.monotonic() - silent_for
+        self.paused = False
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._may_visit = visited
+
+    @property
+    def waiter(self) -> Any:
+        return self._waiter
+
+    @property
+    def watched_at(self) -> float:
+        if not self._may_visit:
+            raise AssertionError("the sweep visited an exchange behind one too recent to time out")
+        return self._watched_at
+
+    @watched_at.setter
+    def watched_at(self, value: float) -> None:
+        self._watched_at = value
+
+
+def _timed_out(w: _Watched) -> bool:
+    from gateway.proxy.client import _Timeout
+    return w._waiter.done() and isinstance(w._waiter.exception(), _Timeout)
+
+
+def test_the_sweep_times_out_silent_exchanges_and_stops_at_the_first_one_too_recent_to():
+    async def main() -> None:
+        client = BackendClient()
+        old = _Watched(90)                  # silent beyond its 60 s timeout
+        quiet = _Watched(61)                # watched 61 s ago, but heard from since
+        recent = _Watched(2)                # every later entry was watched after it: not visited
+        after = _Watched(1, visited=False)
+        for w in (old, quiet, recent, after):
+            client._watch(w, 60.0, None)    # type: ignore[arg-type]
+        import time
+        quiet.activity = time.monotonic() - 5
+        client._sweep()
+        assert _timed_out(old) and not quiet._waiter.done() and not recent._waiter.done()
+        assert list(client._waiting) == [quiet, recent, after]
+        client.close()
+    asyncio.run(main())
+
+
+def test_a_connection_watched_again_moves_behind_the_others():
+    async def main() -> None:
+        client = BackendClient()
+        a, b = _Watched(120), _Watched(90)
+        client._watch(a, 60.0, None)        # type: ignore[arg-type]
+        client._watch(b, 60.0, None)        # type: ignore[arg-type]
+        import time
+        a.activity = time.monotonic()       # a's next exchange starts now
+        client._watch(a, 60.0, None)        # type: ignore[arg-type]
+        assert list(client._waiting) == [b, a]
+        client._sweep()                     # b is reached (a stopped nothing before it)
+        assert _timed_out(b) and not a._waiter.done()
+        client.close()
+    asyncio.run(main())
+
+
+def test_a_short_timeout_behind_long_ones_is_still_reached_and_the_floor_resets_when_empty():
+    async def main() -> None:
+        client = BackendClient()
+        long_, short = _Watched(3), _Watched(2)
+        client._watch(long_, 60.0, None)    # type: ignore[arg-type]
+        client._watch(short, 1.0, None)     # type: ignore[arg-type]
+        client._sweep()
+        assert _timed_out(short) and not long_._waiter.done()
+        long_._waiter.set_result(None)      # its exchange ended: dropped at the next sweep
+        client._sweep()
+        assert not client._waiting and client._floor == float("inf") and client._sweeper is None
+        client.close()
+    asyncio.run(main())
