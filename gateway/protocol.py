@@ -330,6 +330,7 @@ class UriRewriter:
         pieces: list[bytes] = []
         done = 0   # end of the last rewritten field
         if starts:
+            route, base = self._route, self._base
             starts.sort()
             for q in starts:
                 if q < done:
@@ -341,7 +342,16 @@ class UriRewriter:
                         break
                     continue
                 pieces.append(buf[done:q])
-                pieces.append(self._sub(m))
+                key, path = m.group(1, 3)
+                if key in _ALWAYS_REWRITTEN:   # (what _sub does for these, without the call)
+                    if key == b"nextUri":
+                        self.saw_next_uri = True
+                    if key == b"infoUri" or route is None:
+                        pieces += (b'"', key, b'":"', base, path, b'"')
+                    else:
+                        pieces += (b'"', key, b'":"', base, route.prefix_bytes(path), path, b'"')
+                else:
+                    pieces.append(self._sub(m))
                 done = m.end()
         if not final:
             # The end may also be the start of a key, cut short ("next…): keep it for later.

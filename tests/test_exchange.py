@@ -77,6 +77,7 @@ def test_the_minter_binds_each_uri_to_its_resource():
 
 
 _OTHER_QID = "20261204_000000_00002_zzzzz"
+_KEPT_MINTER = X.TokenMinter(KEYS, "b1")
 
 
 @given(st.lists(st.sampled_from([
@@ -89,14 +90,41 @@ _OTHER_QID = "20261204_000000_00002_zzzzz"
 @example(["/v1/statement/executing/", QID, "?", "/1"], True)
 def test_the_minters_shortcut_for_query_uris_gives_what_classifying_them_gives(parts, again) -> None:
     """``prefix_bytes`` reads a statement URI's query id off its bytes; for every path it gives
-    what decoding and classifying it (``prefix``) gives, also for a second path of the page."""
+    what decoding and classifying it (``prefix``) gives, also for a second path of the page,
+    and from a minter kept across pages (as ``FollowUps.minter`` keeps one) that has seen
+    other queries' paths."""
     path = "".join(parts).encode("utf-8", "surrogateescape") if "\xff" not in parts else \
         "".join(parts).encode("latin-1", "replace")
-    m = X.TokenMinter(KEYS, "b1")
+    m = _KEPT_MINTER if again else X.TokenMinter(KEYS, "b1")
     if again:   # the page's first URI named another query
         m.prefix_bytes(f"/v1/statement/executing/{_OTHER_QID}/y/1".encode())
     slow = X.TokenMinter(KEYS, "b1").prefix(path.decode("utf-8", "replace").replace("\\/", "/")).encode()
     assert m.prefix_bytes(path) == slow
+
+
+def test_a_kept_minter_bounds_its_query_prefixes_and_stays_right_past_the_bound(monkeypatch):
+    monkeypatch.setattr(X, "_QUERY_PREFIXES", 4)
+    m = X.TokenMinter(KEYS, "b1")
+    qids = [f"20261204_000000_{i:05d}_aaaaa" for i in range(11)]
+    for _ in range(2):
+        for qid in qids:
+            got = m.prefix_bytes(f"/v1/statement/executing/{qid}/y/1".encode())
+            assert got == _prefix("b1", P.QUERY, qid).encode()
+            assert len(m._by_query) <= 4
+
+
+def test_follow_ups_keep_one_minter_per_backend_and_a_new_one_for_new_keys():
+    from gateway.proxy.follow import FollowUps
+    parts = FollowUps(tokens=lambda: KEYS, registry=None, metrics=None, lifecycle=None,
+                      forwarder=None, active=None, base_for=lambda s, h: GW, taught=lambda t, b: None)
+    a = parts.minter(KEYS, "b1")
+    assert parts.minter(KEYS, "b1") is a and parts.minter(KEYS, "b2") is not a
+    path = f"/v1/statement/executing/{QID}/y/1".encode()
+    a.prefix_bytes(path)
+    rotated = TokenKeys(b"another key of 32 bytes, rotated", [KEYS.current])
+    b = parts.minter(rotated, "b1")
+    assert b is not a and b.prefix_bytes(path) != a.prefix_bytes(path)
+    assert X.resolve_token(rotated, "GET", b.prefix_bytes(path).decode() + path.decode(), "").backend == "b1"
 
 
 def test_result_pages_get_token_uris_and_info_uri_stays_plain():

@@ -69,20 +69,21 @@ _QUERY_PATH = re.compile(rf"{P.STATEMENT_URI_PATH}({P.QUERY_ID})(?:[/?#]|\Z)".en
 
 
 class TokenMinter(P.PathRoute):
-    """Routing-token prefixes for the URIs of one backend's response.
+    """Routing-token prefixes for the URIs of one backend's responses.
 
     A response names one query (or segment set, or auth exchange) many times; the last token
-    is cached, so a page costs one HMAC per distinct resource."""
+    is cached, so a page costs one HMAC per distinct resource. A statement URI's prefix is
+    also kept per query id (``prefix_bytes``), for a minter kept across responses
+    (``FollowUps.minter``): each poll of a query then finds its prefix in one lookup."""
 
-    __slots__ = ("_keys", "_backend", "_last_scope", "_last_prefix", "_last_query", "_last_query_prefix")
+    __slots__ = ("keys", "_backend", "_last_scope", "_last_prefix", "_by_query")
 
     def __init__(self, keys: TokenKeys, backend: str) -> None:
-        self._keys = keys
+        self.keys = keys
         self._backend = backend
         self._last_scope: tuple[str, str] | None = None
         self._last_prefix = ""
-        self._last_query = b""            # prefix_bytes's shortcut: the last query id seen, and
-        self._last_query_prefix = b""     # its prefix
+        self._by_query: dict[bytes, bytes] = {}   # query id -> prefix (prefix_bytes's shortcut)
 
     def prefix(self, path: str) -> str:
         path = path.split("?", 1)[0].split("#", 1)[0]
@@ -91,7 +92,7 @@ class TokenMinter(P.PathRoute):
             return ""
         scope = (kind.kind, kind.key)
         if scope != self._last_scope:
-            self._last_prefix = PREFIX + self._keys.encode(self._backend, kind.kind, kind.key)
+            self._last_prefix = PREFIX + self.keys.encode(self._backend, kind.kind, kind.key)
             self._last_scope = scope
         return self._last_prefix
 
@@ -102,12 +103,19 @@ class TokenMinter(P.PathRoute):
         m = _QUERY_PATH.match(path)
         if m is not None:
             qid = m.group(1)
-            if qid != self._last_query:
-                self._last_query_prefix = (PREFIX + self._keys.encode(self._backend, P.QUERY, qid.decode())).encode()
-                self._last_query = qid
-            return self._last_query_prefix
+            prefix = self._by_query.get(qid)
+            if prefix is None:
+                if len(self._by_query) >= _QUERY_PREFIXES:
+                    # (emptied rather than trimmed: a miss costs only keys.encode's own cache)
+                    self._by_query.clear()
+                prefix = self._by_query[qid] = \
+                    (PREFIX + self.keys.encode(self._backend, P.QUERY, qid.decode())).encode()
+            return prefix
         text = path.decode("utf-8", "replace").replace("\\/", "/")
         return self.prefix(text).encode()
+
+
+_QUERY_PREFIXES = 8192   # query ids whose prefix one minter keeps
 
 
 @dataclass

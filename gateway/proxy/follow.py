@@ -82,7 +82,7 @@ class FollowUps:
     about owners (``taught(translated, backend)``)."""
 
     __slots__ = ("tokens", "registry", "metrics", "lifecycle", "forwarder", "active", "base_for",
-                 "taught")
+                 "taught", "minters")
 
     def __init__(self, *, tokens: Callable[[], TokenKeys | None], registry: Any, metrics: Any,
                  lifecycle: Any, forwarder: Any, active: Any,
@@ -96,6 +96,14 @@ class FollowUps:
         self.active = active
         self.base_for = base_for
         self.taught = taught
+        # Each backend's token minter, kept across follow-ups (it keeps a prefix per query)
+        self.minters: dict[str, X.TokenMinter] = {}
+
+    def minter(self, keys: TokenKeys, backend: str) -> X.TokenMinter:
+        m = self.minters.get(backend)
+        if m is None or m.keys is not keys:
+            m = self.minters[backend] = X.TokenMinter(keys, backend)
+        return m
 
     def take(self, req: Any, target: str, headers: HTTPHeaders) -> bool:
         """Take a GET without a body whose target carries a routing token that verifies and
@@ -294,8 +302,13 @@ class FollowUp:
             if derived is not None:   # the same lines as the last answer: translated the same
                 self.status, self.reason, self.out, json, block = derived
                 # (the page's query id is not looked for: the follow-up knows its query)
-                self.rewriter = X.page_rewriter(self.keys, self.backend.name, self.base,
-                                                find_id=False) if json else None
+                if json:
+                    minter = parts.minters.get(self.backend.name)   # (parts.minter, without the call)
+                    if minter is None or minter.keys is not self.keys:
+                        minter = parts.minter(self.keys, self.backend.name)
+                    self.rewriter = P.UriRewriter(self.base, minter, find_id=False)
+                else:
+                    self.rewriter = None
             else:
                 block = None
                 relay = self._relay(code, reason, headers)
@@ -381,10 +394,11 @@ class FollowUp:
 
     def _ended(self) -> None:
         """The backend answered in full: did the query end with this answer?"""
-        kind = self.route.kind
         rw = self.rewriter
-        ended = X.query_end(kind, "GET", self.route.path, self.status,
-                            rw.final_state() if rw is not None else (None, None))
+        if rw is None or rw.saw_next_uri:
+            return   # (what query_end says of a GET's answer without a final state to read)
+        kind = self.route.kind
+        ended = X.query_end(kind, "GET", self.route.path, self.status, rw.final_state())
         if ended is not None:
             self.parts.lifecycle.finished(kind.key or "", *ended)
 
