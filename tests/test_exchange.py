@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -100,6 +101,49 @@ def test_the_minters_shortcut_for_query_uris_gives_what_classifying_them_gives(p
         m.prefix_bytes(f"/v1/statement/executing/{_OTHER_QID}/y/1".encode())
     slow = X.TokenMinter(KEYS, "b1").prefix(path.decode("utf-8", "replace").replace("\\/", "/")).encode()
     assert m.prefix_bytes(path) == slow
+
+
+def _resolved_the_long_way(path: str, query: str) -> Any:
+    """What resolve_token gives, by split_path, classify and verify (or the error's type)."""
+    from gateway.routing.tokens import split_path
+    parts = split_path(path)
+    if parts is None:
+        return None
+    token, inner = parts
+    kind = P.classify("GET", inner, query)
+    if kind.kind not in X.ROUTABLE or kind.key is None:
+        return TokenError
+    try:
+        backend = KEYS.verify(token, kind.kind, kind.key)
+    except TokenError:
+        return TokenError
+    return X.TokenRoute(backend, kind, inner, inner + ("?" + query if query else ""))
+
+
+_TOKEN = KEYS.encode("b1", P.QUERY, QID)
+
+
+@given(st.lists(st.sampled_from([
+    "/_r/", _TOKEN, _TOKEN[:-1], KEYS.encode("b1", P.SPOOL, "s1"), "/", "x",
+    "/v1/statement/executing/", "/v1/statement/queued/", "/v1/statement/executing/partialCancel/",
+    "/v1/statement/", "/v1/spooled/download/", "s1", QID, _OTHER_QID, QID[:-1], "/y/1", "\n",
+    "/0", "//", "\u00e9"]), max_size=7), st.sampled_from(["", "a=b"]))
+@settings(max_examples=3000, deadline=None)
+@example(["/_r/", _TOKEN, "/v1/statement/executing/", QID, "/y/1"], "")
+@example(["/_r/", _TOKEN, "/v1/statement/executing/", QID, "\n"], "")
+@example(["/_r/", _TOKEN, "/v1/statement/executing/", QID], "a=b")
+@example(["/_r/", _TOKEN, "/v1/statement/executing/", _OTHER_QID, "/y/1"], "")
+@example(["/_r/", _TOKEN, "/v1/statement/executing/", QID, "x"], "")
+def test_resolving_a_token_gives_what_splitting_classifying_and_verifying_give(parts, query):
+    """``resolve_token`` reads a poll's token and query id with one pattern; for every path it
+    gives what the general steps give, also for the paths that pattern does not take."""
+    path = "".join(parts)
+    want = _resolved_the_long_way(path, query)
+    try:
+        got = X.resolve_token(KEYS, "GET", path, query)
+    except TokenError:
+        got = TokenError
+    assert got == want
 
 
 def test_a_kept_minter_bounds_its_query_prefixes_and_stays_right_past_the_bound(monkeypatch):

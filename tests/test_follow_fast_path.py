@@ -157,10 +157,21 @@ async def _stop(server: HTTPServer, gw: Gateway) -> None:
     gw.client.close()
 
 
-async def _exchange(port: int, request: bytes) -> tuple[bytes, bool]:
+async def _exchange(port: int, request: bytes, before: bytes | None = None,
+                    between: Any = None) -> tuple[bytes, bool]:
     """Everything the gateway sent for ``request`` (one whole response, or what came before
-    it closed), and whether it closed the connection (waited for when it said it would)."""
+    it closed), and whether it closed the connection (waited for when it said it would).
+    ``before``: a request sent first on the same connection (its answer, framed by its
+    Content-Length, read and dropped; then ``between()``)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if before is not None:
+        writer.write(before)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        (length,) = [int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                     if line.startswith(b"content-length:")]
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        if between is not None:
+            between()
     writer.write(request)
     data = b""
 
@@ -231,14 +242,27 @@ def _request(gw: Gateway, case: str) -> bytes:
             f"User-Agent: t\r\n{extra}\r\n").encode()
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["connects", "pooled"])
+@pytest.mark.parametrize("warm", [False, True, "kept"], ids=["connects", "pooled", "kept"])
 @pytest.mark.parametrize("case", CASES)
-def test_the_fast_path_answers_as_the_handler_does(tmp_path, case, warm):
+def test_the_fast_path_answers_as_the_handler_does(tmp_path, monkeypatch, case, warm):
     """``connects``: the gateway has no idle backend connection, the follow-up goes through
     ``Forwarder.send``. ``pooled``: a first poll left one, the follow-up is a direct exchange
-    on it (no task, gateway/proxy/follow.py ``_direct``)."""
-    async def main() -> tuple[list[Any], list[Any], int, list[str]]:
+    on it (no task, gateway/proxy/follow.py ``_direct``). ``kept``: that first poll came on the
+    same client connection, so a request with the same header lines is read in one call
+    (``_Connection._whole_poll``)."""
+    from gateway.runtime import http_server
+    whole = {"n": 0}
+    real_whole = http_server._Connection._whole_poll
+
+    def counting_whole(self: Any, data: bytes) -> bool:
+        took = real_whole(self, data)
+        whole["n"] += took
+        return took
+    monkeypatch.setattr(http_server._Connection, "_whole_poll", counting_whole)
+
+    async def main() -> tuple[list[Any], list[Any], int, list[str], int]:
         backend, port, seen = await _backend()
+        whole_fast = -1
         probe = bind_sockets(0, "127.0.0.1")   # a port nobody listens on: connects are refused
         dead_port = probe[0].getsockname()[1]
         probe[0].close()
@@ -252,12 +276,21 @@ def test_the_fast_path_answers_as_the_handler_does(tmp_path, case, warm):
             counting = _Counting(gw.follow_ups)
             if fast:
                 server.follow_ups = counting
-            if warm:   # a poll that leaves an idle connection to b1 in the pool
-                await _exchange(gport, _request(gw, "page"))
+            connects = 1
+
+            def warmed() -> None:
                 assert gw.client.connects == 1
                 counting.taken = 0
-            connects = gw.client.connects
-            data, closed = await _exchange(gport, _request(gw, case))
+                whole["n"] = 0
+            if warm is True:   # a poll that leaves an idle connection to b1 in the pool
+                await _exchange(gport, _request(gw, "page"))
+                warmed()
+            elif not warm:
+                connects = gw.client.connects
+            data, closed = await _exchange(gport, _request(gw, case), before=_request(gw, "page")
+                                           if warm == "kept" else None, between=warmed)
+            if fast:
+                whole_fast = whole["n"]
             results.append((_seen_by_client(data), closed))
             if fast and warm and case not in ("dead", "refuse406"):
                 assert gw.client.connects == connects   # the pooled connection carried it
@@ -266,10 +299,12 @@ def test_the_fast_path_answers_as_the_handler_does(tmp_path, case, warm):
             await _stop(server, gw)
             taken += counting.taken
         backend.close()
-        return results, events, taken, seen
+        return results, events, taken, seen, whole_fast
 
-    (fast, general), (fast_events, general_events), taken, seen = asyncio.run(main())
+    (fast, general), (fast_events, general_events), taken, seen, whole_fast = asyncio.run(main())
     assert taken == 1                                   # the fast path served it
+    # read in one call when its lines are the first poll's (length0 has one line more)
+    assert whole_fast == (warm == "kept" and case != "length0")
     assert fast == general
     assert fast_events == general_events
     status, headers, body = fast[0]
@@ -425,7 +460,8 @@ def test_a_polling_connection_reuses_its_header_lines_and_answers_as_the_handler
                 _same_lines(gw, "page"), _same_lines(gw, "page"), _same_lines(gw, poll),
                 _same_lines(gw, "page"), bad,
                 _same_lines(gw, "page"), _same_lines(gw, "page", "bob", "X-Trino-Source: dbt\r\n"),
-                _same_lines(gw, "page"), _same_lines(gw, "last")])
+                _same_lines(gw, "page"), _same_lines(gw, "page").replace(b"GET ", b"DELETE ", 1),
+                _same_lines(gw, "last")])
             parses.append(parsed["n"])
             answers.append([_seen_by_client(d) for d in got])
             seens.append(seen[start:])
@@ -435,20 +471,20 @@ def test_a_polling_connection_reuses_its_header_lines_and_answers_as_the_handler
         return answers, seens, parses, taken
 
     (fast, general), (fast_seen, general_seen), (fast_parses, general_parses), taken = asyncio.run(main())
-    assert taken == 8                       # every poll but the bad token took the fast path
+    assert taken == 8                       # every poll but the bad token (and the DELETE) took the fast path
     assert fast == general                  # what the client got
-    assert fast_seen == general_seen        # what the backend got, byte for byte
-    assert general_parses == 9
+    assert fast_seen == general_seen        # what the backend got, byte for byte (the DELETE a DELETE)
+    assert general_parses == 10
     # reused: the 2nd to 4th poll's lines, the bad token's (which then go: parsed again for
-    # the 6th), and the last poll's, which repeat the 8th's
-    assert fast_parses == 4
+    # the 6th), and the DELETE's, which repeat the 8th's (and go: the last poll's are parsed)
+    assert fast_parses == 5
     (bob,) = [s for s in fast_seen if "bob" in s]
     assert "x-trino-source: dbt" in bob.lower() and "alice" in fast_seen[-1]
     assert sum("x-trino-source" in s.lower() for s in fast_seen) == 1
     if forwarded:   # the first three polls carried them (the third got the 406, sent again
         # without); none after, although the client's lines did not change (the 4th poll
         # reuses the 3rd's parsed lines)
-        assert ["x-forwarded-for" in s.lower() for s in fast_seen] == [True] * 3 + [False] * 6
+        assert ["x-forwarded-for" in s.lower() for s in fast_seen] == [True] * 3 + [False] * 7
     assert fast[-1][0] == "HTTP/1.1 200 OK" and fast[4][0].startswith("HTTP/1.1 4")
 
 

@@ -45,21 +45,32 @@ class TokenRoute:
     uri: str           # path and query string, to send to the backend
 
 
+# A routing token, then a statement URI: split_path's token (up to the next slash) followed by
+# what classify's first rule matches (protocol.STATEMENT_URI_PATH, the query id, a slash or the end).
+_TOKEN_QUERY_PATH = re.compile(rf"{re.escape(PREFIX)}([^/]+)(?={P.STATEMENT_URI_PATH}({P.QUERY_ID})(?:/|$))")
+
+
 def resolve_token(keys: TokenKeys, method: str, path: str, query: str) -> TokenRoute | None:
     """The route a token-carrying path names; None when the path carries no token.
 
     Raises ``TokenError`` for a token that is not valid for the request behind it (tampered,
     signed with an unknown key, or taken from another query): such a request is never routed.
     """
-    parts = split_path(path)
-    if parts is None:
-        return None
-    token, inner = parts
-    kind = P.classify(method, inner, query)
-    if kind.kind not in ROUTABLE or kind.key is None:
-        raise TokenError("a routing token only routes follow-ups of a query, a spooled segment "
-                         "or an OAuth2 exchange")
-    backend = keys.verify(token, kind.kind, kind.key)
+    m = _TOKEN_QUERY_PATH.match(path)
+    if m is not None:   # a statement URI (a poll): what split_path and classify give, read at once
+        token, qid = m.group(1, 2)
+        inner = path[m.end(1):]
+        kind = P.RequestKind(P.QUERY, qid)
+    else:
+        parts = split_path(path)
+        if parts is None:
+            return None
+        token, inner = parts
+        kind = P.classify(method, inner, query)
+        if kind.kind not in ROUTABLE or kind.key is None:
+            raise TokenError("a routing token only routes follow-ups of a query, a spooled segment "
+                             "or an OAuth2 exchange")
+    backend = keys.verify(token, kind.kind, kind.key)  # type: ignore[arg-type]
     return TokenRoute(backend, kind, inner, inner + ("?" + query if query else ""))
 
 

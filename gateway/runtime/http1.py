@@ -251,6 +251,15 @@ class RepeatedHeads:
     def parse(self, head: bytes) -> tuple[RequestHead, int | None, bool]:
         """(the head, its body length as ``body_length`` says, whether its headers are the
         kept ones); raises ``HTTPParseError`` as ``parse_request_head`` does."""
+        rh = self.reuse(head)
+        if rh is not None:
+            return rh, self.length, True
+        rh = parse_request_head(head)
+        return rh, body_length(rh.headers), False
+
+    def reuse(self, head: bytes) -> RequestHead | None:
+        """The head, when its header lines are the kept ones and its request line is plain
+        (its body length is then ``length``); None, having parsed nothing, for any other."""
         block = self.block
         if block is not None:
             nl = head.find(b"\n") + 1
@@ -261,9 +270,8 @@ class RepeatedHeads:
                 if len(line) - len(line.translate(None, _CTL_BYTES)) == ends:
                     parts = _plain_request_line(line[:-ends].decode("latin-1"))
                     if parts is not None:
-                        return RequestHead(parts[0], parts[1], parts[2], self.headers), self.length, True  # type: ignore[arg-type]
-        rh = parse_request_head(head)
-        return rh, body_length(rh.headers), False
+                        return RequestHead(parts[0], parts[1], parts[2], self.headers)  # type: ignore[arg-type]
+        return None
 
     def keep(self, head: bytes, rh: RequestHead, length: int | None) -> None:
         """Reuse ``rh``'s headers for the next heads with the same header lines (whoever gets

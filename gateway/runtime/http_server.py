@@ -334,6 +334,9 @@ class _Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(_WRITE_HIGH, _WRITE_LOW)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        if self.heads is not None and self.phase == _HEAD and not self.buf \
+                and self._whole_poll(data):
+            return   # the usual poll: its head alone in one read, its header lines the last ones
         if self.head_started is None and self.phase == _HEAD:
             self.head_started = time.monotonic()
         self.buf += data
@@ -366,6 +369,41 @@ class _Connection(asyncio.Protocol):
             self.server.delegate.on_close(self)
         except Exception:  # noqa: BLE001
             app_log.exception("error in on_close")
+
+    def _whole_poll(self, data: bytes) -> bool:
+        """A request head that arrived alone in one read, for a token follow-up, with the
+        header lines of this connection's last follow-up (``RepeatedHeads``): what ``advance``,
+        ``_read_head`` and ``_read_body`` do for it, in one call. False, with nothing done,
+        for anything else: the general path then reads it (and answers what is wrong)."""
+        server = self.server
+        follow = server.follow_ups
+        if follow is None or len(data) > server.max_header_size:
+            return False
+        heads = self.heads
+        rh = heads.reuse(data)   # type: ignore[union-attr]
+        # The kept lines end the head (they did when kept, and the request line has no line
+        # break in it), so ``data`` is this one head and nothing after it.
+        if rh is None or heads.length or rh.method != "GET" \
+                or not rh.target.startswith(server.follow_prefix):   # type: ignore[union-attr]
+            return False
+        req = self.req = _Request(self, "GET", rh.version, rh.headers, heads.length)  # type: ignore[union-attr]
+        if server.xheaders:
+            req.context.apply_xheaders(rh.headers)
+        self.head_started = None
+        self.phase = _BODY
+        try:
+            took = follow.take(req, rh.target, rh.headers)
+        except Exception:  # noqa: BLE001 - the general path takes it again and deals with it
+            took = False
+        if not took:
+            self.req = None
+            self.phase = _HEAD
+            return False
+        # (no body: the body's timers are never read for a request whose body is read)
+        req.read_finished = True
+        self.phase = _RESPONDING
+        self._call(req.delegate.finish)  # type: ignore[union-attr]
+        return True
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -674,6 +712,8 @@ class HTTPServer:
         # forwarder (``gateway.proxy.follow``): no Tornado request, handler or routing.
         # ``take(request, target, headers)`` says whether it took one.
         self.follow_ups: Any = getattr(delegate, "follow_ups", None)
+        # what the targets it may take start with (_Connection._whole_poll's first check)
+        self.follow_prefix: str = getattr(self.follow_ups, "prefix", "/")
         self.ssl_context: ssl.SSLContext | None = None
         if ssl_options is not None:
             self.ssl_context = netutil.ssl_options_to_context(ssl_options, server_side=True)
