@@ -108,12 +108,17 @@ class ActiveQueries:
         self.idle = idle
         self._gauge = gauge
         self._clock = clock
-        self._last: dict[str, float] = {}     # query id -> last request seen
+        # query id -> last request seen; oldest first (each request moves its query to the end),
+        # so a sweep reads only the queries it forgets and the first one it keeps
+        self._last: dict[str, float] = {}
         self._owned: set[str] = set()         # routed by this process (counted in the gauge)
         self._swept = 0.0
 
     def started(self, query_id: str) -> None:
-        self._last[query_id] = self._clock()
+        last = self._last
+        if query_id in last:
+            del last[query_id]   # (to the end: see _last)
+        last[query_id] = self._clock()
         if query_id not in self._owned:
             self._owned.add(query_id)
             if self._gauge is not None:
@@ -121,7 +126,10 @@ class ActiveQueries:
         self._maybe_sweep()
 
     def seen(self, query_id: str) -> None:
-        now = self._last[query_id] = self._clock()
+        last = self._last
+        if query_id in last:
+            del last[query_id]   # (to the end: see _last)
+        now = last[query_id] = self._clock()
         if now - self._swept >= 1.0:   # (_maybe_sweep, without the call: once per poll)
             self.sweep()
 
@@ -137,7 +145,12 @@ class ActiveQueries:
     def sweep(self) -> None:
         now = self._clock()
         self._swept = now
-        for qid in [q for q, t in self._last.items() if now - t > self.idle]:
+        idle = []
+        for qid, t in self._last.items():
+            if now - t <= self.idle:
+                break   # seen recently, and so was every query after it
+            idle.append(qid)
+        for qid in idle:
             del self._last[qid]
             self._disown(qid)
 

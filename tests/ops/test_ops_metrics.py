@@ -73,6 +73,15 @@ def test_active_queries_track_started_seen_ended_and_forget_idle_ones():
     assert q.live() == 0 and gauge() == 0
     q.ended("zzz")                   # unknown ids are fine
     assert gauge() == 0
+    # a sweep reads the queries oldest first and stops at the first it keeps: a query polled
+    # again moves behind those that were not
+    q.started("x")
+    now[0] += 1
+    q.started("y")
+    now[0] += 1
+    q.seen("x")
+    now[0] += 9.5                    # y idle for 10.5 s, x for 9.5 s
+    assert q.live() == 1 and list(q._last) == ["x"]
 
 
 # -- one worker, end to end --------------------------------------------------------------------
