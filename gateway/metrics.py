@@ -29,7 +29,6 @@ from prometheus_client import (CollectorRegistry, generate_latest, CONTENT_TYPE_
 from prometheus_client import Counter as _LibCounter, Gauge as _LibGauge, Histogram as _LibHistogram
 from prometheus_client import multiprocess
 
-from gateway.metrics_deferred import Deferred, DeferredValue
 from gateway.metrics_plain import PlainCounter, PlainGauge, PlainHistogram
 
 __all__ = ["Metrics", "ActiveQueries", "request_kind", "METRIC_NAMES", "QUERY_IDLE_SECONDS"]
@@ -273,10 +272,6 @@ class Metrics:
             "at once instead), excused (the event loop stalled during the attempt: not counted)",
             ["source", "verdict"], **kw)
         self._owner_sources: dict[str, Any] = {}
-        # The request path's writes (in flight, requests, latency, overhead, owner lookups): with
-        # several workers, applied once per loop turn (gateway/metrics_deferred.py).
-        self._deferred = Deferred() if self.multiprocess else None
-        self._in_flight = self._defer(self.in_flight)
         self._shed_logged = float("-inf")
         self._shed_since_log = 0
         self.gc_pauses = Histogram(
@@ -294,9 +289,6 @@ class Metrics:
         self._overheads: dict[str, Any] = {}
         self._routed: dict[tuple[str, str, str], Any] = {}
 
-    def _defer(self, child: Any) -> Any:
-        return DeferredValue(child, self._deferred) if self._deferred is not None else child
-
     # -- the request path (proxy handler) ----------------------------------------------------
 
     def request_started(self, kind: str) -> None:
@@ -307,11 +299,11 @@ class Metrics:
         of the fast path (gateway/proxy/follow.py), which runs in no task of its own, holds it
         (``_gateway_metrics``); ``request_started`` puts it in the context variable. ``owner``:
         how its backend was found (``owner_lookup``), when already known."""
-        self._in_flight.inc()
+        self.in_flight.inc()
         if owner is not None:   # (owner_lookup, without the call)
             c = self._owner_sources.get(owner)
             if c is None:
-                c = self._owner_sources[owner] = self._defer(self.owner_lookups.labels(owner))
+                c = self._owner_sources[owner] = self.owner_lookups.labels(owner)
             c.inc()
         return _Request(kind)
 
@@ -320,25 +312,25 @@ class Metrics:
         ``status``, in ``seconds`` of which ``backend_seconds`` were the backend's: what
         ``backend_start``, ``backend_end``, ``log_request`` and ``request_done`` record for it,
         in one call (nothing to log: the answer was the backend's)."""
-        self._in_flight.dec()
+        self.in_flight.dec()
         rec.forwarded = rec.backend_answered = rec.counted = rec.done = True
         rec.backend_seconds += backend_seconds
         label = rec.label = "follow-up"
         self._count(label, str(status), seconds)
         h = self._overheads.get(label)
         if h is None:
-            h = self._overheads[label] = self._defer(self.proxy_overhead.labels(label))
+            h = self._overheads[label] = self.proxy_overhead.labels(label)
         h.observe(max(0.0, seconds - rec.backend_seconds))
 
     def request_done(self, kind: str, status: int, seconds: float, rec: _Request | None = None) -> None:
-        self._in_flight.dec()
+        self.in_flight.dec()
         if rec is None:
             rec = _mine()
         label = (rec.label if rec is not None else None) or request_kind(kind, "")
         if rec is not None and rec.forwarded:
             h = self._overheads.get(label)
             if h is None:
-                h = self._overheads[label] = self._defer(self.proxy_overhead.labels(label))
+                h = self._overheads[label] = self.proxy_overhead.labels(label)
             h.observe(max(0.0, seconds - rec.backend_seconds))
         if rec is None or not rec.counted:
             # The response never finished normally (the backend failed mid-response and the
@@ -416,7 +408,7 @@ class Metrics:
         """How the owner of a follow-up was found (token, memory, probe, store, none)."""
         c = self._owner_sources.get(source)
         if c is None:
-            c = self._owner_sources[source] = self._defer(self.owner_lookups.labels(source))
+            c = self._owner_sources[source] = self.owner_lookups.labels(source)
         c.inc()
 
     def log_request(self, handler: Any) -> None:
@@ -457,8 +449,7 @@ class Metrics:
         key = (label, status)
         c = self._kinds.get(key)
         if c is None:
-            c = self._kinds[key] = (self._defer(self.requests.labels(label, status)),
-                                  self._defer(self.latency.labels(label)))
+            c = self._kinds[key] = (self.requests.labels(label, status), self.latency.labels(label))
         c[0].inc()
         c[1].observe(seconds)
 
@@ -485,8 +476,6 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         self.queries.sweep()
-        if self._deferred is not None:
-            self._deferred.flush()   # this worker's writes of the current loop turn
         if self.multiprocess:
             reg = CollectorRegistry()
             multiprocess.MultiProcessCollector(reg)
