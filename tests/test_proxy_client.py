@@ -287,43 +287,49 @@ def _timed_out(w: _Watched) -> bool:
     return w._waiter.done() and isinstance(w._waiter.exception(), _Timeout)
 
 
-def test_the_sweep_times_out_silent_exchanges_and_stops_at_the_first_one_too_recent_to():
+def _sweeping(body: Callable[[BackendClient], None]) -> None:
+    """Run ``body`` with a client on a running loop (the watched exchanges' waiters need one)."""
     async def main() -> None:
         client = BackendClient()
+        try:
+            body(client)
+        finally:
+            client.close()
+    asyncio.run(main())
+
+
+def test_the_sweep_times_out_silent_exchanges_and_stops_at_the_first_one_too_recent_to():
+    def body(client: BackendClient) -> None:
+        import time
         old = _Watched(90)                  # silent beyond its 60 s timeout
         quiet = _Watched(61)                # watched 61 s ago, but heard from since
         recent = _Watched(2)                # every later entry was watched after it: not visited
         after = _Watched(1, visited=False)
         for w in (old, quiet, recent, after):
             client._watch(w, 60.0, None)    # type: ignore[arg-type]
-        import time
         quiet.activity = time.monotonic() - 5
         client._sweep()
         assert _timed_out(old) and not quiet._waiter.done() and not recent._waiter.done()
         assert list(client._waiting) == [quiet, recent, after]
-        client.close()
-    asyncio.run(main())
+    _sweeping(body)
 
 
 def test_a_connection_watched_again_moves_behind_the_others():
-    async def main() -> None:
-        client = BackendClient()
+    def body(client: BackendClient) -> None:
+        import time
         a, b = _Watched(120), _Watched(90)
         client._watch(a, 60.0, None)        # type: ignore[arg-type]
         client._watch(b, 60.0, None)        # type: ignore[arg-type]
-        import time
         a.activity = time.monotonic()       # a's next exchange starts now
         client._watch(a, 60.0, None)        # type: ignore[arg-type]
         assert list(client._waiting) == [b, a]
         client._sweep()                     # b is reached (a stopped nothing before it)
         assert _timed_out(b) and not a._waiter.done()
-        client.close()
-    asyncio.run(main())
+    _sweeping(body)
 
 
 def test_a_short_timeout_behind_long_ones_is_still_reached_and_the_floor_resets_when_empty():
-    async def main() -> None:
-        client = BackendClient()
+    def body(client: BackendClient) -> None:
         long_, short = _Watched(3), _Watched(2)
         client._watch(long_, 60.0, None)    # type: ignore[arg-type]
         client._watch(short, 1.0, None)     # type: ignore[arg-type]
@@ -332,5 +338,4 @@ def test_a_short_timeout_behind_long_ones_is_still_reached_and_the_floor_resets_
         long_._waiter.set_result(None)      # its exchange ended: dropped at the next sweep
         client._sweep()
         assert not client._waiting and client._floor == float("inf") and client._sweeper is None
-        client.close()
-    asyncio.run(main())
+    _sweeping(body)
