@@ -427,3 +427,31 @@ def test_a_head_that_arrived_while_the_worker_stalled_is_not_taken_for_a_slow_cl
 def test_a_client_that_sends_no_head_is_still_closed_after_header_timeout():
     # a head that never ends: read at once, then the sweep closes the connection
     assert _after_header_timeout(b"GET /echo HTTP/1.1\r\n", stall=0) == b""
+
+
+def test_a_connection_the_client_closes_is_released_at_once():
+    """A closed client connection leaves the server's count (and the per-address limits) when
+    its socket closes, not when the server shuts down: after a request, and while idle."""
+    async def main() -> None:
+        socks = bind_sockets(0, "127.0.0.1")
+        server = HTTPServer(tornado.web.Application([(r"/echo.*", Echo)]))
+        server.add_sockets(socks)
+        port = socks[0].getsockname()[1]
+        try:
+            for send in (True, False):
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                if send:
+                    w.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+                    await read_response(r)
+                while not server.connections:
+                    await asyncio.sleep(0.01)
+                w.close()
+                await asyncio.wait_for(_released(server), 2)
+        finally:
+            server.stop()
+            await server.close_all_connections()
+
+    async def _released(server: HTTPServer) -> None:
+        while server.connections:
+            await asyncio.sleep(0.01)
+    asyncio.run(main())
