@@ -189,7 +189,7 @@ def relay_response(headers: HTTPHeaders, *, method: str, keys: TokenKeys | None,
     rewriter = length = None
     if method != "HEAD":
         if "json" in headers.get("Content-Type", ""):
-            rewriter = P.UriRewriter(gateway_base, minter)   # as page_rewriter
+            rewriter = P.UriRewriter(gateway_base, minter)
         else:
             length = headers.get("Content-Length")
     # (the parsers' headers as one list: Tornado's get_all is a generator, a call per line)
@@ -199,14 +199,6 @@ def relay_response(headers: HTTPHeaders, *, method: str, keys: TokenKeys | None,
         request_transaction=request_transaction, route=minter,
         connection=headers.get_list("Connection"))
     return Relay(rewriter, length, translated)
-
-
-def page_rewriter(keys: TokenKeys | None, backend: str, gateway_base: str, *,
-                  find_id: bool = True) -> P.UriRewriter:
-    """The rewriter ``relay_response`` gives a JSON answer of ``backend`` (``find_id``: see
-    ``UriRewriter``)."""
-    return P.UriRewriter(gateway_base, TokenMinter(keys, backend) if keys is not None else None,
-                         find_id=find_id)
 
 
 # Response header lines whose translation depends on the request (its routing token, its
