@@ -115,22 +115,18 @@ class ActiveQueries:
         self._swept = 0.0
 
     def started(self, query_id: str) -> None:
-        last = self._last
-        if query_id in last:
-            del last[query_id]   # (to the end: see _last)
-        last[query_id] = self._clock()
         if query_id not in self._owned:
             self._owned.add(query_id)
             if self._gauge is not None:
                 self._gauge.inc()
-        self._maybe_sweep()
+        self.seen(query_id)
 
     def seen(self, query_id: str) -> None:
         last = self._last
         if query_id in last:
             del last[query_id]   # (to the end: see _last)
         now = last[query_id] = self._clock()
-        if now - self._swept >= 1.0:   # (_maybe_sweep, without the call: once per poll)
+        if now - self._swept >= 1.0:
             self.sweep()
 
     def ended(self, query_id: str) -> None:
@@ -153,10 +149,6 @@ class ActiveQueries:
         for qid in idle:
             del self._last[qid]
             self._disown(qid)
-
-    def _maybe_sweep(self) -> None:
-        if self._clock() - self._swept >= 1.0:
-            self.sweep()
 
     def _disown(self, query_id: str) -> None:
         if query_id in self._owned:
