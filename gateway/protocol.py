@@ -278,17 +278,17 @@ class UriRewriter:
         self.query_id: str | None = None
 
     def _sub(self, m: re.Match[bytes]) -> bytes:
-        key, path = m.group(1), m.group(3)
-        if key not in _ALWAYS_REWRITTEN:
-            spool = _SPOOL_PATH.match(path)
-            if not spool:
-                return m.group(0)
-            sid = spool.group(1).decode("utf-8", "replace")
-            if sid not in self.spool_ids:
-                self.spool_ids.append(sid)
-        elif key == b"nextUri":
-            self.saw_next_uri = True
-        if self._route is not None and key != b"infoUri":
+        """A ``uri`` or ``ackUri`` field (``_rewrite`` builds the always-rewritten ones): pointed
+        at the gateway when it names a spooled segment of this backend, else left alone
+        (a pre-signed object-store URL)."""
+        key, path = m.group(1, 3)
+        spool = _SPOOL_PATH.match(path)
+        if not spool:
+            return m.group(0)
+        sid = spool.group(1).decode("utf-8", "replace")
+        if sid not in self.spool_ids:
+            self.spool_ids.append(sid)
+        if self._route is not None:
             return b'"%b":"%b%b%b"' % (key, self._base, self._route.prefix_bytes(path), path)
         return b'"%b":"%b%b"' % (key, self._base, path)
 
@@ -343,7 +343,7 @@ class UriRewriter:
                     continue
                 pieces.append(buf[done:q])
                 key, path = m.group(1, 3)
-                if key in _ALWAYS_REWRITTEN:   # (what _sub does for these, without the call)
+                if key in _ALWAYS_REWRITTEN:   # nextUri, infoUri, partialCancelUri
                     if key == b"nextUri":
                         self.saw_next_uri = True
                     if key == b"infoUri" or route is None:
