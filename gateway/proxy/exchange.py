@@ -25,7 +25,7 @@ from tornado.httputil import HTTPHeaders
 
 from gateway import protocol as P
 from gateway.runtime.http1 import header_pairs
-from gateway.routing.tokens import PREFIX, TokenError, TokenKeys, split_path
+from gateway.routing.tokens import PREFIX, TokenError, TokenKeys, remember, split_path
 
 __all__ = ["ROUTABLE", "TokenRoute", "TokenMinter", "resolve_token", "ResponseHeaders",
            "translate_response_headers", "Relay", "relay_response", "query_end", "STATEMENT_PATH",
@@ -116,11 +116,8 @@ class TokenMinter(P.PathRoute):
             qid = m.group(1)
             prefix = self._by_query.get(qid)
             if prefix is None:
-                if len(self._by_query) >= _QUERY_PREFIXES:
-                    # (emptied rather than trimmed: a miss costs only keys.encode's own cache)
-                    self._by_query.clear()
-                prefix = self._by_query[qid] = \
-                    (PREFIX + self.keys.encode(self._backend, P.QUERY, qid.decode())).encode()
+                prefix = (PREFIX + self.keys.encode(self._backend, P.QUERY, qid.decode())).encode()
+                remember(self._by_query, qid, prefix, _QUERY_PREFIXES)
             return prefix
         text = path.decode("utf-8", "replace").replace("\\/", "/")
         return self.prefix(text).encode()

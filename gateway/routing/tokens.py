@@ -31,9 +31,9 @@ import binascii
 import hashlib
 import itertools
 import hmac
-from typing import Sequence
+from typing import Any, Sequence
 
-__all__ = ["PREFIX", "TokenError", "TokenKeys", "split_path", "key_id"]
+__all__ = ["PREFIX", "TokenError", "TokenKeys", "split_path", "key_id", "remember"]
 
 PREFIX = "/_r/"            # path prefix that carries a token: /_r/<token>/<the backend's path>
 _MAC_BYTES = 12            # 96-bit MAC: forging one takes ~2^96 tries, each a request to us
@@ -121,7 +121,7 @@ class TokenKeys:
         if token is None:
             mac = self._mac(self.current, backend, kind, scope)
             token = _SEP.join((self._current_id, _b64(backend.encode()), mac))
-            _remember(self._encoded, memo, token)
+            remember(self._encoded, memo, token)
         return token
 
     def verify(self, token: str, kind: str, scope: str) -> str:
@@ -132,7 +132,7 @@ class TokenKeys:
         if backend is not None:
             return backend
         backend = self._verify(token, kind, scope)
-        _remember(self._verified, memo, backend)
+        remember(self._verified, memo, backend)
         return backend
 
     def _verify(self, token: str, kind: str, scope: str) -> str:
@@ -155,12 +155,15 @@ class TokenKeys:
         return backend
 
 
-def _remember(cache: dict[str, str], key: str, value: str) -> None:
-    """Keep ``key`` in a bounded cache. When full, the older half goes (insertion order): a
-    query still polled is inserted again at its next miss, while clearing the whole cache (as
-    before) made every in-flight query pay an HMAC at once beyond 8,192 of them (issue 19)."""
-    if len(cache) >= _CACHE_MAX:
-        for old in list(itertools.islice(cache, _CACHE_MAX // 2)):
+def remember(cache: dict[Any, Any], key: Any, value: Any, limit: int | None = None) -> None:
+    """Keep ``key`` in a cache bounded to ``limit`` entries (``_CACHE_MAX``). When full, the
+    older half goes (insertion order): a query still polled is inserted again at its next miss,
+    while clearing the whole cache (as before) made every in-flight query pay an HMAC at once
+    beyond 8,192 of them (issue 19)."""
+    if limit is None:
+        limit = _CACHE_MAX
+    if len(cache) >= limit:
+        for old in list(itertools.islice(cache, limit // 2)):
             del cache[old]
     cache[key] = value
 

@@ -63,9 +63,9 @@ def test_a_full_token_cache_drops_its_older_half_not_everything(monkeypatch):
     monkeypatch.setattr(T, "_CACHE_MAX", 8)
     cache: dict[str, str] = {}
     for i in range(8):
-        T._remember(cache, f"k{i}", str(i))
+        T.remember(cache, f"k{i}", str(i))
     assert len(cache) == 8
-    T._remember(cache, "k8", "8")
+    T.remember(cache, "k8", "8")
     assert list(cache) == ["k4", "k5", "k6", "k7", "k8"]
     keys = T.TokenKeys.from_text("t" * 32, [])
     tokens = [keys.encode("b1", "query", f"q{i}") for i in range(20)]
