@@ -2,8 +2,9 @@
 behind them. docs/metrics.md lists every metric with what it measures.
 
 With ``server.workers > 1`` every process writes to files in a shared folder
-(prometheus-client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``), and /metrics aggregates
-them, so a scrape that lands on any worker sees the whole gateway.
+(prometheus-client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``; gateway/metrics_shared.py
+writes them), and /metrics aggregates them, so a scrape that lands on any worker sees the whole
+gateway.
 
 Per request the proxy handler calls ``request_started`` and ``request_done``; Tornado calls
 ``log_request`` (the application's ``log_function``) when any response finishes. A small record
@@ -30,6 +31,7 @@ from prometheus_client import Counter as _LibCounter, Gauge as _LibGauge, Histog
 from prometheus_client import multiprocess
 
 from gateway.metrics_plain import PlainCounter, PlainGauge, PlainHistogram
+from gateway.metrics_shared import SharedCounter, SharedGauge, SharedHistogram
 
 __all__ = ["Metrics", "ActiveQueries", "request_kind", "METRIC_NAMES", "QUERY_IDLE_SECONDS"]
 
@@ -161,21 +163,29 @@ class Metrics:
     """All gateway metrics in one place; methods are cheap enough for the request path.
 
     In one process the metrics are plain numbers exported when scraped
-    (gateway/metrics_plain.py: no lock per update); with several workers they are
-    prometheus-client's own, whose multiprocess mode shares them through files."""
+    (gateway/metrics_plain.py: no lock per update); with several workers the same numbers are
+    also written to this worker's files of prometheus-client's multiprocess mode
+    (gateway/metrics_shared.py: no lock or pid check per update), which /metrics reads back."""
 
-    def __init__(self, *, plain: bool | None = None) -> None:
-        """``plain``: plain numbers (default: unless in multiprocess mode, where they cannot be)."""
+    def __init__(self, *, plain: bool | None = None, shared: bool = True) -> None:
+        """``plain``: plain numbers (default: unless in multiprocess mode, where they cannot be).
+        ``shared``: in multiprocess mode, the numbers written straight to this worker's files
+        (gateway/metrics_shared.py); False: prometheus-client's own multiprocess values."""
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         reg = None if self.multiprocess else CollectorRegistry()
-        kw = {"registry": reg} if reg is not None else {}
+        # In multiprocess mode nothing is read through a registry (render reads the files).
+        kw = {"registry": reg}
         self._registry = reg
         if plain is None:
             plain = not self.multiprocess
         elif plain and self.multiprocess:
             raise ValueError("plain metrics cannot be shared between worker processes")
-        Counter, Gauge, Histogram = ((PlainCounter, PlainGauge, PlainHistogram) if plain
-                                     else (_LibCounter, _LibGauge, _LibHistogram))
+        if plain:
+            Counter, Gauge, Histogram = PlainCounter, PlainGauge, PlainHistogram
+        elif self.multiprocess and shared:
+            Counter, Gauge, Histogram = SharedCounter, SharedGauge, SharedHistogram
+        else:
+            Counter, Gauge, Histogram = _LibCounter, _LibGauge, _LibHistogram
         live = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
         mx = {"multiprocess_mode": "max"} if self.multiprocess else {}
         self.requests = Counter("trino_gateway_requests_total",

@@ -120,14 +120,15 @@ class _Family(Collector):
         self._labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
         if not self._labelnames:
-            self._one = self._children[()] = self._new()
+            self._one = self._children[()] = self._new(())
             for method in ("inc", "dec", "set", "observe", "get", "_value"):
                 if hasattr(self._one, method):
                     setattr(self, method, getattr(self._one, method))
         if registry is not None:
             registry.register(self)
 
-    def _new(self) -> Any:
+    def _new(self, values: tuple[str, ...]) -> Any:
+        """A new child for the label ``values``."""
         raise NotImplementedError
 
     def labels(self, *values: object, **by_name: object) -> Any:
@@ -142,7 +143,7 @@ class _Family(Collector):
         key = tuple(map(str, values))
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self._new()
+            child = self._children[key] = self._new(key)
         return child
 
     def describe(self) -> list[Metric]:
@@ -165,14 +166,14 @@ class PlainCounter(_Family):
         # Registered without the _total suffix, as prometheus-client does.
         super().__init__(name.removesuffix("_total"), documentation, labelnames, registry)
 
-    def _new(self) -> _CounterValue:
+    def _new(self, values: tuple[str, ...]) -> _CounterValue:
         return _CounterValue()
 
 
 class PlainGauge(_Family):
     _type = "gauge"
 
-    def _new(self) -> _GaugeValue:
+    def _new(self, values: tuple[str, ...]) -> _GaugeValue:
         return _GaugeValue()
 
 
@@ -192,5 +193,5 @@ class PlainHistogram(_Family):
         self._bounds = bounds
         super().__init__(name, documentation, labelnames, registry)
 
-    def _new(self) -> _HistogramValue:
+    def _new(self, values: tuple[str, ...]) -> _HistogramValue:
         return _HistogramValue(self._bounds)

@@ -59,27 +59,34 @@ def test_created_series_follow_the_library_switch() -> None:
         library.enable_created_metrics()
 
 
+def drive_gateway(m: Metrics) -> str:
+    """Drive the gateway's own bookkeeping one fixed way; what /metrics then shows."""
+    m.request_started("statement")
+    m.statement_routed("adhoc", "b1", None)
+    m.statement_routed("adhoc", "b1", "r1")
+    m.overhead.observe(0.0002)
+    m.owner_lookup("token")
+    m.owner_lookup("token")
+    m.statement_failed("no-backend")
+    m.rejected("no-drop")
+    m.backend_connects.inc()
+    m.gc_pause(2, 0.003)
+    m.loop_lag.observe(0.02)
+    m.queries.started("q1")
+    m.request_done("statement", 200, 0.004)
+    rec = m.follow_up_started("query", "token")   # a poll of the fast path
+    m.follow_up_done(rec, 200, 0.003, 0.002)
+    m.follow_up_started("query", "memory")         # one still in flight
+    m.backend_health.labels("b1", "adhoc").set(1)
+    m.backend_queued.labels("b1").set(3)
+    m.set_ruleset("v1")
+    m.set_ruleset("v2")
+    return m.render()[0].decode()
+
+
 def test_gateway_metrics_read_the_same_plain_or_locked() -> None:
     """The gateway's own bookkeeping, driven the same way, renders the same /metrics."""
-    def run(plain: bool) -> str:
-        m = Metrics(plain=plain)
-        m.request_started("statement")
-        m.statement_routed("adhoc", "b1", None)
-        m.statement_routed("adhoc", "b1", "r1")
-        m.overhead.observe(0.0002)
-        m.owner_lookup("token")
-        m.owner_lookup("token")
-        m.statement_failed("no-backend")
-        m.rejected("no-drop")
-        m.backend_connects.inc()
-        m.gc_pause(2, 0.003)
-        m.loop_lag.observe(0.02)
-        m.queries.started("q1")
-        m.request_done("statement", 200, 0.004)
-        m.set_ruleset("v1")
-        return m.render()[0].decode()
-
-    plain, locked = run(True), run(False)
+    plain, locked = drive_gateway(Metrics(plain=True)), drive_gateway(Metrics(plain=False))
     assert 'trino_gateway_statements_routed_total{backend="b1",group="adhoc",rule="r1"} 1.0' in plain
     assert "trino_gateway_queries_in_flight 1.0" in plain
     assert _without_timestamps(plain) == _without_timestamps(locked)

@@ -328,10 +328,13 @@ def reload_on_sighup(config: Config, gw: Any) -> None:
 
 
 def _metrics_process_dead(pid: int) -> None:
-    """Tell prometheus-client a worker is gone, so its live gauges stop counting."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    """A worker is gone: its live gauges stop counting (prometheus-client's files and ours)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
         try:
             from prometheus_client import multiprocess
+            from gateway import metrics_shared
             multiprocess.mark_process_dead(pid)
+            metrics_shared.process_dead(pid, folder)
         except Exception as exc:  # noqa: BLE001 - metrics housekeeping must not stop the supervisor
             log.debug("cannot mark worker %d dead for metrics: %s", pid, exc)
