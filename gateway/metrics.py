@@ -318,7 +318,7 @@ class Metrics:
         rec.forwarded = rec.backend_answered = rec.counted = rec.done = True
         rec.backend_seconds += backend_seconds
         label = rec.label = "follow-up"
-        self._count(label, str(status), seconds)
+        self._count(label, status, seconds)
         h = self._overheads.get(label)
         if h is None:
             h = self._overheads[label] = self.proxy_overhead.labels(label)
@@ -422,7 +422,7 @@ class Metrics:
             from gateway import protocol as P   # finished before dispatch (400, 413)
             rec = _Request(P.classify(request.method or "GET", request.path, request.query).kind)
         label = request_kind(rec.protocol_kind if rec is not None else None, request.path)
-        self._count(label, str(status), request.request_time())
+        self._count(label, status, request.request_time())
         if rec is None:
             return
         rec.label = label
@@ -447,11 +447,13 @@ class Metrics:
                                      "path": request.path, "status": status, "kind": label,
                                      "remote": request.remote_ip, "backend_error": rec.backend_error})
 
-    def _count(self, label: str, status: str, seconds: float) -> None:
+    def _count(self, label: str, status: int | str, seconds: float) -> None:
+        """``status``: an HTTP status, or ``aborted``. Kept as given in the key (no ``str`` and
+        no new string to hash per request); the label is its text."""
         key = (label, status)
         c = self._kinds.get(key)
         if c is None:
-            c = self._kinds[key] = (self.requests.labels(label, status), self.latency.labels(label))
+            c = self._kinds[key] = (self.requests.labels(label, str(status)), self.latency.labels(label))
         c[0].inc()
         c[1].observe(seconds)
 
