@@ -527,3 +527,61 @@ def test_a_repeated_answer_head_is_translated_once_but_never_for_another_client(
     assert bases == ["http://gw.example:8080"] * 2 + ["http://other.example:9090"] * 2 + ["http://gw.example:8080"] * 2
     assert pages_translated == 1 and kept   # the first plain page was translated, the next two reused it
     assert answers[-1] == answers[-2]
+
+
+def test_a_poll_read_whole_behind_a_trusted_proxy_forwards_the_clients_address(tmp_path, monkeypatch):
+    """Behind a trusted load balancer (``xheaders``) a client's address is the last
+    ``X-Forwarded-For`` entry. A poll read in one call (``_Connection._whole_poll``) for another
+    backend than the connection's last poll builds its lines to that backend again, from the
+    address it read: the backend is told the client's address, as the first poll's backend
+    (read the general way) was, not the load balancer's."""
+    from gateway.runtime import http_server
+    whole = {"n": 0}
+    real_whole = http_server._Connection._whole_poll
+
+    def counting_whole(self: Any, data: bytes) -> bool:
+        took = real_whole(self, data)
+        whole["n"] += took
+        return took
+    monkeypatch.setattr(http_server._Connection, "_whole_poll", counting_whole)
+
+    async def main() -> tuple[list[str], list[str], bytes]:
+        (b1, p1, seen1), (b2, p2, seen2) = await _backend(), await _backend()
+        cfg = config_from_dict({"store": {"url": f"sqlite:///{tmp_path / 'g.db'}"},
+                                "server": {"xForwardedFor": True},
+                                "routing": {"tokenKey": "t" * 32, "cookieSecret": "c" * 32,
+                                            "rules": [str(tmp_path)]},
+                                "monitor": {"type": "noop"}}, "<test>")
+        gw = Gateway(cfg)
+        backends = [Backend("b1", f"http://127.0.0.1:{p1}", None, "adhoc", True),
+                    Backend("b2", f"http://127.0.0.1:{p2}", None, "adhoc", True)]
+        gw.registry.replace(backends)
+        for b in backends:
+            gw.registry.state(b.name).health = Health.HEALTHY
+        app = tornado.web.Application([(r".*", proxy_route(gw))], cookie_secret=gw.cookie_secret,
+                                      log_function=gw.metrics.log_request)
+        app.follow_ups = gw.follow_ups  # type: ignore[attr-defined]
+        server = HTTPServer(app, xheaders=True, trusted_downstream=["127.0.0.1"])
+        socks = bind_sockets(0, "127.0.0.1")
+        server.add_sockets(socks)
+        assert gw.tokens is not None
+
+        def poll(name: str) -> bytes:
+            tok = gw.tokens.encode(name, P.QUERY, QID)
+            return (f"GET /_r/{tok}/v1/statement/executing/{QID}/yslug/page HTTP/1.1\r\n"
+                    "Host: gw.example:8080\r\nX-Trino-User: alice\r\n"
+                    "X-Forwarded-For: 203.0.113.9\r\nUser-Agent: t\r\n\r\n").encode()
+        data, _ = await _exchange(socks[0].getsockname()[1], poll("b2"), before=poll("b1"))
+        await _stop(server, gw)
+        b1.close()
+        b2.close()
+        return seen1, seen2, data
+
+    seen1, seen2, data = asyncio.run(main())
+    assert data.startswith(b"HTTP/1.1 200 OK") and whole["n"] == 1   # the second poll, read whole
+
+    def xff(heads: list[str]) -> list[str]:
+        assert len(heads) == 1
+        return [line for line in heads[0].lower().split("\r\n") if line.startswith("x-forwarded-for:")]
+    assert xff(seen1) == ["x-forwarded-for: 203.0.113.9"]
+    assert xff(seen2) == xff(seen1)
