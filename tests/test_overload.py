@@ -163,6 +163,69 @@ def test_loop_lag_samples_a_real_loop() -> None:
     assert recent >= 0.25
 
 
+def test_a_held_loop_lag_ticks_only_while_held_and_sees_a_stall_then() -> None:
+    """The probe thread's sampler: no timer between attempts, the stall during one measured."""
+    import time
+
+    async def main() -> None:
+        lag = LoopLag(interval=0.01)
+        assert lag._handle is None
+        lag.hold()
+        lag.hold()                    # two probes at once
+        before = lag.stalled()
+        time.sleep(0.2)               # the loop is blocked during them
+        await asyncio.sleep(0.03)
+        assert 0.15 <= lag.stalled() - before < 1.0
+        lag.release()
+        assert lag._handle is not None    # one still under way
+        lag.release()
+        assert lag._handle is None and lag._due is None
+        total = lag.stalled()
+        time.sleep(0.05)              # between attempts nothing ticks, nothing is added
+        await asyncio.sleep(0.03)
+        assert lag.stalled() == total
+        lag.release()                 # one release too many changes nothing
+        lag.hold()
+        assert lag._handle is not None
+        lag.release()
+        assert lag._handle is None
+
+        running = LoopLag(interval=0.01)   # the worker's own: started, holds leave it running
+        running.start()
+        running.hold()
+        running.release()
+        assert running._handle is not None
+        running.stop()
+
+    asyncio.run(main())
+
+
+def test_the_probe_threads_sampler_ticks_only_during_probes() -> None:
+    """Between monitor rounds the probe thread's loop has no lag timer (it sleeps); a probe
+    holds the sampler and lets go of it when it ends."""
+    seen = []
+
+    async def main() -> None:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        mon = Monitor(Registry([Backend("b", f"http://127.0.0.1:{port}")]), MonitorConfig(timeout=1.0),
+                      own_thread=True)
+        mon._probes.start()
+        lag = mon._probes.lag
+        real_hold = lag.hold
+        lag.hold = lambda: (seen.append(lag._handle), real_hold())   # type: ignore[method-assign]
+        try:
+            assert lag._handle is None
+            result = await mon.probe(mon.registry.get("b"))
+            assert result.health is Health.UNHEALTHY
+            assert seen == [None] and lag._handle is None and lag._holds == 0
+        finally:
+            await mon.stop()
+            server.close()
+
+    asyncio.run(main())
+
+
 # -- probes during a stall ----------------------------------------------------------------------
 
 def test_an_inconclusive_probe_changes_nothing() -> None:
@@ -178,9 +241,17 @@ def test_an_inconclusive_probe_changes_nothing() -> None:
 class FakeLag:
     def __init__(self, readings: list[float]) -> None:
         self.readings = readings
+        self.holds = 0
 
     def stalled(self) -> float:
+        assert self.holds == 1   # read only while the probe holds the sampler
         return self.readings.pop(0)
+
+    def hold(self) -> None:
+        self.holds += 1
+
+    def release(self) -> None:
+        self.holds -= 1
 
 
 def _probe_against_a_hole(lag_readings: list[float] | None) -> tuple[ProbeResult, int]:

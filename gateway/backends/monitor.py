@@ -243,21 +243,27 @@ class Monitor:
                 "metrics": self._probe_metrics}.get(self.cfg.type) or self._plugin_step()
         if step is None:
             return ProbeResult(Health.UNHEALTHY, f"unknown monitor type {self.cfg.type!r}")
-        started = time.monotonic()
-        stalled = lag.stalled() if lag is not None else 0.0
-        deadline = started + self.cfg.timeout
+        if lag is not None:
+            lag.hold()   # the probe thread's sampler ticks only while a probe is under way
         try:
-            # Each request gets what is left of the deadline, so Tornado's own timeouts end a
-            # slow probe; wait_for is only a safety net (cancelling a fetch makes Tornado log).
-            return await asyncio.wait_for(step(backend, deadline), self.cfg.timeout + 1.0)
-        except _ProbeFailed as exc:
-            return self._failed(str(exc), exc.timeout, started, lag, stalled)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure is an UNHEALTHY result, not a crash
-            log.debug("probe of %s failed", backend.name, exc_info=True)
-            return self._failed(describe_error(exc, self.cfg.timeout), is_timeout(exc), started,
-                                lag, stalled)
+            started = time.monotonic()
+            stalled = lag.stalled() if lag is not None else 0.0
+            deadline = started + self.cfg.timeout
+            try:
+                # Each request gets what is left of the deadline, so Tornado's own timeouts end a
+                # slow probe; wait_for is only a safety net (cancelling a fetch makes Tornado log).
+                return await asyncio.wait_for(step(backend, deadline), self.cfg.timeout + 1.0)
+            except _ProbeFailed as exc:
+                return self._failed(str(exc), exc.timeout, started, lag, stalled)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure is an UNHEALTHY result, not a crash
+                log.debug("probe of %s failed", backend.name, exc_info=True)
+                return self._failed(describe_error(exc, self.cfg.timeout), is_timeout(exc), started,
+                                    lag, stalled)
+        finally:
+            if lag is not None:
+                lag.release()
 
     def _failed(self, error: str, timeout: bool, started: float, lag: LoopLag | None,
                 stalled: float) -> ProbeResult:
