@@ -149,14 +149,22 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-class _SharedCounterValue(_CounterValue):
-    __slots__ = ("file", "i")
+class _InFile:
+    """A single value kept in ``file`` at index ``i`` (from what the file already holds)."""
+    __slots__ = ()
+    file: _File
+    i: int
+    value: float
 
     def __init__(self, file: _File, key: str) -> None:
         super().__init__()
         self.file = file
         self.i = file.slot(key)
         self.value = file.v[self.i]
+
+
+class _SharedCounterValue(_InFile, _CounterValue):
+    __slots__ = ("file", "i")
 
     def inc(self, amount: float = 1) -> None:
         if amount < 0:
@@ -165,14 +173,8 @@ class _SharedCounterValue(_CounterValue):
         self.file.v[self.i] = v
 
 
-class _SharedGaugeValue(_GaugeValue):
+class _SharedGaugeValue(_InFile, _GaugeValue):
     __slots__ = ("file", "i")
-
-    def __init__(self, file: _File, key: str) -> None:
-        super().__init__()
-        self.file = file
-        self.i = file.slot(key)
-        self.value = file.v[self.i]
 
     def inc(self, amount: float = 1) -> None:
         self.value = v = self.value + amount

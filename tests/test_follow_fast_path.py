@@ -112,7 +112,9 @@ async def _backend() -> tuple[asyncio.AbstractServer, int, list[str]]:
     return server, server.sockets[0].getsockname()[1], seen
 
 
-def _gateway(tmp_path: Any, port: int, dead_port: int, *, forwarded: bool = False) -> Gateway:
+def _gateway(tmp_path: Any, port: int, dead_port: int, *, forwarded: bool = False,
+             names: tuple[str, str] = ("b1", "dead")) -> Gateway:
+    """A gateway with two HEALTHY backends (``names``) at ``port`` and ``dead_port``."""
     cfg = config_from_dict({"store": {"url": f"sqlite:///{tmp_path / 'g.db'}"},
                             "server": {"xForwardedFor": forwarded, "backendConnectTimeout": "1s",
                                        "backendRequestTimeout": "2s"},
@@ -120,8 +122,8 @@ def _gateway(tmp_path: Any, port: int, dead_port: int, *, forwarded: bool = Fals
                                         "rules": [str(tmp_path)]},
                             "monitor": {"type": "noop"}}, "<test>")
     gw = Gateway(cfg)
-    backends = [Backend("b1", f"http://127.0.0.1:{port}", None, "adhoc", True),
-                Backend("dead", f"http://127.0.0.1:{dead_port}", None, "adhoc", True)]
+    backends = [Backend(names[0], f"http://127.0.0.1:{port}", None, "adhoc", True),
+                Backend(names[1], f"http://127.0.0.1:{dead_port}", None, "adhoc", True)]
     gw.registry.replace(backends)
     for b in backends:
         gw.registry.state(b.name).health = Health.HEALTHY
@@ -222,6 +224,20 @@ def _seen_by_client(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
     return lines[0], [h for h in headers if h[0] != "date"], body
 
 
+def _count_whole_polls(monkeypatch: Any) -> dict[str, int]:
+    """``["n"]``: the requests ``_Connection._whole_poll`` took (read in one call)."""
+    from gateway.runtime import http_server
+    whole = {"n": 0}
+    real_whole = http_server._Connection._whole_poll
+
+    def counting_whole(self: Any, data: bytes) -> bool:
+        took = real_whole(self, data)
+        whole["n"] += took
+        return took
+    monkeypatch.setattr(http_server._Connection, "_whole_poll", counting_whole)
+    return whole
+
+
 CASES = ["page", "last", "big", "headers", "text", "unframed", "nobody", "midway", "bigcut", "segment", "dead",
          "http10", "length0", "silent", "refuse406"]
 
@@ -250,15 +266,7 @@ def test_the_fast_path_answers_as_the_handler_does(tmp_path, monkeypatch, case, 
     on it (no task, gateway/proxy/follow.py ``_direct``). ``kept``: that first poll came on the
     same client connection, so a request with the same header lines is read in one call
     (``_Connection._whole_poll``)."""
-    from gateway.runtime import http_server
-    whole = {"n": 0}
-    real_whole = http_server._Connection._whole_poll
-
-    def counting_whole(self: Any, data: bytes) -> bool:
-        took = real_whole(self, data)
-        whole["n"] += took
-        return took
-    monkeypatch.setattr(http_server._Connection, "_whole_poll", counting_whole)
+    whole = _count_whole_polls(monkeypatch)
 
     async def main() -> tuple[list[Any], list[Any], int, list[str], int]:
         backend, port, seen = await _backend()
@@ -535,29 +543,11 @@ def test_a_poll_read_whole_behind_a_trusted_proxy_forwards_the_clients_address(t
     backend than the connection's last poll builds its lines to that backend again, from the
     address it read: the backend is told the client's address, as the first poll's backend
     (read the general way) was, not the load balancer's."""
-    from gateway.runtime import http_server
-    whole = {"n": 0}
-    real_whole = http_server._Connection._whole_poll
-
-    def counting_whole(self: Any, data: bytes) -> bool:
-        took = real_whole(self, data)
-        whole["n"] += took
-        return took
-    monkeypatch.setattr(http_server._Connection, "_whole_poll", counting_whole)
+    whole = _count_whole_polls(monkeypatch)
 
     async def main() -> tuple[list[str], list[str], bytes]:
         (b1, p1, seen1), (b2, p2, seen2) = await _backend(), await _backend()
-        cfg = config_from_dict({"store": {"url": f"sqlite:///{tmp_path / 'g.db'}"},
-                                "server": {"xForwardedFor": True},
-                                "routing": {"tokenKey": "t" * 32, "cookieSecret": "c" * 32,
-                                            "rules": [str(tmp_path)]},
-                                "monitor": {"type": "noop"}}, "<test>")
-        gw = Gateway(cfg)
-        backends = [Backend("b1", f"http://127.0.0.1:{p1}", None, "adhoc", True),
-                    Backend("b2", f"http://127.0.0.1:{p2}", None, "adhoc", True)]
-        gw.registry.replace(backends)
-        for b in backends:
-            gw.registry.state(b.name).health = Health.HEALTHY
+        gw = _gateway(tmp_path, p1, p2, forwarded=True, names=("b1", "b2"))
         app = tornado.web.Application([(r".*", proxy_route(gw))], cookie_secret=gw.cookie_secret,
                                       log_function=gw.metrics.log_request)
         app.follow_ups = gw.follow_ups  # type: ignore[attr-defined]
