@@ -25,7 +25,11 @@ a length, a JSON key from ``mmap_key``, padding to 8 bytes, and two doubles, val
 and its names with one difference: ``<type>[_<mode>]_gw-<pid>.db`` rather than
 ``..._<pid>.db``, so that they never share a file with the library's own values in the same
 process (two mappings of one file would each append entries over the other's).
-``process_dead`` is ``multiprocess.mark_process_dead`` for them.
+``process_dead`` is ``multiprocess.mark_process_dead`` for them. ``_File`` writes that layout
+itself rather than through ``MmapedDict``: the library's class writes through a method (two
+Python calls per update), keeps its map and positions private and replaces the map when it
+grows, so a value could not hold a place to store into. Reading the files stays the library's
+(``MultiProcessCollector``), and the tests compare what it reads from both.
 
 Gauges take the multiprocess modes that drop the ``pid`` label when read back (``max``,
 ``livesum`` and the like); ``all`` and ``liveall`` would show this file name's ``gw-<pid>`` as

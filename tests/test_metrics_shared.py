@@ -173,6 +173,18 @@ def test_the_supervisor_marks_a_dead_worker_in_both_kinds_of_file(folder, librar
     assert not any(n.startswith("gauge_livesum") for n in os.listdir(folder))
 
 
+def test_a_failed_library_clean_up_still_leaves_ours_done(folder, monkeypatch):
+    from prometheus_client import multiprocess
+    from gateway.runtime.serve import _metrics_process_dead
+
+    def broken(pid, path=None):
+        raise PermissionError("read-only")
+    monkeypatch.setattr(multiprocess, "mark_process_dead", broken)
+    SharedGauge("ours", "o", multiprocess_mode="livesum").inc()
+    _metrics_process_dead(os.getpid())
+    assert not any(n.startswith("gauge_livesum") for n in os.listdir(folder))
+
+
 def test_bad_uses_are_refused_with_the_reason(folder, monkeypatch):
     with pytest.raises(ValueError, match="pid label"):
         SharedGauge("g", "g", multiprocess_mode="all")

@@ -330,11 +330,13 @@ def reload_on_sighup(config: Config, gw: Any) -> None:
 def _metrics_process_dead(pid: int) -> None:
     """A worker is gone: its live gauges stop counting (prometheus-client's files and ours)."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
+    if not folder:
+        return
+    from prometheus_client import multiprocess
+    from gateway import metrics_shared
+    # Each kind of file on its own: one that cannot be removed leaves the other's clean-up done.
+    for mark in (multiprocess.mark_process_dead, metrics_shared.process_dead):
         try:
-            from prometheus_client import multiprocess
-            from gateway import metrics_shared
-            multiprocess.mark_process_dead(pid)
-            metrics_shared.process_dead(pid, folder)
+            mark(pid, folder)
         except Exception as exc:  # noqa: BLE001 - metrics housekeeping must not stop the supervisor
             log.debug("cannot mark worker %d dead for metrics: %s", pid, exc)
